@@ -1,0 +1,152 @@
+//! The one error type of the crate.
+
+use core::fmt;
+
+/// Which tensor argument an [`Error`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operand {
+    /// The queries.
+    Query,
+    /// The keys.
+    Key,
+    /// The values.
+    Value,
+    /// The output.
+    Output,
+    /// The log-sum-exp output.
+    Lse,
+    /// The additive bias.
+    Bias,
+    /// The ALiBi slopes.
+    AlibiSlopes,
+    /// The learned per-head sink logits.
+    Sinks,
+    /// The caller-provided scratch buffer.
+    Scratch,
+}
+
+impl fmt::Display for Operand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Operand::Query => "query",
+            Operand::Key => "key",
+            Operand::Value => "value",
+            Operand::Output => "output",
+            Operand::Lse => "lse",
+            Operand::Bias => "bias",
+            Operand::AlibiSlopes => "alibi slopes",
+            Operand::Sinks => "sinks",
+            Operand::Scratch => "scratch",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Everything that can be wrong with the arguments of a checked entry point.
+///
+/// Entry points validate all of their arguments before touching any output, so an
+/// `Err` always leaves the outputs as they were.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The innermost (head) dimension of a tensor is not contiguous.
+    NonContiguousHeadDim {
+        /// The offending tensor.
+        operand: Operand,
+    },
+    /// A tensor's buffer is shorter than its shape and strides require.
+    BufferTooSmall {
+        /// The offending tensor.
+        operand: Operand,
+        /// Elements required.
+        needed: usize,
+        /// Elements present.
+        len: usize,
+    },
+    /// Shape and strides overflow `usize` when multiplied out.
+    ShapeOverflow {
+        /// The offending tensor.
+        operand: Operand,
+    },
+    /// Two tensors disagree on a dimension that must match.
+    ShapeMismatch {
+        /// The tensor whose dimension disagrees with the queries'.
+        operand: Operand,
+        /// Which dimension ("batch", "q_len", "kv_len", "heads", "head_dim", ...).
+        dim: &'static str,
+        /// The expected size.
+        expected: usize,
+        /// The size found.
+        found: usize,
+    },
+    /// The number of query heads is not a multiple of the number of KV heads (or one of them is 0).
+    HeadsNotDivisible {
+        /// Query heads.
+        q_heads: usize,
+        /// Key/value heads.
+        kv_heads: usize,
+    },
+    /// A head dimension of 0.
+    ZeroHeadDim {
+        /// The offending tensor.
+        operand: Operand,
+    },
+    /// More queries than keys with bottom-right causal alignment, which leaves no position for the
+    /// first queries.
+    QueryLongerThanKeys {
+        /// Query rows.
+        q_len: usize,
+        /// Keys.
+        kv_len: usize,
+    },
+    /// An option has a value outside its domain.
+    InvalidOption {
+        /// The option's name.
+        option: &'static str,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// The output buffer overlaps (aliases) itself through its strides.
+    AliasedOutput {
+        /// The offending tensor.
+        operand: Operand,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NonContiguousHeadDim { operand } => {
+                write!(f, "{operand}: the head dimension must have stride 1")
+            }
+            Error::BufferTooSmall { operand, needed, len } => write!(
+                f,
+                "{operand}: buffer holds {len} elements, shape and strides need {needed}"
+            ),
+            Error::ShapeOverflow { operand } => {
+                write!(f, "{operand}: shape times strides overflows usize")
+            }
+            Error::ShapeMismatch { operand, dim, expected, found } => write!(
+                f,
+                "{operand}: dimension {dim} is {found}, expected {expected}"
+            ),
+            Error::HeadsNotDivisible { q_heads, kv_heads } => write!(
+                f,
+                "{q_heads} query heads cannot be grouped over {kv_heads} key/value heads \
+                 (need kv_heads > 0 and q_heads % kv_heads == 0)"
+            ),
+            Error::ZeroHeadDim { operand } => write!(f, "{operand}: head dimension is 0"),
+            Error::QueryLongerThanKeys { q_len, kv_len } => write!(
+                f,
+                "{q_len} queries against {kv_len} keys: bottom-right causal alignment needs \
+                 q_len <= kv_len"
+            ),
+            Error::InvalidOption { option, reason } => write!(f, "option {option}: {reason}"),
+            Error::AliasedOutput { operand } => {
+                write!(f, "{operand}: strides make distinct elements share memory")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}

@@ -1,0 +1,1 @@
+//! PLACEHOLDER: the vectorised exp lands here.

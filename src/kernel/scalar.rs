@@ -1,0 +1,118 @@
+//! The scalar kernel: plain loops, the baseline every other kernel is tested against.
+
+use super::{Isa, Kernel};
+use crate::element::Element;
+
+/// One lane at a time; always available.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Scalar;
+
+/// Panics unless a row-major `rows × cols` matrix with leading dimension `ld` fits in `len`.
+#[inline(always)]
+pub(crate) fn assert_fits(len: usize, rows: usize, cols: usize, ld: usize) {
+    if rows > 0 && cols > 0 {
+        assert!(cols <= ld || rows == 1, "leading dimension shorter than a row");
+        assert!((rows - 1) * ld + cols <= len, "matrix does not fit its slice");
+    }
+}
+
+impl Kernel for Scalar {
+    fn isa(self) -> Isa {
+        Isa::Scalar
+    }
+
+    fn gemm(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        assert_fits(a.len(), m, k, lda);
+        assert_fits(b.len(), k, n, ldb);
+        assert_fits(c.len(), m, n, ldc);
+        for i in 0..m {
+            let c_row = &mut c[i * ldc..i * ldc + n];
+            if !accumulate {
+                c_row.fill(0.0);
+            }
+            for p in 0..k {
+                let a_ip = a[i * lda + p];
+                let b_row = &b[p * ldb..p * ldb + n];
+                for (c_ij, &b_pj) in c_row.iter_mut().zip(b_row) {
+                    *c_ij += a_ip * b_pj;
+                }
+            }
+        }
+    }
+
+    fn dot_rows<E: Element>(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[E],
+        ldb: usize,
+        out: &mut [f32],
+        ldo: usize,
+    ) {
+        assert_fits(a.len(), m, k, lda);
+        assert_fits(b.len(), n, k, ldb);
+        assert_fits(out.len(), m, n, ldo);
+        for i in 0..m {
+            let a_row = &a[i * lda..i * lda + k];
+            for j in 0..n {
+                let b_row = &b[j * ldb..j * ldb + k];
+                let mut acc = 0.0f32;
+                for (&x, &y) in a_row.iter().zip(b_row) {
+                    acc += x * y.to_f32();
+                }
+                out[i * ldo + j] = acc;
+            }
+        }
+    }
+
+    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
+        assert_fits(b.len(), n, k, ldb);
+        assert_fits(dst.len(), k, n, ldd);
+        for j in 0..n {
+            for p in 0..k {
+                dst[p * ldd + j] = b[j * ldb + p].to_f32();
+            }
+        }
+    }
+
+    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "widen: length mismatch");
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+
+    fn exp_sum(self, x: &mut [f32], max: f32) -> f32 {
+        let mut sum = 0.0f32;
+        for v in x.iter_mut() {
+            *v = libm::expf(*v - max);
+            sum += *v;
+        }
+        sum
+    }
+
+    fn max(self, x: &[f32]) -> f32 {
+        x.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m || v.is_nan() { v } else { m })
+    }
+
+    fn scale(self, x: &mut [f32], alpha: f32) {
+        for v in x.iter_mut() {
+            *v *= alpha;
+        }
+    }
+}
