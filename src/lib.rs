@@ -7,12 +7,24 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+mod attention;
+mod driver;
 mod element;
 mod error;
 pub mod kernel;
 mod mask;
 mod options;
+#[cfg(feature = "rayon")]
+mod parallel;
+mod plan;
+#[cfg(feature = "alloc")]
+pub mod reference;
+mod softmax;
 mod tensor;
+
+#[cfg(feature = "alloc")]
+pub use attention::attention;
+pub use attention::{attention_with_scratch, scratch_len};
 
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};

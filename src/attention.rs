@@ -1,0 +1,162 @@
+//! The checked entry points.
+
+use crate::driver::{self, finish_unit, merge_unit, run_unit, Inputs, Scratch, Sink, Tiling, Unit};
+use crate::element::{Element, Elems};
+use crate::error::{Error, Operand};
+use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::options::AttentionOptions;
+use crate::plan::Plan;
+use crate::tensor::{Tensor, TensorMut};
+use crate::Dims;
+
+/// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options.
+pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
+    let plan = Plan::new(*dims, opts)?;
+    Ok(driver::worker_scratch_len(&plan, &Tiling::new(&plan)))
+}
+
+/// Attention on the calling thread with caller-provided scratch; allocates nothing.
+///
+/// `O ← softmax(scale · Q Kᵀ + mask) V` per query head, with the options' softcap, ALiBi, bias and
+/// sinks (see [`AttentionOptions`]). `out` has shape `[batch, q_len, q_heads, v_head_dim]` in any
+/// layout; `lse`, when given, receives the natural-log denominators as `[batch, q_heads, q_len]`.
+/// `scratch` needs [`scratch_len`] elements. On `Err` nothing has been written.
+pub fn attention_with_scratch(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    out: TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+    opts: &AttentionOptions<'_>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
+    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
+    let tiling = Tiling::new(&plan);
+    let needed = driver::worker_scratch_len(&plan, &tiling);
+    if scratch.len() < needed {
+        return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
+    }
+    let sink = Sink { out_layout: out.layout, out: out.data, lse };
+    run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
+    Ok(())
+}
+
+/// Attention with internally allocated scratch, on the threads `opts.parallelism` names.
+///
+/// Same contract as [`attention_with_scratch`]; results are bit-identical for every thread count.
+///
+/// ```
+/// use gated_attention::{attention, AttentionOptions, Tensor, TensorMut};
+/// let (b, lq, lk, hq, hkv, d) = (1, 3, 5, 4, 2, 8);
+/// let q = vec![0.1f32; b * lq * hq * d];
+/// let k = vec![0.2f32; b * lk * hkv * d];
+/// let v = vec![1.0f32; b * lk * hkv * d];
+/// let mut o = vec![0.0f32; b * lq * hq * d];
+/// attention(
+///     &Tensor::bshd(&q[..], b, lq, hq, d),
+///     &Tensor::bshd(&k[..], b, lk, hkv, d),
+///     &Tensor::bshd(&v[..], b, lk, hkv, d),
+///     TensorMut::bshd(&mut o[..], b, lq, hq, d),
+///     None,
+///     &AttentionOptions::new().causal(),
+/// )
+/// .unwrap();
+/// assert!(o.iter().all(|&x| (x - 1.0).abs() < 1e-6));
+/// ```
+#[cfg(feature = "alloc")]
+pub fn attention(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    out: TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+    opts: &AttentionOptions<'_>,
+) -> Result<(), Error> {
+    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
+    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
+    let tiling = Tiling::new(&plan);
+    let sink = Sink { out_layout: out.layout, out: out.data, lse };
+    let exec = match opts.parallelism {
+        #[cfg(feature = "rayon")]
+        crate::Parallelism::Rayon => Exec::Rayon { sink },
+        crate::Parallelism::Sequential => {
+            let mut scratch = alloc::vec![0.0f32; driver::worker_scratch_len(&plan, &tiling)];
+            let scratch: &mut [f32] = &mut scratch;
+            // The borrow of `scratch` ends with `run`, inside this arm.
+            return {
+                run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
+                Ok(())
+            };
+        }
+    };
+    run(Call { plan: &plan, tiling, q, k, v, exec });
+    Ok(())
+}
+
+enum Exec<'s, 'o> {
+    Sequential { scratch: &'s mut [f32], sink: Sink<'o> },
+    #[cfg(feature = "rayon")]
+    Rayon { sink: Sink<'o> },
+}
+
+struct Call<'p, 'a, 't, 's, 'o> {
+    plan: &'p Plan<'a>,
+    tiling: Tiling,
+    q: &'t Tensor<'t>,
+    k: &'t Tensor<'t>,
+    v: &'t Tensor<'t>,
+    exec: Exec<'s, 'o>,
+}
+
+fn run(call: Call<'_, '_, '_, '_, '_>) {
+    dispatch(call);
+}
+
+impl KernelVisitor for Call<'_, '_, '_, '_, '_> {
+    type Output = ();
+    fn visit<K: Kernel>(self, kernel: K) {
+        match (self.k.data, self.v.data) {
+            (Elems::F32(k), Elems::F32(v)) => self.typed(kernel, k, v),
+            (Elems::F32(k), Elems::F16(v)) => self.typed(kernel, k, v),
+            (Elems::F32(k), Elems::BF16(v)) => self.typed(kernel, k, v),
+            (Elems::F16(k), Elems::F32(v)) => self.typed(kernel, k, v),
+            (Elems::F16(k), Elems::F16(v)) => self.typed(kernel, k, v),
+            (Elems::F16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
+            (Elems::BF16(k), Elems::F32(v)) => self.typed(kernel, k, v),
+            (Elems::BF16(k), Elems::F16(v)) => self.typed(kernel, k, v),
+            (Elems::BF16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
+        }
+    }
+}
+
+impl Call<'_, '_, '_, '_, '_> {
+    fn typed<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
+        let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
+        let (plan, t) = (self.plan, &self.tiling);
+        match self.exec {
+            Exec::Sequential { scratch, mut sink } => {
+                let mut sc = Scratch::carve(plan, t, scratch);
+                let (rows, dv) = (t.rows, plan.dims.v_head_dim);
+                for idx in 0..t.units(plan) {
+                    let u = Unit::from_index(idx, plan, t);
+                    let state = if t.chunks == 1 {
+                        run_unit(kernel, plan, t, &inp, &u, 0, &mut sc);
+                        &mut sc.state
+                    } else {
+                        sc.total.reset(rows, dv);
+                        for c in 0..t.chunks {
+                            run_unit(kernel, plan, t, &inp, &u, c, &mut sc);
+                            merge_unit(rows, dv, &mut sc.total, sc.state.m, sc.state.l, sc.state.acc);
+                        }
+                        &mut sc.total
+                    };
+                    finish_unit(plan, t, &u, state, |b, i, h, row, lse| sink.write(plan, b, i, h, row, lse));
+                }
+            }
+            #[cfg(feature = "rayon")]
+            Exec::Rayon { sink } => crate::parallel::run(kernel, plan, t, &inp, sink),
+        }
+    }
+}
+

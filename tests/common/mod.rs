@@ -1,0 +1,274 @@
+//! Shared test machinery: seeded inputs, layouts, the tolerance table and the comparison against
+//! the f64 reference.
+#![allow(dead_code)]
+
+use gated_attention::{
+    attention, attention_with_scratch, bf16, f16, reference, scratch_len, AttentionOptions, DType, Dims, Elems,
+    ElemsMut, Layout, Parallelism, Tensor, TensorMut,
+};
+
+/// SplitMix64: a tiny seeded generator, enough for test inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// The tolerance table: `|x - r| <= atol + rtol·|r|`, chosen by the output's storage type.
+/// Inputs in f16/bf16 are widened exactly, so only the output's rounding changes the budget.
+pub fn tolerance(out: DType) -> (f64, f64) {
+    match out {
+        DType::F32 => (2e-5, 2e-5),
+        // half an ulp of the output type, plus the f32 budget
+        DType::F16 => (1e-3, 1e-3),
+        DType::BF16 => (8e-3, 8e-3),
+    }
+}
+
+/// LSE tolerance (always f32).
+pub const LSE_TOL: (f64, f64) = (2e-5, 2e-5);
+
+/// An owned buffer of one dtype.
+#[derive(Clone, Debug)]
+pub enum Buf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Buf {
+    pub fn from_f32(values: &[f32], dtype: DType) -> Buf {
+        match dtype {
+            DType::F32 => Buf::F32(values.to_vec()),
+            DType::F16 => Buf::F16(values.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::BF16 => Buf::BF16(values.iter().map(|&x| bf16::from_f32(x)).collect()),
+        }
+    }
+    pub fn filled(n: usize, x: f32, dtype: DType) -> Buf {
+        Buf::from_f32(&vec![x; n], dtype)
+    }
+    pub fn elems(&self) -> Elems<'_> {
+        match self {
+            Buf::F32(v) => Elems::F32(v),
+            Buf::F16(v) => Elems::F16(v),
+            Buf::BF16(v) => Elems::BF16(v),
+        }
+    }
+    pub fn elems_mut(&mut self) -> ElemsMut<'_> {
+        match self {
+            Buf::F32(v) => ElemsMut::F32(v),
+            Buf::F16(v) => ElemsMut::F16(v),
+            Buf::BF16(v) => ElemsMut::BF16(v),
+        }
+    }
+    pub fn get(&self, i: usize) -> f32 {
+        self.elems().get_f32(i)
+    }
+    pub fn len(&self) -> usize {
+        self.elems().len()
+    }
+    pub fn set(&mut self, i: usize, x: f32) {
+        match self {
+            Buf::F32(v) => v[i] = x,
+            Buf::F16(v) => v[i] = f16::from_f32(x),
+            Buf::BF16(v) => v[i] = bf16::from_f32(x),
+        }
+    }
+}
+
+/// Memory layouts under test. `Padded` leaves a gap after every head row so canaries can be
+/// checked between rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mem {
+    Bshd,
+    Bhsd,
+    Padded,
+}
+
+pub fn layout(mem: Mem, b: usize, s: usize, h: usize, d: usize) -> Layout {
+    match mem {
+        Mem::Bshd => Layout::bshd(b, s, h, d),
+        Mem::Bhsd => Layout::bhsd(b, h, s, d),
+        Mem::Padded => {
+            let row = d + 3;
+            Layout { shape: [b, s, h, d], strides: [s * h * row + 5, h * row, row] }
+        }
+    }
+}
+
+pub fn buffer_len(l: &Layout) -> usize {
+    if l.shape.contains(&0) {
+        return 0;
+    }
+    (0..3).map(|a| (l.shape[a] - 1) * l.strides[a]).sum::<usize>() + l.shape[3]
+}
+
+/// One test case: sizes, options, layouts and dtypes.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub dims: Dims,
+    pub mem: Mem,
+    pub out_mem: Mem,
+    pub dtypes: [DType; 4],
+    pub seed: u64,
+}
+
+impl Case {
+    pub fn new(batch: usize, q_len: usize, kv_len: usize, q_heads: usize, kv_heads: usize, head_dim: usize) -> Case {
+        Case {
+            dims: Dims { batch, q_len, kv_len, q_heads, kv_heads, head_dim, v_head_dim: head_dim },
+            mem: Mem::Bshd,
+            out_mem: Mem::Bshd,
+            dtypes: [DType::F32; 4],
+            seed: 1,
+        }
+    }
+    pub fn v_dim(mut self, dv: usize) -> Case {
+        self.dims.v_head_dim = dv;
+        self
+    }
+    pub fn mem(mut self, mem: Mem, out_mem: Mem) -> Case {
+        self.mem = mem;
+        self.out_mem = out_mem;
+        self
+    }
+    pub fn dtypes(mut self, d: [DType; 4]) -> Case {
+        self.dtypes = d;
+        self
+    }
+    pub fn seed(mut self, s: u64) -> Case {
+        self.seed = s;
+        self
+    }
+}
+
+/// Inputs of a case.
+pub struct Inputs {
+    pub q: Buf,
+    pub k: Buf,
+    pub v: Buf,
+    pub ql: Layout,
+    pub kl: Layout,
+    pub vl: Layout,
+    pub ol: Layout,
+}
+
+pub fn make_inputs(c: &Case) -> Inputs {
+    let d = &c.dims;
+    let ql = layout(c.mem, d.batch, d.q_len, d.q_heads, d.head_dim);
+    let kl = layout(c.mem, d.batch, d.kv_len, d.kv_heads, d.head_dim);
+    let vl = layout(c.mem, d.batch, d.kv_len, d.kv_heads, d.v_head_dim);
+    let ol = layout(c.out_mem, d.batch, d.q_len, d.q_heads, d.v_head_dim);
+    let mut rng = Rng::new(c.seed);
+    // Queries scaled up so softmax rows are peaked, not uniform.
+    let mut gen = |n: usize, amp: f32| (0..n).map(|_| rng.uniform() * amp).collect::<Vec<f32>>();
+    let q = Buf::from_f32(&gen(buffer_len(&ql), 2.0), c.dtypes[0]);
+    let k = Buf::from_f32(&gen(buffer_len(&kl), 2.0), c.dtypes[1]);
+    let v = Buf::from_f32(&gen(buffer_len(&vl), 1.0), c.dtypes[2]);
+    Inputs { q, k, v, ql, kl, vl, ol }
+}
+
+/// How the kernel is invoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Scratch,
+    Sequential,
+    Rayon,
+}
+
+/// Runs the kernel; returns the output buffer (canary-filled before) and the LSE.
+pub fn run_kernel(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, entry: Entry) -> (Buf, Vec<f32>) {
+    let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
+    let mut lse = vec![f32::NAN; c.dims.lse_len()];
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let k = Tensor::new(inp.k.elems(), inp.kl);
+    let v = Tensor::new(inp.v.elems(), inp.vl);
+    let o = TensorMut::new(out.elems_mut(), inp.ol);
+    match entry {
+        Entry::Scratch => {
+            let n = scratch_len(&c.dims, opts).expect("scratch_len");
+            let mut scratch = vec![f32::NAN; n];
+            attention_with_scratch(&q, &k, &v, o, Some(&mut lse), opts, &mut scratch).expect("attention_with_scratch");
+        }
+        Entry::Sequential => {
+            let opts = opts.parallelism(Parallelism::Sequential);
+            attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
+        }
+        Entry::Rayon => {
+            let opts = opts.parallelism(Parallelism::Rayon);
+            attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
+        }
+    }
+    (out, lse)
+}
+
+fn close(x: f64, r: f64, (atol, rtol): (f64, f64)) -> bool {
+    if r.is_nan() {
+        return x.is_nan();
+    }
+    if r.is_infinite() {
+        return x == r;
+    }
+    (x - r).abs() <= atol + rtol * r.abs()
+}
+
+/// Checks a kernel result against the reference, the canaries and the LSE. Panics with the
+/// first mismatch.
+pub fn check(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, out: &Buf, lse: &[f32], label: &str) {
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let k = Tensor::new(inp.k.elems(), inp.kl);
+    let v = Tensor::new(inp.v.elems(), inp.vl);
+    let r = reference::attention(&q, &k, &v, opts).expect("reference");
+    let d = &c.dims;
+    let tol = tolerance(c.dtypes[3]);
+    let mut written = vec![false; out.len()];
+    for b in 0..d.batch {
+        for i in 0..d.q_len {
+            for h in 0..d.q_heads {
+                let base = b * inp.ol.strides[0] + i * inp.ol.strides[1] + h * inp.ol.strides[2];
+                for e in 0..d.v_head_dim {
+                    written[base + e] = true;
+                    let x = out.get(base + e) as f64;
+                    let rv = r.out_at(b, i, h, e);
+                    assert!(
+                        close(x, rv, tol),
+                        "{label}: out[b={b}, i={i}, h={h}, d={e}] = {x}, reference {rv} (case {c:?}, opts {opts:?})"
+                    );
+                }
+                let xl = lse[(b * d.q_heads + h) * d.q_len + i] as f64;
+                let rl = r.lse_at(b, h, i);
+                assert!(close(xl, rl, LSE_TOL), "{label}: lse[b={b}, h={h}, i={i}] = {xl}, reference {rl} (case {c:?})");
+            }
+        }
+    }
+    for (idx, w) in written.iter().enumerate() {
+        if !w {
+            assert!(out.get(idx).is_nan(), "{label}: canary at {idx} overwritten (case {c:?})");
+        }
+    }
+}
+
+/// Runs a case through every entry point and checks each.
+pub fn check_case(c: &Case, opts: &AttentionOptions<'_>) {
+    let inp = make_inputs(c);
+    for entry in [Entry::Scratch, Entry::Sequential, Entry::Rayon] {
+        let (out, lse) = run_kernel(&inp, c, opts, entry);
+        check(&inp, c, opts, &out, &lse, &format!("{entry:?}"));
+    }
+}
