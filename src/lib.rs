@@ -1,8 +1,104 @@
 //! # gated-attention
 //!
-//! (crate docs: see README; expanded below as modules land)
+//! Tiled online-softmax ("flash") attention for the CPU, in pure Rust, plus the naive f64
+//! [`reference`] every path is verified against.
+//!
+//! ```text
+//! O ← softmax(scale · Q Kᵀ + mask) V        (per query head h, KV head h / (q_heads / kv_heads))
+//! ```
+//!
+//! * **GQA/MQA**: all query heads of a KV group are packed into one tile's rows, so each K/V tile
+//!   is loaded and widened once per group.
+//! * **Masks as loop bounds**: causal (bottom-right aligned by default), sliding window of `W`
+//!   keys including the query's own, right window, StreamingLLM sink tokens. Dead tiles are never
+//!   visited; only boundary tiles are masked. No `L × L` tensor exists anywhere.
+//! * **Score options**: custom scale, softcap, ALiBi, additive bias, learned per-head sink logits
+//!   (gpt-oss).
+//! * **Storage**: Q, K, V and O each f32, f16 or bf16; accumulation is always f32.
+//! * **LSE** per `(batch, head, row)` in natural log, on request.
+//! * **Kernels**: prefill (FlashAttention-2 order, register-blocked GEMM microkernel on a
+//!   transposed K tile), decode (dot products straight from the cache) and split-KV decode with a
+//!   fixed-order merge. SIMD is chosen at run time ([`Isa`]); a plain `cargo build --release`
+//!   takes the AVX2+FMA path on CPUs that have it.
+//!
+//! ## Example
+//! ```
+//! use gated_attention::{attention, AttentionOptions, Tensor, TensorMut};
+//! // batch 1, 6 queries against 6 keys, 8 query heads over 2 KV heads, head_dim 64
+//! let (b, l, hq, hkv, d) = (1, 6, 8, 2, 64);
+//! let q = vec![0.01f32; b * l * hq * d];
+//! let k = vec![0.02f32; b * l * hkv * d];
+//! let v = vec![0.5f32; b * l * hkv * d];
+//! let mut out = vec![0.0f32; b * l * hq * d];
+//! let mut lse = vec![0.0f32; b * hq * l];
+//! attention(
+//!     &Tensor::bshd(&q[..], b, l, hq, d),
+//!     &Tensor::bshd(&k[..], b, l, hkv, d),
+//!     &Tensor::bshd(&v[..], b, l, hkv, d),
+//!     TensorMut::bshd(&mut out[..], b, l, hq, d),
+//!     Some(&mut lse),
+//!     &AttentionOptions::new().causal().window(4),
+//! )?;
+//! assert!((out[0] - 0.5).abs() < 1e-6);
+//! # Ok::<(), gated_attention::Error>(())
+//! ```
+//!
+//! ## Layout
+//! Every tensor is a [`Tensor`] / [`TensorMut`]: a slice plus a [`Layout`] with the logical shape
+//! `[batch, seq, heads, dim]` and element strides for the first three axes; `dim` is contiguous.
+//! `[batch, seq, heads, dim]` and `[batch, heads, seq, dim]` memory are both just strides.
+//! LSE is `[batch, q_heads, q_len]`, contiguous.
+//!
+//! ## Numerics contract
+//! * All arithmetic in f32; f16/bf16 inputs are widened exactly, outputs rounded to nearest-even
+//!   once at the end.
+//! * Against [`reference`] the output satisfies `|x - r| ≤ atol + rtol·|r|` with
+//!   `(atol, rtol) = (2e-5, 2e-5)` for f32 outputs (inputs in \[-2, 2\], lengths to a few thousand),
+//!   `(1e-3, 1e-3)` for f16 and `(8e-3, 8e-3)` for bf16 outputs; LSE within `(2e-5, 2e-5)`.
+//!   The table lives in `tests/common/mod.rs`.
+//! * A query row with no visible key gets zeros and LSE `-inf` (with a learned sink: zeros and
+//!   LSE = the sink logit). Masking never produces NaN.
+//! * NaN or Inf in an input reaches only the rows that see it: a hidden key's K and V are never
+//!   combined into a row that cannot see it (not even as `0 · NaN`).
+//! * Probabilities below `f32::MIN_POSITIVE` relative to the row maximum may flush to zero.
+//! * Results are bit-identical for every thread count and between the sequential and parallel
+//!   entry points. They may differ in the last bits between ISAs (FMA vs separate multiply-add,
+//!   different exp polynomials) and between a one-shot call and the same rows computed in chunks.
+//!
+//! ## Entry points
+//! * [`attention`] (feature `alloc`): allocates its scratch, runs on rayon by default.
+//! * [`attention_with_scratch`] + [`scratch_len`]: allocation-free, on the calling thread; the
+//!   only entry point without `alloc`.
+//! * [`reference::attention`] (feature `alloc`): the f64 oracle.
+//!
+//! Every entry point validates all arguments before writing anything and returns an [`Error`]
+//! for malformed shapes, strides, buffers or options. No input reachable through the safe API
+//! panics.
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `std` | yes | run-time CPU feature detection (`alloc` included) |
+//! | `alloc` | via `std` | [`attention`], [`reference`] |
+//! | `rayon` | yes | multi-threaded [`attention`] ([`Parallelism::Rayon`]) |
+//! | `ndarray` | no | `Tensor::from_ndarray` / `TensorMut::from_ndarray` |
+//!
+//! Without default features the crate is `#![no_std]` and chooses SIMD with
+//! `cfg!(target_feature)` only.
+//!
+//! ## Hardware
+//! | ISA | selected when | notes |
+//! |---|---|---|
+//! | [`Isa::Avx2Fma`] | x86_64 with AVX2, FMA and F16C (run time with `std`) | 6×16 register-blocked GEMM, F16C widening |
+//! | [`Isa::Portable`] | everything else | `wide` 8-lane vectors, chosen at compile time (SSE2 or NEON) |
+//! | [`Isa::Scalar`] | forced only | the baseline for tests |
+//!
+//! `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`) or
+//! [`kernel::set_forced_isa`] pins the choice.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![doc(test(attr(deny(warnings))))]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;
@@ -13,6 +109,8 @@ mod element;
 mod error;
 pub mod kernel;
 mod mask;
+#[cfg(feature = "ndarray")]
+mod ndarray;
 mod options;
 #[cfg(feature = "rayon")]
 mod parallel;
