@@ -131,6 +131,11 @@ pub use options::{Alignment, AttentionOptions, Bias, Parallelism};
 pub use tensor::{Layout, Tensor, TensorMut};
 pub use half::{bf16, f16};
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Dims {
