@@ -183,6 +183,11 @@ fn load_queries<K: Kernel>(kernel: K, plan: &Plan<'_>, q: &Tensor<'_>, u: &Unit,
                 Elems::F16(d) => kernel.widen(&d[off..off + dk], dst),
                 Elems::BF16(d) => kernel.widen(&d[off..off + dk], dst),
             }
+            #[cfg(feature = "alloc")]
+            if let Some(rope) = &plan.opts.rope_q {
+                let p = rope.positions.get(u.b, span.q0 + i, plan.dims.q_len);
+                rope.table.rotate_row(dst, p);
+            }
             kernel.scale(dst, plan.scale);
         }
     }

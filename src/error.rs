@@ -23,6 +23,10 @@ pub enum Operand {
     Sinks,
     /// The caller-provided scratch buffer.
     Scratch,
+    /// Position ids.
+    Positions,
+    /// A KV cache.
+    Cache,
 }
 
 impl fmt::Display for Operand {
@@ -37,6 +41,8 @@ impl fmt::Display for Operand {
             Operand::AlibiSlopes => "alibi slopes",
             Operand::Sinks => "sinks",
             Operand::Scratch => "scratch",
+            Operand::Positions => "positions",
+            Operand::Cache => "kv cache",
         };
         f.write_str(name)
     }
@@ -106,6 +112,24 @@ pub enum Error {
         /// Why it is rejected.
         reason: &'static str,
     },
+    /// Appending would exceed a KV cache's capacity (nothing was written).
+    CacheFull {
+        /// The batch row appended to.
+        batch_row: usize,
+        /// Slots the append needs after eviction.
+        needed: usize,
+        /// Slots the cache has per row.
+        capacity: usize,
+    },
+    /// A rollback or truncation asks for tokens the cache no longer holds or never held.
+    RollbackTooFar {
+        /// The batch row.
+        batch_row: usize,
+        /// Tokens asked to remove.
+        requested: usize,
+        /// Tokens that can be removed.
+        available: usize,
+    },
     /// The output buffer overlaps (aliases) itself through its strides.
     AliasedOutput {
         /// The offending tensor.
@@ -142,6 +166,14 @@ impl fmt::Display for Error {
                  q_len <= kv_len"
             ),
             Error::InvalidOption { option, reason } => write!(f, "option {option}: {reason}"),
+            Error::CacheFull { batch_row, needed, capacity } => write!(
+                f,
+                "kv cache row {batch_row}: append needs {needed} slots, capacity is {capacity}"
+            ),
+            Error::RollbackTooFar { batch_row, requested, available } => write!(
+                f,
+                "kv cache row {batch_row}: cannot remove {requested} tokens, at most {available}"
+            ),
             Error::AliasedOutput { operand } => {
                 write!(f, "{operand}: strides make distinct elements share memory")
             }

@@ -104,6 +104,8 @@
 extern crate alloc;
 
 mod attention;
+#[cfg(feature = "alloc")]
+pub mod cache;
 mod driver;
 mod element;
 mod error;
@@ -115,6 +117,7 @@ mod options;
 #[cfg(feature = "rayon")]
 mod parallel;
 mod plan;
+pub mod rope;
 #[cfg(feature = "alloc")]
 pub mod reference;
 mod softmax;
@@ -127,6 +130,8 @@ pub use attention::{attention_with_scratch, scratch_len};
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};
 pub use kernel::Isa;
+#[cfg(feature = "alloc")]
+pub use options::QueryRope;
 pub use options::{Alignment, AttentionOptions, Bias, Parallelism};
 pub use tensor::{Layout, Tensor, TensorMut};
 pub use half::{bf16, f16};

@@ -106,6 +106,19 @@ pub struct AttentionOptions<'a> {
     pub bias: Option<Bias<'a>>,
     /// Threads for the allocating entry points.
     pub parallelism: Parallelism,
+    /// Rotates the queries as the kernel loads them (no extra pass over Q).
+    #[cfg(feature = "alloc")]
+    pub rope_q: Option<QueryRope<'a>>,
+}
+
+/// RoPE applied to the queries inside the kernel's Q-tile load.
+#[cfg(feature = "alloc")]
+#[derive(Clone, Copy, Debug)]
+pub struct QueryRope<'a> {
+    /// The table (its `head_dim` must equal the queries').
+    pub table: &'a crate::rope::RopeTable,
+    /// Position of each query token, `[batch, q_len]`.
+    pub positions: crate::rope::Positions<'a>,
 }
 
 impl<'a> AttentionOptions<'a> {
@@ -163,6 +176,12 @@ impl<'a> AttentionOptions<'a> {
         self.bias = Some(bias);
         self
     }
+    /// Rotates the queries with `table` at `positions` as they are loaded.
+    #[cfg(feature = "alloc")]
+    pub fn rope_q(mut self, table: &'a crate::rope::RopeTable, positions: crate::rope::Positions<'a>) -> Self {
+        self.rope_q = Some(QueryRope { table, positions });
+        self
+    }
     /// Chooses the threads of the allocating entry points.
     pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
         self.parallelism = parallelism;
@@ -194,6 +213,10 @@ impl<'a> AttentionOptions<'a> {
                     return Err(Error::ShapeMismatch { operand, dim: "heads", expected: heads, found: s.len() });
                 }
             }
+        }
+        #[cfg(feature = "alloc")]
+        if let Some(r) = &self.rope_q {
+            r.table.check([dims.batch, dims.q_len, dims.q_heads, dims.head_dim], &r.positions, Operand::Query)?;
         }
         if let Some(bias) = &self.bias {
             let shape = [dims.batch, dims.q_heads, dims.q_len, dims.kv_len];

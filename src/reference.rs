@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 
 use crate::error::Error;
 use crate::options::{Alignment, AttentionOptions};
+use crate::rope::{RopePairing, RopeTable};
 use crate::tensor::Tensor;
 use crate::Dims;
 
@@ -79,6 +80,24 @@ pub fn visible(opts: &AttentionOptions<'_>, q_len: usize, kv_len: usize, i: usiz
     true
 }
 
+/// Rotates an f64 head row at position `pos` with the table's frequencies, in f64 throughout
+/// (the oracle for the f32 tables and the fused rotation).
+pub fn rope_f64(table: &RopeTable, pos: usize, row: &mut [f64]) {
+    let af = table.attention_factor();
+    let half = table.rotary_dim() / 2;
+    for (i, &f) in table.inv_freq().iter().enumerate() {
+        let theta = pos as f64 * f;
+        let (c, s) = (libm::cos(theta) * af, libm::sin(theta) * af);
+        let (a_idx, b_idx) = match table.pairing() {
+            RopePairing::NeoxHalf => (i, i + half),
+            RopePairing::GptjInterleaved => (2 * i, 2 * i + 1),
+        };
+        let (a, b) = (row[a_idx], row[b_idx]);
+        row[a_idx] = a * c - b * s;
+        row[b_idx] = b * c + a * s;
+    }
+}
+
 fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
     let l = &t.layout;
     let off = b * l.strides[0] + s * l.strides[1] + h * l.strides[2] + d;
@@ -103,13 +122,17 @@ pub fn scores(
     let mut s = vec![f64::NEG_INFINITY; dims.q_len * dims.kv_len];
     for i in 0..dims.q_len {
         let pos = query_position(opts, dims.q_len, dims.kv_len, i);
+        let mut q_row: Vec<f64> = (0..dims.head_dim).map(|d| elem(q, b, i, h, d)).collect();
+        if let Some(rope) = &opts.rope_q {
+            rope_f64(rope.table, rope.positions.get(b, i, dims.q_len), &mut q_row);
+        }
         for j in 0..dims.kv_len {
             if !visible(opts, dims.q_len, dims.kv_len, i, j) {
                 continue;
             }
             let mut dot = 0.0f64;
             for d in 0..dims.head_dim {
-                dot += elem(q, b, i, h, d) * elem(k, b, j, kvh, d);
+                dot += q_row[d] * elem(k, b, j, kvh, d);
             }
             let mut x = dot * scale;
             if let Some(c) = opts.softcap {
