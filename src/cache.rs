@@ -8,7 +8,8 @@
 //! ```
 //! use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
 //! use gated_attention::{AttentionOptions, DType, Tensor, TensorMut};
-//! let cfg = KvCacheConfig::new(1, 2, 8, 64, DType::F16);
+//! let cfg = KvCacheConfig::new(1, 2, 8, 64, DType::F16)
+//!     .policy(CachePolicy::SlidingWindow { window: 32, sink_tokens: 4 });
 //! let mut cache = KvCache::new(cfg).unwrap();
 //! let (k, v) = (vec![0.1f32; 5 * 2 * 8], vec![1.0f32; 5 * 2 * 8]); // 5 prompt tokens
 //! cache.append(&Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 8), None).unwrap();
@@ -507,6 +508,12 @@ impl KvCache {
             let row = self.rows[b];
             match c.policy {
                 CachePolicy::StreamingLlm { sink_tokens, recent } => {
+                    if t > recent {
+                        return Err(Error::InvalidOption {
+                            option: "kv cache",
+                            reason: "StreamingLLM attends at most `recent` new tokens per call",
+                        });
+                    }
                     // Visible set: the sinks and the last `recent` tokens, re-indexed 0..n.
                     let main = (row.len - row.sinks).min(recent);
                     let slots: Vec<usize> = (0..row.sinks.min(sink_tokens)).chain(row.len - main..row.len).collect();
