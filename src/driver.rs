@@ -377,6 +377,9 @@ pub(crate) fn finish_unit(
                 add_sink(&mut st.m[r], &mut st.l[r], acc, sinks[h]);
             }
             let lse = finish_row(st.m[r], st.l[r], acc);
+            if let Some(gate) = &plan.opts.output_gate {
+                gate.apply_row(u.b, q0 + i, h, acc);
+            }
             write(u.b, q0 + i, h, acc, lse);
         }
     }

@@ -27,6 +27,10 @@ pub enum Operand {
     Positions,
     /// A KV cache.
     Cache,
+    /// Gate logits.
+    Gate,
+    /// A layer weight or configuration.
+    Weights,
 }
 
 impl fmt::Display for Operand {
@@ -43,6 +47,8 @@ impl fmt::Display for Operand {
             Operand::Scratch => "scratch",
             Operand::Positions => "positions",
             Operand::Cache => "kv cache",
+            Operand::Gate => "gate logits",
+            Operand::Weights => "weights",
         };
         f.write_str(name)
     }

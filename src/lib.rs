@@ -108,6 +108,7 @@ mod attention;
 pub mod cache;
 mod driver;
 mod element;
+pub mod gate;
 mod error;
 pub mod kernel;
 mod mask;

@@ -106,6 +106,9 @@ pub struct AttentionOptions<'a> {
     pub bias: Option<Bias<'a>>,
     /// Threads for the allocating entry points.
     pub parallelism: Parallelism,
+    /// The G1 output gate, applied to each normalised output row in the kernel's epilogue
+    /// (logits `[batch, q_len, q_heads | 1, v_head_dim | 1]`; LSE is not gated).
+    pub output_gate: Option<crate::gate::Gate<'a>>,
     /// Rotates the queries as the kernel loads them (no extra pass over Q).
     #[cfg(feature = "alloc")]
     pub rope_q: Option<QueryRope<'a>>,
@@ -182,6 +185,11 @@ impl<'a> AttentionOptions<'a> {
         self.rope_q = Some(QueryRope { table, positions });
         self
     }
+    /// Gates the output (G1) in the kernel's epilogue.
+    pub fn output_gate(mut self, gate: crate::gate::Gate<'a>) -> Self {
+        self.output_gate = Some(gate);
+        self
+    }
     /// Chooses the threads of the allocating entry points.
     pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
         self.parallelism = parallelism;
@@ -217,6 +225,9 @@ impl<'a> AttentionOptions<'a> {
         #[cfg(feature = "alloc")]
         if let Some(r) = &self.rope_q {
             r.table.check([dims.batch, dims.q_len, dims.q_heads, dims.head_dim], &r.positions, Operand::Query)?;
+        }
+        if let Some(g) = &self.output_gate {
+            g.check([dims.batch, dims.q_len, dims.q_heads, dims.v_head_dim])?;
         }
         if let Some(bias) = &self.bias {
             let shape = [dims.batch, dims.q_heads, dims.q_len, dims.kv_len];

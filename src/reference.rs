@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 
 use crate::error::Error;
 use crate::options::{Alignment, AttentionOptions};
+use crate::gate::{Gate, GateActivation, GateMode};
 use crate::rope::{RopePairing, RopeTable};
 use crate::tensor::Tensor;
 use crate::Dims;
@@ -95,6 +96,24 @@ pub fn rope_f64(table: &RopeTable, pos: usize, row: &mut [f64]) {
         let (a, b) = (row[a_idx], row[b_idx]);
         row[a_idx] = a * c - b * s;
         row[b_idx] = b * c + a * s;
+    }
+}
+
+/// The gate of element `(b, s, h, d)` applied to `y`, in f64.
+pub fn gate_f64(gate: &Gate<'_>, b: usize, s: usize, h: usize, d: usize, y: f64) -> f64 {
+    let l = &gate.logits.layout;
+    let h = if l.shape[2] == 1 { 0 } else { h };
+    let d = if l.shape[3] == 1 { 0 } else { d };
+    let x = elem(&gate.logits, b, s, h, d);
+    let sigmoid = 1.0 / (1.0 + libm::exp(-x));
+    let g = match gate.activation {
+        GateActivation::Sigmoid => sigmoid,
+        GateActivation::Silu => x * sigmoid,
+        GateActivation::NsSigmoid => 0.5 + 0.5 * sigmoid,
+    };
+    match gate.mode {
+        GateMode::Multiplicative => y * g,
+        GateMode::Additive => y + g,
     }
 }
 
@@ -196,6 +215,14 @@ pub fn attention(
                         }
                     }
                     out[((b * dims.q_len + i) * dims.q_heads + h) * dims.v_head_dim + d] = acc / denom;
+                }
+            }
+            if let Some(gate) = &opts.output_gate {
+                for i in 0..dims.q_len {
+                    for d in 0..dims.v_head_dim {
+                        let o = &mut out[((b * dims.q_len + i) * dims.q_heads + h) * dims.v_head_dim + d];
+                        *o = gate_f64(gate, b, i, h, d, *o);
+                    }
                 }
             }
         }
