@@ -136,6 +136,22 @@ pub enum Error {
         /// Tokens that can be removed.
         available: usize,
     },
+    /// A configuration field is missing, malformed or inconsistent.
+    InvalidConfig {
+        /// The field (Hugging Face `config.json` name where there is one).
+        field: &'static str,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+    /// A weight tensor is missing, has the wrong shape or an unsupported type, or the weight file
+    /// is malformed.
+    #[cfg(feature = "alloc")]
+    Weight {
+        /// The tensor's name (empty for the file as a whole).
+        name: alloc::string::String,
+        /// What is wrong.
+        reason: alloc::string::String,
+    },
     /// The output buffer overlaps (aliases) itself through its strides.
     AliasedOutput {
         /// The offending tensor.
@@ -180,6 +196,9 @@ impl fmt::Display for Error {
                 f,
                 "kv cache row {batch_row}: cannot remove {requested} tokens, at most {available}"
             ),
+            Error::InvalidConfig { field, reason } => write!(f, "config field {field}: {reason}"),
+            #[cfg(feature = "alloc")]
+            Error::Weight { name, reason } => write!(f, "weight {name:?}: {reason}"),
             Error::AliasedOutput { operand } => {
                 write!(f, "{operand}: strides make distinct elements share memory")
             }

@@ -111,7 +111,11 @@ mod element;
 pub mod gate;
 mod error;
 pub mod kernel;
+#[cfg(feature = "alloc")]
+pub mod layer;
 mod mask;
+#[cfg(feature = "alloc")]
+pub mod measure;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 mod options;

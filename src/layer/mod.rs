@@ -1,0 +1,391 @@
+//! `GatedAttention`: a drop-in attention layer with the output gate of Gated Attention
+//! (Qiu et al. 2025), as Qwen3 (with the paper's flags), Qwen3-Next and torch-gated-attention
+//! define it, plus the paper's other gate positions.
+//!
+//! ```text
+//! x ─► q_proj (q | gate), k_proj, v_proj ─► G4/G3/G2 ─► q/k RMSNorm ─► RoPE ─► KV cache
+//!   ─► attention (G1 fused in the epilogue) ─► o_proj ─► G5 ─► out
+//! ```
+//!
+//! ```
+//! use gated_attention::layer::{GatedAttention, GatedAttentionConfig, GateConfig, GateGranularity};
+//! use gated_attention::DType;
+//! let mut cfg = GatedAttentionConfig::new(64, 4, 2, 16);
+//! cfg.gate = Some(GateConfig::qiu(GateGranularity::Elementwise));
+//! let layer = GatedAttention::seeded(cfg, 7).unwrap();
+//! let mut cache = layer.new_cache(1, 32, DType::F32).unwrap();
+//! let x = vec![0.1f32; 5 * 64]; // 5 prompt tokens
+//! let y = layer.forward(&x, 1, &mut cache, None).unwrap();
+//! let z = layer.forward(&x[..64], 1, &mut cache, None).unwrap(); // one decode step
+//! assert_eq!((y.len(), z.len(), cache.len(0)), (5 * 64, 64, 6));
+//! ```
+
+mod config;
+pub mod json;
+mod linear;
+mod norm;
+#[cfg(feature = "safetensors")]
+mod weights;
+#[cfg(feature = "safetensors")]
+pub use weights::load_weights;
+
+pub use config::{
+    GateConfig, GateGranularity, GatePosition, GateSharing, GateSource, GatedAttentionConfig, LayerRopeScaling, QkNorm,
+};
+pub use linear::Linear;
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::cache::{CachePolicy, KvCache, KvCacheConfig};
+use crate::element::DType;
+use crate::error::Error;
+use crate::gate::{apply_gate, Gate};
+use crate::measure::{GateStats, LayerProbes};
+use crate::options::AttentionOptions;
+use crate::rope::{Positions, RopeTable};
+use crate::tensor::{Tensor, TensorMut};
+use norm::{rms_norm_rows, rms_norm_rows_f64};
+
+/// The weights of one layer, with Hugging Face names in the comments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatedAttentionWeights {
+    /// `q_proj` (with the gate columns for q_proj gate sources).
+    pub q_proj: Linear,
+    /// `k_proj`.
+    pub k_proj: Linear,
+    /// `v_proj`.
+    pub v_proj: Linear,
+    /// `o_proj`.
+    pub o_proj: Linear,
+    /// `q_norm.weight` `[head_dim]`.
+    pub q_norm: Option<Vec<f32>>,
+    /// `k_norm.weight` `[head_dim]`.
+    pub k_norm: Option<Vec<f32>>,
+    /// `gate_proj` (separate gates) or `gatedSDPA.gate_proj` (rotated-query gate).
+    pub gate_proj: Option<Linear>,
+}
+
+/// A gated attention layer: configuration, weights and its RoPE table.
+#[derive(Clone, Debug)]
+pub struct GatedAttention {
+    config: GatedAttentionConfig,
+    weights: GatedAttentionWeights,
+    rope: RopeTable,
+}
+
+/// Statistics a forward pass can record (the papers' measurements).
+#[derive(Clone, Debug, Default)]
+pub struct ForwardStats {
+    /// Activated gate values seen.
+    pub gate: GateStats,
+    /// Max-abs probes.
+    pub probes: LayerProbes,
+    /// Sum over rows of the attention probability on key position 0, and the row count, per
+    /// query head.
+    pub first_token_mass: Vec<(f64, usize)>,
+}
+
+struct SplitRng(u64);
+impl SplitRng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+impl GatedAttention {
+    /// Builds a layer from weights, checking every shape against the configuration.
+    pub fn new(config: GatedAttentionConfig, weights: GatedAttentionWeights) -> Result<GatedAttention, Error> {
+        config.validate()?;
+        let c = &config;
+        let check = |l: &Linear, name: &str, out: usize, inp: usize, bias: bool| -> Result<(), Error> {
+            let shape_err = |reason: alloc::string::String| Err(Error::Weight { name: name.into(), reason });
+            if l.out_features != out || l.in_features != inp || l.weight.len() != out * inp {
+                return shape_err(alloc::format!("expected [{out}, {inp}], got [{}, {}] with {} values", l.out_features, l.in_features, l.weight.len()));
+            }
+            match (&l.bias, bias) {
+                (Some(b), true) if b.len() == out => Ok(()),
+                (None, false) => Ok(()),
+                (Some(b), true) => shape_err(alloc::format!("bias expected [{out}], got [{}]", b.len())),
+                (None, true) => shape_err("bias missing (the config asks for one)".into()),
+                (Some(_), false) => shape_err("unexpected bias (the config has none)".into()),
+            }
+        };
+        let w = &weights;
+        let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        check(&w.q_proj, "q_proj.weight", c.q_proj_out(), c.hidden_size, c.qkv_bias)?;
+        check(&w.k_proj, "k_proj.weight", kvd, c.hidden_size, c.qkv_bias)?;
+        check(&w.v_proj, "v_proj.weight", kvd, c.hidden_size, c.qkv_bias)?;
+        check(&w.o_proj, "o_proj.weight", c.hidden_size, hd, c.o_bias)?;
+        for (n, name) in [(&w.q_norm, "q_norm.weight"), (&w.k_norm, "k_norm.weight")] {
+            match (n, c.qk_norm) {
+                (Some(v), QkNorm::Qwen3 | QkNorm::Qwen3Next) if v.len() == c.head_dim => {}
+                (None, QkNorm::None) => {}
+                _ => return Err(Error::Weight { name: name.into(), reason: alloc::format!("expected [{}] when q/k norm is {:?}", c.head_dim, c.qk_norm) }),
+            }
+        }
+        match c.gate.map(|g| g.source) {
+            Some(config::GateSource::Separate) => {
+                let g = c.gate.unwrap_or(GateConfig::qwen3_next());
+                let gp = w.gate_proj.as_ref().ok_or(Error::Weight { name: "gate_proj.weight".into(), reason: "missing".into() })?;
+                check(gp, "gate_proj.weight", c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, gp.bias.is_some())?;
+            }
+            Some(config::GateSource::RotatedQuery) => {
+                let gp = w.gate_proj.as_ref().ok_or(Error::Weight { name: "gatedSDPA.gate_proj.weight".into(), reason: "missing".into() })?;
+                check(gp, "gatedSDPA.gate_proj.weight", c.head_dim, c.head_dim, true)?;
+            }
+            _ => {
+                if w.gate_proj.is_some() {
+                    return Err(Error::Weight { name: "gate_proj.weight".into(), reason: "unexpected (the config's gate does not use it)".into() });
+                }
+            }
+        }
+        let rope = RopeTable::new(&config.rope(), config.max_position_embeddings)?;
+        Ok(GatedAttention { config, weights, rope })
+    }
+
+    /// A layer with seeded uniform weights (±1/sqrt(fan_in)) and norm weights near their identity.
+    pub fn seeded(config: GatedAttentionConfig, seed: u64) -> Result<GatedAttention, Error> {
+        config.validate()?;
+        let c = &config;
+        let mut rng = SplitRng(seed);
+        let mut lin = |out: usize, inp: usize, bias: bool| {
+            let a = 1.0 / libm::sqrtf(inp as f32);
+            Linear {
+                weight: (0..out * inp).map(|_| rng.next() * a).collect(),
+                bias: bias.then(|| (0..out).map(|_| rng.next() * a).collect()),
+                in_features: inp,
+                out_features: out,
+            }
+        };
+        let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let q_proj = lin(c.q_proj_out(), c.hidden_size, c.qkv_bias);
+        let k_proj = lin(kvd, c.hidden_size, c.qkv_bias);
+        let v_proj = lin(kvd, c.hidden_size, c.qkv_bias);
+        let o_proj = lin(c.hidden_size, hd, c.o_bias);
+        let gate_proj = match c.gate {
+            Some(g) if g.source == config::GateSource::Separate => Some(lin(c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, true)),
+            Some(g) if g.source == config::GateSource::RotatedQuery => Some(lin(c.head_dim, c.head_dim, true)),
+            _ => None,
+        };
+        let norm = |rng: &mut SplitRng| match c.qk_norm {
+            QkNorm::None => None,
+            QkNorm::Qwen3 => Some((0..c.head_dim).map(|_| 1.0 + 0.1 * rng.next()).collect()),
+            QkNorm::Qwen3Next => Some((0..c.head_dim).map(|_| 0.1 * rng.next()).collect()),
+        };
+        let q_norm = norm(&mut rng);
+        let k_norm = norm(&mut rng);
+        Self::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatedAttentionConfig {
+        &self.config
+    }
+    /// The weights.
+    pub fn weights(&self) -> &GatedAttentionWeights {
+        &self.weights
+    }
+    /// The RoPE table.
+    pub fn rope(&self) -> &RopeTable {
+        &self.rope
+    }
+
+    /// A cache sized for this layer (sliding-window policy when the config has a window).
+    pub fn new_cache(&self, batch: usize, capacity: usize, dtype: DType) -> Result<KvCache, Error> {
+        let c = &self.config;
+        let mut cfg = KvCacheConfig::new(batch, c.num_kv_heads, c.head_dim, capacity, dtype);
+        if let Some(w) = c.sliding_window {
+            cfg = cfg.policy(CachePolicy::SlidingWindow { window: w, sink_tokens: 0 });
+        }
+        KvCache::new(cfg)
+    }
+
+    /// Runs `x` (`[batch, L, hidden]`, the newest `L` tokens of each row) through the layer,
+    /// appending its keys and values to `cache`. `positions` (`[batch, L]`) default to the
+    /// cache's next positions. Returns `[batch, L, hidden]`.
+    pub fn forward(&self, x: &[f32], batch: usize, cache: &mut KvCache, positions: Option<&[usize]>) -> Result<Vec<f32>, Error> {
+        self.forward_inner(x, batch, cache, positions, None)
+    }
+
+    /// [`GatedAttention::forward`] that also records gate statistics, max-abs probes and the
+    /// attention mass on the first key.
+    pub fn forward_with_stats(
+        &self,
+        x: &[f32],
+        batch: usize,
+        cache: &mut KvCache,
+        positions: Option<&[usize]>,
+        stats: &mut ForwardStats,
+    ) -> Result<Vec<f32>, Error> {
+        self.forward_inner(x, batch, cache, positions, Some(stats))
+    }
+
+    fn forward_inner(
+        &self,
+        x: &[f32],
+        batch: usize,
+        cache: &mut KvCache,
+        positions: Option<&[usize]>,
+        mut stats: Option<&mut ForwardStats>,
+    ) -> Result<Vec<f32>, Error> {
+        let c = &self.config;
+        let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+        if batch == 0 || x.len() % (batch * dm) != 0 {
+            return Err(Error::InvalidConfig { field: "hidden_size", reason: "input length is not batch · L · hidden_size" });
+        }
+        let l = x.len() / (batch * dm);
+        let n = batch * l;
+        let cc = cache.config();
+        if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
+            return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
+        }
+        let pos: Vec<usize> = match positions {
+            Some(p) if p.len() == n => p.to_vec(),
+            Some(_) => return Err(Error::InvalidConfig { field: "positions", reason: "need batch · L entries" }),
+            None => (0..batch).flat_map(|b| (0..l).map(move |i| (b, i))).map(|(b, i)| cache.next_position(b) + i).collect(),
+        };
+        if pos.iter().any(|&p| p >= self.rope.positions()) {
+            return Err(Error::InvalidConfig { field: "max_position_embeddings", reason: "a position is beyond the RoPE table" });
+        }
+        let w = &self.weights;
+        let xq = w.q_proj.forward(x, n);
+        let mut k = w.k_proj.forward(x, n);
+        let mut v = w.v_proj.forward(x, n);
+        let (mut q, mut gate_logits) = self.split_q(&xq, n);
+        if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
+            if g.source == config::GateSource::Separate {
+                gate_logits = Some(gp.forward(x, n));
+            }
+        }
+        let gate_cfg = c.gate;
+        let gate_shape = |g: &GateConfig| (c.gate_heads(g), c.gate_width(g));
+        // G4, G3, G2: right after the projections.
+        if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
+            let (gh, gw) = gate_shape(&g);
+            let gate = Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode };
+            match g.position {
+                GatePosition::Query => apply_gate(TensorMut::bshd(&mut q[..], batch, l, h, d), &gate)?,
+                GatePosition::Key => apply_gate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), &gate)?,
+                GatePosition::Value => apply_gate(TensorMut::bshd(&mut v[..], batch, l, hkv, d), &gate)?,
+                _ => {}
+            }
+        }
+        if let Some(qn) = &w.q_norm {
+            rms_norm_rows(c.qk_norm, &mut q, qn, c.rms_norm_eps, d);
+        }
+        if let Some(kn) = &w.k_norm {
+            rms_norm_rows(c.qk_norm, &mut k, kn, c.rms_norm_eps, d);
+        }
+        // RoPE: rotate here (explicit positions, and what the rotated-query gate and the
+        // statistics need); the default path rotates inside the cache append and the kernel.
+        let fused = positions.is_none() && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery) && stats.is_none();
+        let streaming = matches!(cache.config().policy, CachePolicy::StreamingLlm { .. });
+        if !fused && !streaming {
+            self.rope.rotate(TensorMut::bshd(&mut q[..], batch, l, h, d), Positions::Explicit(&pos))?;
+        }
+        if !fused && !streaming {
+            self.rope.rotate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), Positions::Explicit(&pos))?;
+        }
+        if let (Some(g), Some(gp)) = (gate_cfg, &w.gate_proj) {
+            if g.source == config::GateSource::RotatedQuery {
+                gate_logits = Some(gp.forward(&q, n * h));
+            }
+        }
+        cache.append(&Tensor::bshd(&k[..], batch, l, hkv, d), &Tensor::bshd(&v[..], batch, l, hkv, d), (fused || streaming).then_some(&self.rope))?;
+        let mut o = vec![0.0f32; n * h * d];
+        let mut lse = vec![0.0f32; batch * h * l];
+        let mut opts = AttentionOptions::new();
+        let g1 = gate_cfg.filter(|g| g.position == GatePosition::Output);
+        if let (Some(g), Some(logits)) = (g1, gate_logits.as_deref()) {
+            let (gh, gw) = gate_shape(&g);
+            opts = opts.output_gate(Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode });
+        }
+        let rope_for_attend = (fused || streaming).then_some(&self.rope);
+        cache.attend_with_rope(&Tensor::bshd(&q[..], batch, l, h, d), TensorMut::bshd(&mut o[..], batch, l, h, d), Some(&mut lse), &opts, rope_for_attend)?;
+        let mut out = w.o_proj.forward(&o, n);
+        if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
+            if g.position == GatePosition::Dense {
+                let (gh, gw) = gate_shape(&g);
+                let gate = Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode };
+                apply_gate(TensorMut::bshd(&mut out[..], batch, l, 1, dm), &gate)?;
+            }
+        }
+        if let Some(st) = stats.as_deref_mut() {
+            if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
+                st.gate.extend(logits.iter().map(|&z| g.activation.apply(z) as f64));
+            }
+            st.probes.observe(&o, &out);
+            if !streaming {
+                // StreamingLLM keeps keys unrotated; its sink share needs the re-indexed keys.
+                self.first_token_mass(&q, &lse, cache, batch, l, &pos, st);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Accumulates `p(row → key position 0) = exp(s₀ - lse)` per head, from the rotated queries,
+    /// the cached first key and the LSE: no score matrix is formed.
+    fn first_token_mass(&self, q: &[f32], lse: &[f32], cache: &KvCache, batch: usize, l: usize, pos: &[usize], st: &mut ForwardStats) {
+        let c = &self.config;
+        let (h, d, g) = (c.num_heads, c.head_dim, c.group());
+        st.first_token_mass.resize(h, (0.0, 0));
+        let scale = 1.0 / libm::sqrt(d as f64);
+        for b in 0..batch {
+            let keys = cache.keys(b);
+            if cache.positions(b).next() != Some(0) {
+                continue; // position 0 evicted: its probability is 0 by construction
+            }
+            for hh in 0..h {
+                let kvh = hh / g;
+                let k0 = keys.layout.offset(0, 0, kvh);
+                for i in 0..l {
+                    let row = &q[((b * l + i) * h + hh) * d..((b * l + i) * h + hh + 1) * d];
+                    let s0: f64 = row.iter().enumerate().map(|(e, &x)| x as f64 * keys.data.get_f32(k0 + e) as f64).sum::<f64>() * scale;
+                    let visible = c.sliding_window.is_none_or(|w| pos[b * l + i] < w);
+                    let p = if visible { libm::exp(s0 - lse[(b * h + hh) * l + i] as f64) } else { 0.0 };
+                    let e = &mut st.first_token_mass[hh];
+                    e.0 += p;
+                    e.1 += 1;
+                }
+            }
+        }
+    }
+
+    /// Splits `q_proj`'s output into queries `[n, H, D]` and, for q_proj gate sources, the gate
+    /// logits `[n, H, gw]`.
+    fn split_q(&self, xq: &[f32], n: usize) -> (Vec<f32>, Option<Vec<f32>>) {
+        let c = &self.config;
+        let (h, d, g) = (c.num_heads, c.head_dim, c.group());
+        let source = c.gate.map(|gc| (gc.source, c.gate_width(&gc)));
+        match source {
+            Some((config::GateSource::QProjGrouped, gw)) | Some((config::GateSource::QProjPerHead, gw)) => {
+                let per_head = matches!(source, Some((config::GateSource::QProjPerHead, _)));
+                let row_len = c.q_proj_out();
+                let mut q = vec![0.0f32; n * h * d];
+                let mut gate = vec![0.0f32; n * h * gw];
+                for t in 0..n {
+                    let row = &xq[t * row_len..(t + 1) * row_len];
+                    for hh in 0..h {
+                        let (q_off, g_off) = if per_head {
+                            (hh * (d + gw), hh * (d + gw) + d)
+                        } else {
+                            let (grp, r) = (hh / g, hh % g);
+                            let chunk = g * (d + gw);
+                            (grp * chunk + r * d, grp * chunk + g * d + r * gw)
+                        };
+                        q[(t * h + hh) * d..(t * h + hh + 1) * d].copy_from_slice(&row[q_off..q_off + d]);
+                        gate[(t * h + hh) * gw..(t * h + hh + 1) * gw].copy_from_slice(&row[g_off..g_off + gw]);
+                    }
+                }
+                (q, Some(gate))
+            }
+            _ => (xq.to_vec(), None),
+        }
+    }
+}

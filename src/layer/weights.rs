@@ -1,0 +1,75 @@
+//! Loading layer weights from a safetensors file by their Hugging Face names.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use safetensors::{Dtype, SafeTensors};
+
+use super::config::{GateSource, GatedAttentionConfig, QkNorm};
+use super::{GatedAttention, GatedAttentionWeights, Linear};
+use crate::error::Error;
+
+fn weight_err(name: &str, reason: impl Into<String>) -> Error {
+    Error::Weight { name: name.to_string(), reason: reason.into() }
+}
+
+/// Reads tensor `name` as f32 (f32, f16 and bf16 files) and checks its shape.
+fn read(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
+    let t = st.tensor(name).map_err(|_| weight_err(name, "missing"))?;
+    if t.shape() != shape {
+        return Err(weight_err(name, format!("shape {:?}, expected {:?}", t.shape(), shape)));
+    }
+    let bytes = t.data();
+    let values: Vec<f32> = match t.dtype() {
+        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        other => return Err(weight_err(name, format!("dtype {other:?} (f32, f16 or bf16 expected)"))),
+    };
+    let n: usize = shape.iter().product();
+    if values.len() != n {
+        return Err(weight_err(name, "data length does not match the shape"));
+    }
+    Ok(values)
+}
+
+fn linear(st: &SafeTensors<'_>, prefix: &str, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, Error> {
+    let w = read(st, &format!("{prefix}{name}.weight"), &[out, inp])?;
+    let b = if bias { Some(read(st, &format!("{prefix}{name}.bias"), &[out])?) } else { None };
+    Ok(Linear { weight: w, bias: b, in_features: inp, out_features: out })
+}
+
+/// Builds a layer from the safetensors file `bytes`, reading `"{prefix}q_proj.weight"` and the
+/// other Hugging Face names (`k_proj`, `v_proj`, `o_proj`, `q_norm`, `k_norm`, `gate_proj` for
+/// separate gates, `gatedSDPA.gate_proj` for the rotated-query gate). Weights in f32, f16 or bf16
+/// are widened to f32. A missing tensor, a wrong shape or dtype, or a malformed file is an
+/// [`Error::Weight`] naming the tensor.
+pub fn load_weights(config: GatedAttentionConfig, bytes: &[u8], prefix: &str) -> Result<GatedAttention, Error> {
+    config.validate()?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| weight_err("", format!("not a safetensors file: {e}")))?;
+    let c = &config;
+    let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let q_proj = linear(&st, prefix, "q_proj", c.q_proj_out(), c.hidden_size, c.qkv_bias)?;
+    let k_proj = linear(&st, prefix, "k_proj", kvd, c.hidden_size, c.qkv_bias)?;
+    let v_proj = linear(&st, prefix, "v_proj", kvd, c.hidden_size, c.qkv_bias)?;
+    let o_proj = linear(&st, prefix, "o_proj", c.hidden_size, hd, c.o_bias)?;
+    let norm = |name: &str| -> Result<Option<Vec<f32>>, Error> {
+        match c.qk_norm {
+            QkNorm::None => Ok(None),
+            _ => read(&st, &format!("{prefix}{name}.weight"), &[c.head_dim]).map(Some),
+        }
+    };
+    let q_norm = norm("q_norm")?;
+    let k_norm = norm("k_norm")?;
+    let gate_proj = match c.gate {
+        Some(g) if g.source == GateSource::Separate => {
+            let out = c.gate_heads(&g) * c.gate_width(&g);
+            let has_bias = st.tensor(&format!("{prefix}gate_proj.bias")).is_ok();
+            Some(linear(&st, prefix, "gate_proj", out, c.hidden_size, has_bias)?)
+        }
+        Some(g) if g.source == GateSource::RotatedQuery => Some(linear(&st, prefix, "gatedSDPA.gate_proj", c.head_dim, c.head_dim, true)?),
+        _ => None,
+    };
+    GatedAttention::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })
+}
