@@ -502,6 +502,15 @@ impl KvCache {
             o.sink_tokens = sink_tokens;
         }
         for b in 0..batch {
+            // Per-row calls: every batched option is narrowed to row b.
+            let mut o = o;
+            if let Some(g) = opts.output_gate {
+                o.output_gate = Some(crate::gate::Gate { logits: batch_row(&g.logits, b), ..g });
+            }
+            if let Some(bias) = opts.bias {
+                let off = (b * bias.strides[0]).min(bias.data.len());
+                o.bias = Some(crate::Bias::new(&bias.data[off..], bias.strides));
+            }
             let qb = batch_row(q, b);
             let ob = batch_row_mut(&mut out, b);
             let lb = lse.as_deref_mut().map(|l| &mut l[b * lse_row..(b + 1) * lse_row]);

@@ -24,6 +24,7 @@ mod config;
 pub mod json;
 mod linear;
 mod norm;
+mod reference;
 #[cfg(feature = "safetensors")]
 mod weights;
 #[cfg(feature = "safetensors")]
@@ -45,7 +46,7 @@ use crate::measure::{GateStats, LayerProbes};
 use crate::options::AttentionOptions;
 use crate::rope::{Positions, RopeTable};
 use crate::tensor::{Tensor, TensorMut};
-use norm::{rms_norm_rows, rms_norm_rows_f64};
+use norm::rms_norm_rows;
 
 /// The weights of one layer, with Hugging Face names in the comments.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,0 +1,251 @@
+//! The layer's cached, tiled path (prefill then decode) against its f64 reference forward for
+//! every gate position, granularity, sharing, activation and mode; measurements against brute
+//! force; configuration and weight errors.
+
+mod common;
+use common::*;
+use gated_attention::gate::{GateActivation, GateMode};
+use gated_attention::layer::{
+    GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, QkNorm,
+};
+use gated_attention::measure::{first_token_probabilities, sink_share_per_head, GateStats};
+use gated_attention::{attention, reference, AttentionOptions, DType, Error, Tensor, TensorMut};
+
+fn inputs(batch: usize, l: usize, dm: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..batch * l * dm).map(|_| rng.uniform()).collect()
+}
+
+/// Prefill `lp` tokens, decode the rest one by one, compare every row with the f64 reference.
+fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, label: &str) {
+    let layer = GatedAttention::seeded(config, 11).unwrap();
+    let dm = layer.config().hidden_size;
+    let x = inputs(batch, l, dm, 5);
+    let want = layer.reference_forward(&x, batch);
+    let (atol, rtol) = tolerance(DType::F32);
+    for cache_dtype in [DType::F32, DType::BF16] {
+        let mut cache = layer.new_cache(batch, l + 4, cache_dtype).unwrap();
+        let mut got = vec![0.0f32; batch * l * dm];
+        let mut t = 0;
+        while t < l {
+            let step = if t == 0 { lp } else { 1 };
+            let xs: Vec<f32> = (0..batch).flat_map(|b| x[(b * l + t) * dm..(b * l + t + step) * dm].iter().copied()).collect();
+            let y = layer.forward(&xs, batch, &mut cache, None).unwrap();
+            for b in 0..batch {
+                got[(b * l + t) * dm..(b * l + t + step) * dm].copy_from_slice(&y[b * step * dm..(b + 1) * step * dm]);
+            }
+            t += step;
+        }
+        // bf16 keys/values round before attention: judge them by the bf16 output budget.
+        let (atol, rtol) = if cache_dtype == DType::F32 { (atol, rtol) } else { tolerance(DType::BF16) };
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{label} ({cache_dtype:?} cache): element {i}: {g} vs reference {w}");
+        }
+    }
+}
+
+#[test]
+fn every_gate_variant_matches_the_reference() {
+    let positions = [GatePosition::Output, GatePosition::Value, GatePosition::Key, GatePosition::Query, GatePosition::Dense];
+    for &(h, hkv) in &[(4usize, 4usize), (4, 2), (8, 2)] {
+        for pos in positions {
+            for gran in [GateGranularity::Elementwise, GateGranularity::Headwise] {
+                for share in [GateSharing::HeadSpecific, GateSharing::HeadShared] {
+                    let mut cfg = GatedAttentionConfig::new(48, h, hkv, 12);
+                    cfg.gate = Some(GateConfig::separate(pos, gran, share));
+                    check_layer(cfg, 2, 9, 5, &format!("{pos:?} {gran:?} {share:?} h={h}/{hkv}"));
+                }
+            }
+        }
+        for gran in [GateGranularity::Elementwise, GateGranularity::Headwise] {
+            let mut cfg = GatedAttentionConfig::new(48, h, hkv, 12);
+            cfg.gate = Some(GateConfig::qiu(gran));
+            cfg.qkv_bias = true;
+            cfg.o_bias = true;
+            check_layer(cfg, 1, 10, 6, &format!("qiu {gran:?} h={h}/{hkv}"));
+        }
+        let mut cfg = GatedAttentionConfig::new(48, h, hkv, 16);
+        cfg.gate = Some(GateConfig::qwen3_next());
+        cfg.qk_norm = QkNorm::Qwen3Next;
+        cfg.rotary_dim = 4;
+        check_layer(cfg, 1, 10, 6, &format!("qwen3-next h={h}/{hkv}"));
+    }
+    for act in [GateActivation::Sigmoid, GateActivation::Silu, GateActivation::NsSigmoid] {
+        for mode in [GateMode::Multiplicative, GateMode::Additive] {
+            let mut cfg = GatedAttentionConfig::new(32, 4, 2, 8);
+            let mut g = GateConfig::separate(GatePosition::Output, GateGranularity::Elementwise, GateSharing::HeadSpecific);
+            g.activation = act;
+            g.mode = mode;
+            cfg.gate = Some(g);
+            check_layer(cfg, 1, 8, 3, &format!("{act:?} {mode:?}"));
+        }
+    }
+    let mut cfg = GatedAttentionConfig::new(32, 4, 4, 8);
+    cfg.gate = Some(GateConfig::rotated_query());
+    cfg.qk_norm = QkNorm::None;
+    check_layer(cfg, 1, 8, 3, "rotated query");
+    let mut cfg = GatedAttentionConfig::new(32, 4, 2, 8);
+    cfg.gate = Some(GateConfig::qiu(GateGranularity::Elementwise));
+    cfg.sliding_window = Some(3);
+    check_layer(cfg, 1, 12, 5, "sliding window");
+}
+
+#[test]
+fn first_token_probabilities_match_brute_force() {
+    let (lq, lk, hq, hkv, d) = (30usize, 30usize, 4usize, 2usize, 16usize);
+    let mut rng = Rng::new(8);
+    let q: Vec<f32> = (0..lq * hq * d).map(|_| rng.uniform() * 3.0).collect();
+    let k: Vec<f32> = (0..lk * hkv * d).map(|_| rng.uniform() * 3.0).collect();
+    let v = k.clone();
+    let sinks = [0.5f32, -1.0, 2.0, 0.0];
+    for opts in [AttentionOptions::new().causal(), AttentionOptions::new().causal().softcap(2.0).sinks(&sinks), AttentionOptions::new().causal().window(7).sink_tokens(1), AttentionOptions::new().causal().window(7)] {
+        let (qt, kt, vt) = (Tensor::bshd(&q[..], 1, lq, hq, d), Tensor::bshd(&k[..], 1, lk, hkv, d), Tensor::bshd(&v[..], 1, lk, hkv, d));
+        let mut o = vec![0.0f32; lq * hq * d];
+        let mut lse = vec![0.0f32; hq * lq];
+        attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, hq, d), Some(&mut lse), &opts).unwrap();
+        let p = first_token_probabilities(&qt, &kt, &lse, &opts).unwrap();
+        let dims = gated_attention::Dims::from_tensors(&qt, &kt, &vt).unwrap();
+        for h in 0..hq {
+            let s = reference::scores(&qt, &kt, &opts, &dims, 0, h);
+            for i in 0..lq {
+                let row = &s[i * lk..(i + 1) * lk];
+                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let mut z: f64 = row.iter().map(|&x| (x - m).exp()).sum();
+                if let Some(sk) = opts.sinks {
+                    z += (sk[h] as f64 - m).exp();
+                }
+                let want = (row[0] - m).exp() / z;
+                let got = p[h * lq + i];
+                assert!((got - want).abs() <= 1e-5 * (1.0 + want), "{opts:?} h={h} i={i}: {got} vs {want}");
+            }
+        }
+        let share = sink_share_per_head(&p, 1, hq, lq, 1);
+        for h in 0..hq {
+            let mean: f64 = (1..lq).map(|i| p[h * lq + i]).sum::<f64>() / (lq - 1) as f64;
+            assert!((share[h] - mean).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn layer_statistics_match_brute_force() {
+    let mut cfg = GatedAttentionConfig::new(32, 4, 2, 8);
+    cfg.gate = Some(GateConfig::qiu(GateGranularity::Headwise));
+    let layer = GatedAttention::seeded(cfg, 3).unwrap();
+    let (l, dm) = (10usize, 32usize);
+    let x = inputs(1, l, dm, 9);
+    let mut cache = layer.new_cache(1, 16, DType::F32).unwrap();
+    let mut stats = Default::default();
+    let y = layer.forward_with_stats(&x, 1, &mut cache, None, &mut stats).unwrap();
+    // gate statistics: recompute the logits from q_proj's gate columns (headwise, G = 2)
+    let xq = layer.weights().q_proj.forward(&x, l);
+    let mut want = GateStats::default();
+    let row = layer.config().q_proj_out();
+    for t in 0..l {
+        for h in 0..4 {
+            let (grp, r) = (h / 2, h % 2);
+            let col = grp * 2 * (8 + 1) + 2 * 8 + r;
+            want.extend([1.0 / (1.0 + (-(xq[t * row + col] as f64)).exp())]);
+        }
+    }
+    assert_eq!(stats.gate.count, want.count);
+    for (a, b) in [(stats.gate.mean(), want.mean()), (stats.gate.std(), want.std()), (stats.gate.min, want.min), (stats.gate.max, want.max), (stats.gate.fraction_below_0_5(), want.fraction_below_0_5()), (stats.gate.fraction_below_0_1(), want.fraction_below_0_1())] {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    assert!((stats.probes.out_max_abs - y.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64))).abs() < 1e-12);
+    // first-token mass: the first row puts all its mass on key 0
+    assert_eq!(stats.first_token_mass.len(), 4);
+    for &(sum, count) in &stats.first_token_mass {
+        assert_eq!(count, l);
+        assert!(sum >= 1.0 - 1e-5 && sum <= l as f64);
+    }
+}
+
+#[test]
+fn config_json_fields_and_errors() {
+    let ok = r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "rope_theta": 1000000.0, "elementwise_attn_output_gate": true, "qkv_bias": true,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        "max_position_embeddings": 131072}"#;
+    let c = GatedAttentionConfig::from_json(ok).unwrap();
+    assert_eq!(c.gate, Some(GateConfig::qiu(GateGranularity::Elementwise)));
+    assert!(c.qkv_bias && c.o_bias && c.rope_theta == 1e6);
+    let next = r#"{"model_type": "qwen3_next", "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 2,
+        "head_dim": 256, "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0, "partial_rotary_factor": 0.25}}"#;
+    let c = GatedAttentionConfig::from_json(next).unwrap();
+    assert_eq!((c.rotary_dim, c.qk_norm, c.rope_theta), (64, QkNorm::Qwen3Next, 1e7));
+    for (text, field) in [
+        ("not json", "config.json"),
+        ("[1, 2]", "config.json"),
+        (r#"{"num_attention_heads": 4}"#, "hidden_size"),
+        (r#"{"hidden_size": 64}"#, "num_attention_heads"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3}"#, "num_key_value_heads"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": "x"}"#, "head_dim"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "partial_rotary_factor": 1.5}"#, "partial_rotary_factor"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "rope_type"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "linear"}}"#, "factor"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#, "headwise_attn_output_gate"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 0}"#, "num_attention_heads"),
+    ] {
+        match GatedAttentionConfig::from_json(text) {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field, "{text}"),
+            other => panic!("{text}: expected an error naming {field}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn weight_errors_name_the_tensor() {
+    let mut cfg = GatedAttentionConfig::new(16, 2, 1, 8);
+    cfg.gate = Some(GateConfig::qiu(GateGranularity::Headwise));
+    let good = GatedAttention::seeded(cfg.clone(), 1).unwrap();
+    let mut w = good.weights().clone();
+    w.k_proj.weight.pop();
+    assert!(matches!(GatedAttention::new(cfg.clone(), w), Err(Error::Weight { name, .. }) if name == "k_proj.weight"));
+    let mut w = good.weights().clone();
+    w.q_norm = None;
+    assert!(matches!(GatedAttention::new(cfg.clone(), w), Err(Error::Weight { name, .. }) if name == "q_norm.weight"));
+    let mut w = good.weights().clone();
+    w.o_proj.bias = Some(vec![0.0; 16]);
+    assert!(matches!(GatedAttention::new(cfg.clone(), w), Err(Error::Weight { name, .. }) if name == "o_proj.weight"));
+    // safetensors files: garbage, a missing tensor, a wrong shape, a wrong dtype
+    assert!(matches!(gated_attention::layer::load_weights(cfg.clone(), b"garbage", ""), Err(Error::Weight { .. })));
+    let tensors = |skip: &str, bad_shape: &str, bad_dtype: &str| {
+        let w = good.weights();
+        let mut map: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+        let mut put = |name: &str, v: &[f32], shape: Vec<usize>| {
+            if name == skip {
+                return;
+            }
+            let shape = if name == bad_shape { vec![shape.iter().product::<usize>()] } else { shape };
+            if name == bad_dtype {
+                map.push((name.into(), v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(), shape, safetensors::Dtype::F64));
+            } else {
+                map.push((name.into(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape, safetensors::Dtype::F32));
+            }
+        };
+        for (name, l) in [("q_proj", &w.q_proj), ("k_proj", &w.k_proj), ("v_proj", &w.v_proj), ("o_proj", &w.o_proj)] {
+            put(&format!("model.layers.0.self_attn.{name}.weight"), &l.weight, vec![l.out_features, l.in_features]);
+        }
+        put("model.layers.0.self_attn.q_norm.weight", w.q_norm.as_ref().unwrap(), vec![8]);
+        put("model.layers.0.self_attn.k_norm.weight", w.k_norm.as_ref().unwrap(), vec![8]);
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = map
+            .iter()
+            .map(|(n, b, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, &None).unwrap()
+    };
+    let p = "model.layers.0.self_attn.";
+    let loaded = gated_attention::layer::load_weights(cfg.clone(), &tensors("", "", ""), p).unwrap();
+    assert_eq!(loaded.weights(), good.weights());
+    for (skip, shape, dtype, name) in [
+        ("model.layers.0.self_attn.v_proj.weight", "", "", "v_proj.weight"),
+        ("", "model.layers.0.self_attn.o_proj.weight", "", "o_proj.weight"),
+        ("", "", "model.layers.0.self_attn.k_norm.weight", "k_norm.weight"),
+    ] {
+        match gated_attention::layer::load_weights(cfg.clone(), &tensors(skip, shape, dtype), p) {
+            Err(Error::Weight { name: n, .. }) => assert_eq!(n, format!("{p}{name}")),
+            other => panic!("expected an error naming {name}, got {other:?}"),
+        }
+    }
+}
