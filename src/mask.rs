@@ -10,17 +10,9 @@ pub(crate) struct RowKeys {
 }
 
 impl RowKeys {
-    /// Number of visible keys.
-    pub fn count(&self) -> usize {
-        self.sinks_end + self.hi.saturating_sub(self.lo)
-    }
     /// True when every key of `[j0, j1)` is visible.
     pub fn covers(&self, j0: usize, j1: usize) -> bool {
         (self.lo <= j0 && j1 <= self.hi) || j1 <= self.sinks_end
-    }
-    /// True when some key of `[j0, j1)` is visible.
-    pub fn touches(&self, j0: usize, j1: usize) -> bool {
-        (j0 < self.sinks_end) || (self.lo < j1 && j0 < self.hi && self.lo < self.hi)
     }
 }
 
@@ -37,11 +29,6 @@ pub(crate) struct MaskGeometry {
 }
 
 impl MaskGeometry {
-    /// True when no key is ever hidden.
-    pub fn is_dense(&self) -> bool {
-        !self.causal && self.window.is_none() && self.right_window.is_none()
-    }
-
     /// The keys visible from query row `i`.
     pub fn row(&self, i: usize) -> RowKeys {
         let n = self.kv_len as i64;

@@ -10,6 +10,8 @@ pub(crate) mod scalar;
 pub(crate) mod portable;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(test)]
+mod tests;
 
 use crate::element::Element;
 

@@ -87,6 +87,13 @@ pub struct ForwardStats {
     pub first_token_mass: Vec<(f64, usize)>,
 }
 
+struct Projected {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    gate_logits: Option<Vec<f32>>,
+}
+
 struct SplitRng(u64);
 impl SplitRng {
     fn next(&mut self) -> f32 {
@@ -254,35 +261,10 @@ impl GatedAttention {
         if pos.iter().any(|&p| p >= self.rope.positions()) {
             return Err(Error::InvalidConfig { field: "max_position_embeddings", reason: "a position is beyond the RoPE table" });
         }
+        let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l)?;
         let w = &self.weights;
-        let xq = w.q_proj.forward(x, n);
-        let mut k = w.k_proj.forward(x, n);
-        let mut v = w.v_proj.forward(x, n);
-        let (mut q, mut gate_logits) = self.split_q(&xq, n);
-        if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
-            if g.source == config::GateSource::Separate {
-                gate_logits = Some(gp.forward(x, n));
-            }
-        }
         let gate_cfg = c.gate;
         let gate_shape = |g: &GateConfig| (c.gate_heads(g), c.gate_width(g));
-        // G4, G3, G2: right after the projections.
-        if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
-            let (gh, gw) = gate_shape(&g);
-            let gate = Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode };
-            match g.position {
-                GatePosition::Query => apply_gate(TensorMut::bshd(&mut q[..], batch, l, h, d), &gate)?,
-                GatePosition::Key => apply_gate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), &gate)?,
-                GatePosition::Value => apply_gate(TensorMut::bshd(&mut v[..], batch, l, hkv, d), &gate)?,
-                _ => {}
-            }
-        }
-        if let Some(qn) = &w.q_norm {
-            rms_norm_rows(c.qk_norm, &mut q, qn, c.rms_norm_eps, d);
-        }
-        if let Some(kn) = &w.k_norm {
-            rms_norm_rows(c.qk_norm, &mut k, kn, c.rms_norm_eps, d);
-        }
         // RoPE: rotate here (explicit positions, and what the rotated-query gate and the
         // statistics need); the default path rotates inside the cache append and the kernel.
         let fused = positions.is_none() && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery) && stats.is_none();
@@ -328,6 +310,55 @@ impl GatedAttention {
             }
         }
         Ok(out)
+    }
+
+    /// Projections, the G2–G4 gates and the q/k norms of `n = batch·l` tokens (no RoPE yet).
+    fn project(&self, x: &[f32], batch: usize, l: usize) -> Result<Projected, Error> {
+        let c = &self.config;
+        let (h, hkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let n = batch * l;
+        let w = &self.weights;
+        let xq = w.q_proj.forward(x, n);
+        let mut k = w.k_proj.forward(x, n);
+        let mut v = w.v_proj.forward(x, n);
+        let (mut q, mut gate_logits) = self.split_q(&xq, n);
+        if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
+            if g.source == config::GateSource::Separate {
+                gate_logits = Some(gp.forward(x, n));
+            }
+        }
+        // G4, G3, G2: right after the projections.
+        if let (Some(g), Some(logits)) = (c.gate, gate_logits.as_deref()) {
+            let gate = Gate { logits: Tensor::bshd(logits, batch, l, c.gate_heads(&g), c.gate_width(&g)), activation: g.activation, mode: g.mode };
+            match g.position {
+                GatePosition::Query => apply_gate(TensorMut::bshd(&mut q[..], batch, l, h, d), &gate)?,
+                GatePosition::Key => apply_gate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), &gate)?,
+                GatePosition::Value => apply_gate(TensorMut::bshd(&mut v[..], batch, l, hkv, d), &gate)?,
+                _ => {}
+            }
+        }
+        if let Some(qn) = &w.q_norm {
+            rms_norm_rows(c.qk_norm, &mut q, qn, c.rms_norm_eps, d);
+        }
+        if let Some(kn) = &w.k_norm {
+            rms_norm_rows(c.qk_norm, &mut k, kn, c.rms_norm_eps, d);
+        }
+        Ok(Projected { q, k, v, gate_logits })
+    }
+
+    /// The queries and keys attention sees for `x` (`[batch, L, hidden]`) at `positions`
+    /// (`[batch, L]`): projected, gated (G3/G4), normalised and rotated, `[batch, L, heads, D]`.
+    /// For analysis, e.g. attention maps.
+    pub fn queries_and_keys(&self, x: &[f32], batch: usize, positions: &[usize]) -> Result<(Vec<f32>, Vec<f32>), Error> {
+        let c = &self.config;
+        let l = x.len() / (batch * c.hidden_size).max(1);
+        if batch == 0 || x.len() != batch * l * c.hidden_size || positions.len() != batch * l {
+            return Err(Error::InvalidConfig { field: "hidden_size", reason: "input or positions do not match batch · L" });
+        }
+        let Projected { mut q, mut k, .. } = self.project(x, batch, l)?;
+        self.rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
+        self.rope.rotate(TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim), Positions::Explicit(positions))?;
+        Ok((q, k))
     }
 
     /// Accumulates `p(row → key position 0) = exp(s₀ - lse)` per head, from the rotated queries,

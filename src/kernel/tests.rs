@@ -1,0 +1,546 @@
+//! Every vector kernel against [`Scalar`], `exp` against f64, and the panics on short slices.
+//!
+//! Each check is a generic fn over [`Kernel`]; `kernel_tests!` makes one `#[test]` per ISA, and
+//! the AVX2 ones print a note and pass when the CPU lacks the features. Timing runs are
+//! `#[ignore]`d: `cargo test --release --lib kernel::tests::bench -- --ignored --nocapture`.
+
+extern crate std;
+
+use half::{bf16, f16};
+use std::{println, vec, vec::Vec};
+
+use super::exp::{exp_f32, HI, LO};
+use super::portable::{self, Portable};
+use super::scalar::Scalar;
+use super::Kernel;
+use crate::element::Element;
+
+/// gemm: `|c − c_scalar| ≤ GEMM_RTOL · √k · (Σₚ |a·b| + |c₀|)`.
+const GEMM_RTOL: f64 = 1e-5;
+/// dot_rows: `|o − o_scalar| ≤ DOT_RTOL · √k · Σₚ |a·b|`.
+const DOT_RTOL: f64 = 1e-5;
+/// exp: the largest error against f64, in units in the last place of the f32 result.
+const EXP_MAX_ULP: f64 = 2.0;
+/// exp_sum's sum against an f64 sum of the values it wrote, relative, times `√len`.
+const SUM_RTOL: f64 = 1e-6;
+
+/// The sizes every m/n/k sweep covers: 0, 1, the tile edges and their neighbours.
+const SIZES: [usize; 15] = [0, 1, 5, 6, 7, 8, 15, 16, 17, 63, 64, 65, 127, 128, 129];
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// Elements a `rows × cols` matrix with leading dimension `ld` needs.
+fn fit_len(rows: usize, cols: usize, ld: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * ld + cols
+    }
+}
+
+/// A random `rows × cols` matrix, exactly as long as it must be, with NaN in the gaps between
+/// rows so that a kernel reading them poisons its result.
+fn matrix<E: Element>(rng: &mut Rng, rows: usize, cols: usize, ld: usize) -> Vec<E> {
+    (0..fit_len(rows, cols, ld))
+        .map(|i| E::from_f32(if i % ld.max(1) < cols { rng.uniform() } else { f32::NAN }))
+        .collect()
+}
+
+fn is_gap(i: usize, cols: usize, ld: usize) -> bool {
+    i % ld.max(1) >= cols
+}
+
+macro_rules! kernel_tests {
+    ($($check:ident),* $(,)?) => {
+        mod portable_kernel {
+            $(#[test] fn $check() { super::$check(super::Portable) })*
+        }
+        #[cfg(target_arch = "x86_64")]
+        mod avx2_fma_kernel {
+            $(#[test] fn $check() {
+                match super::super::x86::Avx2Fma::try_new() {
+                    Some(k) => super::$check(k),
+                    None => super::println!("skipped: this CPU lacks AVX2/FMA/F16C"),
+                }
+            })*
+        }
+    };
+}
+
+kernel_tests!(
+    gemm_matches_scalar,
+    dot_rows_matches_scalar,
+    conversions_exact,
+    exp_sum_matches,
+    max_scale_exact,
+    short_slices_panic
+);
+
+/// `Scalar` indexes B and C rows even when a dimension is 0 and the slices are empty, so the
+/// degenerate shapes get their answer here.
+fn scalar_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m * n * k > 0 {
+        Scalar.gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    } else if !accumulate {
+        fill_rows(c, m, n, ldc);
+    }
+}
+
+/// Zeroes the `m × n` part of `c`.
+fn fill_rows(c: &mut [f32], m: usize, n: usize, ldc: usize) {
+    for i in 0..if n > 0 { m } else { 0 } {
+        c[i * ldc..i * ldc + n].fill(0.0);
+    }
+}
+
+fn check_gemm<K: Kernel>(
+    kern: K,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    lds: (usize, usize, usize),
+    accumulate: bool,
+) {
+    let (lda, ldb, ldc) = lds;
+    let a = matrix::<f32>(rng, m, k, lda);
+    let b = matrix::<f32>(rng, k, n, ldb);
+    // With `accumulate == false` the whole of C is NaN: a kernel that reads it fails.
+    let c0: Vec<f32> = if accumulate { matrix(rng, m, n, ldc) } else { vec![f32::NAN; fit_len(m, n, ldc)] };
+    let (mut c, mut want) = (c0.clone(), c0.clone());
+    kern.gemm(m, n, k, &a, lda, &b, ldb, &mut c, ldc, accumulate);
+    scalar_gemm(m, n, k, &a, lda, &b, ldb, &mut want, ldc, accumulate);
+    // Σₚ |a·b|, the size the rounding errors scale with.
+    let abs = |x: &[f32]| x.iter().map(|v| v.abs()).collect::<Vec<f32>>();
+    let mut mag = vec![0.0f32; c0.len()];
+    scalar_gemm(m, n, k, &abs(&a), lda, &abs(&b), ldb, &mut mag, ldc, false);
+    for (idx, (&got, &want)) in c.iter().zip(&want).enumerate() {
+        let (i, j) = (idx / ldc.max(1), idx % ldc.max(1));
+        if is_gap(idx, n, ldc) {
+            assert_eq!(got.to_bits(), c0[idx].to_bits(), "gemm wrote outside C at ({i},{j})");
+            continue;
+        }
+        let c_abs = if accumulate { c0[idx].abs() } else { 0.0 };
+        let tol = GEMM_RTOL * (k.max(1) as f64).sqrt() * (mag[idx] + c_abs) as f64;
+        assert!(
+            ((got - want) as f64).abs() <= tol,
+            "gemm {m}x{n}x{k} lds {lds:?} acc {accumulate} at ({i},{j}): {got} vs {want}"
+        );
+    }
+}
+
+fn gemm_matches_scalar<K: Kernel>(kern: K) {
+    let mut rng = Rng(1);
+    for (t, &m) in SIZES.iter().enumerate() {
+        for &n in &SIZES {
+            for &k in &[0, 1, 5, 8, 17, 64, 129] {
+                check_gemm(kern, &mut rng, (m, n, k), (k + 3, n + 5, n + 2), (t + n + k) % 2 == 0);
+            }
+        }
+    }
+    for &k in &SIZES {
+        for &(m, n) in &[(6, 16), (7, 17), (13, 40), (64, 64)] {
+            for accumulate in [false, true] {
+                check_gemm(kern, &mut rng, (m, n, k), (k + 1, n + 7, n + 3), accumulate);
+                check_gemm(kern, &mut rng, (m, n, k), (k, n, n), accumulate);
+            }
+        }
+    }
+    // B strides that are 4 KiB multiples take the packed path, in chunks of 256 rows.
+    for accumulate in [false, true] {
+        check_gemm(kern, &mut rng, (13, 40, 300), (300, 1024, 41), accumulate);
+        check_gemm(kern, &mut rng, (7, 33, 5), (6, 2048, 33), accumulate);
+    }
+    // A single row (or a single k step) may have any leading dimension, even 0.
+    check_gemm(kern, &mut rng, (1, 37, 19), (0, 40, 0), false);
+    check_gemm(kern, &mut rng, (11, 37, 1), (1, 0, 37), true);
+}
+
+fn check_dot<K: Kernel, E: Element>(
+    kern: K,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    (lda, ldb, ldo): (usize, usize, usize),
+) {
+    let a = matrix::<f32>(rng, m, k, lda);
+    let b = matrix::<E>(rng, n, k, ldb);
+    let o0 = vec![f32::NAN; fit_len(m, n, ldo)];
+    let (mut o, mut want) = (o0.clone(), o0.clone());
+    kern.dot_rows(m, n, k, &a, lda, &b, ldb, &mut o, ldo);
+    let mut mag = o0.clone();
+    if m * n * k > 0 {
+        Scalar.dot_rows(m, n, k, &a, lda, &b, ldb, &mut want, ldo);
+        // Σₚ |a·b|, the size the rounding errors scale with.
+        let abs_a: Vec<f32> = a.iter().map(|v| v.abs()).collect();
+        let abs_b: Vec<f32> = b.iter().map(|v| v.to_f32().abs()).collect();
+        Scalar.dot_rows(m, n, k, &abs_a, lda, &abs_b, ldb, &mut mag, ldo);
+    } else {
+        fill_rows(&mut want, m, n, ldo);
+        fill_rows(&mut mag, m, n, ldo);
+    }
+    for (idx, (&got, &want)) in o.iter().zip(&want).enumerate() {
+        let (i, j) = (idx / ldo.max(1), idx % ldo.max(1));
+        if is_gap(idx, n, ldo) {
+            assert!(got.is_nan(), "dot_rows wrote outside out at ({i},{j})");
+            continue;
+        }
+        let tol = DOT_RTOL * (k.max(1) as f64).sqrt() * mag[idx] as f64;
+        assert!(
+            ((got - want) as f64).abs() <= tol,
+            "dot_rows<{:?}> {m}x{n}x{k} at ({i},{j}): {got} vs {want}",
+            E::DTYPE
+        );
+    }
+}
+
+fn dot_rows_matches_scalar<K: Kernel>(kern: K) {
+    let mut rng = Rng(2);
+    for &m in &[0, 1, 2, 3, 4, 5, 8, 16] {
+        for &n in &SIZES {
+            for &k in &SIZES {
+                let lds = (k + 3, k + 1, n + 2);
+                check_dot::<K, f32>(kern, &mut rng, (m, n, k), lds);
+                check_dot::<K, f16>(kern, &mut rng, (m, n, k), lds);
+                check_dot::<K, bf16>(kern, &mut rng, (m, n, k), lds);
+            }
+        }
+    }
+    check_dot::<K, f16>(kern, &mut rng, (4, 300, 64), (64, 64, 300));
+    check_dot::<K, f32>(kern, &mut rng, (1, 9, 700), (0, 700, 9));
+}
+
+/// Values whose conversion has edges: signed zeros, infinities, f16 subnormals and extremes.
+fn special<E: Element>() -> Vec<E> {
+    let v = [0.0, -0.0, 1.0, -2.5, f32::INFINITY, f32::NEG_INFINITY, 6.0e-8, -6.1e-5, 65504.0, 1e-30, 3.0e38];
+    v.iter().map(|&x| E::from_f32(x)).collect()
+}
+
+fn same_bits(x: f32, y: f32) -> bool {
+    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
+}
+
+fn check_conversions<K: Kernel, E: Element>(kern: K, rng: &mut Rng) {
+    for len in (0..=40).chain([63, 64, 65, 127, 128, 129]) {
+        let mut src: Vec<E> = (0..len).map(|_| E::from_f32(rng.uniform() * 100.0)).collect();
+        for (s, x) in src.iter_mut().zip(special::<E>().into_iter().chain([E::from_f32(f32::NAN)])) {
+            *s = x;
+        }
+        let mut dst = vec![f32::NAN; len];
+        kern.widen(&src, &mut dst);
+        for (s, d) in src.iter().zip(&dst) {
+            assert!(same_bits(s.to_f32(), *d), "widen<{:?}> len {len}: {d} vs {}", E::DTYPE, s.to_f32());
+        }
+    }
+    for &n in &SIZES {
+        for &k in &SIZES {
+            let (ldb, ldd) = (k + 3, n + 5);
+            let mut b = matrix::<E>(rng, n, k, ldb);
+            for (i, x) in special::<E>().into_iter().enumerate() {
+                if let Some(v) = b.get_mut(i * 7 % ldb.max(1)) {
+                    *v = x;
+                }
+            }
+            let mut dst = vec![f32::NAN; fit_len(k, n, ldd)];
+            let mut want = dst.clone();
+            kern.transpose_widen(n, k, &b, ldb, &mut dst, ldd);
+            Scalar.transpose_widen(n, k, &b, ldb, &mut want, ldd);
+            for (idx, (d, w)) in dst.iter().zip(&want).enumerate() {
+                assert!(same_bits(*d, *w), "transpose_widen<{:?}> {n}x{k} at {idx}: {d} vs {w}", E::DTYPE);
+            }
+        }
+    }
+}
+
+fn conversions_exact<K: Kernel>(kern: K) {
+    let mut rng = Rng(3);
+    check_conversions::<K, f32>(kern, &mut rng);
+    check_conversions::<K, f16>(kern, &mut rng);
+    check_conversions::<K, bf16>(kern, &mut rng);
+}
+
+/// `|got − exp(x)|` in units in the last place of the f32 nearest `exp(x)`; 0 when both are
+/// flushed to 0 or overflow to infinity.
+fn exp_ulp(x: f32, got: f32) -> f64 {
+    let exact = (x as f64).exp();
+    if exact < f32::MIN_POSITIVE as f64 {
+        return if got == 0.0 { 0.0 } else { f64::INFINITY };
+    }
+    if exact as f32 == f32::INFINITY {
+        return if got == f32::INFINITY { 0.0 } else { f64::INFINITY };
+    }
+    let ulp = 2f64.powi(exact.log2().floor() as i32 - 23);
+    (got as f64 - exact).abs() / ulp
+}
+
+/// Inputs around every edge of `exp`, for the exact-value checks.
+fn exp_edges() -> Vec<(f32, Option<f32>)> {
+    // The next f32 away from zero.
+    let next = |x: f32| f32::from_bits(x.to_bits() + 1);
+    vec![
+        (f32::NEG_INFINITY, Some(0.0)),
+        (-1e30, Some(0.0)),
+        (-104.0, Some(0.0)),
+        (-88.0, Some(0.0)),
+        (next(LO), Some(0.0)),
+        (LO, None),
+        (-0.0, Some(1.0)),
+        (0.0, Some(1.0)),
+        (1e-30, Some(1.0)),
+        (HI, None),
+        (next(HI), Some(f32::INFINITY)),
+        (1e30, Some(f32::INFINITY)),
+        (f32::INFINITY, Some(f32::INFINITY)),
+    ]
+}
+
+/// The f32s in `[LO, HI]`, every `stride`-th bit pattern, plus dense runs at the ends and at 0.
+fn exp_sweep(stride: usize) -> impl Iterator<Item = f32> {
+    let neg = (0x8000_0000u32..=LO.to_bits()).step_by(stride);
+    let pos = (0u32..=HI.to_bits()).step_by(stride);
+    let dense = |x: f32| (x.to_bits() - 2000..x.to_bits()).map(f32::from_bits);
+    neg.chain(pos).map(f32::from_bits).chain(dense(LO)).chain(dense(HI)).chain(dense(1e-3)).chain(dense(-1e-3))
+}
+
+#[test]
+fn exp_f32_accuracy() {
+    let mut worst = (0.0, 0.0f32);
+    for x in exp_sweep(4099) {
+        let u = exp_ulp(x, exp_f32(x));
+        if u > worst.0 {
+            worst = (u, x);
+        }
+    }
+    println!("exp_f32: max error {:.3} ulp at x = {:e}", worst.0, worst.1);
+    assert!(worst.0 <= EXP_MAX_ULP, "exp_f32: {} ulp at {}", worst.0, worst.1);
+    for (x, want) in exp_edges() {
+        let got = exp_f32(x);
+        match want {
+            Some(w) => assert_eq!(got.to_bits(), w.to_bits(), "exp_f32({x:e}) = {got:e}"),
+            None => assert!(got.is_finite() && got >= f32::MIN_POSITIVE, "exp_f32({x:e}) = {got:e}"),
+        }
+    }
+    assert!(exp_f32(f32::NAN).is_nan());
+}
+
+/// The portable lanes against f64 (they may differ from `exp_f32` without `+fma`).
+#[test]
+fn portable_exp_accuracy() {
+    let xs: Vec<f32> = exp_sweep(4099).collect();
+    let mut worst = (0.0, 0.0f32);
+    for chunk in xs.chunks_exact(8) {
+        let got = portable::exp8(wide::f32x8::new(chunk.try_into().unwrap())).to_array();
+        for (&x, &y) in chunk.iter().zip(&got) {
+            let u = exp_ulp(x, y);
+            if u > worst.0 {
+                worst = (u, x);
+            }
+        }
+    }
+    println!("portable exp8: max error {:.3} ulp at x = {:e}", worst.0, worst.1);
+    // With fused multiply-adds (an x86 build with +avx,+fma) the lanes are exp_f32's.
+    if cfg!(all(target_arch = "x86_64", target_feature = "avx", target_feature = "fma")) {
+        for chunk in xs.chunks_exact(8) {
+            let got = portable::exp8(wide::f32x8::new(chunk.try_into().unwrap())).to_array();
+            for (&x, &y) in chunk.iter().zip(&got) {
+                assert!(same_bits(y, exp_f32(x)), "portable exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
+            }
+        }
+    }
+    assert!(worst.0 <= EXP_MAX_ULP, "portable exp8: {} ulp at {}", worst.0, worst.1);
+}
+
+/// The AVX2 lanes agree with `exp_f32` bit for bit: same operations, all fused.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_exp_is_exp_f32() {
+    let Some(token) = super::x86::Avx2Fma::try_new() else {
+        println!("skipped: this CPU lacks AVX2/FMA/F16C");
+        return;
+    };
+    let xs: Vec<f32> = exp_sweep(4099).chain(exp_edges().into_iter().map(|e| e.0)).collect();
+    for chunk in xs.chunks(8) {
+        let mut lanes = [f32::NAN; 8];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        let got = super::x86::exp8_for_test(token, lanes);
+        for (&x, &y) in lanes.iter().zip(&got) {
+            assert!(same_bits(y, exp_f32(x)), "avx2 exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
+        }
+    }
+}
+
+fn exp_sum_matches<K: Kernel>(kern: K) {
+    let mut rng = Rng(4);
+    // Edges, NaN, and every tail length: each lane checked against f64, the sum against f64.
+    let edges: Vec<f32> = exp_edges().iter().map(|e| e.0).collect();
+    for len in (0..=17).chain([63, 64, 65, 129]) {
+        for max in [0.0f32, 3.5, -20.0] {
+            let x0: Vec<f32> =
+                (0..len).map(|i| edges.get(i * 5 % 40).copied().unwrap_or(rng.uniform() * 30.0 - 15.0)).collect();
+            let mut x = x0.clone();
+            let sum = kern.exp_sum(&mut x, max);
+            for (&v, &y) in x0.iter().zip(&x) {
+                assert!(exp_ulp(v - max, y) <= EXP_MAX_ULP, "exp_sum({v:e} - {max}) = {y:e}");
+            }
+            let want: f64 = x.iter().map(|&y| y as f64).sum();
+            let tol = SUM_RTOL * (len.max(1) as f64).sqrt() * want.abs();
+            assert!(sum == want as f32 || (sum as f64 - want).abs() <= tol, "exp_sum len {len}: {sum} vs {want}");
+        }
+    }
+    let mut x = vec![0.0, f32::NAN, -1.0, f32::NAN, f32::NEG_INFINITY];
+    assert!(kern.exp_sum(&mut x, 0.0).is_nan());
+    assert!(x[1].is_nan() && x[3].is_nan(), "NaN must survive exp_sum: {x:?}");
+    assert_eq!((x[0], x[4]), (1.0, 0.0));
+    assert_eq!(kern.exp_sum(&mut [], 0.0), 0.0);
+}
+
+fn max_scale_exact<K: Kernel>(kern: K) {
+    let mut rng = Rng(5);
+    for len in (0..=40).chain([63, 64, 65, 127, 128, 129]) {
+        let x: Vec<f32> = (0..len).map(|_| rng.uniform() * 1e3).collect();
+        assert_eq!(kern.max(&x).to_bits(), Scalar.max(&x).to_bits(), "max len {len}");
+        let alpha = rng.uniform();
+        let (mut got, mut want) = (x.clone(), x);
+        kern.scale(&mut got, alpha);
+        Scalar.scale(&mut want, alpha);
+        assert_eq!(got, want, "scale len {len}");
+    }
+    assert_eq!(kern.max(&[f32::NEG_INFINITY, -3.0, f32::NEG_INFINITY]), -3.0);
+}
+
+fn panics(f: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+}
+
+fn short_slices_panic<K: Kernel>(k: K) {
+    let (a, b, mut c) = (vec![1.0f32; 64], vec![f16::ONE; 64], vec![0.0f32; 64]);
+    assert!(panics(|| k.gemm(4, 4, 4, &a[..15], 4, &a, 4, &mut c, 4, false)));
+    assert!(panics(|| k.gemm(4, 4, 4, &a, 4, &a[..12], 4, &mut c, 4, false)));
+    assert!(panics(|| k.gemm(4, 4, 4, &a, 4, &a, 4, &mut c[..15], 4, true)));
+    assert!(panics(|| k.gemm(4, 8, 4, &a, 4, &a, 4, &mut c, 4, false)), "ldc shorter than a row");
+    assert!(panics(|| k.dot_rows(2, 8, 8, &a, 8, &b[..63], 8, &mut c, 8)));
+    assert!(panics(|| k.dot_rows(2, 8, 8, &a[..15], 8, &b, 8, &mut c, 8)));
+    assert!(panics(|| k.transpose_widen(8, 8, &b, 8, &mut c[..63], 8)));
+    assert!(panics(|| k.widen(&b[..3], &mut c[..4])));
+    // Exactly fitting slices are fine.
+    k.gemm(4, 4, 4, &a[..16], 4, &a[..16], 4, &mut c[..16], 4, false);
+    k.dot_rows(2, 8, 8, &a[..16], 8, &b, 8, &mut c[..16], 8);
+}
+
+/// GFLOP/s of gemm (2·m·n·k flops per call), GB/s of K through `dot_rows`, ns per element of
+/// `exp_sum`, all on L1/L2-resident data, next to the measured FMA peak of one core.
+#[test]
+#[ignore = "timing; run in release with --nocapture"]
+fn bench() {
+    use std::time::Instant;
+    fn time(mut f: impl FnMut()) -> f64 {
+        let mut best = f64::INFINITY;
+        for _ in 0..7 {
+            let reps = 200;
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        best
+    }
+    fn gemm_rate<K: Kernel>(kern: K, (m, n, k): (usize, usize, usize), ldb: usize) -> f64 {
+        let mut rng = Rng(6);
+        let a = matrix::<f32>(&mut rng, m, k, k);
+        let b = matrix::<f32>(&mut rng, k, n, ldb);
+        let mut c = vec![0.0; m * n];
+        let s = time(|| kern.gemm(m, n, k, std::hint::black_box(&a), k, &b, ldb, &mut c, n, false));
+        2.0 * (m * n * k) as f64 / s / 1e9
+    }
+    fn dot_rate<K: Kernel, E: Element>(kern: K, m: usize, n: usize, k: usize) -> f64 {
+        let mut rng = Rng(7);
+        let a = matrix::<f32>(&mut rng, m, k, k);
+        let b = matrix::<E>(&mut rng, n, k, k);
+        let mut o = vec![0.0; m * n];
+        let s = time(|| kern.dot_rows(m, n, k, std::hint::black_box(&a), k, &b, k, &mut o, n));
+        (n * k * core::mem::size_of::<E>()) as f64 / s / 1e9
+    }
+    fn exp_ns<K: Kernel>(kern: K) -> f64 {
+        let mut x: Vec<f32> = (0..1024).map(|i| -(i as f32) * 0.01).collect();
+        let s = time(|| {
+            std::hint::black_box(kern.exp_sum(&mut x, 0.0));
+            x.fill(-1.0);
+        });
+        s / 1024.0 * 1e9
+    }
+    fn report<K: Kernel>(kern: K, name: &str) {
+        for shape in [(64, 64, 128), (64, 128, 64), (64, 128, 128), (64, 64, 256), (66, 130, 100)] {
+            println!("{name} gemm m,n,k = {shape:?}: {:.1} GFLOP/s", gemm_rate(kern, shape, shape.1));
+        }
+        for ldb in [136, 256, 512, 1000, 1024, 2048, 4096] {
+            println!("{name} gemm (64, 128, 64), ldb = {ldb}: {:.1} GFLOP/s", gemm_rate(kern, (64, 128, 64), ldb));
+        }
+        for m in [1, 4, 8] {
+            println!("{name} dot_rows f16 m={m} n=512 k=128: {:.1} GB/s of K", dot_rate::<K, f16>(kern, m, 512, 128));
+        }
+        println!("{name} dot_rows f32 m=4 n=512 k=128: {:.1} GB/s of K", dot_rate::<K, f32>(kern, 4, 512, 128));
+        println!("{name} exp_sum + fill: {:.2} ns/element", exp_ns(kern));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kern) = super::x86::Avx2Fma::try_new() {
+        println!("FMA peak (12 independent ymm chains): {:.1} GFLOP/s", fma_peak());
+        report(kern, "avx2");
+    }
+    report(Portable, "portable");
+}
+
+/// Flops per second of 12 independent FMA chains: the ceiling for gemm on this core.
+#[cfg(target_arch = "x86_64")]
+fn fma_peak() -> f64 {
+    use core::arch::x86_64::*;
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(unused_unsafe)] // these intrinsics are safe in a target_feature fn from Rust 1.87 on
+    unsafe fn chains(iters: usize) -> f32 {
+        // SAFETY: the caller guarantees the features; no memory is touched.
+        unsafe {
+            let mut acc = [_mm256_set1_ps(0.0); 12];
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            for _ in 0..iters {
+                for x in acc.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, a, b);
+                }
+            }
+            acc.iter().map(|&v| _mm256_cvtss_f32(v)).sum()
+        }
+    }
+    let iters = 50_000_000;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        // SAFETY: only called after `Avx2Fma::try_new()` succeeded.
+        std::hint::black_box(unsafe { chains(std::hint::black_box(iters)) });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (iters * 12 * 16) as f64 / best / 1e9
+}

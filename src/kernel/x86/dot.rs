@@ -1,0 +1,198 @@
+//! `out ← A·Bᵀ` for a few query rows against many key rows: the decode-shaped QKᵀ.
+//!
+//! With f16 keys this is memory-bound, so each key row is read from memory once: keys go in
+//! chunks of 8 (a few KiB, which stay in L1) and every block of query rows passes over a
+//! chunk. A block keeps `MR × NK = 8` accumulators (one per query/key pair) summing 8-lane
+//! partial dot products, so each converted key vector feeds `MR` FMAs and each query vector,
+//! a memory operand, feeds `NK`. One hadd tree then turns the 8 accumulators into one vector.
+
+use core::arch::x86_64::*;
+
+use super::convert::{load8, load_partial};
+use crate::element::Element;
+
+/// Keys per chunk; a multiple of every `NK` below.
+const KEY_CHUNK: usize = 8;
+
+/// See [`crate::kernel::Kernel::dot_rows`].
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `a` holds an `m × k` matrix (`lda`), `b` an `n × k`
+/// one (`ldb`) and `out` an `m × n` one (`ldo`), in the sense of
+/// [`crate::kernel::scalar::assert_fits`].
+#[inline(always)]
+pub(super) unsafe fn dot_rows<E: Element>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row `i < m` of `out` holds `n` elements.
+            unsafe { core::ptr::write_bytes(out.add(i * ldo), 0, n) };
+        }
+        return;
+    }
+    let mut j = 0;
+    // LOOP 1: chunks of keys, read from memory once.
+    while j < n {
+        let j_end = (j + KEY_CHUNK).min(n);
+        let mut i = 0;
+        // LOOP 2: blocks of query rows over the chunk: 4 rows × 2 keys, 2 × 4, or 1 × 8.
+        while i + 4 <= m {
+            // SAFETY: rows `i..i + MR` of A and `out` and keys `j..j_end` exist.
+            unsafe { keys::<E, 4, 2>(i, j, j_end, k, a, lda, b, ldb, out, ldo) };
+            i += 4;
+        }
+        while i + 2 <= m {
+            // SAFETY: as above.
+            unsafe { keys::<E, 2, 4>(i, j, j_end, k, a, lda, b, ldb, out, ldo) };
+            i += 2;
+        }
+        if i < m {
+            // SAFETY: as above.
+            unsafe { keys::<E, 1, 8>(i, j, j_end, k, a, lda, b, ldb, out, ldo) };
+        }
+        j = j_end;
+    }
+}
+
+/// Query rows `i..i + MR` against keys `j..j_end`, `NK` keys at a time, then 2, then 1.
+///
+/// # Safety
+/// As [`dot_rows`], with rows `i..i + MR` and keys `j..j_end` in range and `k > 0`.
+#[inline(always)]
+unsafe fn keys<E: Element, const MR: usize, const NK: usize>(
+    i: usize,
+    j: usize,
+    j_end: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let (a, out) = (a.wrapping_add(i * lda), out.wrapping_add(i * ldo));
+    let mut j = j;
+    while j + NK <= j_end {
+        // SAFETY: keys `j..j + NK` are in range (caller).
+        unsafe { block::<E, MR, NK>(k, a, lda, b.wrapping_add(j * ldb), ldb, out.wrapping_add(j), ldo) };
+        j += NK;
+    }
+    // Pairs, then singles: fewer accumulators, but a short last chunk keeps some in flight.
+    while NK > 2 && j + 2 <= j_end {
+        // SAFETY: keys `j..j + 2` are in range (caller).
+        unsafe { block::<E, MR, 2>(k, a, lda, b.wrapping_add(j * ldb), ldb, out.wrapping_add(j), ldo) };
+        j += 2;
+    }
+    while j < j_end {
+        // SAFETY: key `j` is in range (caller).
+        unsafe { block::<E, MR, 1>(k, a, lda, b.wrapping_add(j * ldb), ldb, out.wrapping_add(j), ldo) };
+        j += 1;
+    }
+}
+
+/// `out[r·ldo + t] = a_r · b_t` for `r < MR`, `t < NK`.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `a` points at `MR` rows of `k > 0` elements (`lda`),
+/// `b` at `NK` rows of `k` elements (`ldb`), and `out` at `MR` rows of `NK` elements (`ldo`).
+#[inline(always)]
+unsafe fn block<E: Element, const MR: usize, const NK: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    const { assert!(MR * NK <= 8) };
+    // SAFETY: AVX is available (caller); no memory is touched.
+    let zero = unsafe { _mm256_setzero_ps() };
+    let mut acc = [[zero; NK]; MR];
+    let k8 = k & !7;
+    let mut p = 0;
+    while p < k8 {
+        let mut kv = [zero; NK];
+        for (t, x) in kv.iter_mut().enumerate() {
+            // SAFETY: key row `t < NK` holds `k >= p + 8` elements.
+            *x = unsafe { load8(b.add(t * ldb + p)) };
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: query row `r < MR` holds `k >= p + 8` elements; FMA is available.
+            unsafe {
+                let q = _mm256_loadu_ps(a.add(r * lda + p));
+                for (acc_rt, &kv) in acc_r.iter_mut().zip(&kv) {
+                    *acc_rt = _mm256_fmadd_ps(q, kv, *acc_rt);
+                }
+            }
+        }
+        p += 8;
+    }
+    if p < k {
+        let w = k - p;
+        // SAFETY: AVX2 is available (caller).
+        let mask = unsafe { super::convert::lane_mask(w) };
+        let mut kv = [zero; NK];
+        for (t, x) in kv.iter_mut().enumerate() {
+            // SAFETY: key row `t` holds `p + w = k` elements; the rest of the lanes are 0.
+            *x = unsafe { load_partial(b.add(t * ldb + p), w) };
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: query row `r` holds `p + w` elements; masked lanes are not read.
+            unsafe {
+                let q = _mm256_maskload_ps(a.add(r * lda + p), mask);
+                for (acc_rt, &kv) in acc_r.iter_mut().zip(&kv) {
+                    *acc_rt = _mm256_fmadd_ps(q, kv, *acc_rt);
+                }
+            }
+        }
+    }
+    let mut flat = [zero; 8];
+    for (r, acc_r) in acc.iter().enumerate() {
+        flat[r * NK..(r + 1) * NK].copy_from_slice(acc_r);
+    }
+    let mut sums = [0.0f32; 8];
+    // SAFETY: AVX is available (caller); `sums` holds 8 floats.
+    unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(&flat)) };
+    for r in 0..MR {
+        for t in 0..NK {
+            // SAFETY: row `r < MR` of `out` holds `NK` elements.
+            unsafe { *out.add(r * ldo + t) = sums[r * NK + t] };
+        }
+    }
+}
+
+/// Lane `i` of the result is the sum of the 8 lanes of `v[i]`.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[inline(always)]
+unsafe fn hsum8(v: &[__m256; 8]) -> __m256 {
+    // SAFETY: the caller guarantees AVX; no memory is touched.
+    unsafe {
+        // Each hadd level halves the vectors; lanes end up as [0 1 2 3 | 0 1 2 3] and
+        // [4 5 6 7 | 4 5 6 7] halves of the per-vector sums, which one cross-lane add joins.
+        let h01 = _mm256_hadd_ps(v[0], v[1]);
+        let h23 = _mm256_hadd_ps(v[2], v[3]);
+        let h45 = _mm256_hadd_ps(v[4], v[5]);
+        let h67 = _mm256_hadd_ps(v[6], v[7]);
+        let h0123 = _mm256_hadd_ps(h01, h23);
+        let h4567 = _mm256_hadd_ps(h45, h67);
+        let lo = _mm256_permute2f128_ps::<0x20>(h0123, h4567);
+        let hi = _mm256_permute2f128_ps::<0x31>(h0123, h4567);
+        _mm256_add_ps(lo, hi)
+    }
+}
