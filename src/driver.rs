@@ -260,18 +260,14 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
                     sc.state.m[r] = m_new;
                 }
             }
-            // O += P·V
+            // O += P·V, V staged contiguous: read in place, head-interleaved layouts put rows a
+            // multiple of 4 KiB apart, where the B strip of the microkernel thrashes L1.
             let v_off = inp.v_layout.offset(u.b, j0, u.kvh);
-            let (v_tile, ld): (&[f32], usize) = match VE::DTYPE {
-                crate::DType::F32 => (as_f32(&inp.v[v_off..]), v_ld),
-                _ => {
-                    for jj in 0..n {
-                        let src = &inp.v[v_off + jj * v_ld..v_off + jj * v_ld + dv];
-                        kernel.widen(src, &mut sc.vs[jj * dv..(jj + 1) * dv]);
-                    }
-                    (&sc.vs[..], dv)
-                }
-            };
+            for jj in 0..n {
+                let src = &inp.v[v_off + jj * v_ld..v_off + jj * v_ld + dv];
+                kernel.widen(src, &mut sc.vs[jj * dv..(jj + 1) * dv]);
+            }
+            let (v_tile, ld): (&[f32], usize) = (&sc.vs[..], dv);
             if boundary && !tile_is_finite(v_tile, n, dv, ld) {
                 // 0·NaN would leak a hidden key's non-finite value into rows that cannot see
                 // it: multiply each row by its visible keys only.
@@ -291,14 +287,6 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
             j0 = j1;
         }
     }
-}
-
-/// Views `&[VE]` as `&[f32]` when `VE` is f32.
-fn as_f32<E: Element>(v: &[E]) -> &[f32] {
-    assert!(E::DTYPE == crate::DType::F32);
-    // SAFETY: `E` is sealed to f32, f16 and bf16, and the assert above leaves only f32, so the
-    // slice's elements are f32 with the same length, alignment and validity.
-    unsafe { core::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) }
 }
 
 /// True when the `n × dv` tile holds no NaN or infinity.

@@ -149,15 +149,17 @@ pub(crate) trait KernelVisitor {
 
 /// Runs `visitor` on the kernel of the selected ISA and records which one ran.
 pub(crate) fn dispatch<V: KernelVisitor>(visitor: V) -> V::Output {
-    let isa = Isa::selected();
-    detect::record(isa);
-    match isa {
+    fn run<K: Kernel, V: KernelVisitor>(kernel: K, visitor: V) -> V::Output {
+        detect::record(kernel.isa());
+        visitor.visit(kernel)
+    }
+    match Isa::selected() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => match x86::Avx2Fma::try_new() {
-            Some(k) => visitor.visit(k),
-            None => visitor.visit(portable::Portable),
+            Some(k) => run(k, visitor),
+            None => run(portable::Portable, visitor),
         },
-        Isa::Portable => visitor.visit(portable::Portable),
-        _ => visitor.visit(scalar::Scalar),
+        Isa::Portable => run(portable::Portable, visitor),
+        _ => run(scalar::Scalar, visitor),
     }
 }

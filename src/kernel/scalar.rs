@@ -37,6 +37,9 @@ impl Kernel for Scalar {
         assert_fits(a.len(), m, k, lda);
         assert_fits(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
+        if m == 0 || n == 0 {
+            return;
+        }
         for i in 0..m {
             let c_row = &mut c[i * ldc..i * ldc + n];
             if !accumulate {
@@ -67,6 +70,15 @@ impl Kernel for Scalar {
         assert_fits(a.len(), m, k, lda);
         assert_fits(b.len(), n, k, ldb);
         assert_fits(out.len(), m, n, ldo);
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for i in 0..m {
+                out[i * ldo..i * ldo + n].fill(0.0);
+            }
+            return;
+        }
         for i in 0..m {
             let a_row = &a[i * lda..i * lda + k];
             for j in 0..n {
@@ -83,6 +95,9 @@ impl Kernel for Scalar {
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
         assert_fits(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
+        if n == 0 || k == 0 {
+            return;
+        }
         for j in 0..n {
             for p in 0..k {
                 dst[p * ldd + j] = b[j * ldb + p].to_f32();
