@@ -241,18 +241,30 @@ impl KvCache {
         n(&self.k) + n(&self.v)
     }
     /// Tokens held by batch row `b`.
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn len(&self, b: usize) -> usize {
         self.rows[b].len
     }
     /// True when batch row `b` holds no token.
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn is_empty(&self, b: usize) -> bool {
         self.rows[b].len == 0
     }
     /// Tokens ever appended to batch row `b` (the next token's position).
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn next_position(&self, b: usize) -> usize {
         self.rows[b].next_pos
     }
     /// The absolute positions held by batch row `b`, slot by slot.
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn positions(&self, b: usize) -> impl Iterator<Item = usize> + '_ {
         let r = self.rows[b];
         (0..r.len).map(move |s| r.position(s))
@@ -275,11 +287,17 @@ impl KvCache {
     }
 
     /// The keys of batch row `b` as `[1, len, kv_heads, head_dim]`, read in place.
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn keys(&self, b: usize) -> Tensor<'_> {
         let (off, l) = self.layout(self.cfg.head_dim, b);
         Self::view(&self.k, off, l)
     }
     /// The values of batch row `b` as `[1, len, kv_heads, v_head_dim]`, read in place.
+    ///
+    /// # Panics
+    /// If `b >= batch`.
     pub fn values(&self, b: usize) -> Tensor<'_> {
         let (off, l) = self.layout(self.cfg.v_head_dim, b);
         Self::view(&self.v, off, l)
