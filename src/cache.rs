@@ -208,7 +208,7 @@ impl KvCache {
         let (sinks, recent) = cfg.keep();
         match cfg.policy {
             CachePolicy::Full => {}
-            CachePolicy::SlidingWindow { window, .. } if window == 0 => return Err(bad("window must be >= 1")),
+            CachePolicy::SlidingWindow { window: 0, .. } => return Err(bad("window must be >= 1")),
             CachePolicy::StreamingLlm { recent: 0, .. } => return Err(bad("recent must be >= 1")),
             _ => {
                 if sinks.saturating_add(recent) >= cfg.capacity {

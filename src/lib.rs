@@ -1,7 +1,7 @@
 //! # gated-attention
 //!
 //! Tiled online-softmax ("flash") attention for the CPU, in pure Rust, plus the naive f64
-//! [`reference`] every path is verified against.
+//! [`reference`](mod@reference) every path is verified against.
 //!
 //! ```text
 //! O ← softmax(scale · Q Kᵀ + mask) V        (per query head h, KV head h / (q_heads / kv_heads))
@@ -52,7 +52,7 @@
 //! ## Numerics contract
 //! * All arithmetic in f32; f16/bf16 inputs are widened exactly, outputs rounded to nearest-even
 //!   once at the end.
-//! * Against [`reference`] the output satisfies `|x - r| ≤ atol + rtol·|r|` with
+//! * Against [`reference`](mod@reference) the output satisfies `|x - r| ≤ atol + rtol·|r|` with
 //!   `(atol, rtol) = (2e-5, 2e-5)` for f32 outputs (inputs in \[-2, 2\], lengths to a few thousand),
 //!   `(1e-3, 1e-3)` for f16 and `(8e-3, 8e-3)` for bf16 outputs; LSE within `(2e-5, 2e-5)`.
 //!   The table lives in `tests/common/mod.rs`.
@@ -79,7 +79,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `std` | yes | run-time CPU feature detection (`alloc` included) |
-//! | `alloc` | via `std` | [`attention`], [`reference`] |
+//! | `alloc` | via `std` | [`attention`], [`reference`](mod@reference) |
 //! | `rayon` | yes | multi-threaded [`attention`] ([`Parallelism::Rayon`]) |
 //! | `ndarray` | no | `Tensor::from_ndarray` / `TensorMut::from_ndarray` |
 //!

@@ -13,27 +13,16 @@ pub enum Alignment {
     TopLeft,
 }
 
-/// Parallel execution of an allocating entry point.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Parallel execution of an allocating entry point (default: rayon when the feature is on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Parallelism {
     /// On the calling thread.
+    #[cfg_attr(not(feature = "rayon"), default)]
     Sequential,
     /// On the current rayon pool. Results are bit-identical to `Sequential`.
     #[cfg(feature = "rayon")]
+    #[default]
     Rayon,
-}
-
-impl Default for Parallelism {
-    fn default() -> Self {
-        #[cfg(feature = "rayon")]
-        {
-            Parallelism::Rayon
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            Parallelism::Sequential
-        }
-    }
 }
 
 /// An additive f32 bias with logical shape `[batch, q_heads, q_len, kv_len]`.
@@ -234,8 +223,8 @@ impl<'a> AttentionOptions<'a> {
             if !shape.contains(&0) {
                 let overflow = Error::ShapeOverflow { operand: Operand::Bias };
                 let mut last = 0usize;
-                for axis in 0..4 {
-                    let step = (shape[axis] - 1).checked_mul(bias.strides[axis]).ok_or(overflow.clone())?;
+                for (extent, stride) in shape.iter().zip(bias.strides) {
+                    let step = (extent - 1).checked_mul(stride).ok_or(overflow.clone())?;
                     last = last.checked_add(step).ok_or(overflow.clone())?;
                 }
                 let needed = last + 1;

@@ -150,8 +150,8 @@ pub fn scores(
                 continue;
             }
             let mut dot = 0.0f64;
-            for d in 0..dims.head_dim {
-                dot += q_row[d] * elem(k, b, j, kvh, d);
+            for (d, &qd) in q_row.iter().enumerate() {
+                dot += qd * elem(k, b, j, kvh, d);
             }
             let mut x = dot * scale;
             if let Some(c) = opts.softcap {

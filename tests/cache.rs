@@ -164,9 +164,9 @@ fn eviction_keeps_exactly_what_the_policy_promises() {
 #[test]
 fn full_cache_rejects_overflow_without_writing() {
     let mut cache = KvCache::new(KvCacheConfig::new(1, 1, 4, 5, DType::F32)).unwrap();
-    let x = vec![1.0f32; 4 * 4];
+    let x = [1.0f32; 4 * 4];
     cache.append(&Tensor::bshd(&x[..], 1, 4, 1, 4), &Tensor::bshd(&x[..], 1, 4, 1, 4), None).unwrap();
-    let y = vec![2.0f32; 2 * 4];
+    let y = [2.0f32; 2 * 4];
     let r = cache.append(&Tensor::bshd(&y[..], 1, 2, 1, 4), &Tensor::bshd(&y[..], 1, 2, 1, 4), None);
     assert_eq!(r, Err(Error::CacheFull { batch_row: 0, needed: 6, capacity: 5 }));
     assert_eq!(cache.len(0), 4);
@@ -206,12 +206,12 @@ fn per_row_lengths_and_memory_formula() {
     let mut cache = KvCache::new(cfg).unwrap();
     assert_eq!(cache.allocated_bytes(), cfg.storage_bytes());
     let k = vec![0.5f32; 5 * 2 * 8];
-    let v = vec![0.25f32; 5 * 2 * 4];
+    let v = [0.25f32; 5 * 2 * 4];
     cache.append_row(1, &Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 4), None).unwrap();
     cache.append_row(0, &Tensor::bshd(&k[..16 * 2], 1, 2, 2, 8), &Tensor::bshd(&v[..8 * 2], 1, 2, 2, 4), None).unwrap();
     assert_eq!((cache.len(0), cache.len(1)), (2, 5));
     let q = vec![0.1f32; 2 * 4 * 8];
-    let mut o = vec![0.0f32; 2 * 4 * 4];
+    let mut o = [0.0f32; 2 * 4 * 4];
     cache.attend(&Tensor::bshd(&q[..], 2, 1, 4, 8), TensorMut::bshd(&mut o[..], 2, 1, 4, 4), None, &AttentionOptions::new()).unwrap();
     assert!(o.iter().all(|&x| (x - 0.25).abs() < 1e-6));
     assert!(matches!(cache.append_row(2, &Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 4), None), Err(Error::ShapeMismatch { .. })));

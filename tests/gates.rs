@@ -29,10 +29,10 @@ fn output_gate_every_variant() {
 
 #[test]
 fn output_gate_shape_errors() {
-    let q = vec![0.0f32; 3 * 2 * 4];
-    let k = vec![0.0f32; 3 * 4];
-    let mut o = vec![f32::NAN; 3 * 2 * 4];
-    let bad = vec![0.0f32; 3 * 3 * 4];
+    let q = [0.0f32; 3 * 2 * 4];
+    let k = [0.0f32; 3 * 4];
+    let mut o = [f32::NAN; 3 * 2 * 4];
+    let bad = [0.0f32; 3 * 3 * 4];
     let r = gated_attention::attention(
         &Tensor::bshd(&q[..], 1, 3, 2, 4),
         &Tensor::bshd(&k[..], 1, 3, 1, 4),

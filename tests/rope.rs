@@ -95,8 +95,8 @@ fn scaling_frequencies_follow_their_formulas() {
     let mut inv = vec![0.0f64; d / 2];
     let cfg = RopeConfig::new(d, 10_000.0);
     assert_eq!(cfg.scaling(RopeScaling::Linear { factor: 4.0 }).frequencies(10, &mut inv).unwrap(), 1.0);
-    for i in 0..d / 2 {
-        assert!((inv[i] - default(i, 1e4) / 4.0).abs() < 1e-15);
+    for (i, &f) in inv.iter().enumerate() {
+        assert!((f - default(i, 1e4) / 4.0).abs() < 1e-15);
     }
     // Dynamic NTK: unchanged within the original context, larger base beyond it.
     let dy = cfg.scaling(RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 100 });
@@ -136,7 +136,7 @@ fn invalid_configs_are_errors() {
     assert!(RopeTable::new(&RopeConfig::new(8, 1.0), 4).is_err());
     assert!(RopeTable::new(&RopeConfig::new(8, 1e4).scaling(RopeScaling::Linear { factor: 0.0 }), 4).is_err());
     let t = RopeTable::new(&RopeConfig::new(8, 1e4), 4).unwrap();
-    let mut x = vec![0.0f32; 8 * 5];
+    let mut x = [0.0f32; 8 * 5];
     assert!(t.rotate(TensorMut::bshd(&mut x[..], 1, 5, 1, 8), Positions::Offset(0)).is_err(), "position 4 is beyond the table");
     assert!(t.rotate(TensorMut::bshd(&mut x[..], 1, 5, 1, 8), Positions::Explicit(&[0, 1])).is_err());
 }

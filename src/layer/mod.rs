@@ -240,7 +240,7 @@ impl GatedAttention {
         batch: usize,
         cache: &mut KvCache,
         positions: Option<&[usize]>,
-        mut stats: Option<&mut ForwardStats>,
+        stats: Option<&mut ForwardStats>,
     ) -> Result<Vec<f32>, Error> {
         let c = &self.config;
         let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
@@ -299,7 +299,7 @@ impl GatedAttention {
                 apply_gate(TensorMut::bshd(&mut out[..], batch, l, 1, dm), &gate)?;
             }
         }
-        if let Some(st) = stats.as_deref_mut() {
+        if let Some(st) = stats {
             if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
                 st.gate.extend(logits.iter().map(|&z| g.activation.apply(z) as f64));
             }

@@ -21,8 +21,10 @@ mod scaling;
 
 pub use scaling::RopeScaling;
 
+#[cfg(feature = "alloc")]
 use crate::element::{Element, ElemsMut};
 use crate::error::{Error, Operand};
+#[cfg(feature = "alloc")]
 use crate::tensor::TensorMut;
 
 /// Which channels form a rotation pair.
@@ -134,9 +136,12 @@ pub enum Positions<'a> {
 }
 
 impl Positions<'_> {
-    /// The position of token `s` in batch row `b` (bounds checked by `check`).
+    /// The position of token `s` in batch row `b` of a `[batch, seq]` call.
+    ///
+    /// # Panics
+    /// If `b` or `s` is outside the ids given.
     #[inline]
-    pub(crate) fn get(&self, b: usize, s: usize, seq: usize) -> usize {
+    pub fn get(&self, b: usize, s: usize, seq: usize) -> usize {
         match *self {
             Positions::Offset(o) => o + s,
             Positions::PerBatch(o) => o[b] + s,
@@ -145,7 +150,7 @@ impl Positions<'_> {
     }
 
     /// Checks the ids against `[batch, seq]` and returns the largest position + 1.
-    pub(crate) fn check(&self, batch: usize, seq: usize) -> Result<usize, Error> {
+    pub fn check(&self, batch: usize, seq: usize) -> Result<usize, Error> {
         let too_short = |needed: usize, len: usize| Error::ShapeMismatch {
             operand: Operand::Positions,
             dim: "entries",
@@ -174,9 +179,13 @@ impl Positions<'_> {
     }
 }
 
-/// Rotates `x[..rotary_dim]` in place by the angles whose cos and sin are given (`r/2` each).
+/// Rotates `x[..2·cos.len()]` in place by the angles whose cos and sin are given: the
+/// allocation-free primitive for callers with their own tables (`no_std`).
+///
+/// # Panics
+/// If `x` is shorter than `2·cos.len()` or `sin` is shorter than `cos`.
 #[inline]
-pub(crate) fn rotate_f32(pairing: RopePairing, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub fn rotate_f32(pairing: RopePairing, x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
     match pairing {
         RopePairing::NeoxHalf => {

@@ -1,0 +1,274 @@
+//! The canonical workloads of DESIGN.md §6, their FLOP and byte accounting, and deterministic
+//! inputs. Shared by `examples/bench.rs` and `benches/attention.rs` (through `#[path]`).
+
+use gated_attention::{attention, bf16, f16, AttentionOptions, Error, Tensor, TensorMut};
+
+/// Storage type of the keys and values (queries and outputs are always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDtype {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl KvDtype {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+            KvDtype::Bf16 => "bf16",
+        }
+    }
+
+    /// Parses [`KvDtype::name`].
+    pub fn from_name(s: &str) -> Option<KvDtype> {
+        match s {
+            "f32" => Some(KvDtype::F32),
+            "f16" => Some(KvDtype::F16),
+            "bf16" => Some(KvDtype::Bf16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// One canonical shape (batch 1, BSHD layout, bottom-right aligned causal mask).
+#[derive(Clone, Copy, Debug)]
+pub struct Workload {
+    /// P1, P2, P3, D1 or D2.
+    pub name: &'static str,
+    /// Query heads.
+    pub hq: usize,
+    /// Key/value heads.
+    pub hkv: usize,
+    /// Head dimension.
+    pub d: usize,
+    /// Query rows.
+    pub lq: usize,
+    /// Keys.
+    pub lk: usize,
+    /// Sliding window: keys a query sees, its own position included.
+    pub window: Option<usize>,
+    /// KV storage types measured by default.
+    pub kv_dtypes: &'static [KvDtype],
+}
+
+/// DESIGN.md §6, in the order the tools run them.
+pub const WORKLOADS: [Workload; 5] = [
+    Workload {
+        name: "P1",
+        hq: 32,
+        hkv: 8,
+        d: 128,
+        lq: 1024,
+        lk: 1024,
+        window: None,
+        kv_dtypes: &[KvDtype::F32],
+    },
+    Workload {
+        name: "P2",
+        hq: 32,
+        hkv: 8,
+        d: 128,
+        lq: 4096,
+        lk: 4096,
+        window: Some(512),
+        kv_dtypes: &[KvDtype::F32],
+    },
+    Workload {
+        name: "P3",
+        hq: 16,
+        hkv: 16,
+        d: 64,
+        lq: 2048,
+        lk: 2048,
+        window: None,
+        kv_dtypes: &[KvDtype::F32],
+    },
+    Workload {
+        name: "D1",
+        hq: 32,
+        hkv: 8,
+        d: 128,
+        lq: 1,
+        lk: 8192,
+        window: None,
+        kv_dtypes: &[KvDtype::F32, KvDtype::F16],
+    },
+    Workload {
+        name: "D2",
+        hq: 32,
+        hkv: 8,
+        d: 128,
+        lq: 1,
+        lk: 32768,
+        window: None,
+        kv_dtypes: &[KvDtype::F16, KvDtype::F32],
+    },
+];
+
+/// The workload called `name` (case-insensitive).
+pub fn workload(name: &str) -> Option<Workload> {
+    WORKLOADS
+        .iter()
+        .copied()
+        .find(|w| w.name.eq_ignore_ascii_case(name))
+}
+
+impl Workload {
+    /// The options every tool runs this workload with.
+    pub fn options(&self) -> AttentionOptions<'static> {
+        let o = AttentionOptions::new().causal();
+        match self.window {
+            Some(w) => o.window(w),
+            None => o,
+        }
+    }
+
+    /// Keys visible from query row `i`: causal, bottom-right aligned (row `i` sits at position
+    /// `lk - lq + i`), within the window. Written from the mask's definition, not from the crate's
+    /// loop bounds, so a kernel that visits masked keys cannot make its own FLOP count bigger.
+    pub fn visible_keys(&self, i: usize) -> usize {
+        let pos = (self.lk - self.lq + i) as i64;
+        let hi = (pos + 1).clamp(0, self.lk as i64); // keys [lo, hi) are visible
+        let lo = match self.window {
+            Some(w) => (pos - w as i64 + 1).clamp(0, hi),
+            None => 0,
+        };
+        (hi - lo) as usize
+    }
+
+    /// Mean number of visible keys per query row (P1 512.5, P2 480.0625, P3 1024.5).
+    pub fn lk_eff(&self) -> f64 {
+        let total: usize = (0..self.lq).map(|i| self.visible_keys(i)).sum();
+        total as f64 / self.lq as f64
+    }
+
+    /// Useful FLOPs of one call: 4 · Lq · Lk_eff · D · Hq (QKᵀ and PV, 2 FLOPs per multiply-add
+    /// each; masked keys and the softmax are not counted).
+    pub fn flops(&self) -> f64 {
+        4.0 * self.lq as f64 * self.lk_eff() * self.d as f64 * self.hq as f64
+    }
+
+    /// Bytes of K and V one call must read at least: 2 · Lk · Hkv · D · sizeof(kv).
+    pub fn kv_bytes(&self, dt: KvDtype) -> f64 {
+        2.0 * self.lk as f64 * self.hkv as f64 * self.d as f64 * dt.size() as f64
+    }
+
+    /// True for the one-query decode workloads.
+    pub fn is_decode(&self) -> bool {
+        self.lq == 1
+    }
+}
+
+/// SplitMix64 (Steele, Lea, Flood 2014): a fixed-seed generator, so every run sees the same data.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1] (24 random bits, so the f32 is exact).
+    pub fn next_f32(&mut self) -> f32 {
+        let u = (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32); // [0, 1)
+        2.0 * u - 1.0
+    }
+}
+
+/// `n` values in [-1, 1] from `seed`.
+pub fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..n).map(|_| rng.next_f32()).collect()
+}
+
+/// A K or V buffer in its storage type.
+pub enum KvBuf {
+    /// f32 elements.
+    F32(Vec<f32>),
+    /// f16 elements.
+    F16(Vec<f16>),
+    /// bf16 elements.
+    Bf16(Vec<bf16>),
+}
+
+impl KvBuf {
+    /// `n` values in [-1, 1] from `seed`, rounded to `dt`.
+    pub fn random(dt: KvDtype, n: usize, seed: u64) -> KvBuf {
+        let x = random_f32(n, seed);
+        match dt {
+            KvDtype::F32 => KvBuf::F32(x),
+            KvDtype::F16 => KvBuf::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+            KvDtype::Bf16 => KvBuf::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+
+    /// BSHD view of the first `seq` positions.
+    pub fn tensor(&self, seq: usize, heads: usize, dim: usize) -> Tensor<'_> {
+        let n = seq * heads * dim;
+        match self {
+            KvBuf::F32(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
+            KvBuf::F16(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
+            KvBuf::Bf16(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
+        }
+    }
+}
+
+/// The operands of one workload: f32 Q and O, K and V in `dt`.
+pub struct Inputs {
+    /// The shape.
+    pub w: Workload,
+    /// KV storage type.
+    pub dt: KvDtype,
+    /// Queries, `[1, lq, hq, d]`.
+    pub q: Vec<f32>,
+    /// Keys, `[1, lk, hkv, d]`.
+    pub k: KvBuf,
+    /// Values, `[1, lk, hkv, d]`.
+    pub v: KvBuf,
+    /// Output, `[1, lq, hq, d]`.
+    pub o: Vec<f32>,
+}
+
+impl Inputs {
+    /// Deterministic inputs (seeds fixed per operand).
+    pub fn new(w: Workload, dt: KvDtype) -> Inputs {
+        Inputs {
+            w,
+            dt,
+            q: random_f32(w.lq * w.hq * w.d, 0x5EED_0001),
+            k: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0002),
+            v: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0003),
+            o: vec![0.0; w.lq * w.hq * w.d],
+        }
+    }
+
+    /// One attention call over the whole workload, on the current rayon pool.
+    pub fn run(&mut self) -> Result<(), Error> {
+        let w = self.w;
+        attention(
+            &Tensor::bshd(&self.q[..], 1, w.lq, w.hq, w.d),
+            &self.k.tensor(w.lk, w.hkv, w.d),
+            &self.v.tensor(w.lk, w.hkv, w.d),
+            TensorMut::bshd(&mut self.o[..], 1, w.lq, w.hq, w.d),
+            None,
+            &w.options(),
+        )
+    }
+}
