@@ -115,8 +115,11 @@ impl KvCacheConfig {
     fn keep(&self) -> (usize, usize) {
         match self.policy {
             CachePolicy::Full => (0, usize::MAX),
-            CachePolicy::SlidingWindow { window, sink_tokens } => (sink_tokens, window - 1 + self.max_rollback),
-            CachePolicy::StreamingLlm { sink_tokens, recent } => (sink_tokens, recent + self.max_rollback),
+            // window >= 1 and recent >= 1 are checked by KvCache::new before any use.
+            CachePolicy::SlidingWindow { window, sink_tokens } => {
+                (sink_tokens, window.saturating_sub(1).saturating_add(self.max_rollback))
+            }
+            CachePolicy::StreamingLlm { sink_tokens, recent } => (sink_tokens, recent.saturating_add(self.max_rollback)),
         }
     }
 }
@@ -425,7 +428,7 @@ impl KvCache {
                 // The shorter sequence ends at next_pos - n; a windowed policy then needs every
                 // position from (end - recent_needed) on, which must still be held.
                 let needed_recent = match self.cfg.policy {
-                    CachePolicy::SlidingWindow { window, .. } => window - 1,
+                    CachePolicy::SlidingWindow { window, .. } => window.saturating_sub(1),
                     CachePolicy::StreamingLlm { recent, .. } => recent,
                     CachePolicy::Full => 0,
                 };
