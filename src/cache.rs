@@ -311,7 +311,19 @@ impl KvCache {
     /// (ignored by StreamingLLM, which stores keys unrotated). All rows are checked before any is
     /// written.
     pub fn append(&mut self, k: &Tensor<'_>, v: &Tensor<'_>, rope: Option<&RopeTable>) -> Result<(), Error> {
-        self.append_rows(k, v, rope, 0..self.cfg.batch)
+        self.append_rows(k, v, rope, None, 0..self.cfg.batch)
+    }
+
+    /// [`KvCache::append`] with a value gate (G2) applied on the way in, so the cache holds gated
+    /// values: `v ← v ⊙ act(g)` with logits `[batch, t, kv_heads | 1, v_head_dim | 1]`.
+    pub fn append_gated(
+        &mut self,
+        k: &Tensor<'_>,
+        v: &Tensor<'_>,
+        rope: Option<&RopeTable>,
+        value_gate: &crate::gate::Gate<'_>,
+    ) -> Result<(), Error> {
+        self.append_rows(k, v, rope, Some(value_gate), 0..self.cfg.batch)
     }
 
     /// Appends `t` tokens to batch row `b` alone: `k` is `[1, t, kv_heads, head_dim]`. Rows may
@@ -320,10 +332,17 @@ impl KvCache {
         if b >= self.cfg.batch {
             return Err(Error::ShapeMismatch { operand: Operand::Cache, dim: "batch row", expected: self.cfg.batch, found: b });
         }
-        self.append_rows(k, v, rope, b..b + 1)
+        self.append_rows(k, v, rope, None, b..b + 1)
     }
 
-    fn append_rows(&mut self, k: &Tensor<'_>, v: &Tensor<'_>, rope: Option<&RopeTable>, rows: core::ops::Range<usize>) -> Result<(), Error> {
+    fn append_rows(
+        &mut self,
+        k: &Tensor<'_>,
+        v: &Tensor<'_>,
+        rope: Option<&RopeTable>,
+        value_gate: Option<&crate::gate::Gate<'_>>,
+        rows: core::ops::Range<usize>,
+    ) -> Result<(), Error> {
         let c = self.cfg;
         let t = k.layout.seq();
         let n_rows = rows.len();
@@ -339,6 +358,9 @@ impl KvCache {
         };
         expect(k, c.head_dim, Operand::Key)?;
         expect(v, c.v_head_dim, Operand::Value)?;
+        if let Some(g) = value_gate {
+            g.check(v.layout.shape)?;
+        }
         let rotate = rope.filter(|_| !matches!(c.policy, CachePolicy::StreamingLlm { .. }));
         if let Some(r) = rotate {
             let offsets: Vec<usize> = self.rows[rows.clone()].iter().map(|r| r.next_pos).collect();
@@ -367,6 +389,9 @@ impl KvCache {
                     self.k.write(((b * c.kv_heads + h) * c.capacity + slot) * c.head_dim, kd);
                     let vd = &mut row_buf[..c.v_head_dim];
                     read_row(v, src_b, s, h, vd);
+                    if let Some(g) = value_gate {
+                        g.apply_row(src_b, s, h, vd);
+                    }
                     self.v.write(((b * c.kv_heads + h) * c.capacity + slot) * c.v_head_dim, vd);
                 }
             }

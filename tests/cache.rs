@@ -216,3 +216,31 @@ fn per_row_lengths_and_memory_formula() {
     assert!(o.iter().all(|&x| (x - 0.25).abs() < 1e-6));
     assert!(matches!(cache.append_row(2, &Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 4), None), Err(Error::ShapeMismatch { .. })));
 }
+
+#[test]
+fn value_gate_on_append_stores_gated_values() {
+    use gated_attention::gate::{apply_gate, Gate};
+    let (t, hkv, d) = (3usize, 2usize, 4usize);
+    let mut rng = Rng::new(21);
+    let k: Vec<f32> = (0..t * hkv * d).map(|_| rng.uniform()).collect();
+    let v: Vec<f32> = (0..t * hkv * d).map(|_| rng.uniform()).collect();
+    let logits: Vec<f32> = (0..t * hkv).map(|_| rng.uniform() * 4.0).collect(); // headwise
+    let gate = Gate::sigmoid(Tensor::bshd(&logits[..], 1, t, hkv, 1));
+    let mut cache = KvCache::new(KvCacheConfig::new(1, hkv, d, 8, DType::F32)).unwrap();
+    cache.append_gated(&Tensor::bshd(&k[..], 1, t, hkv, d), &Tensor::bshd(&v[..], 1, t, hkv, d), None, &gate).unwrap();
+    let mut want = v.clone();
+    apply_gate(TensorMut::bshd(&mut want[..], 1, t, hkv, d), &gate).unwrap();
+    let vals = cache.values(0);
+    for s in 0..t {
+        for h in 0..hkv {
+            for e in 0..d {
+                let got = vals.data.get_f32(s * vals.layout.strides[1] + h * vals.layout.strides[2] + e);
+                assert_eq!(got, want[(s * hkv + h) * d + e]);
+            }
+        }
+    }
+    let bad = [0.0f32; 5];
+    let r = cache.append_gated(&Tensor::bshd(&k[..], 1, t, hkv, d), &Tensor::bshd(&v[..], 1, t, hkv, d), None, &Gate::sigmoid(Tensor::bshd(&bad[..], 1, 5, 1, 1)));
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    assert_eq!(cache.len(0), t);
+}
