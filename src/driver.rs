@@ -246,9 +246,16 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
                     }
                     let m_old = sc.state.m[r];
                     let tile_max = kernel.max(row);
-                    let m_new = if tile_max > m_old { tile_max } else { m_old };
+                    let m_new = if tile_max > m_old || tile_max.is_nan() { tile_max } else { m_old };
                     if m_new == f32::NEG_INFINITY {
-                        row.fill(0.0);
+                        // Either nothing is visible yet, or every visible score is NaN and the
+                        // kernel's max skipped them: NaN must reach the row, not vanish as zeros.
+                        if row.iter().any(|x| x.is_nan()) {
+                            sc.state.l[r] = f32::NAN;
+                            row.fill(f32::NAN);
+                        } else {
+                            row.fill(0.0);
+                        }
                         continue;
                     }
                     let alpha = libm::expf(m_old - m_new);

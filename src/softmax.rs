@@ -11,9 +11,17 @@
 #[inline]
 pub(crate) fn merge_row(m_a: &mut f32, l_a: &mut f32, acc_a: &mut [f32], m_b: f32, l_b: f32, acc_b: &[f32]) {
     if m_b == f32::NEG_INFINITY {
+        // An empty partial changes nothing; one poisoned by NaN scores (l = NaN) poisons the row.
+        if l_b.is_nan() {
+            *l_a = f32::NAN;
+            acc_a.fill(f32::NAN);
+        }
         return;
     }
     if *m_a == f32::NEG_INFINITY {
+        if l_a.is_nan() {
+            return;
+        }
         *m_a = m_b;
         *l_a = l_b;
         acc_a.copy_from_slice(acc_b);
@@ -32,7 +40,7 @@ pub(crate) fn merge_row(m_a: &mut f32, l_a: &mut f32, acc_a: &mut [f32], m_b: f3
 /// Folds a learned sink logit (a key with value 0) into a row's state.
 #[inline]
 pub(crate) fn add_sink(m: &mut f32, l: &mut f32, acc: &mut [f32], sink: f32) {
-    if sink == f32::NEG_INFINITY {
+    if sink == f32::NEG_INFINITY || l.is_nan() {
         return;
     }
     if *m == f32::NEG_INFINITY {
