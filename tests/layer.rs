@@ -186,6 +186,9 @@ fn config_json_fields_and_errors() {
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "linear"}}"#, "factor"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#, "headwise_attn_output_gate"),
         (r#"{"hidden_size": 64, "num_attention_heads": 0}"#, "num_attention_heads"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": 4194304}"#, "head_dim"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 100000000}"#, "max_position_embeddings"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": 1048576, "max_position_embeddings": 4096}"#, "max_position_embeddings"),
     ] {
         match GatedAttentionConfig::from_json(text) {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field, "{text}"),

@@ -147,6 +147,13 @@ pub struct GatedAttentionConfig {
     pub sliding_window: Option<usize>,
 }
 
+/// Largest accepted width, head count or head dimension.
+const MAX_DIM: usize = 1 << 20;
+/// Largest accepted `max_position_embeddings` (the RoPE table length).
+const MAX_POSITIONS: usize = 1 << 24;
+/// Largest accepted RoPE table, in cos (or sin) entries: 1 GiB for both.
+const MAX_ROPE_ENTRIES: usize = 1 << 28;
+
 fn field(name: &'static str) -> Error {
     Error::InvalidConfig { field: name, reason: "missing or not a valid value" }
 }
@@ -221,6 +228,27 @@ impl GatedAttentionConfig {
         let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
         if self.hidden_size == 0 || self.head_dim == 0 || self.num_heads == 0 {
             return bad("hidden_size", "hidden_size, num_attention_heads and head_dim must be > 0");
+        }
+        // Bounds far above any real model keep a hostile config.json from demanding absurd
+        // allocations or overflowing the size arithmetic below.
+        for (value, name) in [
+            (self.hidden_size, "hidden_size"),
+            (self.head_dim, "head_dim"),
+            (self.num_heads, "num_attention_heads"),
+            (self.num_kv_heads, "num_key_value_heads"),
+        ] {
+            if value > MAX_DIM {
+                return bad(name, "larger than 2^20");
+            }
+        }
+        if self.max_position_embeddings > MAX_POSITIONS {
+            return bad("max_position_embeddings", "larger than 2^24");
+        }
+        if self.max_position_embeddings.saturating_mul(self.rotary_dim / 2) > MAX_ROPE_ENTRIES {
+            return bad("max_position_embeddings", "RoPE table (positions · rotary_dim / 2) larger than 2^28 entries");
+        }
+        if self.num_heads.saturating_mul(2 * self.head_dim) > MAX_DIM * 16 {
+            return bad("num_attention_heads", "num_attention_heads · head_dim larger than 2^24");
         }
         if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             return bad("num_key_value_heads", "must divide num_attention_heads");
