@@ -16,7 +16,6 @@
 //! 2 · Lk · Hkv · D · sizeof(kv); divide by criterion's time for GB/s.
 
 #[path = "../examples/bench/workloads.rs"]
-#[allow(dead_code)]
 mod workloads;
 
 use std::hint::black_box;
@@ -71,14 +70,8 @@ fn decode(c: &mut Criterion) {
 }
 
 fn main() {
-    let threads = std::env::var("BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .expect("rayon global pool");
+    let threads = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse::<usize>().ok()).unwrap_or(2);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("rayon global pool");
     // What criterion_group!/criterion_main! expand to, after the pool is built.
     let mut c = Criterion::default().configure_from_args();
     prefill(&mut c);

@@ -55,7 +55,8 @@ fn main() {
             .collect();
         let (q, k) = layer.queries_and_keys(&normed, 1, &positions).expect("projections");
         let (qt, kt) = (Tensor::bshd(&q[..], 1, tokens, heads, d), Tensor::bshd(&k[..], 1, tokens, kv_heads, d));
-        let dims = Dims { batch: 1, q_len: tokens, kv_len: tokens, q_heads: heads, kv_heads, head_dim: d, v_head_dim: d };
+        let dims =
+            Dims { batch: 1, q_len: tokens, kv_len: tokens, q_heads: heads, kv_heads, head_dim: d, v_head_dim: d };
         let s = reference::scores(&qt, &kt, &AttentionOptions::new().causal(), &dims, 0, head);
         let mut pixels = vec![0u8; tokens * tokens];
         for i in 0..tokens {

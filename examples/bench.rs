@@ -9,10 +9,14 @@
 //! ```
 //!
 //! Output: a table, then one JSON object per line (each workload, and the `fma_peak` and
-//! `read_bw` limits at the start and at the end of the run). See `benches/README.md`.
+//! `read_bw` limits at the start and at the end of the run and the best of the run, which the
+//! fractions divide by). `others_cpu` says how much of the machine other processes took meanwhile.
+//! See `benches/README.md`.
 
 #[path = "bench/limits.rs"]
 mod limits;
+#[path = "bench/sysload.rs"]
+mod sysload;
 #[path = "bench/workloads.rs"]
 mod workloads;
 
@@ -91,17 +95,10 @@ fn parse_args() -> Result<Args, String> {
             Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value =
+            |name: &str| inline.clone().or_else(|| it.next()).ok_or_else(|| format!("{name} needs a value"));
         let number = |s: String, name: &str| -> Result<usize, String> {
-            s.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{name}: not a positive integer: {s}"))
+            s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| format!("{name}: not a positive integer: {s}"))
         };
         match key.as_str() {
             "--threads" => a.threads = number(value("--threads")?, "--threads")?,
@@ -154,16 +151,8 @@ impl Stats {
     fn of(mut x: Vec<f64>) -> Stats {
         x.sort_by(f64::total_cmp);
         let n = x.len();
-        let median = if n % 2 == 1 {
-            x[n / 2]
-        } else {
-            0.5 * (x[n / 2 - 1] + x[n / 2])
-        };
-        Stats {
-            median,
-            min: x[0],
-            max: x[n - 1],
-        }
+        let median = if n % 2 == 1 { x[n / 2] } else { 0.5 * (x[n / 2 - 1] + x[n / 2]) };
+        Stats { median, min: x[0], max: x[n - 1] }
     }
 }
 
@@ -173,6 +162,8 @@ struct Limits {
     unix_time: u64,
     /// The 1-minute load average when measured (other processes on the machine), if readable.
     loadavg: Option<f64>,
+    /// Fraction of the CPUs other processes used while these were measured.
+    others_cpu: Option<f64>,
     /// (threads, GFLOP/s)
     fma: Vec<(usize, f64)>,
     /// (threads, GB/s)
@@ -181,37 +172,20 @@ struct Limits {
 
 impl Limits {
     fn measure(phase: &'static str, threads: usize, buf: &BwBuffer) -> Limits {
-        let counts: Vec<usize> = if threads > 1 {
-            vec![1, threads]
-        } else {
-            vec![1]
-        };
-        let fma = counts
-            .iter()
-            .map(|&t| (t, limits::fma_peak_gflops(t, 5, 60)))
-            .collect();
-        let bw = counts.iter().map(|&t| (t, buf.read_gbps(t, 4))).collect();
-        Limits {
-            phase,
-            unix_time: unix_time(),
-            loadavg: loadavg(),
-            fma,
-            bw,
-        }
+        let counts: Vec<usize> = if threads > 1 { vec![1, threads] } else { vec![1] };
+        let cpu0 = sysload::sample();
+        let fma = counts.iter().map(|&t| (t, limits::fma_peak_gflops(t, 7, 50))).collect();
+        let bw = counts.iter().map(|&t| (t, buf.read_gbps(t, 5))).collect();
+        let others_cpu = sysload::others_busy(cpu0, sysload::sample());
+        Limits { phase, unix_time: unix_time(), loadavg: loadavg(), others_cpu, fma, bw }
     }
 
     fn fma_at(&self, threads: usize) -> f64 {
-        self.fma
-            .iter()
-            .find(|p| p.0 == threads)
-            .map_or(f64::NAN, |p| p.1)
+        self.fma.iter().find(|p| p.0 == threads).map_or(f64::NAN, |p| p.1)
     }
 
     fn bw_at(&self, threads: usize) -> f64 {
-        self.bw
-            .iter()
-            .find(|p| p.0 == threads)
-            .map_or(f64::NAN, |p| p.1)
+        self.bw.iter().find(|p| p.0 == threads).map_or(f64::NAN, |p| p.1)
     }
 }
 
@@ -225,21 +199,16 @@ struct Row {
     gflops: f64,
     gbps: Option<f64>,
     max_abs_err: Option<f64>,
+    /// Fraction of the CPUs other processes used during the timed calls.
+    others_cpu: Option<f64>,
 }
 
 fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn unix_time() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Max |ours − f64 reference| over sampled query rows of the last call's output. Prefill rows
@@ -267,11 +236,7 @@ fn check(inp: &Inputs) -> Result<f64, String> {
                     let ours = inp.o[(a + i) * row + h * w.d + x] as f64;
                     let e = (ours - re.out_at(0, i, h, x)).abs();
                     // NaN counts as an infinite error.
-                    err = if e.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        err.max(e)
-                    };
+                    err = if e.is_nan() { f64::INFINITY } else { err.max(e) };
                 }
             }
         }
@@ -279,16 +244,15 @@ fn check(inp: &Inputs) -> Result<f64, String> {
     Ok(err)
 }
 
+/// Warm-up, then `reps` timed calls: their times and the share of the CPUs other processes used
+/// meanwhile.
 fn measure(
     inp: &mut Inputs,
     mode: Option<CacheMode>,
     reps: usize,
     buf: &BwBuffer,
-) -> Result<Stats, String> {
-    let call = |inp: &mut Inputs| {
-        inp.run()
-            .map_err(|e| format!("{} {}: {e:?}", inp.w.name, inp.dt.name()))
-    };
+) -> Result<(Stats, Option<f64>), String> {
+    let call = |inp: &mut Inputs| inp.run().map_err(|e| format!("{} {}: {e:?}", inp.w.name, inp.dt.name()));
     // Warm-up: at least one call and 0.2 s, at most 10 calls.
     let t0 = Instant::now();
     for _ in 0..10 {
@@ -298,6 +262,7 @@ fn measure(
         }
     }
     let mut ms = Vec::with_capacity(reps);
+    let cpu0 = sysload::sample();
     for _ in 0..reps {
         if mode == Some(CacheMode::Cold) {
             buf.evict_caches(EVICT_MIB);
@@ -306,7 +271,8 @@ fn measure(
         call(inp)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Stats::of(ms))
+    let others = sysload::others_busy(cpu0, sysload::sample());
+    Ok((Stats::of(ms), others))
 }
 
 fn json_num(x: f64) -> String {
@@ -336,19 +302,13 @@ fn main() -> ExitCode {
         }
     };
     let threads = args.threads;
-    if let Err(e) = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-    {
+    if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
         eprintln!("error: cannot build the rayon pool: {e}");
         return ExitCode::FAILURE;
     }
     if let Some(isa) = args.isa {
         if !set_forced_isa(Some(isa)) {
-            eprintln!(
-                "error: ISA {} is not available on this machine/build",
-                isa.name()
-            );
+            eprintln!("error: ISA {} is not available on this machine/build", isa.name());
             return ExitCode::FAILURE;
         }
     }
@@ -357,10 +317,7 @@ fn main() -> ExitCode {
         Some(m) if m < 4096 => 512,
         _ => 1024,
     });
-    eprintln!(
-        "bench: {threads} threads, {} reps; measuring limits ({bw_mib} MiB read buffer) ...",
-        args.reps
-    );
+    eprintln!("bench: {threads} threads, {} reps; measuring limits ({bw_mib} MiB read buffer) ...", args.reps);
     let buf = BwBuffer::new(bw_mib, threads);
     let start = Limits::measure("start", threads, &buf);
     eprintln!(
@@ -370,20 +327,18 @@ fn main() -> ExitCode {
     );
 
     let mut rows = Vec::new();
+    let mut between: Vec<(f64, f64)> = Vec::new();
     let mut failed = false;
     for &w in &args.workloads {
         let dts = args.kv.clone().unwrap_or_else(|| w.kv_dtypes.to_vec());
         for dt in dts {
             eprint!("  {} kv {} ...", w.name, dt.name());
             let mut inp = Inputs::new(w, dt);
-            let modes: Vec<Option<CacheMode>> = if w.is_decode() {
-                args.cache.iter().map(|&m| Some(m)).collect()
-            } else {
-                vec![None]
-            };
+            let modes: Vec<Option<CacheMode>> =
+                if w.is_decode() { args.cache.iter().map(|&m| Some(m)).collect() } else { vec![None] };
             let mut max_abs_err = None;
             for (k, &mode) in modes.iter().enumerate() {
-                let ms = match measure(&mut inp, mode, args.reps, &buf) {
+                let (ms, others_cpu) = match measure(&mut inp, mode, args.reps, &buf) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!(" failed: {e}");
@@ -407,11 +362,7 @@ fn main() -> ExitCode {
                     }
                 }
                 let t = ms.median / 1e3;
-                eprint!(
-                    " {}{:.2} ms",
-                    mode.map_or(String::new(), |m| format!("{}: ", m.name())),
-                    ms.median
-                );
+                eprint!(" {}{:.2} ms", mode.map_or(String::new(), |m| format!("{}: ", m.name())), ms.median);
                 rows.push(Row {
                     w,
                     dt,
@@ -421,49 +372,65 @@ fn main() -> ExitCode {
                     gbps: w.is_decode().then(|| w.kv_bytes(dt) / t / 1e9),
                     ms,
                     max_abs_err,
+                    others_cpu,
                 });
             }
             eprintln!();
+            // A short look at the limits between workloads: the peak is the best seen in the run,
+            // and bursts of other processes at the start or the end must not lower it.
+            between.push((limits::fma_peak_gflops(threads, 3, 40), buf.read_gbps(threads, 2)));
         }
     }
 
     eprintln!("  re-measuring limits ...");
     let end = Limits::measure("end", threads, &buf);
     let isa = last_used_isa().unwrap_or_else(Isa::selected).name();
-    // The machine's limit is the better of the two measurements: noise only lowers a result.
-    let peak = start.fma_at(threads).max(end.fma_at(threads));
-    let bw = start.bw_at(threads).max(end.bw_at(threads));
+    // The machine's limit is the best measurement of the run (at the start, between workloads,
+    // at the end): other processes only ever lower a measurement.
+    let peak = between.iter().fold(start.fma_at(threads).max(end.fma_at(threads)), |m, b| m.max(b.0));
+    let bw = between.iter().fold(start.bw_at(threads).max(end.bw_at(threads)), |m, b| m.max(b.1));
+    let samples = 2 + between.len();
 
     if !args.json_only {
-        print!("{}", table(&rows, &start, &end, threads, isa, peak, bw));
+        print!("{}", table(&rows, &start, &end, threads, isa, peak, bw, samples));
     }
     for l in [&start, &end] {
         for &(t, g) in &l.fma {
             println!(
-                "{{\"limit\":\"fma_peak\",\"phase\":\"{}\",\"threads\":{t},\"gflops\":{},\"kernel\":\"{}\",\"unix_time\":{},\"loadavg\":{}}}",
+                "{{\"limit\":\"fma_peak\",\"phase\":\"{}\",\"threads\":{t},\"gflops\":{},\"kernel\":\"{}\",\"unix_time\":{},\"loadavg\":{},\"others_cpu\":{}}}",
                 l.phase,
                 json_num(g),
                 limits::fma_kernel_name(),
                 l.unix_time,
-                json_opt(l.loadavg)
+                json_opt(l.loadavg),
+                json_opt(l.others_cpu)
             );
         }
         for &(t, g) in &l.bw {
             println!(
-                "{{\"limit\":\"read_bw\",\"phase\":\"{}\",\"threads\":{t},\"gbps\":{},\"buffer_mib\":{},\"unix_time\":{},\"loadavg\":{}}}",
+                "{{\"limit\":\"read_bw\",\"phase\":\"{}\",\"threads\":{t},\"gbps\":{},\"buffer_mib\":{},\"unix_time\":{},\"loadavg\":{},\"others_cpu\":{}}}",
                 l.phase,
                 json_num(g),
                 buf.mib(),
                 l.unix_time,
-                json_opt(l.loadavg)
+                json_opt(l.loadavg),
+                json_opt(l.others_cpu)
             );
         }
     }
+    println!(
+        "{{\"limit\":\"fma_peak\",\"phase\":\"run_max\",\"threads\":{threads},\"gflops\":{},\"samples\":{samples}}}",
+        json_num(peak)
+    );
+    println!(
+        "{{\"limit\":\"read_bw\",\"phase\":\"run_max\",\"threads\":{threads},\"gbps\":{},\"samples\":{samples}}}",
+        json_num(bw)
+    );
     for r in &rows {
         println!(
             "{{\"workload\":\"{}\",\"dtype_kv\":\"{}\",\"threads\":{threads},\"median_ms\":{},\"min_ms\":{},\"max_ms\":{},\
 \"gflops\":{},\"frac_fma_peak\":{},\"gbps\":{},\"frac_read_bw\":{},\"isa\":\"{isa}\",\"cache\":{},\"reps\":{},\
-\"lk_eff\":{},\"max_abs_err\":{}}}",
+\"lk_eff\":{},\"max_abs_err\":{},\"others_cpu\":{}}}",
             r.w.name,
             r.dt.name(),
             json_num(r.ms.median),
@@ -477,6 +444,7 @@ fn main() -> ExitCode {
             r.reps,
             json_num(r.w.lk_eff()),
             r.max_abs_err.map_or_else(|| "null".to_string(), |e| format!("{e:.3e}")),
+            json_opt(r.others_cpu),
         );
     }
     if failed {
@@ -495,6 +463,7 @@ fn table(
     isa: &str,
     peak: f64,
     bw: f64,
+    samples: usize,
 ) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "gated-attention bench: {threads} threads, ISA {isa}");
@@ -510,15 +479,18 @@ fn table(
         if let Some(la) = l.loadavg {
             let _ = write!(s, "; load average {la:.2}");
         }
+        if let Some(o) = l.others_cpu {
+            let _ = write!(s, "; other processes {:.0}% of the CPUs", 100.0 * o);
+        }
         let _ = writeln!(s);
     }
     let _ = writeln!(
         s,
-        "  fractions are of the better of the two: {peak:.1} GFLOP/s, {bw:.1} GB/s ({threads}T)"
+        "  fractions are of the best of {samples} measurements in the run: {peak:.1} GFLOP/s, {bw:.1} GB/s ({threads}T)"
     );
     let _ = writeln!(
         s,
-        "{:<4} {:<4} {:<5} {:>6} {:>10} {:>10} {:>10} {:>9} {:>6} {:>8} {:>6} {:>9}",
+        "{:<4} {:<4} {:<5} {:>6} {:>10} {:>10} {:>10} {:>9} {:>6} {:>8} {:>6} {:>9} {:>6}",
         "wl",
         "kv",
         "cache",
@@ -530,12 +502,13 @@ fn table(
         "%peak",
         "KV GB/s",
         "%bw",
-        "max err"
+        "max err",
+        "other"
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<4} {:<4} {:<5} {:>6.1} {:>10.3} {:>10.3} {:>10.3} {:>9.2} {:>5.1}% {:>8} {:>6} {:>9}",
+            "{:<4} {:<4} {:<5} {:>6.1} {:>10.3} {:>10.3} {:>10.3} {:>9.2} {:>5.1}% {:>8} {:>6} {:>9} {:>6}",
             r.w.name,
             r.dt.name(),
             r.cache.map_or("-", CacheMode::name),
@@ -548,6 +521,7 @@ fn table(
             r.gbps.map_or_else(|| "-".to_string(), |g| format!("{g:.2}")),
             r.gbps.map_or_else(|| "-".to_string(), |g| format!("{:.1}%", 100.0 * g / bw)),
             r.max_abs_err.map_or_else(|| "-".to_string(), |e| format!("{e:.1e}")),
+            r.others_cpu.map_or_else(|| "-".to_string(), |o| format!("{:.0}%", 100.0 * o)),
         );
     }
     s

@@ -38,8 +38,13 @@ fn main() {
     let (hq, hkv, d) = (32usize, 8usize, 128usize);
     let bw = limits::BwBuffer::new(512.min(limits::mem_available_mib().unwrap_or(2048) / 4), threads);
     let read_bw = bw.read_gbps(threads, 5);
-    println!("decode step vs cache length: Hq={hq} Hkv={hkv} D={d}, {threads} threads; read bandwidth {read_bw:.1} GB/s");
-    println!("{:>6} {:>4} {:>10} {:>10} {:>8} {:>6} {:>12}", "len", "kv", "median ms", "min ms", "GB/s", "%bw", "cache MiB");
+    println!(
+        "decode step vs cache length: Hq={hq} Hkv={hkv} D={d}, {threads} threads; read bandwidth {read_bw:.1} GB/s"
+    );
+    println!(
+        "{:>6} {:>4} {:>10} {:>10} {:>8} {:>6} {:>12}",
+        "len", "kv", "median ms", "min ms", "GB/s", "%bw", "cache MiB"
+    );
     let q: Vec<f32> = (0..hq * d).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     for dtype in [DType::F32, DType::F16] {
         for len in [1024usize, 2048, 4096, 8192, 16384, 32768] {
@@ -49,7 +54,9 @@ fn main() {
             let chunk = 1024;
             let kv: Vec<f32> = (0..chunk * hkv * d).map(|i| ((i * 104_729) % 2000) as f32 / 1000.0 - 1.0).collect();
             for _ in 0..len / chunk {
-                cache.append(&Tensor::bshd(&kv[..], 1, chunk, hkv, d), &Tensor::bshd(&kv[..], 1, chunk, hkv, d), None).expect("append");
+                cache
+                    .append(&Tensor::bshd(&kv[..], 1, chunk, hkv, d), &Tensor::bshd(&kv[..], 1, chunk, hkv, d), None)
+                    .expect("append");
             }
             let mut o = vec![0.0f32; hq * d];
             let mut times = Vec::with_capacity(reps);
@@ -57,7 +64,12 @@ fn main() {
                 for r in 0..reps + 2 {
                     let t = Instant::now();
                     cache
-                        .attend(&Tensor::bshd(&q[..], 1, 1, hq, d), TensorMut::bshd(&mut o[..], 1, 1, hq, d), None, &AttentionOptions::new())
+                        .attend(
+                            &Tensor::bshd(&q[..], 1, 1, hq, d),
+                            TensorMut::bshd(&mut o[..], 1, 1, hq, d),
+                            None,
+                            &AttentionOptions::new(),
+                        )
                         .expect("attend");
                     if r >= 2 {
                         times.push(t.elapsed().as_secs_f64());

@@ -100,16 +100,19 @@ fn main() {
     let mut caches: Vec<_> = layers.iter().map(|l| l.new_cache(1, total, DType::F32).expect("cache")).collect();
     let mut stats: Vec<ForwardStats> = vec![ForwardStats::default(); args.layers];
     let mut hidden = x.clone();
-    let run = |range: std::ops::Range<usize>, hidden: &mut Vec<f32>, caches: &mut Vec<_>, stats: &mut Vec<ForwardStats>| {
-        let mut h = hidden[range.start * dm..range.end * dm].to_vec();
-        for (li, layer) in layers.iter().enumerate() {
-            let y = layer.forward_with_stats(&rms_norm(&h, dm), 1, &mut caches[li], None, &mut stats[li]).expect("forward");
-            for (a, b) in h.iter_mut().zip(&y) {
-                *a += b;
+    let run =
+        |range: std::ops::Range<usize>, hidden: &mut Vec<f32>, caches: &mut Vec<_>, stats: &mut Vec<ForwardStats>| {
+            let mut h = hidden[range.start * dm..range.end * dm].to_vec();
+            for (li, layer) in layers.iter().enumerate() {
+                let y = layer
+                    .forward_with_stats(&rms_norm(&h, dm), 1, &mut caches[li], None, &mut stats[li])
+                    .expect("forward");
+                for (a, b) in h.iter_mut().zip(&y) {
+                    *a += b;
+                }
             }
-        }
-        hidden[range.start * dm..range.end * dm].copy_from_slice(&h);
-    };
+            hidden[range.start * dm..range.end * dm].copy_from_slice(&h);
+        };
     let t0 = Instant::now();
     run(0..args.prompt, &mut hidden, &mut caches, &mut stats);
     let prefill = t0.elapsed().as_secs_f64();
@@ -130,15 +133,30 @@ fn main() {
     let max_err = hidden.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     let max_abs = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
 
-    println!("prefill: {} tokens in {:.1} ms ({:.0} tokens/s)", args.prompt, prefill * 1e3, args.prompt as f64 / prefill);
+    println!(
+        "prefill: {} tokens in {:.1} ms ({:.0} tokens/s)",
+        args.prompt,
+        prefill * 1e3,
+        args.prompt as f64 / prefill
+    );
     if args.decode > 0 {
-        println!("decode : {} tokens in {:.1} ms ({:.0} tokens/s)", args.decode, decode * 1e3, args.decode as f64 / decode);
+        println!(
+            "decode : {} tokens in {:.1} ms ({:.0} tokens/s)",
+            args.decode,
+            decode * 1e3,
+            args.decode as f64 / decode
+        );
     }
-    println!("max |cached - f64 reference| over all {total} tokens and layers: {max_err:.2e} (max |value| {max_abs:.2})");
+    println!(
+        "max |cached - f64 reference| over all {total} tokens and layers: {max_err:.2e} (max |value| {max_abs:.2})"
+    );
     println!();
-    println!("layer  first-token share  gate mean  gate std  <0.1    <0.5    min     max    max|attn out|  max|layer out|");
+    println!(
+        "layer  first-token share  gate mean  gate std  <0.1    <0.5    min     max    max|attn out|  max|layer out|"
+    );
     for (i, s) in stats.iter().enumerate() {
-        let share = s.first_token_mass.iter().map(|(sum, n)| sum / *n as f64).sum::<f64>() / s.first_token_mass.len().max(1) as f64;
+        let share = s.first_token_mass.iter().map(|(sum, n)| sum / *n as f64).sum::<f64>()
+            / s.first_token_mass.len().max(1) as f64;
         let g = &s.gate;
         if g.count > 0 {
             println!(
@@ -154,7 +172,10 @@ fn main() {
                 s.probes.out_max_abs
             );
         } else {
-            println!("{i:>5}  {share:>17.4}  {:>9}  {:>8}  {:>5}  {:>5}  {:>6}  {:>6}  {:>13.3}  {:>14.3}", "-", "-", "-", "-", "-", "-", s.probes.attn_out_max_abs, s.probes.out_max_abs);
+            println!(
+                "{i:>5}  {share:>17.4}  {:>9}  {:>8}  {:>5}  {:>5}  {:>6}  {:>6}  {:>13.3}  {:>14.3}",
+                "-", "-", "-", "-", "-", "-", s.probes.attn_out_max_abs, s.probes.out_max_abs
+            );
         }
     }
     println!("(first-token share: mean attention probability on position 0 over every query row, heads averaged)");

@@ -95,9 +95,14 @@ pub fn attention(
 }
 
 enum Exec<'s, 'o> {
-    Sequential { scratch: &'s mut [f32], sink: Sink<'o> },
+    Sequential {
+        scratch: &'s mut [f32],
+        sink: Sink<'o>,
+    },
     #[cfg(feature = "rayon")]
-    Rayon { sink: Sink<'o> },
+    Rayon {
+        sink: Sink<'o>,
+    },
 }
 
 struct Call<'p, 'a, 't, 's, 'o> {
@@ -137,9 +142,10 @@ impl Call<'_, '_, '_, '_, '_> {
         match self.exec {
             Exec::Sequential { scratch, mut sink } => {
                 let mut sc = Scratch::carve(plan, t, scratch);
-                let (rows, dv) = (t.rows, plan.dims.v_head_dim);
+                let dv = plan.dims.v_head_dim;
                 for idx in 0..t.units(plan) {
                     let u = Unit::from_index(idx, plan, t);
+                    let rows = u.rows(plan, t);
                     let state = if t.chunks == 1 {
                         run_unit(kernel, plan, t, &inp, &u, 0, &mut sc);
                         &mut sc.state
@@ -159,4 +165,3 @@ impl Call<'_, '_, '_, '_, '_> {
         }
     }
 }
-

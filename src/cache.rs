@@ -119,7 +119,9 @@ impl KvCacheConfig {
             CachePolicy::SlidingWindow { window, sink_tokens } => {
                 (sink_tokens, window.saturating_sub(1).saturating_add(self.max_rollback))
             }
-            CachePolicy::StreamingLlm { sink_tokens, recent } => (sink_tokens, recent.saturating_add(self.max_rollback)),
+            CachePolicy::StreamingLlm { sink_tokens, recent } => {
+                (sink_tokens, recent.saturating_add(self.max_rollback))
+            }
         }
     }
 }
@@ -227,7 +229,12 @@ impl KvCache {
                 .ok_or(Error::ShapeOverflow { operand: Operand::Cache })
         };
         let (nk, nv) = (per(cfg.head_dim)?, per(cfg.v_head_dim)?);
-        Ok(KvCache { cfg, k: Store::new(cfg.dtype, nk), v: Store::new(cfg.dtype, nv), rows: vec![Row::default(); cfg.batch] })
+        Ok(KvCache {
+            cfg,
+            k: Store::new(cfg.dtype, nk),
+            v: Store::new(cfg.dtype, nv),
+            rows: vec![Row::default(); cfg.batch],
+        })
     }
 
     /// The configuration.
@@ -328,9 +335,20 @@ impl KvCache {
 
     /// Appends `t` tokens to batch row `b` alone: `k` is `[1, t, kv_heads, head_dim]`. Rows may
     /// hold different lengths.
-    pub fn append_row(&mut self, b: usize, k: &Tensor<'_>, v: &Tensor<'_>, rope: Option<&RopeTable>) -> Result<(), Error> {
+    pub fn append_row(
+        &mut self,
+        b: usize,
+        k: &Tensor<'_>,
+        v: &Tensor<'_>,
+        rope: Option<&RopeTable>,
+    ) -> Result<(), Error> {
         if b >= self.cfg.batch {
-            return Err(Error::ShapeMismatch { operand: Operand::Cache, dim: "batch row", expected: self.cfg.batch, found: b });
+            return Err(Error::ShapeMismatch {
+                operand: Operand::Cache,
+                dim: "batch row",
+                expected: self.cfg.batch,
+                found: b,
+            });
         }
         self.append_rows(k, v, rope, None, b..b + 1)
     }
@@ -351,7 +369,12 @@ impl KvCache {
             const NAMES: [&str; 4] = ["batch", "seq", "heads", "head_dim"];
             for a in 0..4 {
                 if x.layout.shape[a] != want[a] {
-                    return Err(Error::ShapeMismatch { operand, dim: NAMES[a], expected: want[a], found: x.layout.shape[a] });
+                    return Err(Error::ShapeMismatch {
+                        operand,
+                        dim: NAMES[a],
+                        expected: want[a],
+                        found: x.layout.shape[a],
+                    });
                 }
             }
             x.layout.check(operand, x.data.len())
@@ -444,7 +467,12 @@ impl KvCache {
     /// policy has already evicted history that the shorter sequence would need.
     pub fn rollback(&mut self, b: usize, n: usize) -> Result<(), Error> {
         if b >= self.cfg.batch {
-            return Err(Error::ShapeMismatch { operand: Operand::Cache, dim: "batch", expected: self.cfg.batch, found: b });
+            return Err(Error::ShapeMismatch {
+                operand: Operand::Cache,
+                dim: "batch",
+                expected: self.cfg.batch,
+                found: b,
+            });
         }
         let r = self.rows[b];
         let available = match self.cfg.policy {
@@ -522,14 +550,29 @@ impl KvCache {
         let c = self.cfg;
         let [batch, t, q_heads, dk] = q.layout.shape;
         if batch != c.batch {
-            return Err(Error::ShapeMismatch { operand: Operand::Query, dim: "batch", expected: c.batch, found: batch });
+            return Err(Error::ShapeMismatch {
+                operand: Operand::Query,
+                dim: "batch",
+                expected: c.batch,
+                found: batch,
+            });
         }
         if dk != c.head_dim {
-            return Err(Error::ShapeMismatch { operand: Operand::Query, dim: "head_dim", expected: c.head_dim, found: dk });
+            return Err(Error::ShapeMismatch {
+                operand: Operand::Query,
+                dim: "head_dim",
+                expected: c.head_dim,
+                found: dk,
+            });
         }
         for b in 0..batch {
             if self.rows[b].len < t {
-                return Err(Error::ShapeMismatch { operand: Operand::Query, dim: "q_len (tokens not yet appended)", expected: self.rows[b].len, found: t });
+                return Err(Error::ShapeMismatch {
+                    operand: Operand::Query,
+                    dim: "q_len (tokens not yet appended)",
+                    expected: self.rows[b].len,
+                    found: t,
+                });
             }
         }
         q.layout.check(Operand::Query, q.data.len())?;
@@ -537,7 +580,12 @@ impl KvCache {
         let lse_row = q_heads * t;
         if let Some(l) = lse.as_deref() {
             if l.len() != batch * lse_row {
-                return Err(Error::ShapeMismatch { operand: Operand::Lse, dim: "batch * q_heads * q_len", expected: batch * lse_row, found: l.len() });
+                return Err(Error::ShapeMismatch {
+                    operand: Operand::Lse,
+                    dim: "batch * q_heads * q_len",
+                    expected: batch * lse_row,
+                    found: l.len(),
+                });
             }
         }
         let mut o = *opts;

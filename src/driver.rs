@@ -1,11 +1,16 @@
 //! The attention loop nest, generic over the ISA kernel and the K/V element types.
 //!
-//! Work is cut into units `(batch, kv_head, q_tile, kv_chunk)`. A unit's rows are all query heads
-//! of one GQA group times the queries of its tile (head-major: row `r = g·tq + i`), so every K/V
-//! tile is loaded and widened once per group. Prefill units span the whole KV range; when the
-//! queries fit one tile (decode) the KV range is cut into fixed chunks whose partial states are
-//! merged in chunk order. Nothing here depends on the number of threads, so results are
-//! bit-identical for every thread count.
+//! Work is cut into units `(batch, kv-head block, q_tile, kv_chunk)`. A unit's rows are the query
+//! heads of its KV heads' GQA groups times the queries of its tile (head-major: row
+//! `r = (hl·g + hg)·tq + i` for the `hl`-th KV head of the block), so every K/V tile is loaded and
+//! widened once per group. Scores are kept transposed (`Sᵀ`, keys × rows): the softmax then
+//! runs down the columns, eight rows per vector, and P·V reads P as a transposed A operand.
+//! Prefill units hold one KV head and span the whole KV range; their scores are a gemm,
+//! `Sᵀ = K·(scale·Q)ᵀ`, with K as it lies (widened) and Qᵀ made once per unit. Decode units (a few
+//! rows per KV head) hold a block of KV heads and score every head of the block key by key, so a
+//! BSHD cache is read in address order; their KV range is cut into fixed chunks whose partial
+//! states are merged in chunk order. Nothing here depends on the number of threads, so results
+//! are bit-identical for every thread count.
 
 use crate::element::{Element, Elems, ElemsMut};
 use crate::kernel::Kernel;
@@ -14,28 +19,43 @@ use crate::plan::Plan;
 use crate::softmax::{add_sink, finish_row, merge_row};
 use crate::tensor::{Layout, Tensor};
 
-/// Keys per KV tile.
-pub(crate) const BC: usize = 64;
-/// Rows (query heads × queries) a prefill unit aims for.
-const ROWS_TARGET: usize = 64;
-/// At most this many rows score keys straight from memory (decode); more rows stage K transposed.
+/// Keys per KV tile (prefill): the rows of the scores' gemm (`Sᵀ = K·Qᵀ`), a multiple of its
+/// microkernel's 6 rows; measured a few per cent faster than 60, 64 or 96 on P1.
+pub(crate) const BC: usize = 72;
+/// Rows (query heads × queries) a unit aims for: a multiple of the gemm microkernel's 6 rows
+/// and of the usual GQA group sizes (144 and 192 measured no faster).
+const ROWS_TARGET: usize = 96;
+/// At most this many rows per KV head score keys straight from memory, key by key (decode);
+/// more rows score a tile of keys with a gemm.
 const DOT_ROWS_MAX: usize = 8;
-/// Keys per chunk when a single query tile splits the KV range (flash decoding).
+/// Keys per KV tile of decode units (16, 32 and 48 measured up to 10% slower on D2, 72 the same).
+const DECODE_BC: usize = 64;
+/// Most keys per chunk when a single query tile splits the KV range (flash decoding).
 pub(crate) const SPLIT_CHUNK: usize = 1024;
+/// Fewest keys per chunk.
+const SPLIT_MIN: usize = 256;
+/// Units × chunks a split call aims for, so that a few threads balance.
+const SPLIT_TASKS: usize = 16;
 
 /// How a call is cut into units; a pure function of the sizes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tiling {
     /// Queries per tile.
     pub tq: usize,
-    /// Query tiles per (batch, kv_head).
+    /// Query tiles per (batch, kv-head block).
     pub q_tiles: usize,
+    /// KV heads per unit (the last block of a batch may hold fewer).
+    pub hb: usize,
+    /// KV-head blocks per batch.
+    pub blocks: usize,
     /// KV chunks per query tile.
     pub chunks: usize,
-    /// Keys per chunk (a multiple of `BC`), or the whole range when `chunks == 1`.
+    /// Keys per chunk (a multiple of `bc`), or the whole range when `chunks == 1`.
     pub chunk_len: usize,
-    /// Rows of the largest unit.
+    /// Rows of the largest unit (`hb · g · tq`).
     pub rows: usize,
+    /// Keys per KV tile (`BC`, or `DECODE_BC` when the rows score keys from memory).
+    pub bc: usize,
 }
 
 impl Tiling {
@@ -44,26 +64,40 @@ impl Tiling {
         let g = d.group();
         let tq = (ROWS_TARGET / g).max(1).min(d.q_len.max(1));
         let q_tiles = d.q_len.div_ceil(tq);
-        let (chunks, chunk_len) = if q_tiles == 1 && d.kv_len > SPLIT_CHUNK {
-            (d.kv_len.div_ceil(SPLIT_CHUNK), SPLIT_CHUNK)
-        } else {
-            (1, d.kv_len.max(1))
-        };
-        Tiling { tq, q_tiles, chunks, chunk_len, rows: tq * g }
+        let head_rows = tq * g;
+        let hb = if head_rows <= DOT_ROWS_MAX { (ROWS_TARGET / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
+        let blocks = d.kv_heads.div_ceil(hb);
+        let bc = if head_rows <= DOT_ROWS_MAX { DECODE_BC } else { BC };
+        let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
+        if q_tiles == 1 && d.kv_len > SPLIT_MIN {
+            let want = SPLIT_TASKS.div_ceil((d.batch * blocks).max(1));
+            let len = d.kv_len.div_ceil(want).clamp(SPLIT_MIN, SPLIT_CHUNK).next_multiple_of(bc);
+            if len < d.kv_len {
+                (chunks, chunk_len) = (d.kv_len.div_ceil(len), len);
+            }
+        }
+        Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows: hb * head_rows, bc }
     }
 
-    /// Units that produce output rows: `(batch, kv_head, q_tile)`.
+    /// Units that produce output rows: `(batch, kv-head block, q_tile)`.
     pub fn units(&self, plan: &Plan<'_>) -> usize {
-        plan.dims.batch * plan.dims.kv_heads * self.q_tiles
+        plan.dims.batch * self.blocks * self.q_tiles
     }
 }
 
 /// Scratch of one worker, carved out of one f32 slice.
 pub(crate) struct Scratch<'s> {
     qs: &'s mut [f32],
-    kt: &'s mut [f32],
+    /// Prefill: the queries transposed (`dk × rows`), B of the scores' gemm.
+    qt: &'s mut [f32],
+    /// Prefill: the K tile widened (`BC × dk`), A of the scores' gemm.
+    ks: &'s mut [f32],
+    /// The transposed scores (`BC × rows`).
     s: &'s mut [f32],
+    /// Scratch for kernels that rearrange operands first (`rows · BC + BC · dv`).
+    tmp: &'s mut [f32],
     vs: &'s mut [f32],
+    alpha: &'s mut [f32],
     pub state: RowState<'s>,
     pub total: RowState<'s>,
 }
@@ -86,7 +120,7 @@ impl RowState<'_> {
 /// f32 elements of one worker's scratch.
 pub(crate) fn worker_scratch_len(plan: &Plan<'_>, t: &Tiling) -> usize {
     let (dk, dv) = (plan.dims.head_dim, plan.dims.v_head_dim);
-    t.rows * dk + dk * BC + t.rows * BC + BC * dv + 2 * t.rows * (dv + 2)
+    2 * t.rows * dk + BC * dk + 2 * t.rows * BC + 2 * BC * dv + t.rows + 2 * t.rows * (dv + 2)
 }
 
 fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
@@ -99,13 +133,17 @@ impl<'s> Scratch<'s> {
     pub fn carve(plan: &Plan<'_>, t: &Tiling, mut buf: &'s mut [f32]) -> Scratch<'s> {
         let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
         let qs = split(&mut buf, rows * dk);
-        let kt = split(&mut buf, dk * BC);
+        let qt = split(&mut buf, dk * rows);
+        let ks = split(&mut buf, BC * dk);
         let s = split(&mut buf, rows * BC);
+        let tmp = split(&mut buf, rows * BC + BC * dv);
         let vs = split(&mut buf, BC * dv);
-        let mut state = || RowState { m: split(&mut buf, rows), l: split(&mut buf, rows), acc: split(&mut buf, rows * dv) };
+        let alpha = split(&mut buf, rows);
+        let mut state =
+            || RowState { m: split(&mut buf, rows), l: split(&mut buf, rows), acc: split(&mut buf, rows * dv) };
         let state_a = state();
         let total = state();
-        Scratch { qs, kt, s, vs, state: state_a, total }
+        Scratch { qs, qt, ks, s, tmp, vs, alpha, state: state_a, total }
     }
 }
 
@@ -113,7 +151,10 @@ impl<'s> Scratch<'s> {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Unit {
     pub b: usize,
+    /// First KV head.
     pub kvh: usize,
+    /// KV heads.
+    pub nh: usize,
     pub q_tile: usize,
 }
 
@@ -121,7 +162,18 @@ impl Unit {
     pub fn from_index(idx: usize, plan: &Plan<'_>, t: &Tiling) -> Unit {
         let q_tile = idx % t.q_tiles;
         let rest = idx / t.q_tiles;
-        Unit { b: rest / plan.dims.kv_heads, kvh: rest % plan.dims.kv_heads, q_tile }
+        let kvh = (rest % t.blocks) * t.hb;
+        Unit { b: rest / t.blocks, kvh, nh: t.hb.min(plan.dims.kv_heads - kvh), q_tile }
+    }
+
+    /// Queries of the unit's tile.
+    pub fn tq(&self, plan: &Plan<'_>, t: &Tiling) -> usize {
+        t.tq.min(plan.dims.q_len - self.q_tile * t.tq)
+    }
+
+    /// Rows of the unit.
+    pub fn rows(&self, plan: &Plan<'_>, t: &Tiling) -> usize {
+        self.nh * plan.dims.group() * self.tq(plan, t)
     }
 }
 
@@ -138,7 +190,6 @@ pub(crate) struct Inputs<'a, KE: Element, VE: Element> {
 struct UnitSpan {
     q0: usize,
     tq: usize,
-    rows: usize,
     /// Visible keys per query of the tile.
     keys: [RowKeys; ROWS_TARGET],
     /// Ranges of keys to visit, in order, as `[start, end)`.
@@ -146,9 +197,8 @@ struct UnitSpan {
 }
 
 fn unit_span(plan: &Plan<'_>, t: &Tiling, u: &Unit) -> UnitSpan {
-    let g = plan.dims.group();
     let q0 = u.q_tile * t.tq;
-    let tq = t.tq.min(plan.dims.q_len - q0);
+    let tq = u.tq(plan, t);
     let mut keys = [RowKeys { sinks_end: 0, lo: 0, hi: 0 }; ROWS_TARGET];
     let (mut sinks_end, mut lo, mut hi) = (0usize, usize::MAX, 0usize);
     for (i, key) in keys.iter_mut().enumerate().take(tq) {
@@ -166,16 +216,16 @@ fn unit_span(plan: &Plan<'_>, t: &Tiling, u: &Unit) -> UnitSpan {
     } else {
         [(0, sinks_end), (lo, hi)]
     };
-    UnitSpan { q0, tq, rows: tq * g, keys, ranges }
+    UnitSpan { q0, tq, keys, ranges }
 }
 
 /// Widens the unit's queries into `qs` (head-major rows), multiplied by the scale.
 fn load_queries<K: Kernel>(kernel: K, plan: &Plan<'_>, q: &Tensor<'_>, u: &Unit, span: &UnitSpan, qs: &mut [f32]) {
     let (g, dk) = (plan.dims.group(), plan.dims.head_dim);
-    for hg in 0..g {
-        let h = u.kvh * g + hg;
+    for hu in 0..u.nh * g {
+        let h = u.kvh * g + hu;
         for i in 0..span.tq {
-            let r = hg * span.tq + i;
+            let r = hu * span.tq + i;
             let off = q.layout.offset(u.b, span.q0 + i, h);
             let dst = &mut qs[r * dk..(r + 1) * dk];
             match q.data {
@@ -193,7 +243,7 @@ fn load_queries<K: Kernel>(kernel: K, plan: &Plan<'_>, q: &Tensor<'_>, u: &Unit,
     }
 }
 
-/// Computes the unit's state over the keys `[k_begin, k_end)` into `st` (reset first).
+/// Computes the unit's state over the keys of chunk `chunk` into `sc.state` (reset first).
 pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     kernel: K,
     plan: &Plan<'_>,
@@ -206,93 +256,222 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     let d = &plan.dims;
     let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
     let span = unit_span(plan, t, u);
-    let rows = span.rows;
-    sc.state.reset(rows, dv);
+    let hr = g * span.tq;
+    sc.state.reset(u.nh * hr, dv);
     let (k_begin, k_end) = (chunk * t.chunk_len, ((chunk + 1) * t.chunk_len).min(d.kv_len));
     if k_begin >= k_end {
         return;
     }
     load_queries(kernel, plan, &inp.q, u, &span, sc.qs);
-    let k_ld = inp.k_layout.strides[1];
-    let v_ld = inp.v_layout.strides[1];
-    // LOOP 1: the (at most two) key ranges the unit's rows can see, clipped to the chunk.
-    for &(r0, r1) in &span.ranges {
+    let o = &plan.opts;
+    let adjust = o.softcap.is_some() || o.alibi_slopes.is_some() || o.bias.is_some();
+    // The KV tiles: the (at most two) key ranges the unit's rows can see, clipped to the chunk,
+    // cut every `t.bc` keys.
+    let tiles = span.ranges.iter().flat_map(|&(r0, r1)| {
         let (r0, r1) = (r0.max(k_begin), r1.min(k_end));
-        let mut j0 = r0;
-        // LOOP 2: KV tiles.
-        while j0 < r1 {
-            let j1 = (j0 + BC).min(r1);
-            let n = j1 - j0;
+        (r0..r1).step_by(t.bc).map(move |j0| (j0, (j0 + t.bc).min(r1), r1))
+    });
+    if hr <= DOT_ROWS_MAX {
+        for (j0, j1, _) in tiles {
             let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
-            let s = &mut sc.s[..rows * BC];
-            // S = (scale·Q)·Kᵀ
-            let k_off = inp.k_layout.offset(u.b, j0, u.kvh);
-            let k_tile = &inp.k[k_off..];
-            if rows <= DOT_ROWS_MAX {
-                kernel.dot_rows(rows, n, dk, sc.qs, dk, k_tile, k_ld, s, BC);
-            } else {
-                kernel.transpose_widen(n, dk, k_tile, k_ld, sc.kt, BC);
-                kernel.gemm(rows, n, dk, sc.qs, dk, sc.kt, BC, s, BC, false);
-            }
-            // Score epilogue and online softmax, row by row.
-            for hg in 0..g {
-                let h = u.kvh * g + hg;
-                for i in 0..span.tq {
-                    let r = hg * span.tq + i;
-                    let row = &mut s[r * BC..r * BC + n];
-                    adjust_scores(plan, u.b, h, span.q0 + i, j0, row);
-                    if boundary {
-                        mask_row(&span.keys[i], j0, row);
-                    }
-                    let m_old = sc.state.m[r];
-                    let tile_max = kernel.max(row);
-                    let m_new = if tile_max > m_old || tile_max.is_nan() { tile_max } else { m_old };
-                    if m_new == f32::NEG_INFINITY {
-                        // Either nothing is visible yet, or every visible score is NaN and the
-                        // kernel's max skipped them: NaN must reach the row, not vanish as zeros.
-                        if row.iter().any(|x| x.is_nan()) {
-                            sc.state.l[r] = f32::NAN;
-                            row.fill(f32::NAN);
-                        } else {
-                            row.fill(0.0);
-                        }
-                        continue;
-                    }
-                    let alpha = libm::expf(m_old - m_new);
-                    let sum = kernel.exp_sum(row, m_new);
-                    sc.state.l[r] = sc.state.l[r] * alpha + sum;
-                    if alpha != 1.0 {
-                        kernel.scale(&mut sc.state.acc[r * dv..(r + 1) * dv], alpha);
-                    }
-                    sc.state.m[r] = m_new;
-                }
-            }
-            // O += P·V, V staged contiguous: read in place, head-interleaved layouts put rows a
-            // multiple of 4 KiB apart, where the B strip of the microkernel thrashes L1.
-            let v_off = inp.v_layout.offset(u.b, j0, u.kvh);
-            for jj in 0..n {
-                let src = &inp.v[v_off + jj * v_ld..v_off + jj * v_ld + dv];
-                kernel.widen(src, &mut sc.vs[jj * dv..(jj + 1) * dv]);
-            }
-            let (v_tile, ld): (&[f32], usize) = (&sc.vs[..], dv);
-            if boundary && !tile_is_finite(v_tile, n, dv, ld) {
-                // 0·NaN would leak a hidden key's non-finite value into rows that cannot see
-                // it: multiply each row by its visible keys only.
-                for (i, rk) in span.keys[..span.tq].iter().enumerate() {
-                    for (a, b) in visible_segments(rk, j0, j1) {
-                        for hg in 0..g {
-                            let r = hg * span.tq + i;
-                            let p = &s[r * BC + (a - j0)..];
-                            let acc = &mut sc.state.acc[r * dv..(r + 1) * dv];
-                            kernel.gemm(1, dv, b - a, p, BC, &v_tile[(a - j0) * ld..], ld, acc, dv, true);
-                        }
-                    }
-                }
-            } else {
-                kernel.gemm(rows, dv, n, s, BC, v_tile, ld, sc.state.acc, dv, true);
-            }
-            j0 = j1;
+            decode_tile(kernel, plan, inp, u, &span, sc, j0, j1, boundary, adjust);
         }
+        return;
+    }
+    let (k_ld, v_ld) = (inp.k_layout.strides[1], inp.v_layout.strides[1]);
+    let kvh = u.kvh;
+    // The scores are computed transposed, Sᵀ = K·(scale·Q)ᵀ (`n × hr`): K is the A operand as
+    // it lies (no transpose per tile), Qᵀ is made once per unit, and the softmax runs down the
+    // columns of Sᵀ, eight rows per vector, with no horizontal reductions.
+    kernel.transpose_widen(hr, dk, &sc.qs[..hr * dk], dk, sc.qt, hr);
+    // LOOP: KV tiles.
+    for (j0, j1, r1) in tiles {
+        let n = j1 - j0;
+        let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
+        let st = &mut sc.s[..BC * hr];
+        let k_tile = &inp.k[inp.k_layout.offset(u.b, j0, kvh)..];
+        let v_tile = &inp.v[inp.v_layout.offset(u.b, j0, kvh)..];
+        // This tile's V arrives during the scores, the next tile's K after them.
+        kernel.prefetch(v_tile, n, dv, v_ld);
+        // K staged contiguous f32: in place, a head-interleaved layout puts its rows a multiple
+        // of 4 KiB apart, where they evict each other from L1 between the gemm's column strips.
+        for (t, dst) in sc.ks[..n * dk].chunks_exact_mut(dk).enumerate() {
+            kernel.widen(&k_tile[t * k_ld..t * k_ld + dk], dst);
+        }
+        kernel.gemm(n, hr, dk, sc.ks, dk, sc.qt, hr, st, hr, false);
+        if j1 < r1 {
+            let nn = (j1 + BC).min(r1) - j1;
+            kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, j1, kvh)..], nn, dk, k_ld);
+        }
+        // Score epilogue (only with options, or on tiles some row cannot fully see).
+        if adjust || boundary {
+            epilogue_t(plan, u, &span, st, hr, j0, n, boundary, adjust, sc.tmp);
+        }
+        // Online softmax: P = exp(S - m_new), alpha = exp(m_old - m_new), l updated.
+        let (m, l) = (&mut sc.state.m[..hr], &mut sc.state.l[..hr]);
+        kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
+        // O = alpha·O + P·V, V staged contiguous (as K).
+        for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
+            kernel.widen(&v_tile[t * v_ld..t * v_ld + dv], dst);
+        }
+        let acc = &mut sc.state.acc[..hr * dv];
+        let pv = PvBlock { j: j0, w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
+        pv_block(kernel, &span, g, dv, st, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
+    }
+}
+
+/// [`epilogue`] on transposed scores (`n × hr`, row `r` of the unit is column `r`).
+#[allow(clippy::too_many_arguments)]
+fn epilogue_t(
+    plan: &Plan<'_>,
+    u: &Unit,
+    span: &UnitSpan,
+    st: &mut [f32],
+    ld: usize,
+    j0: usize,
+    n: usize,
+    boundary: bool,
+    adjust: bool,
+    tmp: &mut [f32],
+) {
+    let g = plan.dims.group();
+    for hu in 0..u.nh * g {
+        let h = u.kvh * g + hu;
+        for i in 0..span.tq {
+            let r = hu * span.tq + i;
+            if adjust {
+                let row = &mut tmp[..n];
+                for (jj, x) in row.iter_mut().enumerate() {
+                    *x = st[jj * ld + r];
+                }
+                adjust_scores(plan, u.b, h, span.q0 + i, j0, row);
+                for (jj, &x) in row.iter().enumerate() {
+                    st[jj * ld + r] = x;
+                }
+            }
+            if boundary {
+                // Hidden keys: everything outside the row's visible segments.
+                let mut next = 0;
+                let segs = visible_segments(&span.keys[i], j0, j0 + n).chain(core::iter::once((j0 + n, j0 + n)));
+                for (a, b) in segs {
+                    for jj in next..a - j0 {
+                        st[jj * ld + r] = f32::NEG_INFINITY;
+                    }
+                    next = b - j0;
+                }
+            }
+        }
+    }
+}
+
+/// One KV tile `[j0, j1)` of a decode unit (a few rows per KV head, every head of the block).
+///
+/// The scores of all heads are computed key by key, so a BSHD cache is read in address order
+/// (the hardware prefetchers then stream it at full bandwidth), and the same keys' V rows are
+/// requested alongside; P·V then reads those V rows per head from cache.
+#[allow(clippy::too_many_arguments)]
+fn decode_tile<K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    inp: &Inputs<'_, KE, VE>,
+    u: &Unit,
+    span: &UnitSpan,
+    sc: &mut Scratch<'_>,
+    j0: usize,
+    j1: usize,
+    boundary: bool,
+    adjust: bool,
+) {
+    let d = &plan.dims;
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let hr = g * span.tq;
+    let rows = u.nh * hr;
+    let n = j1 - j0;
+    let (kl, vl) = (&inp.k_layout, &inp.v_layout);
+    // Transposed scores `n × rows`: a block of 8 scores of one key is one store, and the softmax
+    // runs down the columns.
+    let st = &mut sc.s[..n * rows];
+    let k_tile = &inp.k[kl.offset(u.b, j0, u.kvh)..];
+    let v_tile = &inp.v[vl.offset(u.b, j0, u.kvh)..];
+    // The same keys' V rows are requested alongside the K rows: interleaved with the K stream
+    // they arrive by P·V (requested apart from it, during the previous tile's P·V, measured
+    // 25% slower from DRAM).
+    let pf = (v_tile, vl.strides[1], vl.strides[2], dv);
+    let qs = &sc.qs[..rows * dk];
+    kernel.dot_heads(u.nh, hr, n, dk, qs, dk, k_tile, kl.strides[1], kl.strides[2], st, rows, pf, sc.tmp);
+    if adjust || boundary {
+        epilogue_t(plan, u, span, st, rows, j0, n, boundary, adjust, sc.tmp);
+    }
+    let (m, l) = (&mut sc.state.m[..rows], &mut sc.state.l[..rows]);
+    kernel.softmax_cols(st, rows, n, rows, m, l, sc.alpha, sc.tmp);
+    for hl in 0..u.nh {
+        let (r0, r1) = (hl * hr, (hl + 1) * hr);
+        let p_h = &st[r0..];
+        let acc = &mut sc.state.acc[r0 * dv..r1 * dv];
+        let alpha = &sc.alpha[r0..r1];
+        let v_h = &inp.v[vl.offset(u.b, j0, u.kvh + hl)..];
+        if boundary {
+            // Staged, for the NaN containment of `pv_block`.
+            for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
+                kernel.widen(&v_h[t * vl.strides[1]..t * vl.strides[1] + dv], dst);
+            }
+            let pv = PvBlock { j: j0, w: n, rescale: Some(alpha), ld: rows };
+            pv_block(kernel, span, g, dv, p_h, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
+        } else {
+            // V in place: one row block reads each element once.
+            kernel.gemm_at(hr, dv, n, p_h, rows, v_h, vl.strides[1], acc, dv, Some(alpha), sc.tmp);
+        }
+    }
+}
+
+/// A block of P·V: keys `[j, j + w)`, the first `w` rows of the transposed scores.
+struct PvBlock<'a> {
+    j: usize,
+    w: usize,
+    /// Rescale the output rows by these factors first.
+    rescale: Option<&'a [f32]>,
+    /// Leading dimension of the transposed scores.
+    ld: usize,
+}
+
+/// `acc (= alpha·acc) += P · V_block` for one KV head's rows, with `vs` the block's `w` V rows
+/// staged contiguous and `s` the transposed scores from the head's first row (column) on.
+#[allow(clippy::too_many_arguments)]
+fn pv_block<K: Kernel>(
+    kernel: K,
+    span: &UnitSpan,
+    g: usize,
+    dv: usize,
+    s: &[f32],
+    vs: &[f32],
+    acc: &mut [f32],
+    boundary: bool,
+    pv: &PvBlock<'_>,
+    tmp: &mut [f32],
+) {
+    let hr = g * span.tq;
+    let (j, w) = (pv.j, pv.w);
+    if boundary && !tile_is_finite(vs, w, dv, dv) {
+        // 0·NaN would leak a hidden key's non-finite value into rows that cannot see it:
+        // multiply each row by its visible keys only.
+        if let Some(alpha) = pv.rescale {
+            for (r, &a) in alpha[..hr].iter().enumerate() {
+                kernel.scale(&mut acc[r * dv..(r + 1) * dv], a);
+            }
+        }
+        for (i, rk) in span.keys[..span.tq].iter().enumerate() {
+            for (a, b) in visible_segments(rk, j, j + w) {
+                for hg in 0..g {
+                    let r = hg * span.tq + i;
+                    let acc_r = &mut acc[r * dv..(r + 1) * dv];
+                    let v = &vs[(a - j) * dv..];
+                    let p = &s[(a - j) * pv.ld + r..];
+                    kernel.gemm_at(1, dv, b - a, p, pv.ld, v, dv, acc_r, dv, None, tmp);
+                }
+            }
+        }
+    } else {
+        kernel.gemm_at(hr, dv, w, s, pv.ld, vs, dv, acc, dv, pv.rescale, tmp);
     }
 }
 
@@ -333,17 +512,6 @@ fn adjust_scores(plan: &Plan<'_>, b: usize, h: usize, i: usize, j0: usize, row: 
     }
 }
 
-/// Sets the scores of hidden keys to -inf.
-#[inline]
-fn mask_row(rk: &RowKeys, j0: usize, row: &mut [f32]) {
-    for (jj, x) in row.iter_mut().enumerate() {
-        let j = j0 + jj;
-        if !(j < rk.sinks_end || (rk.lo <= j && j < rk.hi)) {
-            *x = f32::NEG_INFINITY;
-        }
-    }
-}
-
 /// Destination of finished rows: the output tensor and the optional LSE.
 pub(crate) struct Sink<'o> {
     pub out: ElemsMut<'o>,
@@ -362,11 +530,11 @@ pub(crate) fn finish_unit(
     let d = &plan.dims;
     let (g, dv) = (d.group(), d.v_head_dim);
     let q0 = u.q_tile * t.tq;
-    let tq = t.tq.min(d.q_len - q0);
-    for hg in 0..g {
-        let h = u.kvh * g + hg;
+    let tq = u.tq(plan, t);
+    for hu in 0..u.nh * g {
+        let h = u.kvh * g + hu;
         for i in 0..tq {
-            let r = hg * tq + i;
+            let r = hu * tq + i;
             let acc = &mut st.acc[r * dv..(r + 1) * dv];
             if let Some(sinks) = plan.opts.sinks {
                 add_sink(&mut st.m[r], &mut st.l[r], acc, sinks[h]);

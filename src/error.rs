@@ -165,17 +165,15 @@ impl fmt::Display for Error {
             Error::NonContiguousHeadDim { operand } => {
                 write!(f, "{operand}: the head dimension must have stride 1")
             }
-            Error::BufferTooSmall { operand, needed, len } => write!(
-                f,
-                "{operand}: buffer holds {len} elements, shape and strides need {needed}"
-            ),
+            Error::BufferTooSmall { operand, needed, len } => {
+                write!(f, "{operand}: buffer holds {len} elements, shape and strides need {needed}")
+            }
             Error::ShapeOverflow { operand } => {
                 write!(f, "{operand}: shape times strides overflows usize")
             }
-            Error::ShapeMismatch { operand, dim, expected, found } => write!(
-                f,
-                "{operand}: dimension {dim} is {found}, expected {expected}"
-            ),
+            Error::ShapeMismatch { operand, dim, expected, found } => {
+                write!(f, "{operand}: dimension {dim} is {found}, expected {expected}")
+            }
             Error::HeadsNotDivisible { q_heads, kv_heads } => write!(
                 f,
                 "{q_heads} query heads cannot be grouped over {kv_heads} key/value heads \
@@ -188,14 +186,12 @@ impl fmt::Display for Error {
                  q_len <= kv_len"
             ),
             Error::InvalidOption { option, reason } => write!(f, "option {option}: {reason}"),
-            Error::CacheFull { batch_row, needed, capacity } => write!(
-                f,
-                "kv cache row {batch_row}: append needs {needed} slots, capacity is {capacity}"
-            ),
-            Error::RollbackTooFar { batch_row, requested, available } => write!(
-                f,
-                "kv cache row {batch_row}: cannot remove {requested} tokens, at most {available}"
-            ),
+            Error::CacheFull { batch_row, needed, capacity } => {
+                write!(f, "kv cache row {batch_row}: append needs {needed} slots, capacity is {capacity}")
+            }
+            Error::RollbackTooFar { batch_row, requested, available } => {
+                write!(f, "kv cache row {batch_row}: cannot remove {requested} tokens, at most {available}")
+            }
             Error::InvalidConfig { field, reason } => write!(f, "config field {field}: {reason}"),
             #[cfg(feature = "alloc")]
             Error::Weight { name, reason } => write!(f, "weight {name:?}: {reason}"),

@@ -108,8 +108,8 @@ mod attention;
 pub mod cache;
 mod driver;
 mod element;
-pub mod gate;
 mod error;
+pub mod gate;
 pub mod kernel;
 #[cfg(feature = "alloc")]
 pub mod layer;
@@ -122,9 +122,9 @@ mod options;
 #[cfg(feature = "rayon")]
 mod parallel;
 mod plan;
-pub mod rope;
 #[cfg(feature = "alloc")]
 pub mod reference;
+pub mod rope;
 mod softmax;
 mod tensor;
 
@@ -134,12 +134,12 @@ pub use attention::{attention_with_scratch, scratch_len};
 
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};
+pub use half::{bf16, f16};
 pub use kernel::Isa;
 #[cfg(feature = "alloc")]
 pub use options::QueryRope;
 pub use options::{Alignment, AttentionOptions, Bias, Parallelism};
 pub use tensor::{Layout, Tensor, TensorMut};
-pub use half::{bf16, f16};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

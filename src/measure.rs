@@ -27,7 +27,15 @@ pub struct GateStats {
 
 impl Default for GateStats {
     fn default() -> Self {
-        GateStats { count: 0, sum: 0.0, sum_sq: 0.0, below_0_1: 0, below_0_5: 0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+        GateStats {
+            count: 0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            below_0_1: 0,
+            below_0_5: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
     }
 }
 
@@ -104,14 +112,24 @@ impl LayerProbes {
 /// `exp(s₀ - lse)` with `s₀` scored exactly as the kernel does (scale, RoPE on the query,
 /// softcap, ALiBi, bias) and `lse` from a kernel call with the same options; 0 where key 0 is
 /// hidden. Costs `O(L·d)`, not `O(L²)`.
-pub fn first_token_probabilities(q: &Tensor<'_>, k: &Tensor<'_>, lse: &[f32], opts: &AttentionOptions<'_>) -> Result<Vec<f64>, Error> {
+pub fn first_token_probabilities(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    lse: &[f32],
+    opts: &AttentionOptions<'_>,
+) -> Result<Vec<f64>, Error> {
     let dims = Dims { v_head_dim: k.layout.dim(), ..Dims::from_tensors(q, k, k)? };
     let plan = Plan::new(dims, opts)?;
     for (t, operand) in [(q, crate::Operand::Query), (k, crate::Operand::Key)] {
         t.layout.check(operand, t.data.len())?;
     }
     if lse.len() != dims.lse_len() {
-        return Err(Error::ShapeMismatch { operand: crate::Operand::Lse, dim: "batch * q_heads * q_len", expected: dims.lse_len(), found: lse.len() });
+        return Err(Error::ShapeMismatch {
+            operand: crate::Operand::Lse,
+            dim: "batch * q_heads * q_len",
+            expected: dims.lse_len(),
+            found: lse.len(),
+        });
     }
     let mut p = vec![0.0f64; dims.lse_len()];
     if dims.kv_len == 0 {
@@ -155,7 +173,13 @@ pub fn first_token_probabilities(q: &Tensor<'_>, k: &Tensor<'_>, lse: &[f32], op
 /// Mean first-token share per head, `[q_heads]`, over all batches and the query rows from
 /// `exclude_first_queries` on (0 = the paper-style mean over every row; 1 = pavansaipendry's
 /// `A[:, :, 1:, 0]`; 4 = ZJDL's prefix-excluded variant).
-pub fn sink_share_per_head(p: &[f64], batch: usize, q_heads: usize, q_len: usize, exclude_first_queries: usize) -> Vec<f64> {
+pub fn sink_share_per_head(
+    p: &[f64],
+    batch: usize,
+    q_heads: usize,
+    q_len: usize,
+    exclude_first_queries: usize,
+) -> Vec<f64> {
     let mut out = vec![0.0f64; q_heads];
     let rows = q_len.saturating_sub(exclude_first_queries);
     for (h, o) in out.iter_mut().enumerate() {

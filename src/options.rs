@@ -198,7 +198,10 @@ impl<'a> AttentionOptions<'a> {
             }
         }
         if self.window == Some(0) {
-            return Err(Error::InvalidOption { option: "window", reason: "must be >= 1 (it counts the query's own key)" });
+            return Err(Error::InvalidOption {
+                option: "window",
+                reason: "must be >= 1 (it counts the query's own key)",
+            });
         }
         if self.causal && self.right_window.is_some() {
             return Err(Error::InvalidOption { option: "right_window", reason: "contradicts causal" });

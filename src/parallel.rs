@@ -1,7 +1,8 @@
 //! rayon execution. Units are independent and each output row is written by exactly one unit;
 //! split-KV partials are merged in chunk order, so the bits match the sequential path.
 
-use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::Cell;
 use rayon::prelude::*;
 
 use crate::driver::{self, finish_unit, merge_unit, run_unit, Inputs, RowState, Scratch, Sink, Tiling, Unit};
@@ -72,6 +73,36 @@ impl SharedSink {
     }
 }
 
+/// Buffers above this many floats (16 MiB) are freed after use instead of kept for the next call.
+const KEEP_MAX: usize = 1 << 22;
+
+std::thread_local! {
+    /// A worker's scratch, kept between tasks and calls: a fresh allocation per task costs page
+    /// faults that a short decode call notices.
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The split-KV partials of a call, kept on the calling thread.
+    static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on a buffer of `len` floats taken from `slot` (contents unspecified), and puts the
+/// buffer back for later calls on this thread unless it is large. A nested use on the same
+/// thread finds the slot empty and allocates its own.
+fn with_buffer<R>(
+    slot: &'static std::thread::LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut buf = slot.with(Cell::take);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let r = f(&mut buf[..len]);
+    if buf.capacity() <= KEEP_MAX {
+        slot.with(|s| s.set(buf));
+    }
+    r
+}
+
 pub(crate) fn run<K: Kernel, KE: Element, VE: Element>(
     kernel: K,
     plan: &Plan<'_>,
@@ -91,48 +122,62 @@ pub(crate) fn run<K: Kernel, KE: Element, VE: Element>(
         });
     };
     if t.chunks == 1 {
-        (0..units).into_par_iter().for_each_init(
-            || vec![0.0f32; scratch_len],
-            |buf, idx| {
+        (0..units).into_par_iter().for_each(|idx| {
+            with_buffer(&SCRATCH, scratch_len, |buf| {
                 let mut sc = Scratch::carve(plan, t, buf);
                 let u = Unit::from_index(idx, plan, t);
                 run_unit(kernel, plan, t, inp, &u, 0, &mut sc);
                 write(&u, &mut sc.state);
-            },
-        );
+            })
+        });
         return;
     }
     // Split-KV: all (unit, chunk) partials in parallel, then an ordered merge per unit.
     let part_len = rows * (dv + 2);
-    let mut partials = vec![0.0f32; units * t.chunks * part_len];
-    partials.par_chunks_mut(part_len).enumerate().for_each_init(
-        || vec![0.0f32; scratch_len],
-        |buf, (idx, part)| {
+    with_buffer(&PARTIALS, units * t.chunks * part_len, |partials| {
+        split_kv(kernel, plan, t, inp, partials, part_len, &write);
+    });
+}
+
+/// The split-KV passes over `partials` (`units · chunks` parts of `part_len` floats).
+fn split_kv<K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    t: &Tiling,
+    inp: &Inputs<'_, KE, VE>,
+    partials: &mut [f32],
+    part_len: usize,
+    write: &(impl Fn(&Unit, &mut RowState<'_>) + Sync),
+) {
+    let scratch_len = driver::worker_scratch_len(plan, t);
+    let (rows, dv) = (t.rows, plan.dims.v_head_dim);
+    partials.par_chunks_mut(part_len).enumerate().for_each(|(idx, part)| {
+        with_buffer(&SCRATCH, scratch_len, |buf| {
             let mut sc = Scratch::carve(plan, t, buf);
             let u = Unit::from_index(idx / t.chunks, plan, t);
             run_unit(kernel, plan, t, inp, &u, idx % t.chunks, &mut sc);
+            let ur = u.rows(plan, t);
             let (m, rest) = part.split_at_mut(rows);
             let (l, acc) = rest.split_at_mut(rows);
-            m.copy_from_slice(&sc.state.m[..rows]);
-            l.copy_from_slice(&sc.state.l[..rows]);
-            acc.copy_from_slice(&sc.state.acc[..rows * dv]);
-        },
-    );
-    partials.par_chunks(t.chunks * part_len).enumerate().for_each_init(
-        || vec![0.0f32; part_len],
-        |buf, (idx, parts)| {
+            m[..ur].copy_from_slice(&sc.state.m[..ur]);
+            l[..ur].copy_from_slice(&sc.state.l[..ur]);
+            acc[..ur * dv].copy_from_slice(&sc.state.acc[..ur * dv]);
+        })
+    });
+    partials.par_chunks(t.chunks * part_len).enumerate().for_each(|(idx, parts)| {
+        with_buffer(&SCRATCH, part_len, |buf| {
             let u = Unit::from_index(idx, plan, t);
+            let ur = u.rows(plan, t);
             let (m, rest) = buf.split_at_mut(rows);
             let (l, acc) = rest.split_at_mut(rows);
             let mut total = RowState { m, l, acc };
-            total.reset(rows, dv);
+            total.reset(ur, dv);
             for part in parts.chunks(part_len) {
                 let (pm, rest) = part.split_at(rows);
                 let (pl, pacc) = rest.split_at(rows);
-                merge_unit(rows, dv, &mut total, pm, pl, pacc);
+                merge_unit(ur, dv, &mut total, pm, pl, pacc);
             }
             write(&u, &mut total);
-        },
-    );
+        })
+    });
 }
-

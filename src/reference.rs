@@ -21,8 +21,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::error::Error;
-use crate::options::{Alignment, AttentionOptions};
 use crate::gate::{Gate, GateActivation, GateMode};
+use crate::options::{Alignment, AttentionOptions};
 use crate::rope::{RopePairing, RopeTable};
 use crate::tensor::Tensor;
 use crate::Dims;

@@ -24,18 +24,12 @@ pub struct Layout {
 impl Layout {
     /// Contiguous `[batch, seq, heads, dim]`.
     pub const fn bshd(batch: usize, seq: usize, heads: usize, dim: usize) -> Self {
-        Layout {
-            shape: [batch, seq, heads, dim],
-            strides: [seq * heads * dim, heads * dim, dim],
-        }
+        Layout { shape: [batch, seq, heads, dim], strides: [seq * heads * dim, heads * dim, dim] }
     }
 
     /// Contiguous `[batch, heads, seq, dim]`.
     pub const fn bhsd(batch: usize, heads: usize, seq: usize, dim: usize) -> Self {
-        Layout {
-            shape: [batch, seq, heads, dim],
-            strides: [heads * seq * dim, dim, seq * dim],
-        }
+        Layout { shape: [batch, seq, heads, dim], strides: [heads * seq * dim, dim, seq * dim] }
     }
 
     /// Batch size.
@@ -69,9 +63,7 @@ impl Layout {
         let overflow = Error::ShapeOverflow { operand };
         let mut last = self.shape[3] - 1;
         for axis in 0..3 {
-            let step = (self.shape[axis] - 1)
-                .checked_mul(self.strides[axis])
-                .ok_or(overflow.clone())?;
+            let step = (self.shape[axis] - 1).checked_mul(self.strides[axis]).ok_or(overflow.clone())?;
             last = last.checked_add(step).ok_or(overflow.clone())?;
         }
         last.checked_add(1).ok_or(overflow)
@@ -94,7 +86,8 @@ impl Layout {
         if self.shape.contains(&0) {
             return Ok(());
         }
-        let mut axes = [(self.strides[0], self.shape[0]), (self.strides[1], self.shape[1]), (self.strides[2], self.shape[2])];
+        let mut axes =
+            [(self.strides[0], self.shape[0]), (self.strides[1], self.shape[1]), (self.strides[2], self.shape[2])];
         axes.sort_unstable();
         let mut extent = self.shape[3];
         for (stride, len) in axes {

@@ -30,14 +30,29 @@ fn round(x: &[f32], dtype: DType) -> Vec<f32> {
 
 /// Output rows `[a, b)` of the reference over keys `[0, b)` (keys rotated at absolute positions,
 /// then rounded to the cache dtype, as the cache stores them).
-fn reference_rows(s: &Seq, hkv: usize, table: &RopeTable, dtype: DType, a: usize, b: usize, opts: &AttentionOptions<'_>) -> Vec<f64> {
+fn reference_rows(
+    s: &Seq,
+    hkv: usize,
+    table: &RopeTable,
+    dtype: DType,
+    a: usize,
+    b: usize,
+    opts: &AttentionOptions<'_>,
+) -> Vec<f64> {
     let mut k = s.k[..b * hkv * D].to_vec();
     table.rotate(TensorMut::bshd(&mut k[..], 1, b, hkv, D), Positions::Offset(0)).unwrap();
     let k = round(&k, dtype);
     let v = round(&s.v[..b * hkv * D], dtype);
     let q = &s.q[a * HQ * D..b * HQ * D];
     let o = opts.rope_q(table, Positions::Offset(a));
-    reference::attention(&Tensor::bshd(q, 1, b - a, HQ, D), &Tensor::bshd(&k[..], 1, b, hkv, D), &Tensor::bshd(&v[..], 1, b, hkv, D), &o).unwrap().out
+    reference::attention(
+        &Tensor::bshd(q, 1, b - a, HQ, D),
+        &Tensor::bshd(&k[..], 1, b, hkv, D),
+        &Tensor::bshd(&v[..], 1, b, hkv, D),
+        &o,
+    )
+    .unwrap()
+    .out
 }
 
 /// StreamingLLM's expected output for the last query of a cache holding positions `kept`: keys
@@ -53,7 +68,14 @@ fn streaming_expected(s: &Seq, hkv: usize, table: &RopeTable, dtype: DType, kept
     table.rotate(TensorMut::bshd(&mut k[..], 1, n, hkv, D), Positions::Offset(0)).unwrap();
     let q = &s.q[q_pos * HQ * D..(q_pos + 1) * HQ * D];
     let o = AttentionOptions::new().causal().rope_q(table, Positions::Offset(n - 1));
-    reference::attention(&Tensor::bshd(q, 1, 1, HQ, D), &Tensor::bshd(&k[..], 1, n, hkv, D), &Tensor::bshd(&v[..], 1, n, hkv, D), &o).unwrap().out
+    reference::attention(
+        &Tensor::bshd(q, 1, 1, HQ, D),
+        &Tensor::bshd(&k[..], 1, n, hkv, D),
+        &Tensor::bshd(&v[..], 1, n, hkv, D),
+        &o,
+    )
+    .unwrap()
+    .out
 }
 
 fn assert_close(got: &[f32], want: &[f64], label: &str) {
@@ -76,17 +98,35 @@ fn decode_matches_one_shot(policy: CachePolicy, capacity: usize, prompt: usize, 
                 let b = if a == 0 { prompt } else { a + 1 };
                 let t = b - a;
                 cache
-                    .append(&Tensor::bshd(&s.k[a * hkv * D..b * hkv * D], 1, t, hkv, D), &Tensor::bshd(&s.v[a * hkv * D..b * hkv * D], 1, t, hkv, D), Some(&table))
+                    .append(
+                        &Tensor::bshd(&s.k[a * hkv * D..b * hkv * D], 1, t, hkv, D),
+                        &Tensor::bshd(&s.v[a * hkv * D..b * hkv * D], 1, t, hkv, D),
+                        Some(&table),
+                    )
                     .unwrap();
                 let mut o = vec![f32::NAN; t * HQ * D];
                 cache
-                    .attend_with_rope(&Tensor::bshd(&s.q[a * HQ * D..b * HQ * D], 1, t, HQ, D), TensorMut::bshd(&mut o[..], 1, t, HQ, D), None, &AttentionOptions::new(), Some(&table))
+                    .attend_with_rope(
+                        &Tensor::bshd(&s.q[a * HQ * D..b * HQ * D], 1, t, HQ, D),
+                        TensorMut::bshd(&mut o[..], 1, t, HQ, D),
+                        None,
+                        &AttentionOptions::new(),
+                        Some(&table),
+                    )
                     .unwrap();
                 let want = match policy {
-                    CachePolicy::Full => reference_rows(&s, hkv, &table, dtype, a, b, &AttentionOptions::new().causal()),
-                    CachePolicy::SlidingWindow { window, sink_tokens } => {
-                        reference_rows(&s, hkv, &table, dtype, a, b, &AttentionOptions::new().causal().window(window).sink_tokens(sink_tokens))
+                    CachePolicy::Full => {
+                        reference_rows(&s, hkv, &table, dtype, a, b, &AttentionOptions::new().causal())
                     }
+                    CachePolicy::SlidingWindow { window, sink_tokens } => reference_rows(
+                        &s,
+                        hkv,
+                        &table,
+                        dtype,
+                        a,
+                        b,
+                        &AttentionOptions::new().causal().window(window).sink_tokens(sink_tokens),
+                    ),
                     CachePolicy::StreamingLlm { sink_tokens, recent } => {
                         assert_eq!(t, 1, "streaming test decodes one token at a time after the prompt");
                         let p = a;
@@ -142,7 +182,13 @@ fn eviction_keeps_exactly_what_the_policy_promises() {
         let mut p = 0;
         let mut step = 1;
         while p + step <= total {
-            cache.append(&Tensor::bshd(&s.k[p * hkv * D..(p + step) * hkv * D], 1, step, hkv, D), &Tensor::bshd(&s.v[p * hkv * D..(p + step) * hkv * D], 1, step, hkv, D), None).unwrap();
+            cache
+                .append(
+                    &Tensor::bshd(&s.k[p * hkv * D..(p + step) * hkv * D], 1, step, hkv, D),
+                    &Tensor::bshd(&s.v[p * hkv * D..(p + step) * hkv * D], 1, step, hkv, D),
+                    None,
+                )
+                .unwrap();
             p += step;
             step = step % 2 + 1; // alternate 1- and 2-token appends
             let held: Vec<usize> = cache.positions(0).collect();
@@ -154,7 +200,11 @@ fn eviction_keeps_exactly_what_the_policy_promises() {
             for (slot, &pos) in held.iter().enumerate() {
                 for h in 0..hkv {
                     let off = keys.layout.strides[1] * slot + keys.layout.strides[2] * h;
-                    assert_eq!(keys.data.get_f32(off), s.k[(pos * hkv + h) * D], "{policy:?}: slot {slot} holds the wrong key");
+                    assert_eq!(
+                        keys.data.get_f32(off),
+                        s.k[(pos * hkv + h) * D],
+                        "{policy:?}: slot {slot} holds the wrong key"
+                    );
                 }
             }
         }
@@ -187,11 +237,19 @@ fn rollback_and_truncate() {
     assert!(cache.positions(0).eq(0..2));
     assert_eq!(cache.rollback(0, 3), Err(Error::RollbackTooFar { batch_row: 0, requested: 3, available: 2 }));
     // A sliding cache can roll back what max_rollback retains, not more.
-    let cfg = KvCacheConfig::new(1, 1, 4, 12, DType::F32).policy(CachePolicy::SlidingWindow { window: 4, sink_tokens: 0 }).max_rollback(2);
+    let cfg = KvCacheConfig::new(1, 1, 4, 12, DType::F32)
+        .policy(CachePolicy::SlidingWindow { window: 4, sink_tokens: 0 })
+        .max_rollback(2);
     let mut cache = KvCache::new(cfg).unwrap();
     let x: Vec<f32> = (0..40 * 4).map(|i| i as f32).collect();
     for p in 0..40 {
-        cache.append(&Tensor::bshd(&x[p * 4..(p + 1) * 4], 1, 1, 1, 4), &Tensor::bshd(&x[p * 4..(p + 1) * 4], 1, 1, 1, 4), None).unwrap();
+        cache
+            .append(
+                &Tensor::bshd(&x[p * 4..(p + 1) * 4], 1, 1, 1, 4),
+                &Tensor::bshd(&x[p * 4..(p + 1) * 4], 1, 1, 1, 4),
+                None,
+            )
+            .unwrap();
     }
     assert!(cache.rollback(0, 2).is_ok());
     let held: Vec<usize> = cache.positions(0).collect();
@@ -212,9 +270,19 @@ fn per_row_lengths_and_memory_formula() {
     assert_eq!((cache.len(0), cache.len(1)), (2, 5));
     let q = vec![0.1f32; 2 * 4 * 8];
     let mut o = [0.0f32; 2 * 4 * 4];
-    cache.attend(&Tensor::bshd(&q[..], 2, 1, 4, 8), TensorMut::bshd(&mut o[..], 2, 1, 4, 4), None, &AttentionOptions::new()).unwrap();
+    cache
+        .attend(
+            &Tensor::bshd(&q[..], 2, 1, 4, 8),
+            TensorMut::bshd(&mut o[..], 2, 1, 4, 4),
+            None,
+            &AttentionOptions::new(),
+        )
+        .unwrap();
     assert!(o.iter().all(|&x| (x - 0.25).abs() < 1e-6));
-    assert!(matches!(cache.append_row(2, &Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 4), None), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        cache.append_row(2, &Tensor::bshd(&k[..], 1, 5, 2, 8), &Tensor::bshd(&v[..], 1, 5, 2, 4), None),
+        Err(Error::ShapeMismatch { .. })
+    ));
 }
 
 #[test]
@@ -240,7 +308,12 @@ fn value_gate_on_append_stores_gated_values() {
         }
     }
     let bad = [0.0f32; 5];
-    let r = cache.append_gated(&Tensor::bshd(&k[..], 1, t, hkv, d), &Tensor::bshd(&v[..], 1, t, hkv, d), None, &Gate::sigmoid(Tensor::bshd(&bad[..], 1, 5, 1, 1)));
+    let r = cache.append_gated(
+        &Tensor::bshd(&k[..], 1, t, hkv, d),
+        &Tensor::bshd(&v[..], 1, t, hkv, d),
+        None,
+        &Gate::sigmoid(Tensor::bshd(&bad[..], 1, 5, 1, 1)),
+    );
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     assert_eq!(cache.len(0), t);
 }

@@ -28,7 +28,15 @@ fn bufs() -> Bufs {
 
 /// Runs both entry points with the given layouts and options; checks both return `expected` and
 /// that neither wrote the output or the LSE.
-fn expect_err(ql: Layout, kl: Layout, vl: Layout, ol: Layout, lse_len: usize, opts: &AttentionOptions<'_>, expected: Error) {
+fn expect_err(
+    ql: Layout,
+    kl: Layout,
+    vl: Layout,
+    ol: Layout,
+    lse_len: usize,
+    opts: &AttentionOptions<'_>,
+    expected: Error,
+) {
     let mut b = bufs();
     b.lse.resize(lse_len, f32::NAN);
     let q = Tensor::new(&b.q[..], ql);
@@ -53,17 +61,105 @@ fn good() -> (Layout, Layout, Layout, Layout) {
 fn shape_errors() {
     let (ql, kl, vl, ol) = good();
     let o = AttentionOptions::new();
-    expect_err(Layout::bshd(1, 4, 3, 8), kl, vl, Layout::bshd(1, 4, 3, 8), 12, &o, Error::HeadsNotDivisible { q_heads: 3, kv_heads: 2 });
-    expect_err(ql, Layout::bshd(1, 6, 0, 8), Layout::bshd(1, 6, 0, 8), ol, 16, &o, Error::HeadsNotDivisible { q_heads: 4, kv_heads: 0 });
-    expect_err(Layout::bshd(1, 4, 4, 0), Layout::bshd(1, 6, 2, 0), vl, ol, 16, &o, Error::ZeroHeadDim { operand: Operand::Key });
-    expect_err(ql, kl, Layout::bshd(1, 6, 2, 0), Layout::bshd(1, 4, 4, 0), 16, &o, Error::ZeroHeadDim { operand: Operand::Value });
-    expect_err(ql, Layout::bshd(2, 3, 2, 8), vl, ol, 16, &o, Error::ShapeMismatch { operand: Operand::Key, dim: "batch", expected: 1, found: 2 });
-    expect_err(ql, kl, Layout::bshd(1, 5, 2, 8), ol, 16, &o, Error::ShapeMismatch { operand: Operand::Value, dim: "kv_len", expected: 6, found: 5 });
-    expect_err(ql, kl, Layout::bshd(1, 6, 1, 8), ol, 16, &o, Error::ShapeMismatch { operand: Operand::Value, dim: "heads", expected: 2, found: 1 });
-    expect_err(ql, Layout::bshd(1, 6, 2, 4), vl, ol, 16, &o, Error::ShapeMismatch { operand: Operand::Key, dim: "head_dim", expected: 8, found: 4 });
-    expect_err(ql, kl, vl, Layout::bshd(1, 3, 4, 8), 16, &o, Error::ShapeMismatch { operand: Operand::Output, dim: "q_len", expected: 4, found: 3 });
-    expect_err(ql, kl, vl, Layout::bshd(1, 4, 4, 4), 16, &o, Error::ShapeMismatch { operand: Operand::Output, dim: "head_dim", expected: 8, found: 4 });
-    expect_err(ql, kl, vl, ol, 15, &o, Error::ShapeMismatch { operand: Operand::Lse, dim: "batch * q_heads * q_len", expected: 16, found: 15 });
+    expect_err(
+        Layout::bshd(1, 4, 3, 8),
+        kl,
+        vl,
+        Layout::bshd(1, 4, 3, 8),
+        12,
+        &o,
+        Error::HeadsNotDivisible { q_heads: 3, kv_heads: 2 },
+    );
+    expect_err(
+        ql,
+        Layout::bshd(1, 6, 0, 8),
+        Layout::bshd(1, 6, 0, 8),
+        ol,
+        16,
+        &o,
+        Error::HeadsNotDivisible { q_heads: 4, kv_heads: 0 },
+    );
+    expect_err(
+        Layout::bshd(1, 4, 4, 0),
+        Layout::bshd(1, 6, 2, 0),
+        vl,
+        ol,
+        16,
+        &o,
+        Error::ZeroHeadDim { operand: Operand::Key },
+    );
+    expect_err(
+        ql,
+        kl,
+        Layout::bshd(1, 6, 2, 0),
+        Layout::bshd(1, 4, 4, 0),
+        16,
+        &o,
+        Error::ZeroHeadDim { operand: Operand::Value },
+    );
+    expect_err(
+        ql,
+        Layout::bshd(2, 3, 2, 8),
+        vl,
+        ol,
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Key, dim: "batch", expected: 1, found: 2 },
+    );
+    expect_err(
+        ql,
+        kl,
+        Layout::bshd(1, 5, 2, 8),
+        ol,
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Value, dim: "kv_len", expected: 6, found: 5 },
+    );
+    expect_err(
+        ql,
+        kl,
+        Layout::bshd(1, 6, 1, 8),
+        ol,
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Value, dim: "heads", expected: 2, found: 1 },
+    );
+    expect_err(
+        ql,
+        Layout::bshd(1, 6, 2, 4),
+        vl,
+        ol,
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Key, dim: "head_dim", expected: 8, found: 4 },
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        Layout::bshd(1, 3, 4, 8),
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Output, dim: "q_len", expected: 4, found: 3 },
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        Layout::bshd(1, 4, 4, 4),
+        16,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Output, dim: "head_dim", expected: 8, found: 4 },
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        15,
+        &o,
+        Error::ShapeMismatch { operand: Operand::Lse, dim: "batch * q_heads * q_len", expected: 16, found: 15 },
+    );
 }
 
 #[test]
@@ -71,12 +167,44 @@ fn buffer_and_stride_errors() {
     let (ql, kl, vl, ol) = good();
     let o = AttentionOptions::new();
     // Views bigger than their buffers.
-    expect_err(Layout::bshd(1, 5, 4, 8), kl, vl, Layout::bshd(1, 5, 4, 8), 20, &o, Error::BufferTooSmall { operand: Operand::Query, needed: 160, len: 128 });
-    expect_err(ql, Layout::bshd(1, 7, 2, 8), Layout::bshd(1, 7, 2, 8), ol, 16, &o, Error::BufferTooSmall { operand: Operand::Key, needed: 112, len: 96 });
+    expect_err(
+        Layout::bshd(1, 5, 4, 8),
+        kl,
+        vl,
+        Layout::bshd(1, 5, 4, 8),
+        20,
+        &o,
+        Error::BufferTooSmall { operand: Operand::Query, needed: 160, len: 128 },
+    );
+    expect_err(
+        ql,
+        Layout::bshd(1, 7, 2, 8),
+        Layout::bshd(1, 7, 2, 8),
+        ol,
+        16,
+        &o,
+        Error::BufferTooSmall { operand: Operand::Key, needed: 112, len: 96 },
+    );
     let big_v = Layout { shape: [1, 6, 2, 8], strides: [0, 17, 8] };
-    expect_err(ql, kl, big_v, ol, 16, &o, Error::BufferTooSmall { operand: Operand::Value, needed: 8 + 85 + 8, len: 96 });
+    expect_err(
+        ql,
+        kl,
+        big_v,
+        ol,
+        16,
+        &o,
+        Error::BufferTooSmall { operand: Operand::Value, needed: 8 + 85 + 8, len: 96 },
+    );
     let big_o = Layout { shape: [1, 4, 4, 8], strides: [0, 40, 8] };
-    expect_err(ql, kl, vl, big_o, 16, &o, Error::BufferTooSmall { operand: Operand::Output, needed: 120 + 24 + 8, len: 128 });
+    expect_err(
+        ql,
+        kl,
+        vl,
+        big_o,
+        16,
+        &o,
+        Error::BufferTooSmall { operand: Operand::Output, needed: 120 + 24 + 8, len: 128 },
+    );
     // Output rows that overlap each other.
     let aliased = Layout { shape: [1, 4, 4, 8], strides: [0, 8, 4] };
     expect_err(ql, kl, vl, aliased, 16, &o, Error::AliasedOutput { operand: Operand::Output });
@@ -95,15 +223,71 @@ fn option_errors() {
     expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().scale(f32::INFINITY), inv("scale", "must be finite"));
     expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().softcap(0.0), inv("softcap", "must be finite and > 0"));
     expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().softcap(-1.0), inv("softcap", "must be finite and > 0"));
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().softcap(f32::NAN), inv("softcap", "must be finite and > 0"));
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().window(0), inv("window", "must be >= 1 (it counts the query's own key)"));
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().causal().right_window(2), inv("right_window", "contradicts causal"));
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().softcap(f32::NAN),
+        inv("softcap", "must be finite and > 0"),
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().window(0),
+        inv("window", "must be >= 1 (it counts the query's own key)"),
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().causal().right_window(2),
+        inv("right_window", "contradicts causal"),
+    );
     let three = [0.0f32; 3];
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().alibi_slopes(&three), Error::ShapeMismatch { operand: Operand::AlibiSlopes, dim: "heads", expected: 4, found: 3 });
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().sinks(&three), Error::ShapeMismatch { operand: Operand::Sinks, dim: "heads", expected: 4, found: 3 });
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().alibi_slopes(&three),
+        Error::ShapeMismatch { operand: Operand::AlibiSlopes, dim: "heads", expected: 4, found: 3 },
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().sinks(&three),
+        Error::ShapeMismatch { operand: Operand::Sinks, dim: "heads", expected: 4, found: 3 },
+    );
     let bias = vec![0.0f32; 23];
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().bias(Bias::new(&bias, [0, 0, 6, 1])), Error::BufferTooSmall { operand: Operand::Bias, needed: 24, len: 23 });
-    expect_err(ql, kl, vl, ol, 16, &AttentionOptions::new().bias(Bias::new(&bias, [0, usize::MAX, 6, 1])), Error::ShapeOverflow { operand: Operand::Bias });
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().bias(Bias::new(&bias, [0, 0, 6, 1])),
+        Error::BufferTooSmall { operand: Operand::Bias, needed: 24, len: 23 },
+    );
+    expect_err(
+        ql,
+        kl,
+        vl,
+        ol,
+        16,
+        &AttentionOptions::new().bias(Bias::new(&bias, [0, usize::MAX, 6, 1])),
+        Error::ShapeOverflow { operand: Operand::Bias },
+    );
 }
 
 #[test]
@@ -124,7 +308,10 @@ fn scratch_too_small() {
     );
     assert_eq!(r, Err(Error::BufferTooSmall { operand: Operand::Scratch, needed: need, len: need - 1 }));
     assert!(o.iter().all(|x| x.is_nan()));
-    assert_eq!(scratch_len(&Dims { kv_heads: 3, ..D }, &opts), Err(Error::HeadsNotDivisible { q_heads: 4, kv_heads: 3 }));
+    assert_eq!(
+        scratch_len(&Dims { kv_heads: 3, ..D }, &opts),
+        Err(Error::HeadsNotDivisible { q_heads: 4, kv_heads: 3 })
+    );
 }
 
 #[test]

@@ -41,7 +41,11 @@ fn check_rope(name: &str, cfg: RopeConfig<'_>) {
     let seq_len: usize = meta["seq_len"].parse().unwrap();
     let table = RopeTable::new(&cfg, seq_len).unwrap();
     let af: f64 = meta["attention_factor"].parse().unwrap();
-    assert!((table.attention_factor() - af).abs() < 1e-12, "{name}: attention factor {} vs {af}", table.attention_factor());
+    assert!(
+        (table.attention_factor() - af).abs() < 1e-12,
+        "{name}: attention factor {} vs {af}",
+        table.attention_factor()
+    );
     let hf_inv = f32s(&st, "inv_freq");
     assert_eq!(hf_inv.len(), table.inv_freq().len(), "{name}");
     for (i, (&h, &o)) in hf_inv.iter().zip(table.inv_freq()).enumerate() {
@@ -99,10 +103,21 @@ fn rope_matches_transformers() {
     );
     check_rope(
         "llama3",
-        base.scaling(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position: 128 }),
+        base.scaling(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position: 128,
+        }),
     );
     let longrope = base
-        .scaling(RopeScaling::LongRope { short_factor: &SHORT, long_factor: &LONG, original_max_position: 256, factor: None, attention_factor: None })
+        .scaling(RopeScaling::LongRope {
+            short_factor: &SHORT,
+            long_factor: &LONG,
+            original_max_position: 256,
+            factor: None,
+            attention_factor: None,
+        })
         .max_position_embeddings(1024);
     check_rope("longrope_short", longrope);
     check_rope("longrope_long", longrope);
@@ -123,13 +138,20 @@ fn gpt_oss_sinks_with_window_match_transformers() {
         (AttentionOptions::new().causal().sinks(&sinks), "out_full"),
     ] {
         let want = f32s(&st, key);
-        let (qt, kt, vt) = (Tensor::bhsd(&q[..], 1, hq, l, d), Tensor::bhsd(&k[..], 1, hkv, l, d), Tensor::bhsd(&v[..], 1, hkv, l, d));
+        let (qt, kt, vt) =
+            (Tensor::bhsd(&q[..], 1, hq, l, d), Tensor::bhsd(&k[..], 1, hkv, l, d), Tensor::bhsd(&v[..], 1, hkv, l, d));
         let mut o = vec![f32::NAN; l * hq * d];
         attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, l, hq, d), None, &opts).unwrap();
         let r = reference::attention(&qt, &kt, &vt, &opts).unwrap();
         for (i, ((&g, &w), &rf)) in o.iter().zip(&want).zip(&r.out).enumerate() {
-            assert!((g - w).abs() as f64 <= atol + rtol * w.abs() as f64, "{key}: kernel element {i} {g} vs transformers {w}");
-            assert!((rf - w as f64).abs() <= atol + rtol * w.abs() as f64, "{key}: reference element {i} {rf} vs transformers {w}");
+            assert!(
+                (g - w).abs() as f64 <= atol + rtol * w.abs() as f64,
+                "{key}: kernel element {i} {g} vs transformers {w}"
+            );
+            assert!(
+                (rf - w as f64).abs() <= atol + rtol * w.abs() as f64,
+                "{key}: reference element {i} {rf} vs transformers {w}"
+            );
         }
     }
 }

@@ -29,7 +29,8 @@ fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, 
         let mut t = 0;
         while t < l {
             let step = if t == 0 { lp } else { 1 };
-            let xs: Vec<f32> = (0..batch).flat_map(|b| x[(b * l + t) * dm..(b * l + t + step) * dm].iter().copied()).collect();
+            let xs: Vec<f32> =
+                (0..batch).flat_map(|b| x[(b * l + t) * dm..(b * l + t + step) * dm].iter().copied()).collect();
             let y = layer.forward(&xs, batch, &mut cache, None).unwrap();
             for b in 0..batch {
                 got[(b * l + t) * dm..(b * l + t + step) * dm].copy_from_slice(&y[b * step * dm..(b + 1) * step * dm]);
@@ -39,14 +40,18 @@ fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, 
         // bf16 keys/values round before attention: judge them by the bf16 output budget.
         let (atol, rtol) = if cache_dtype == DType::F32 { (atol, rtol) } else { tolerance(DType::BF16) };
         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{label} ({cache_dtype:?} cache): element {i}: {g} vs reference {w}");
+            assert!(
+                (g as f64 - w).abs() <= atol + rtol * w.abs(),
+                "{label} ({cache_dtype:?} cache): element {i}: {g} vs reference {w}"
+            );
         }
     }
 }
 
 #[test]
 fn every_gate_variant_matches_the_reference() {
-    let positions = [GatePosition::Output, GatePosition::Value, GatePosition::Key, GatePosition::Query, GatePosition::Dense];
+    let positions =
+        [GatePosition::Output, GatePosition::Value, GatePosition::Key, GatePosition::Query, GatePosition::Dense];
     for &(h, hkv) in &[(4usize, 4usize), (4, 2), (8, 2)] {
         for pos in positions {
             for gran in [GateGranularity::Elementwise, GateGranularity::Headwise] {
@@ -73,7 +78,8 @@ fn every_gate_variant_matches_the_reference() {
     for act in [GateActivation::Sigmoid, GateActivation::Silu, GateActivation::NsSigmoid] {
         for mode in [GateMode::Multiplicative, GateMode::Additive] {
             let mut cfg = GatedAttentionConfig::new(32, 4, 2, 8);
-            let mut g = GateConfig::separate(GatePosition::Output, GateGranularity::Elementwise, GateSharing::HeadSpecific);
+            let mut g =
+                GateConfig::separate(GatePosition::Output, GateGranularity::Elementwise, GateSharing::HeadSpecific);
             g.activation = act;
             g.mode = mode;
             cfg.gate = Some(g);
@@ -98,8 +104,17 @@ fn first_token_probabilities_match_brute_force() {
     let k: Vec<f32> = (0..lk * hkv * d).map(|_| rng.uniform() * 3.0).collect();
     let v = k.clone();
     let sinks = [0.5f32, -1.0, 2.0, 0.0];
-    for opts in [AttentionOptions::new().causal(), AttentionOptions::new().causal().softcap(2.0).sinks(&sinks), AttentionOptions::new().causal().window(7).sink_tokens(1), AttentionOptions::new().causal().window(7)] {
-        let (qt, kt, vt) = (Tensor::bshd(&q[..], 1, lq, hq, d), Tensor::bshd(&k[..], 1, lk, hkv, d), Tensor::bshd(&v[..], 1, lk, hkv, d));
+    for opts in [
+        AttentionOptions::new().causal(),
+        AttentionOptions::new().causal().softcap(2.0).sinks(&sinks),
+        AttentionOptions::new().causal().window(7).sink_tokens(1),
+        AttentionOptions::new().causal().window(7),
+    ] {
+        let (qt, kt, vt) = (
+            Tensor::bshd(&q[..], 1, lq, hq, d),
+            Tensor::bshd(&k[..], 1, lk, hkv, d),
+            Tensor::bshd(&v[..], 1, lk, hkv, d),
+        );
         let mut o = vec![0.0f32; lq * hq * d];
         let mut lse = vec![0.0f32; hq * lq];
         attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, hq, d), Some(&mut lse), &opts).unwrap();
@@ -149,7 +164,14 @@ fn layer_statistics_match_brute_force() {
         }
     }
     assert_eq!(stats.gate.count, want.count);
-    for (a, b) in [(stats.gate.mean(), want.mean()), (stats.gate.std(), want.std()), (stats.gate.min, want.min), (stats.gate.max, want.max), (stats.gate.fraction_below_0_5(), want.fraction_below_0_5()), (stats.gate.fraction_below_0_1(), want.fraction_below_0_1())] {
+    for (a, b) in [
+        (stats.gate.mean(), want.mean()),
+        (stats.gate.std(), want.std()),
+        (stats.gate.min, want.min),
+        (stats.gate.max, want.max),
+        (stats.gate.fraction_below_0_5(), want.fraction_below_0_5()),
+        (stats.gate.fraction_below_0_1(), want.fraction_below_0_1()),
+    ] {
         assert!((a - b).abs() < 1e-6, "{a} vs {b}");
     }
     assert!((stats.probes.out_max_abs - y.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64))).abs() < 1e-12);
@@ -184,11 +206,20 @@ fn config_json_fields_and_errors() {
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "partial_rotary_factor": 1.5}"#, "partial_rotary_factor"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "rope_type"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "linear"}}"#, "factor"),
-        (r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#, "headwise_attn_output_gate"),
+        (
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#,
+            "headwise_attn_output_gate",
+        ),
         (r#"{"hidden_size": 64, "num_attention_heads": 0}"#, "num_attention_heads"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": 4194304}"#, "head_dim"),
-        (r#"{"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 100000000}"#, "max_position_embeddings"),
-        (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": 1048576, "max_position_embeddings": 4096}"#, "max_position_embeddings"),
+        (
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 100000000}"#,
+            "max_position_embeddings",
+        ),
+        (
+            r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": 1048576, "max_position_embeddings": 4096}"#,
+            "max_position_embeddings",
+        ),
     ] {
         match GatedAttentionConfig::from_json(text) {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field, "{text}"),
@@ -222,9 +253,19 @@ fn weight_errors_name_the_tensor() {
             }
             let shape = if name == bad_shape { vec![shape.iter().product::<usize>()] } else { shape };
             if name == bad_dtype {
-                map.push((name.into(), v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(), shape, safetensors::Dtype::F64));
+                map.push((
+                    name.into(),
+                    v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(),
+                    shape,
+                    safetensors::Dtype::F64,
+                ));
             } else {
-                map.push((name.into(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape, safetensors::Dtype::F32));
+                map.push((
+                    name.into(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    shape,
+                    safetensors::Dtype::F32,
+                ));
             }
         };
         for (name, l) in [("q_proj", &w.q_proj), ("k_proj", &w.k_proj), ("v_proj", &w.v_proj), ("o_proj", &w.o_proj)] {

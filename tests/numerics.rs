@@ -20,7 +20,9 @@ fn non_finite_inputs_reach_only_the_rows_that_see_them() {
             if let Some(w) = w {
                 opts = opts.window(w);
             }
-            for (which, value) in [("k", f32::NAN), ("v", f32::NAN), ("k", f32::INFINITY), ("v", f32::NEG_INFINITY), ("q", f32::NAN)] {
+            for (which, value) in
+                [("k", f32::NAN), ("v", f32::NAN), ("k", f32::INFINITY), ("v", f32::NEG_INFINITY), ("q", f32::NAN)]
+            {
                 let mut inp = make_inputs(&c);
                 let (kl, vl, ql) = (inp.kl, inp.vl, inp.ql);
                 match which {
@@ -36,10 +38,19 @@ fn non_finite_inputs_reach_only_the_rows_that_see_them() {
                     check(&inp, &c, &opts, &out, &lse, &format!("{label} {dt:?} {which}={value}"));
                 }
                 // and the reference itself confines it: an unaffected row is finite
-                let r = reference::attention(&Tensor::new(inp.q.elems(), ql), &Tensor::new(inp.k.elems(), kl), &Tensor::new(inp.v.elems(), vl), &opts).unwrap();
+                let r = reference::attention(
+                    &Tensor::new(inp.q.elems(), ql),
+                    &Tensor::new(inp.k.elems(), kl),
+                    &Tensor::new(inp.v.elems(), vl),
+                    &opts,
+                )
+                .unwrap();
                 assert!(r.out_at(0, 10, 2, 0).is_finite() && r.out_at(0, 149, 0, 0).is_finite());
                 if which != "q" {
-                    assert!(!r.out_at(0, 75, 2, 3).is_finite() || value.is_infinite(), "row 75 of a head of KV group 1 sees key 70");
+                    assert!(
+                        !r.out_at(0, 75, 2, 3).is_finite() || value.is_infinite(),
+                        "row 75 of a head of KV group 1 sees key 70"
+                    );
                 }
             }
         }
@@ -61,7 +72,15 @@ fn long_sequences_stay_within_the_bound() {
     let (q, k, v) = (gen(l * hq * d), gen(l * hkv * d), gen(l * hkv * d));
     let opts = AttentionOptions::new().causal();
     let mut o = vec![0.0f32; l * hq * d];
-    attention(&Tensor::bshd(&q[..], 1, l, hq, d), &Tensor::bshd(&k[..], 1, l, hkv, d), &Tensor::bshd(&v[..], 1, l, hkv, d), TensorMut::bshd(&mut o[..], 1, l, hq, d), None, &opts).unwrap();
+    attention(
+        &Tensor::bshd(&q[..], 1, l, hq, d),
+        &Tensor::bshd(&k[..], 1, l, hkv, d),
+        &Tensor::bshd(&v[..], 1, l, hkv, d),
+        TensorMut::bshd(&mut o[..], 1, l, hq, d),
+        None,
+        &opts,
+    )
+    .unwrap();
     let (atol, rtol) = tolerance(DType::F32);
     for &(a, b) in &[(0usize, 3usize), (4095, 4097), (8189, 8192)] {
         // rows [a, b) against keys [0, b), bottom-right aligned: the same rows as the one-shot call

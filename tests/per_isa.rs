@@ -20,8 +20,14 @@ fn every_isa_matches_the_reference() {
         let cases = [
             (Case::new(1, 130, 130, 8, 2, 64), AttentionOptions::new().causal()),
             (Case::new(1, 67, 200, 4, 4, 128), AttentionOptions::new().causal().window(70).softcap(3.0)),
-            (Case::new(2, 1, 2100, 8, 2, 128).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]), AttentionOptions::new().causal()),
-            (Case::new(1, 3, 700, 4, 1, 40).dtypes([DType::BF16, DType::BF16, DType::BF16, DType::BF16]), AttentionOptions::new().causal()),
+            (
+                Case::new(2, 1, 2100, 8, 2, 128).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]),
+                AttentionOptions::new().causal(),
+            ),
+            (
+                Case::new(1, 3, 700, 4, 1, 40).dtypes([DType::BF16, DType::BF16, DType::BF16, DType::BF16]),
+                AttentionOptions::new().causal(),
+            ),
             (Case::new(1, 19, 19, 2, 1, 7).v_dim(13).mem(Mem::Padded, Mem::Bhsd), AttentionOptions::new()),
         ];
         for (c, opts) in &cases {

@@ -14,7 +14,10 @@ fn results_do_not_depend_on_thread_count() {
     let cases = [
         (Case::new(1, 130, 130, 8, 2, 32), AttentionOptions::new().causal()),
         (Case::new(2, 1, 5000, 8, 2, 64), AttentionOptions::new().causal()),
-        (Case::new(1, 2, 3100, 4, 4, 16).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]), AttentionOptions::new().causal().window(2000)),
+        (
+            Case::new(1, 2, 3100, 4, 4, 16).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]),
+            AttentionOptions::new().causal().window(2000),
+        ),
         (Case::new(1, 70, 300, 4, 1, 16), AttentionOptions::new().causal().window(40).sink_tokens(3)),
     ];
     for (c, opts) in &cases {
@@ -35,7 +38,17 @@ fn results_do_not_depend_on_thread_count() {
 }
 
 /// Runs attention for query rows `[a, b)` against keys `[0, b)` of contiguous bshd buffers.
-fn run_rows(q: &[f32], k: &[f32], v: &[f32], hq: usize, hkv: usize, d: usize, a: usize, b: usize, opts: &AttentionOptions<'_>) -> Vec<f32> {
+fn run_rows(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    a: usize,
+    b: usize,
+    opts: &AttentionOptions<'_>,
+) -> Vec<f32> {
     let q_view = Tensor::new(&q[a * hq * d..b * hq * d], Layout::bshd(1, b - a, hq, d));
     let k_view = Tensor::new(&k[..b * hkv * d], Layout::bshd(1, b, hkv, d));
     let v_view = Tensor::new(&v[..b * hkv * d], Layout::bshd(1, b, hkv, d));
@@ -60,7 +73,10 @@ fn chunked_prefill_then_decode_equals_one_shot() {
             let part = run_rows(&q, &k, &v, hq, hkv, d, a, b, &opts);
             let (atol, rtol) = tolerance(DType::F32);
             for (idx, (&x, &r)) in part.iter().zip(&full[a * hq * d..b * hq * d]).enumerate() {
-                assert!((x - r).abs() as f64 <= atol + rtol * r.abs() as f64, "rows {a}..{b}, element {idx}: {x} vs one-shot {r}");
+                assert!(
+                    (x - r).abs() as f64 <= atol + rtol * r.abs() as f64,
+                    "rows {a}..{b}, element {idx}: {x} vs one-shot {r}"
+                );
             }
         }
     }
@@ -87,8 +103,24 @@ fn gqa_equals_mha_with_repeated_kv() {
     let opts = AttentionOptions::new().causal();
     let mut o_gqa = vec![0.0f32; lq * hq * d];
     let mut o_mha = vec![0.0f32; lq * hq * d];
-    attention(&Tensor::bshd(&q[..], 1, lq, hq, d), &Tensor::bshd(&k[..], 1, lk, hkv, d), &Tensor::bshd(&v[..], 1, lk, hkv, d), TensorMut::bshd(&mut o_gqa[..], 1, lq, hq, d), None, &opts).unwrap();
-    attention(&Tensor::bshd(&q[..], 1, lq, hq, d), &Tensor::bshd(&k_rep[..], 1, lk, hq, d), &Tensor::bshd(&v_rep[..], 1, lk, hq, d), TensorMut::bshd(&mut o_mha[..], 1, lq, hq, d), None, &opts).unwrap();
+    attention(
+        &Tensor::bshd(&q[..], 1, lq, hq, d),
+        &Tensor::bshd(&k[..], 1, lk, hkv, d),
+        &Tensor::bshd(&v[..], 1, lk, hkv, d),
+        TensorMut::bshd(&mut o_gqa[..], 1, lq, hq, d),
+        None,
+        &opts,
+    )
+    .unwrap();
+    attention(
+        &Tensor::bshd(&q[..], 1, lq, hq, d),
+        &Tensor::bshd(&k_rep[..], 1, lk, hq, d),
+        &Tensor::bshd(&v_rep[..], 1, lk, hq, d),
+        TensorMut::bshd(&mut o_mha[..], 1, lq, hq, d),
+        None,
+        &opts,
+    )
+    .unwrap();
     let (atol, rtol) = tolerance(DType::F32);
     for (i, (&a, &b)) in o_gqa.iter().zip(&o_mha).enumerate() {
         assert!((a - b).abs() as f64 <= atol + rtol * b.abs() as f64, "element {i}: gqa {a} vs mha {b}");
@@ -112,7 +144,15 @@ fn probability_rows_sum_to_one() {
         for par in [Parallelism::Sequential, Parallelism::Rayon] {
             let mut o = vec![0.0f32; lq * hq * d];
             let mut lse = vec![0.0f32; hq * lq];
-            attention(&Tensor::bshd(&q[..], 1, lq, hq, d), &Tensor::bshd(&k[..], 1, lk, hkv, d), &Tensor::bshd(&v[..], 1, lk, hkv, d), TensorMut::bshd(&mut o[..], 1, lq, hq, d), Some(&mut lse), &opts.parallelism(par)).unwrap();
+            attention(
+                &Tensor::bshd(&q[..], 1, lq, hq, d),
+                &Tensor::bshd(&k[..], 1, lk, hkv, d),
+                &Tensor::bshd(&v[..], 1, lk, hkv, d),
+                TensorMut::bshd(&mut o[..], 1, lq, hq, d),
+                Some(&mut lse),
+                &opts.parallelism(par),
+            )
+            .unwrap();
             for i in 0..lq {
                 for h in 0..hq {
                     let expect = if with_sinks {

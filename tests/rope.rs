@@ -30,13 +30,15 @@ fn configs() -> Vec<RopeConfig<'static>> {
             truncate: false,
         }),
         base.scaling(RopeScaling::llama3_1()),
-        base.partial(32).scaling(RopeScaling::LongRope {
-            short_factor: &SHORT,
-            long_factor: &LONG,
-            original_max_position: 64,
-            factor: None,
-            attention_factor: None,
-        }).max_position_embeddings(256),
+        base.partial(32)
+            .scaling(RopeScaling::LongRope {
+                short_factor: &SHORT,
+                long_factor: &LONG,
+                original_max_position: 64,
+                factor: None,
+                attention_factor: None,
+            })
+            .max_position_embeddings(256),
     ]
 }
 
@@ -52,7 +54,10 @@ fn tables_match_f64_rotation() {
             let mut want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             rope_f64(&table, p, &mut want);
             for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                assert!((g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()) * table.attention_factor().max(1.0), "{cfg:?} pos {p} ch {e}: {g} vs {w}");
+                assert!(
+                    (g as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()) * table.attention_factor().max(1.0),
+                    "{cfg:?} pos {p} ch {e}: {g} vs {w}"
+                );
             }
             // channels past rotary_dim pass through untouched
             assert_eq!(&got[cfg.rotary_dim..], &x[cfg.rotary_dim..]);
@@ -120,7 +125,13 @@ fn scaling_frequencies_follow_their_formulas() {
     let short = vec![1.5f64; 32];
     let long = vec![3.0f64; 32];
     let lr = cfg
-        .scaling(RopeScaling::LongRope { short_factor: &short, long_factor: &long, original_max_position: 64, factor: None, attention_factor: None })
+        .scaling(RopeScaling::LongRope {
+            short_factor: &short,
+            long_factor: &long,
+            original_max_position: 64,
+            factor: None,
+            attention_factor: None,
+        })
         .max_position_embeddings(256);
     let af = lr.frequencies(64, &mut inv).unwrap();
     assert!((af - (1.0 + 4.0f64.ln() / 64.0f64.ln()).sqrt()).abs() < 1e-15);
@@ -137,7 +148,10 @@ fn invalid_configs_are_errors() {
     assert!(RopeTable::new(&RopeConfig::new(8, 1e4).scaling(RopeScaling::Linear { factor: 0.0 }), 4).is_err());
     let t = RopeTable::new(&RopeConfig::new(8, 1e4), 4).unwrap();
     let mut x = [0.0f32; 8 * 5];
-    assert!(t.rotate(TensorMut::bshd(&mut x[..], 1, 5, 1, 8), Positions::Offset(0)).is_err(), "position 4 is beyond the table");
+    assert!(
+        t.rotate(TensorMut::bshd(&mut x[..], 1, 5, 1, 8), Positions::Offset(0)).is_err(),
+        "position 4 is beyond the table"
+    );
     assert!(t.rotate(TensorMut::bshd(&mut x[..], 1, 5, 1, 8), Positions::Explicit(&[0, 1])).is_err());
 }
 
@@ -148,7 +162,11 @@ fn fused_query_rotation_equals_rotating_first() {
     let q: Vec<f32> = (0..lq * hq * d).map(|_| rng.uniform()).collect();
     let k: Vec<f32> = (0..lk * hkv * d).map(|_| rng.uniform()).collect();
     let v: Vec<f32> = (0..lk * hkv * d).map(|_| rng.uniform()).collect();
-    for cfg in configs().into_iter().filter(|c| c.head_dim == 64).map(|c| RopeConfig { head_dim: 32, rotary_dim: c.rotary_dim.min(32), ..c }) {
+    for cfg in configs().into_iter().filter(|c| c.head_dim == 64).map(|c| RopeConfig {
+        head_dim: 32,
+        rotary_dim: c.rotary_dim.min(32),
+        ..c
+    }) {
         let Ok(table) = RopeTable::new(&cfg, 100) else { continue };
         let ids: Vec<usize> = (0..lq).map(|i| 30 + 2 * i).collect();
         let mut rotated = q.clone();
@@ -156,13 +174,37 @@ fn fused_query_rotation_equals_rotating_first() {
         let opts = AttentionOptions::new().causal();
         let mut a = vec![0.0f32; lq * hq * d];
         let mut b = vec![0.0f32; lq * hq * d];
-        attention(&Tensor::bshd(&rotated[..], 1, lq, hq, d), &Tensor::bshd(&k[..], 1, lk, hkv, d), &Tensor::bshd(&v[..], 1, lk, hkv, d), TensorMut::bshd(&mut a[..], 1, lq, hq, d), None, &opts).unwrap();
+        attention(
+            &Tensor::bshd(&rotated[..], 1, lq, hq, d),
+            &Tensor::bshd(&k[..], 1, lk, hkv, d),
+            &Tensor::bshd(&v[..], 1, lk, hkv, d),
+            TensorMut::bshd(&mut a[..], 1, lq, hq, d),
+            None,
+            &opts,
+        )
+        .unwrap();
         let fused = opts.rope_q(&table, Positions::Explicit(&ids));
-        attention(&Tensor::bshd(&q[..], 1, lq, hq, d), &Tensor::bshd(&k[..], 1, lk, hkv, d), &Tensor::bshd(&v[..], 1, lk, hkv, d), TensorMut::bshd(&mut b[..], 1, lq, hq, d), None, &fused).unwrap();
+        attention(
+            &Tensor::bshd(&q[..], 1, lq, hq, d),
+            &Tensor::bshd(&k[..], 1, lk, hkv, d),
+            &Tensor::bshd(&v[..], 1, lk, hkv, d),
+            TensorMut::bshd(&mut b[..], 1, lq, hq, d),
+            None,
+            &fused,
+        )
+        .unwrap();
         assert_eq!(a, b, "fused rotation must give the same bits ({cfg:?})");
         // and the reference's own f64 rotation agrees
         let c = Case::new(1, lq, lk, hq, hkv, d);
-        let inp = Inputs { q: Buf::F32(q.clone()), k: Buf::F32(k.clone()), v: Buf::F32(v.clone()), ql: layout(Mem::Bshd, 1, lq, hq, d), kl: layout(Mem::Bshd, 1, lk, hkv, d), vl: layout(Mem::Bshd, 1, lk, hkv, d), ol: layout(Mem::Bshd, 1, lq, hq, d) };
+        let inp = Inputs {
+            q: Buf::F32(q.clone()),
+            k: Buf::F32(k.clone()),
+            v: Buf::F32(v.clone()),
+            ql: layout(Mem::Bshd, 1, lq, hq, d),
+            kl: layout(Mem::Bshd, 1, lk, hkv, d),
+            vl: layout(Mem::Bshd, 1, lk, hkv, d),
+            ol: layout(Mem::Bshd, 1, lq, hq, d),
+        };
         let (out, lse) = run_kernel(&inp, &c, &fused, Entry::Rayon);
         check(&inp, &c, &fused, &out, &lse, "fused rope");
     }

@@ -61,7 +61,9 @@ fn rows_masked_in_early_tiles_only() {
 
 #[test]
 fn layouts() {
-    for (mem, out_mem) in [(Mem::Bshd, Mem::Bhsd), (Mem::Bhsd, Mem::Bshd), (Mem::Padded, Mem::Padded), (Mem::Bhsd, Mem::Padded)] {
+    for (mem, out_mem) in
+        [(Mem::Bshd, Mem::Bhsd), (Mem::Bhsd, Mem::Bshd), (Mem::Padded, Mem::Padded), (Mem::Bhsd, Mem::Padded)]
+    {
         for &(lq, lk) in &[(1usize, 100usize), (65, 130)] {
             let c = Case::new(2, lq, lk, 4, 2, 24).mem(mem, out_mem);
             check_case(&c, &AttentionOptions::new().causal());

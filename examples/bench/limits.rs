@@ -1,5 +1,6 @@
 //! The machine's limits, measured in the same run as the workloads: f32 FMA peak (prefill is
 //! compute-bound) and streaming read bandwidth (decode is memory-bound).
+#![allow(dead_code)] // shared by several targets (bench, decode_sweep, benches/attention), each using a part
 
 use std::hint::black_box;
 use std::sync::Barrier;
@@ -77,10 +78,7 @@ unsafe fn fma_chains_avx2(iters: u64) -> f32 {
             _mm256_add_ps(_mm256_add_ps(c0, c1), _mm256_add_ps(c2, c3)),
             _mm256_add_ps(_mm256_add_ps(c4, c5), _mm256_add_ps(c6, c7)),
         );
-        let s = _mm256_add_ps(
-            s,
-            _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)),
-        );
+        let s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(c8, c9), _mm256_add_ps(c10, c11)));
         let mut lanes = [0.0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), s);
         lanes.iter().sum()
@@ -118,24 +116,28 @@ fn fma_chains(iters: u64) -> f32 {
 }
 
 /// Runs `work(thread_index)` on `threads` scoped threads released together by a barrier and
-/// returns the wall time from the release to the last thread's end.
+/// returns the time from the first thread's start to the last thread's end. Each thread reads the
+/// clock itself: with as many workers as cores, a coordinating thread that timed the run would
+/// wait for a core and start its clock late.
 fn timed_on_threads<F: Fn(usize) + Sync>(threads: usize, work: F) -> Duration {
-    let start = Barrier::new(threads + 1);
-    let end = Barrier::new(threads + 1);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let (start, end, work) = (&start, &end, &work);
-            s.spawn(move || {
-                start.wait();
-                work(t);
-                end.wait();
-            });
-        }
-        start.wait();
-        let t0 = Instant::now();
-        end.wait();
-        t0.elapsed()
-    })
+    let start = Barrier::new(threads);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (start, work) = (&start, &work);
+                s.spawn(move || {
+                    start.wait();
+                    let t0 = Instant::now();
+                    work(t);
+                    (t0, Instant::now())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("limit thread panicked")).collect()
+    });
+    let first = spans.iter().map(|s| s.0).min().expect("at least one thread");
+    let last = spans.iter().map(|s| s.1).max().expect("at least one thread");
+    last - first
 }
 
 /// f32 FMA peak in GFLOP/s on `threads` threads: the best of `trials` runs of about

@@ -1,5 +1,6 @@
 //! The canonical workloads of DESIGN.md §6, their FLOP and byte accounting, and deterministic
 //! inputs. Shared by `examples/bench.rs` and `benches/attention.rs` (through `#[path]`).
+#![allow(dead_code)] // shared by several targets (bench, decode_sweep, benches/attention), each using a part
 
 use gated_attention::{attention, bf16, f16, AttentionOptions, Error, Tensor, TensorMut};
 
@@ -66,36 +67,9 @@ pub struct Workload {
 
 /// DESIGN.md §6, in the order the tools run them.
 pub const WORKLOADS: [Workload; 5] = [
-    Workload {
-        name: "P1",
-        hq: 32,
-        hkv: 8,
-        d: 128,
-        lq: 1024,
-        lk: 1024,
-        window: None,
-        kv_dtypes: &[KvDtype::F32],
-    },
-    Workload {
-        name: "P2",
-        hq: 32,
-        hkv: 8,
-        d: 128,
-        lq: 4096,
-        lk: 4096,
-        window: Some(512),
-        kv_dtypes: &[KvDtype::F32],
-    },
-    Workload {
-        name: "P3",
-        hq: 16,
-        hkv: 16,
-        d: 64,
-        lq: 2048,
-        lk: 2048,
-        window: None,
-        kv_dtypes: &[KvDtype::F32],
-    },
+    Workload { name: "P1", hq: 32, hkv: 8, d: 128, lq: 1024, lk: 1024, window: None, kv_dtypes: &[KvDtype::F32] },
+    Workload { name: "P2", hq: 32, hkv: 8, d: 128, lq: 4096, lk: 4096, window: Some(512), kv_dtypes: &[KvDtype::F32] },
+    Workload { name: "P3", hq: 16, hkv: 16, d: 64, lq: 2048, lk: 2048, window: None, kv_dtypes: &[KvDtype::F32] },
     Workload {
         name: "D1",
         hq: 32,
@@ -120,10 +94,7 @@ pub const WORKLOADS: [Workload; 5] = [
 
 /// The workload called `name` (case-insensitive).
 pub fn workload(name: &str) -> Option<Workload> {
-    WORKLOADS
-        .iter()
-        .copied()
-        .find(|w| w.name.eq_ignore_ascii_case(name))
+    WORKLOADS.iter().copied().find(|w| w.name.eq_ignore_ascii_case(name))
 }
 
 impl Workload {

@@ -1,19 +1,20 @@
 //! The per-ISA microkernels and their selection.
 //!
-//! The attention loop nest (`crate::driver`) is generic over [`Kernel`] and never names an ISA.
+//! The attention loop nest (`crate::driver`) is generic over the private `Kernel` trait and never names an ISA.
 //! A kernel is a zero-sized token whose existence proves the CPU supports its instructions, so
 //! its methods are safe; each checks its slice bounds once per call and then runs unchecked.
 
 pub(crate) mod detect;
 pub(crate) mod exp;
-pub(crate) mod scalar;
 pub(crate) mod portable;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod x86;
+pub(crate) mod scalar;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
 
 use crate::element::Element;
+use scalar::assert_fits;
 
 /// The instruction sets the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -123,6 +124,47 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         ldo: usize,
     );
 
+    /// [`Kernel::dot_rows`] for `heads` heads at once, key by key, into transposed scores:
+    /// `out[j·ldo + h·m + i] = Σₚ a[(h·m + i)·lda + p] · b[j·ldb + h·ldh + p]` for `h < heads`,
+    /// `i < m`, `j < n`, `p < k` (head `h`'s query rows follow head `h − 1`'s). Kernels may read
+    /// the key rows in address order and request the rows `pf.0[j·pf.1 + h·pf.2 ..][..pf.3]` (the
+    /// same keys' values) alongside. `tmp` is scratch of at least `m·n` floats.
+    fn dot_heads<E: Element, F: Element>(
+        self,
+        heads: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[E],
+        ldb: usize,
+        ldh: usize,
+        out: &mut [f32],
+        ldo: usize,
+        pf: (&[F], usize, usize, usize),
+        tmp: &mut [f32],
+    ) {
+        let _ = pf;
+        assert_fits(a.len(), heads * m, k, lda);
+        assert_fits(out.len(), n, heads * m, ldo);
+        assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let tmp = &mut tmp[..m * n];
+        for h in 0..heads {
+            let a_h = a.get(h * m * lda..).unwrap_or(&[]);
+            let b_h = b.get(h * ldh..).unwrap_or(&[]);
+            self.dot_rows(m, n, k, a_h, lda, b_h, ldb, tmp, n);
+            for i in 0..m {
+                for j in 0..n {
+                    out[j * ldo + h * m + i] = tmp[i * n + j];
+                }
+            }
+        }
+    }
+
     /// `dst[p·ldd + j] = b[j·ldb + p]` widened to f32, for `j < n`, `p < k` (stages a K tile
     /// transposed for [`Kernel::gemm`]).
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize);
@@ -139,6 +181,152 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
 
     /// `x[i] *= alpha`.
     fn scale(self, x: &mut [f32], alpha: f32);
+
+    /// [`Kernel::gemm`] that first rescales each row of C:
+    /// `c[i·ldc + j] = alpha[i]·c[i·ldc + j] + Σₚ a[i·lda + p] · b[p·ldb + j]` (the online-softmax
+    /// update of the output rows). Kernels may fuse the product and the sum (one rounding).
+    fn gemm_rescale(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        alpha: &[f32],
+    ) {
+        assert_fits(c.len(), m, n, ldc);
+        assert!(alpha.len() >= m, "gemm_rescale: fewer factors than rows");
+        if n > 0 {
+            for (i, &f) in alpha[..m].iter().enumerate() {
+                if f != 1.0 {
+                    self.scale(&mut c[i * ldc..i * ldc + n], f);
+                }
+            }
+        }
+        self.gemm(m, n, k, a, lda, b, ldb, c, ldc, true);
+    }
+
+    /// `c[i·ldc + j] = (alpha ? alpha[i]·c[i·ldc + j] : c[i·ldc + j]) + Σₚ a[p·lda + i] · b[p·ldb + j]`:
+    /// [`Kernel::gemm_rescale`] (or an accumulating gemm without `alpha`) with A stored
+    /// transposed (`k × m`) and B in any element type, read in place by kernels that can. `stage`
+    /// is scratch of at least `m·k + k·n` floats for kernels that rearrange A and widen B first.
+    fn gemm_at<E: Element>(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[E],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        alpha: Option<&[f32]>,
+        stage: &mut [f32],
+    ) {
+        assert_fits(a.len(), k, m, lda);
+        assert_fits(b.len(), k, n, ldb);
+        let (a_rm, b32) = stage[..m * k + k * n].split_at_mut(m * k);
+        for i in 0..m {
+            for p in 0..k {
+                a_rm[i * k + p] = a[p * lda + i];
+            }
+        }
+        for (p, dst) in b32.chunks_exact_mut(n.max(1)).enumerate() {
+            self.widen(&b[p * ldb..p * ldb + n], dst);
+        }
+        match alpha {
+            Some(alpha) => self.gemm_rescale(m, n, k, a_rm, k, b32, n, c, ldc, alpha),
+            None => self.gemm(m, n, k, a_rm, k, b32, n, c, ldc, true),
+        }
+    }
+
+    /// [`Kernel::softmax_rows`] with the scores stored transposed: the `rows` rows are the
+    /// columns of the `n × rows` matrix `s` (key `j` of row `r` at `s[j·ld + r]`). `tmp` is
+    /// scratch of at least `n` floats for kernels that gather a row first.
+    fn softmax_cols(
+        self,
+        s: &mut [f32],
+        ld: usize,
+        n: usize,
+        rows: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        assert_fits(s.len(), n, rows, ld);
+        let tmp = &mut tmp[..n];
+        for r in 0..rows {
+            for (j, t) in tmp.iter_mut().enumerate() {
+                *t = s[j * ld + r];
+            }
+            self.softmax_rows(tmp, n, 1, n, &mut m[r..], &mut l[r..], &mut alpha[r..]);
+            for (j, &t) in tmp.iter().enumerate() {
+                s[j * ld + r] = t;
+            }
+        }
+    }
+
+    /// One online-softmax step for `rows` rows of `n` scores (row `r` at `s[r·ld..r·ld + n]`)
+    /// with running maxima `m` and sums `l`. Per row, with `m_new = max(m[r], max(row))`:
+    /// if `m_new = -inf` the row becomes 0 and `alpha[r] = 1` (state unchanged); otherwise the
+    /// row becomes `exp(s − m_new)` as in [`Kernel::exp_sum`], `alpha[r] = exp(m[r] − m_new)`,
+    /// `l[r] = l[r]·alpha[r] + Σ row` and `m[r] = m_new`.
+    fn softmax_rows(
+        self,
+        s: &mut [f32],
+        ld: usize,
+        rows: usize,
+        n: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+    ) {
+        assert_fits(s.len(), rows, n, ld);
+        assert!(m.len() >= rows && l.len() >= rows && alpha.len() >= rows, "softmax_rows: short state");
+        for r in 0..rows {
+            let row = &mut s[r * ld..r * ld + n];
+            let m_old = m[r];
+            let tile_max = self.max(row);
+            let m_new = if tile_max > m_old || tile_max.is_nan() { tile_max } else { m_old };
+            if m_new == f32::NEG_INFINITY {
+                if row.iter().any(|x| x.is_nan()) {
+                    // Every score NaN or -inf: `max` may have skipped the NaNs; poison the row.
+                    row.fill(f32::NAN);
+                    (m[r], l[r], alpha[r]) = (f32::NAN, f32::NAN, f32::NAN);
+                } else {
+                    row.fill(0.0);
+                    alpha[r] = 1.0;
+                }
+                continue;
+            }
+            let a = libm::expf(m_old - m_new);
+            let sum = self.exp_sum(row, m_new);
+            l[r] = l[r] * a + sum;
+            m[r] = m_new;
+            alpha[r] = a;
+        }
+    }
+
+    /// A hint that rows `b[j·ld..j·ld + len]`, `j < rows`, are read soon (rows past the end of
+    /// `b` are skipped). Changes no result.
+    fn prefetch<E: Element>(self, b: &[E], rows: usize, len: usize, ld: usize) {
+        let _ = (b, rows, len, ld);
+    }
+}
+
+/// Panics unless the rows `b[j·ldb + h·ldh ..][..k]`, `j < n`, `h < heads`, fit in `len`.
+#[inline(always)]
+pub(crate) fn assert_heads_fit(len: usize, n: usize, heads: usize, k: usize, ldb: usize, ldh: usize) {
+    if n > 0 && heads > 0 && k > 0 {
+        let last = (n - 1).checked_mul(ldb).and_then(|x| x.checked_add((heads - 1).checked_mul(ldh)?));
+        assert!(last.and_then(|x| x.checked_add(k)).is_some_and(|end| end <= len), "rows do not fit their slice");
+    }
 }
 
 /// Calls `f` with the selected kernel token, monomorphising the loop nest once per ISA.

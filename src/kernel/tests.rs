@@ -7,7 +7,7 @@
 extern crate std;
 
 use half::{bf16, f16};
-use std::{println, vec, vec::Vec};
+use std::{format, println, vec, vec::Vec};
 
 use super::exp::{exp_f32, HI, LO};
 use super::portable::{self, Portable};
@@ -84,7 +84,10 @@ macro_rules! kernel_tests {
 
 kernel_tests!(
     gemm_matches_scalar,
+    gemm_variants_match_scalar,
     dot_rows_matches_scalar,
+    dot_heads_matches_scalar,
+    softmax_matches_scalar,
     conversions_exact,
     exp_sum_matches,
     max_scale_exact,
@@ -178,6 +181,245 @@ fn gemm_matches_scalar<K: Kernel>(kern: K) {
     // A single row (or a single k step) may have any leading dimension, even 0.
     check_gemm(kern, &mut rng, (1, 37, 19), (0, 40, 0), false);
     check_gemm(kern, &mut rng, (11, 37, 1), (1, 0, 37), true);
+}
+
+/// Which of the rescaling gemms [`check_gemm_variant`] runs.
+#[derive(Clone, Copy, Debug)]
+enum Variant {
+    /// `gemm_rescale`.
+    Rescale,
+    /// `gemm_at` with B of the given type, rescaling or not.
+    Transposed(DTypeTag, bool),
+}
+
+/// The element type of a [`Variant::Transposed`] B.
+#[derive(Clone, Copy, Debug)]
+enum DTypeTag {
+    F32,
+    F16,
+    BF16,
+}
+
+/// `gemm_rescale` and `gemm_at` against `alpha·C + A·B` from the scalar gemm (B widened, A
+/// transposed back), with the gemm tolerance plus `|alpha·c0|` in the size.
+fn check_gemm_variant<K: Kernel>(
+    kern: K,
+    rng: &mut Rng,
+    (m, n, k): (usize, usize, usize),
+    (lda, ldb, ldc): (usize, usize, usize),
+    v: Variant,
+) {
+    let transposed = matches!(v, Variant::Transposed(..));
+    // A as the kernel reads it (transposed: `k × m`), and row-major `m × k` for the reference.
+    let a = if transposed { matrix::<f32>(rng, k, m, lda) } else { matrix::<f32>(rng, m, k, lda) };
+    let mut a_rm = vec![0.0f32; m * k];
+    for i in 0..m {
+        for p in 0..k {
+            a_rm[i * k + p] = if transposed { a[p * lda + i] } else { a[i * lda + p] };
+        }
+    }
+    let b32 = matrix::<f32>(rng, k, n, ldb);
+    let c0: Vec<f32> = matrix(rng, m, n, ldc);
+    let alpha: Vec<f32> = (0..m).map(|i| [0.0, 1.0, 0.25, 0.9, 1e-3][i % 5]).collect();
+    let rescale = match v {
+        Variant::Rescale => true,
+        Variant::Transposed(_, r) => r,
+    };
+    // B rounded to the variant's type, so the reference sees the values the kernel widens.
+    let (b16, bb16): (Vec<f16>, Vec<bf16>) =
+        (b32.iter().map(|&x| f16::from_f32(x)).collect(), b32.iter().map(|&x| bf16::from_f32(x)).collect());
+    let b_ref: Vec<f32> = match v {
+        Variant::Transposed(DTypeTag::F16, _) => b16.iter().map(|x| x.to_f32()).collect(),
+        Variant::Transposed(DTypeTag::BF16, _) => bb16.iter().map(|x| x.to_f32()).collect(),
+        _ => b32.clone(),
+    };
+    let mut c = c0.clone();
+    let mut stage = vec![f32::NAN; m * k + k * n];
+    let al = rescale.then_some(&alpha[..]);
+    match v {
+        Variant::Rescale => kern.gemm_rescale(m, n, k, &a, lda, &b32, ldb, &mut c, ldc, &alpha),
+        Variant::Transposed(DTypeTag::F32, _) => kern.gemm_at(m, n, k, &a, lda, &b32, ldb, &mut c, ldc, al, &mut stage),
+        Variant::Transposed(DTypeTag::F16, _) => kern.gemm_at(m, n, k, &a, lda, &b16, ldb, &mut c, ldc, al, &mut stage),
+        Variant::Transposed(DTypeTag::BF16, _) => {
+            kern.gemm_at(m, n, k, &a, lda, &bb16, ldb, &mut c, ldc, al, &mut stage)
+        }
+    }
+    let mut want = c0.clone();
+    if rescale && n > 0 {
+        for i in 0..m {
+            for x in &mut want[i * ldc..i * ldc + n] {
+                *x *= alpha[i];
+            }
+        }
+    }
+    scalar_gemm(m, n, k, &a_rm, k, &b_ref, ldb, &mut want, ldc, true);
+    let abs = |x: &[f32]| x.iter().map(|v| v.abs()).collect::<Vec<f32>>();
+    let mut mag = vec![0.0f32; c0.len()];
+    scalar_gemm(m, n, k, &abs(&a_rm), k, &abs(&b_ref), ldb, &mut mag, ldc, false);
+    for (idx, (&got, &want)) in c.iter().zip(&want).enumerate() {
+        let (i, j) = (idx / ldc.max(1), idx % ldc.max(1));
+        if is_gap(idx, n, ldc) {
+            assert_eq!(got.to_bits(), c0[idx].to_bits(), "{v:?} wrote outside C at ({i},{j})");
+            continue;
+        }
+        let scaled = if rescale { (alpha[i] * c0[idx]).abs() } else { c0[idx].abs() };
+        let tol = GEMM_RTOL * (k.max(1) as f64).sqrt() * (mag[idx] + scaled) as f64;
+        assert!(((got - want) as f64).abs() <= tol, "{v:?} {m}x{n}x{k} at ({i},{j}): {got} vs {want}");
+    }
+}
+
+fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
+    let mut rng = Rng(11);
+    let variants = [
+        Variant::Rescale,
+        Variant::Transposed(DTypeTag::F32, true),
+        Variant::Transposed(DTypeTag::F32, false),
+        Variant::Transposed(DTypeTag::F16, true),
+        Variant::Transposed(DTypeTag::F16, false),
+        Variant::Transposed(DTypeTag::BF16, true),
+    ];
+    for v in variants {
+        for &m in &[0, 1, 4, 5, 6, 7, 13, 96] {
+            for &n in &[0, 1, 7, 8, 16, 17, 40, 128] {
+                for &k in &[0, 1, 5, 16, 33, 72] {
+                    check_gemm_variant(kern, &mut rng, (m, n, k), (m.max(k) + 3, n + 5, n + 2), v);
+                }
+            }
+        }
+        // Strides that are 4 KiB multiples (packed when more than one row block reads B).
+        check_gemm_variant(kern, &mut rng, (13, 40, 70), (100, 1024, 41), v);
+        check_gemm_variant(kern, &mut rng, (4, 128, 32), (200, 2048, 128), v);
+    }
+}
+
+/// `dot_heads` against `dot_rows` per head of the scalar kernel.
+fn check_dot_heads<K: Kernel, E: Element>(
+    kern: K,
+    rng: &mut Rng,
+    heads: usize,
+    (m, n, k): (usize, usize, usize),
+    (ldb, ldh): (usize, usize),
+) {
+    let lda = k + 3;
+    let ldo = heads * m + 2;
+    let a = matrix::<f32>(rng, heads * m, k, lda);
+    let b_len = if n * heads * k == 0 { 0 } else { (n - 1) * ldb + (heads - 1) * ldh + k };
+    let b: Vec<E> = (0..b_len).map(|_| E::from_f32(rng.uniform())).collect();
+    let pf: Vec<f16> = vec![f16::ZERO; b_len];
+    let o0 = vec![f32::NAN; fit_len(n, heads * m, ldo)];
+    let mut o = o0.clone();
+    let mut tmp = vec![0.0f32; m * n];
+    kern.dot_heads(heads, m, n, k, &a, lda, &b, ldb, ldh, &mut o, ldo, (&pf[..], ldb, ldh, k), &mut tmp);
+    for h in 0..heads {
+        for i in 0..m {
+            for j in 0..n {
+                let (mut want, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].to_f32() as f64;
+                    want += x;
+                    mag += x.abs();
+                }
+                let got = o[j * ldo + h * m + i] as f64;
+                let tol = DOT_RTOL * (k.max(1) as f64).sqrt() * mag;
+                assert!(
+                    (got - want).abs() <= tol,
+                    "dot_heads<{:?}> h{heads} {m}x{n}x{k} at ({h},{i},{j}): {got} vs {want}",
+                    E::DTYPE
+                );
+            }
+        }
+    }
+    for (idx, &x) in o.iter().enumerate() {
+        if is_gap(idx, heads * m, ldo) {
+            assert!(x.is_nan(), "dot_heads wrote outside out at {idx}");
+        }
+    }
+}
+
+fn dot_heads_matches_scalar<K: Kernel>(kern: K) {
+    let mut rng = Rng(12);
+    for &heads in &[1, 2, 3, 8] {
+        for &m in &[1, 2, 3, 4, 5, 8, 9] {
+            for &(n, k) in &[(0, 8), (1, 1), (5, 7), (17, 64), (32, 128), (3, 129)] {
+                // Head-interleaved (BSHD) and head-major (BHSD) key rows.
+                check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1));
+                check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1));
+                check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k));
+            }
+        }
+    }
+}
+
+/// One row's online-softmax step in f64 from the f32 differences the kernels exponentiate:
+/// `(p, alpha, l, m)`.
+fn softmax_row_f64(row: &[f32], m_old: f32, l_old: f32) -> (Vec<f64>, f64, f64, f32) {
+    let tile_max = row.iter().fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+    let m_new = if tile_max > m_old { tile_max } else { m_old };
+    if m_new == f32::NEG_INFINITY {
+        return (vec![0.0; row.len()], 1.0, l_old as f64, m_old);
+    }
+    let p: Vec<f64> = row.iter().map(|&x| ((x - m_new) as f64).exp()).collect();
+    let alpha = ((m_old - m_new) as f64).exp();
+    (p.clone(), alpha, l_old as f64 * alpha + p.iter().sum::<f64>(), m_new)
+}
+
+fn check_softmax<K: Kernel>(kern: K, rng: &mut Rng, rows: usize, n: usize, transposed: bool) {
+    // Rows: random scores with some masked (-inf) keys, some fully masked rows, and states
+    // that are fresh (m = -inf), below, or above the tile's maximum.
+    let ld = if transposed { rows + 3 } else { n + 2 };
+    let mut s = vec![f32::NAN; if transposed { fit_len(n, rows, ld) } else { fit_len(rows, n, ld) }];
+    let at = |r: usize, j: usize| if transposed { j * ld + r } else { r * ld + j };
+    for r in 0..rows {
+        for j in 0..n {
+            s[at(r, j)] = match (r % 5, j % 3) {
+                (4, _) => f32::NEG_INFINITY,
+                (_, 0) if r % 2 == 0 => f32::NEG_INFINITY,
+                _ => rng.uniform() * 8.0,
+            };
+        }
+    }
+    let m0: Vec<f32> = (0..rows).map(|r| [f32::NEG_INFINITY, -3.0, 20.0, 1.0][r % 4]).collect();
+    let l0: Vec<f32> = (0..rows).map(|r| if m0[r] == f32::NEG_INFINITY { 0.0 } else { 1.5 + r as f32 }).collect();
+    let (mut m, mut l, mut alpha) = (m0.clone(), l0.clone(), vec![f32::NAN; rows]);
+    let mut got = s.clone();
+    if transposed {
+        let mut tmp = vec![0.0; n];
+        kern.softmax_cols(&mut got, ld, n, rows, &mut m, &mut l, &mut alpha, &mut tmp);
+    } else {
+        kern.softmax_rows(&mut got, ld, rows, n, &mut m, &mut l, &mut alpha);
+    }
+    for r in 0..rows {
+        let row: Vec<f32> = (0..n).map(|j| s[at(r, j)]).collect();
+        let (p, a, lw, mw) = softmax_row_f64(&row, m0[r], l0[r]);
+        let ctx = format!("softmax transposed={transposed} {rows}x{n} row {r}");
+        assert_eq!(m[r].to_bits(), mw.to_bits(), "{ctx}: m");
+        assert!((alpha[r] as f64 - a).abs() <= 4e-7 * a, "{ctx}: alpha {} vs {a}", alpha[r]);
+        assert!(
+            (l[r] as f64 - lw).abs() <= SUM_RTOL * (n.max(1) as f64).sqrt() * lw + 4e-7 * lw,
+            "{ctx}: l {} vs {lw}",
+            l[r]
+        );
+        for (j, &pw) in p.iter().enumerate() {
+            let g = got[at(r, j)] as f64;
+            assert!((g - pw).abs() <= 4e-7 * pw, "{ctx}: p[{j}] {g} vs {pw}");
+        }
+    }
+    for (idx, x) in got.iter().enumerate() {
+        let inside = if transposed { !is_gap(idx, rows, ld) } else { !is_gap(idx, n, ld) };
+        if !inside {
+            assert!(x.is_nan(), "softmax wrote outside the scores at {idx}");
+        }
+    }
+}
+
+fn softmax_matches_scalar<K: Kernel>(kern: K) {
+    let mut rng = Rng(13);
+    for &rows in &[1, 3, 8, 9, 17, 96] {
+        for &n in &[1, 2, 7, 8, 31, 32, 64, 72] {
+            check_softmax(kern, &mut rng, rows, n, false);
+            check_softmax(kern, &mut rng, rows, n, true);
+        }
+    }
 }
 
 fn check_dot<K: Kernel, E: Element>(
@@ -504,6 +746,60 @@ fn bench() {
         }
         println!("{name} dot_rows f32 m=4 n=512 k=128: {:.1} GB/s of K", dot_rate::<K, f32>(kern, 4, 512, 128));
         println!("{name} exp_sum + fill: {:.2} ns/element", exp_ns(kern));
+        for shape in [(96, 64, 128), (96, 128, 64), (96, 64, 64), (96, 128, 128)] {
+            println!("{name} gemm_rescale m,n,k = {shape:?}: {:.1} GFLOP/s", rescale_rate(kern, shape));
+        }
+        println!("{name} softmax_rows 96 x 64: {:.2} ns/element", softmax_ns(kern, 96, 64));
+        println!("{name} softmax_cols 72 x 96: {:.2} ns/element", softmax_cols_ns(kern, 72, 96));
+        for ld in [128, 1024] {
+            println!(
+                "{name} transpose_widen f32 64 x 128, ld {ld}: {:.2} ns/element",
+                transpose_ns::<K, f32>(kern, ld)
+            );
+            println!(
+                "{name} transpose_widen f16 64 x 128, ld {ld}: {:.2} ns/element",
+                transpose_ns::<K, f16>(kern, ld)
+            );
+        }
+    }
+    fn rescale_rate<K: Kernel>(kern: K, (m, n, k): (usize, usize, usize)) -> f64 {
+        let mut rng = Rng(8);
+        let a = matrix::<f32>(&mut rng, m, k, k);
+        let b = matrix::<f32>(&mut rng, k, n, n);
+        let alpha: Vec<f32> = (0..m).map(|i| 1.0 - i as f32 * 1e-3).collect();
+        let mut c = vec![0.0; m * n];
+        let s = time(|| kern.gemm_rescale(m, n, k, std::hint::black_box(&a), k, &b, n, &mut c, n, &alpha));
+        2.0 * (m * n * k) as f64 / s / 1e9
+    }
+    fn softmax_ns<K: Kernel>(kern: K, rows: usize, n: usize) -> f64 {
+        let mut rng = Rng(9);
+        let src = matrix::<f32>(&mut rng, rows, n, n);
+        let mut x = src.clone();
+        let (mut m, mut l, mut a) = (vec![0.5f32; rows], vec![1.0f32; rows], vec![0.0f32; rows]);
+        let s = time(|| {
+            kern.softmax_rows(std::hint::black_box(&mut x), n, rows, n, &mut m, &mut l, &mut a);
+            m.fill(0.5);
+        });
+        s / (rows * n) as f64 * 1e9
+    }
+    fn softmax_cols_ns<K: Kernel>(kern: K, n: usize, rows: usize) -> f64 {
+        let mut rng = Rng(9);
+        let mut x = matrix::<f32>(&mut rng, n, rows, rows);
+        let (mut m, mut l, mut a, mut tmp) =
+            (vec![0.5f32; rows], vec![1.0f32; rows], vec![0.0f32; rows], vec![0.0f32; n]);
+        let s = time(|| {
+            kern.softmax_cols(std::hint::black_box(&mut x), rows, n, rows, &mut m, &mut l, &mut a, &mut tmp);
+            m.fill(0.5);
+        });
+        s / (rows * n) as f64 * 1e9
+    }
+    fn transpose_ns<K: Kernel, E: Element>(kern: K, ld: usize) -> f64 {
+        let mut rng = Rng(10);
+        let (n, k) = (64, 128);
+        let b = matrix::<E>(&mut rng, n, k, ld);
+        let mut dst = vec![0.0f32; k * 64];
+        let s = time(|| kern.transpose_widen(n, k, std::hint::black_box(&b), ld, &mut dst, 64));
+        s / (n * k) as f64 * 1e9
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(kern) = super::x86::Avx2Fma::try_new() {

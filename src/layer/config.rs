@@ -263,7 +263,8 @@ impl GatedAttentionConfig {
             return bad("sliding_window", "must be >= 1");
         }
         if let Some(g) = self.gate {
-            let q_source = matches!(g.source, GateSource::QProjGrouped | GateSource::QProjPerHead | GateSource::RotatedQuery);
+            let q_source =
+                matches!(g.source, GateSource::QProjGrouped | GateSource::QProjPerHead | GateSource::RotatedQuery);
             if q_source && (g.position != GatePosition::Output || g.sharing != GateSharing::HeadSpecific) {
                 return bad("gate", "q_proj and rotated-query gates are head-specific output (G1) gates");
             }
@@ -335,7 +336,8 @@ impl GatedAttentionConfig {
         if let Some(r) = rope {
             c.rope_scaling = parse_scaling(r, c.max_position_embeddings)?;
         }
-        c.sliding_window = if opt_bool("use_sliding_window")?.unwrap_or(false) { opt_usize("sliding_window")? } else { None };
+        c.sliding_window =
+            if opt_bool("use_sliding_window")?.unwrap_or(false) { opt_usize("sliding_window")? } else { None };
         if next {
             c.qk_norm = QkNorm::Qwen3Next;
             c.gate = Some(GateConfig::qwen3_next());
@@ -391,6 +393,11 @@ fn parse_scaling(r: &Json, max_pos: usize) -> Result<LayerRopeScaling, Error> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position: original(max_pos)?,
         },
-        _ => return Err(Error::InvalidConfig { field: "rope_type", reason: "unsupported (longrope: build the RopeTable directly)" }),
+        _ => {
+            return Err(Error::InvalidConfig {
+                field: "rope_type",
+                reason: "unsupported (longrope: build the RopeTable directly)",
+            })
+        }
     })
 }

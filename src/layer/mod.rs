@@ -114,7 +114,12 @@ impl GatedAttention {
         let check = |l: &Linear, name: &str, out: usize, inp: usize, bias: bool| -> Result<(), Error> {
             let shape_err = |reason: alloc::string::String| Err(Error::Weight { name: name.into(), reason });
             if l.out_features != out || l.in_features != inp || l.weight.len() != out * inp {
-                return shape_err(alloc::format!("expected [{out}, {inp}], got [{}, {}] with {} values", l.out_features, l.in_features, l.weight.len()));
+                return shape_err(alloc::format!(
+                    "expected [{out}, {inp}], got [{}, {}] with {} values",
+                    l.out_features,
+                    l.in_features,
+                    l.weight.len()
+                ));
             }
             match (&l.bias, bias) {
                 (Some(b), true) if b.len() == out => Ok(()),
@@ -134,22 +139,36 @@ impl GatedAttention {
             match (n, c.qk_norm) {
                 (Some(v), QkNorm::Qwen3 | QkNorm::Qwen3Next) if v.len() == c.head_dim => {}
                 (None, QkNorm::None) => {}
-                _ => return Err(Error::Weight { name: name.into(), reason: alloc::format!("expected [{}] when q/k norm is {:?}", c.head_dim, c.qk_norm) }),
+                _ => {
+                    return Err(Error::Weight {
+                        name: name.into(),
+                        reason: alloc::format!("expected [{}] when q/k norm is {:?}", c.head_dim, c.qk_norm),
+                    })
+                }
             }
         }
         match c.gate.map(|g| g.source) {
             Some(config::GateSource::Separate) => {
                 let g = c.gate.unwrap_or(GateConfig::qwen3_next());
-                let gp = w.gate_proj.as_ref().ok_or(Error::Weight { name: "gate_proj.weight".into(), reason: "missing".into() })?;
+                let gp = w
+                    .gate_proj
+                    .as_ref()
+                    .ok_or(Error::Weight { name: "gate_proj.weight".into(), reason: "missing".into() })?;
                 check(gp, "gate_proj.weight", c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, gp.bias.is_some())?;
             }
             Some(config::GateSource::RotatedQuery) => {
-                let gp = w.gate_proj.as_ref().ok_or(Error::Weight { name: "gatedSDPA.gate_proj.weight".into(), reason: "missing".into() })?;
+                let gp = w
+                    .gate_proj
+                    .as_ref()
+                    .ok_or(Error::Weight { name: "gatedSDPA.gate_proj.weight".into(), reason: "missing".into() })?;
                 check(gp, "gatedSDPA.gate_proj.weight", c.head_dim, c.head_dim, true)?;
             }
             _ => {
                 if w.gate_proj.is_some() {
-                    return Err(Error::Weight { name: "gate_proj.weight".into(), reason: "unexpected (the config's gate does not use it)".into() });
+                    return Err(Error::Weight {
+                        name: "gate_proj.weight".into(),
+                        reason: "unexpected (the config's gate does not use it)".into(),
+                    });
                 }
             }
         }
@@ -177,7 +196,9 @@ impl GatedAttention {
         let v_proj = lin(kvd, c.hidden_size, c.qkv_bias);
         let o_proj = lin(c.hidden_size, hd, c.o_bias);
         let gate_proj = match c.gate {
-            Some(g) if g.source == config::GateSource::Separate => Some(lin(c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, true)),
+            Some(g) if g.source == config::GateSource::Separate => {
+                Some(lin(c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, true))
+            }
             Some(g) if g.source == config::GateSource::RotatedQuery => Some(lin(c.head_dim, c.head_dim, true)),
             _ => None,
         };
@@ -217,7 +238,13 @@ impl GatedAttention {
     /// Runs `x` (`[batch, L, hidden]`, the newest `L` tokens of each row) through the layer,
     /// appending its keys and values to `cache`. `positions` (`[batch, L]`) default to the
     /// cache's next positions. Returns `[batch, L, hidden]`.
-    pub fn forward(&self, x: &[f32], batch: usize, cache: &mut KvCache, positions: Option<&[usize]>) -> Result<Vec<f32>, Error> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        batch: usize,
+        cache: &mut KvCache,
+        positions: Option<&[usize]>,
+    ) -> Result<Vec<f32>, Error> {
         self.forward_inner(x, batch, cache, positions, None)
     }
 
@@ -245,7 +272,10 @@ impl GatedAttention {
         let c = &self.config;
         let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
         if batch == 0 || x.len() % (batch * dm) != 0 {
-            return Err(Error::InvalidConfig { field: "hidden_size", reason: "input length is not batch · L · hidden_size" });
+            return Err(Error::InvalidConfig {
+                field: "hidden_size",
+                reason: "input length is not batch · L · hidden_size",
+            });
         }
         let l = x.len() / (batch * dm);
         let n = batch * l;
@@ -256,10 +286,15 @@ impl GatedAttention {
         let pos: Vec<usize> = match positions {
             Some(p) if p.len() == n => p.to_vec(),
             Some(_) => return Err(Error::InvalidConfig { field: "positions", reason: "need batch · L entries" }),
-            None => (0..batch).flat_map(|b| (0..l).map(move |i| (b, i))).map(|(b, i)| cache.next_position(b) + i).collect(),
+            None => {
+                (0..batch).flat_map(|b| (0..l).map(move |i| (b, i))).map(|(b, i)| cache.next_position(b) + i).collect()
+            }
         };
         if pos.iter().any(|&p| p >= self.rope.positions()) {
-            return Err(Error::InvalidConfig { field: "max_position_embeddings", reason: "a position is beyond the RoPE table" });
+            return Err(Error::InvalidConfig {
+                field: "max_position_embeddings",
+                reason: "a position is beyond the RoPE table",
+            });
         }
         let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l)?;
         let w = &self.weights;
@@ -267,7 +302,9 @@ impl GatedAttention {
         let gate_shape = |g: &GateConfig| (c.gate_heads(g), c.gate_width(g));
         // RoPE: rotate here (explicit positions, and what the rotated-query gate and the
         // statistics need); the default path rotates inside the cache append and the kernel.
-        let fused = positions.is_none() && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery) && stats.is_none();
+        let fused = positions.is_none()
+            && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery)
+            && stats.is_none();
         let streaming = matches!(cache.config().policy, CachePolicy::StreamingLlm { .. });
         if !fused && !streaming {
             self.rope.rotate(TensorMut::bshd(&mut q[..], batch, l, h, d), Positions::Explicit(&pos))?;
@@ -280,22 +317,37 @@ impl GatedAttention {
                 gate_logits = Some(gp.forward(&q, n * h));
             }
         }
-        cache.append(&Tensor::bshd(&k[..], batch, l, hkv, d), &Tensor::bshd(&v[..], batch, l, hkv, d), (fused || streaming).then_some(&self.rope))?;
+        cache.append(
+            &Tensor::bshd(&k[..], batch, l, hkv, d),
+            &Tensor::bshd(&v[..], batch, l, hkv, d),
+            (fused || streaming).then_some(&self.rope),
+        )?;
         let mut o = vec![0.0f32; n * h * d];
         let mut lse = vec![0.0f32; batch * h * l];
         let mut opts = AttentionOptions::new();
         let g1 = gate_cfg.filter(|g| g.position == GatePosition::Output);
         if let (Some(g), Some(logits)) = (g1, gate_logits.as_deref()) {
             let (gh, gw) = gate_shape(&g);
-            opts = opts.output_gate(Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode });
+            opts = opts.output_gate(Gate {
+                logits: Tensor::bshd(logits, batch, l, gh, gw),
+                activation: g.activation,
+                mode: g.mode,
+            });
         }
         let rope_for_attend = (fused || streaming).then_some(&self.rope);
-        cache.attend_with_rope(&Tensor::bshd(&q[..], batch, l, h, d), TensorMut::bshd(&mut o[..], batch, l, h, d), Some(&mut lse), &opts, rope_for_attend)?;
+        cache.attend_with_rope(
+            &Tensor::bshd(&q[..], batch, l, h, d),
+            TensorMut::bshd(&mut o[..], batch, l, h, d),
+            Some(&mut lse),
+            &opts,
+            rope_for_attend,
+        )?;
         let mut out = w.o_proj.forward(&o, n);
         if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
             if g.position == GatePosition::Dense {
                 let (gh, gw) = gate_shape(&g);
-                let gate = Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode };
+                let gate =
+                    Gate { logits: Tensor::bshd(logits, batch, l, gh, gw), activation: g.activation, mode: g.mode };
                 apply_gate(TensorMut::bshd(&mut out[..], batch, l, 1, dm), &gate)?;
             }
         }
@@ -329,7 +381,11 @@ impl GatedAttention {
         }
         // G4, G3, G2: right after the projections.
         if let (Some(g), Some(logits)) = (c.gate, gate_logits.as_deref()) {
-            let gate = Gate { logits: Tensor::bshd(logits, batch, l, c.gate_heads(&g), c.gate_width(&g)), activation: g.activation, mode: g.mode };
+            let gate = Gate {
+                logits: Tensor::bshd(logits, batch, l, c.gate_heads(&g), c.gate_width(&g)),
+                activation: g.activation,
+                mode: g.mode,
+            };
             match g.position {
                 GatePosition::Query => apply_gate(TensorMut::bshd(&mut q[..], batch, l, h, d), &gate)?,
                 GatePosition::Key => apply_gate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), &gate)?,
@@ -349,21 +405,42 @@ impl GatedAttention {
     /// The queries and keys attention sees for `x` (`[batch, L, hidden]`) at `positions`
     /// (`[batch, L]`): projected, gated (G3/G4), normalised and rotated, `[batch, L, heads, D]`.
     /// For analysis, e.g. attention maps.
-    pub fn queries_and_keys(&self, x: &[f32], batch: usize, positions: &[usize]) -> Result<(Vec<f32>, Vec<f32>), Error> {
+    pub fn queries_and_keys(
+        &self,
+        x: &[f32],
+        batch: usize,
+        positions: &[usize],
+    ) -> Result<(Vec<f32>, Vec<f32>), Error> {
         let c = &self.config;
         let l = x.len() / (batch * c.hidden_size).max(1);
         if batch == 0 || x.len() != batch * l * c.hidden_size || positions.len() != batch * l {
-            return Err(Error::InvalidConfig { field: "hidden_size", reason: "input or positions do not match batch · L" });
+            return Err(Error::InvalidConfig {
+                field: "hidden_size",
+                reason: "input or positions do not match batch · L",
+            });
         }
         let Projected { mut q, mut k, .. } = self.project(x, batch, l)?;
-        self.rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
-        self.rope.rotate(TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim), Positions::Explicit(positions))?;
+        self.rope
+            .rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
+        self.rope.rotate(
+            TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim),
+            Positions::Explicit(positions),
+        )?;
         Ok((q, k))
     }
 
     /// Accumulates `p(row → key position 0) = exp(s₀ - lse)` per head, from the rotated queries,
     /// the cached first key and the LSE: no score matrix is formed.
-    fn first_token_mass(&self, q: &[f32], lse: &[f32], cache: &KvCache, batch: usize, l: usize, pos: &[usize], st: &mut ForwardStats) {
+    fn first_token_mass(
+        &self,
+        q: &[f32],
+        lse: &[f32],
+        cache: &KvCache,
+        batch: usize,
+        l: usize,
+        pos: &[usize],
+        st: &mut ForwardStats,
+    ) {
         let c = &self.config;
         let (h, d, g) = (c.num_heads, c.head_dim, c.group());
         st.first_token_mass.resize(h, (0.0, 0));
@@ -378,7 +455,9 @@ impl GatedAttention {
                 let k0 = keys.layout.offset(0, 0, kvh);
                 for i in 0..l {
                     let row = &q[((b * l + i) * h + hh) * d..((b * l + i) * h + hh + 1) * d];
-                    let s0: f64 = row.iter().enumerate().map(|(e, &x)| x as f64 * keys.data.get_f32(k0 + e) as f64).sum::<f64>() * scale;
+                    let s0: f64 =
+                        row.iter().enumerate().map(|(e, &x)| x as f64 * keys.data.get_f32(k0 + e) as f64).sum::<f64>()
+                            * scale;
                     let visible = c.sliding_window.is_none_or(|w| pos[b * l + i] < w);
                     let p = if visible { libm::exp(s0 - lse[(b * h + hh) * l + i] as f64) } else { 0.0 };
                     let e = &mut st.first_token_mass[hh];

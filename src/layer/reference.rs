@@ -50,7 +50,8 @@ impl GatedAttention {
                             q[(t * h + hh) * d + e] = xq[t * row_len + col];
                         }
                         for e in 0..gw {
-                            let col = if per_head { hh * (d + gw) + d + e } else { grp * g * (d + gw) + g * d + r * gw + e };
+                            let col =
+                                if per_head { hh * (d + gw) + d + e } else { grp * g * (d + gw) + g * d + r * gw + e };
                             lg[(t * h + hh) * gw + e] = xq[t * row_len + col];
                         }
                     }

@@ -68,7 +68,9 @@ pub fn load_weights(config: GatedAttentionConfig, bytes: &[u8], prefix: &str) ->
             let has_bias = st.tensor(&format!("{prefix}gate_proj.bias")).is_ok();
             Some(linear(&st, prefix, "gate_proj", out, c.hidden_size, has_bias)?)
         }
-        Some(g) if g.source == GateSource::RotatedQuery => Some(linear(&st, prefix, "gatedSDPA.gate_proj", c.head_dim, c.head_dim, true)?),
+        Some(g) if g.source == GateSource::RotatedQuery => {
+            Some(linear(&st, prefix, "gatedSDPA.gate_proj", c.head_dim, c.head_dim, true)?)
+        }
         _ => None,
     };
     GatedAttention::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })

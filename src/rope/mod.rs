@@ -228,7 +228,8 @@ impl RopeTable {
         let half = config.rotary_dim / 2;
         let mut inv = alloc::vec![0.0f64; half];
         let attention_factor = config.frequencies(positions, &mut inv)?;
-        let len = positions.checked_mul(half).ok_or(Error::InvalidOption { option: "rope", reason: "table too large" })?;
+        let len =
+            positions.checked_mul(half).ok_or(Error::InvalidOption { option: "rope", reason: "table too large" })?;
         let mut cos = alloc::vec::Vec::with_capacity(len);
         let mut sin = alloc::vec::Vec::with_capacity(len);
         for p in 0..positions {

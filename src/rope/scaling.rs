@@ -187,7 +187,11 @@ pub(crate) fn inverse_frequencies(
             Ok(attention_factor)
         }
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
-            if !positive(factor) || !positive(low_freq_factor) || high_freq_factor.partial_cmp(&low_freq_factor) != Some(core::cmp::Ordering::Greater) || original_max_position == 0 {
+            if !positive(factor)
+                || !positive(low_freq_factor)
+                || high_freq_factor.partial_cmp(&low_freq_factor) != Some(core::cmp::Ordering::Greater)
+                || original_max_position == 0
+            {
                 return Err(invalid("llama3 needs factor > 0 and 0 < low_freq_factor < high_freq_factor"));
             }
             let l0 = original_max_position as f64;

@@ -253,7 +253,10 @@ pub fn check(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, out: &Buf, lse
                 }
                 let xl = lse[(b * d.q_heads + h) * d.q_len + i] as f64;
                 let rl = r.lse_at(b, h, i);
-                assert!(close(xl, rl, LSE_TOL), "{label}: lse[b={b}, h={h}, i={i}] = {xl}, reference {rl} (case {c:?})");
+                assert!(
+                    close(xl, rl, LSE_TOL),
+                    "{label}: lse[b={b}, h={h}, i={i}] = {xl}, reference {rl} (case {c:?})"
+                );
             }
         }
     }

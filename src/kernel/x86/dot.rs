@@ -175,6 +175,195 @@ unsafe fn block<E: Element, const MR: usize, const NK: usize>(
     }
 }
 
+/// See [`crate::kernel::Kernel::dot_heads`].
+///
+/// Keys go one at a time and, per key, the heads in order, so a BSHD cache (all heads of a key
+/// adjacent) is read strictly in address order, which the hardware prefetchers follow at full
+/// bandwidth (interleaving two keys' rows halves it). A block holds `HB` heads × `M` rows (at
+/// most 8 accumulators); the queries are memory operands from L1. The block's sums are adjacent
+/// in the transposed output, so one hadd tree and one store finish it.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `a` holds `heads·m` rows of `k` floats (`lda`), `b` the
+/// key rows `b[j·ldb + h·ldh ..][..k]` for `j < n`, `h < heads`, `out` `n` rows of `heads·m`
+/// floats (`ldo`), and `pf` the rows `pf[j·pf_ld + h·pf_lh ..][..pf_len]` (or `pf_len == 0`).
+#[inline(always)]
+pub(super) unsafe fn dot_heads<E: Element, F: Element>(
+    heads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    ldh: usize,
+    out: *mut f32,
+    ldo: usize,
+    pf: (*const F, usize, usize, usize),
+) {
+    if heads == 0 || m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for j in 0..n {
+            // SAFETY: row `j < n` of `out` holds `heads·m` elements.
+            unsafe { core::ptr::write_bytes(out.add(j * ldo), 0, heads * m) };
+        }
+        return;
+    }
+    let mut r0 = 0;
+    // LOOP: groups of at most 8 rows of every head (decode has at most 8).
+    while r0 < m {
+        let g = HeadRows { m, a: a.wrapping_add(r0 * lda), out: out.wrapping_add(r0) };
+        // SAFETY: rows `r0..r0 + M` of every head exist; the rest is the caller's contract.
+        unsafe {
+            match m - r0 {
+                1 => heads_rows::<E, F, 1, 8>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                2 => heads_rows::<E, F, 2, 4>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                3 => heads_rows::<E, F, 3, 2>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                4 => heads_rows::<E, F, 4, 2>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                5 => heads_rows::<E, F, 5, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                6 => heads_rows::<E, F, 6, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                7 => heads_rows::<E, F, 7, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                _ => heads_rows::<E, F, 8, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+            }
+        }
+        r0 += 8;
+    }
+}
+
+/// A group of rows of every head: rows `r0..` of head `h` start at `a + h·m·lda` (queries)
+/// and at column `h·m` of `out` (transposed scores; `out` points at column `r0`).
+struct HeadRows {
+    m: usize,
+    a: *const f32,
+    out: *mut f32,
+}
+
+/// `M` rows of every head against keys `0..n`, `HB` heads per block, with the prefetch rows of
+/// each key requested as its key rows are read.
+///
+/// # Safety
+/// As [`dot_heads`], for the `M` rows of each head that `g` points at; `k > 0`.
+#[inline(always)]
+unsafe fn heads_rows<E: Element, F: Element, const M: usize, const HB: usize>(
+    heads: usize,
+    n: usize,
+    k: usize,
+    g: &HeadRows,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    ldh: usize,
+    ldo: usize,
+    pf: (*const F, usize, usize, usize),
+) {
+    let (pf_p, pf_ld, pf_lh, pf_len) = pf;
+    let pf_bytes = pf_len * size_of::<F>();
+    let a_hs = g.m * lda;
+    for j in 0..n {
+        let mut h = 0;
+        // LOOP: the heads of key `j`, in address order.
+        while h < heads {
+            let hb = if h + HB <= heads { HB } else { 1 };
+            let (a, bj, o) =
+                (g.a.wrapping_add(h * a_hs), b.wrapping_add(j * ldb + h * ldh), g.out.wrapping_add(j * ldo + h * g.m));
+            // SAFETY: heads `h..h + hb` exist; see `head_block`.
+            unsafe {
+                if hb == HB {
+                    head_block::<E, M, HB>(k, a, lda, a_hs, bj, ldh, o, g.m);
+                } else {
+                    head_block::<E, M, 1>(k, a, lda, a_hs, bj, ldh, o, g.m);
+                }
+            }
+            for t in 0..hb {
+                let p = pf_p.wrapping_add(j * pf_ld + (h + t) * pf_lh).cast::<i8>();
+                let mut off = 0;
+                while off < pf_bytes {
+                    // SAFETY: `off < pf_bytes`, inside row `(j, h + t)` of `pf`; a prefetch
+                    // has no architectural effect.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+                    off += 64;
+                }
+            }
+            h += hb;
+        }
+    }
+}
+
+/// `out[t·o_hs + r] = a[t·a_hs + r·lda ..] · b[t·ldh ..]` (length `k`) for `t < HB`, `r < M`:
+/// `HB` heads' rows against one key, into one row of the transposed scores.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements.
+#[inline(always)]
+unsafe fn head_block<E: Element, const M: usize, const HB: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    a_hs: usize,
+    b: *const E,
+    ldh: usize,
+    out: *mut f32,
+    o_hs: usize,
+) {
+    const { assert!(M * HB <= 8) };
+    // SAFETY: AVX is available (caller); no memory is touched.
+    let zero = unsafe { _mm256_setzero_ps() };
+    let mut acc = [[zero; M]; HB];
+    let k8 = k & !7;
+    let mut p = 0;
+    while p < k8 {
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            // SAFETY: key row `t` holds `k >= p + 8` elements, and so does query row `r`.
+            unsafe {
+                let kv = load8(b.add(t * ldh + p));
+                for (r, acc_tr) in acc_t.iter_mut().enumerate() {
+                    let q = _mm256_loadu_ps(a.add(t * a_hs + r * lda + p));
+                    *acc_tr = _mm256_fmadd_ps(q, kv, *acc_tr);
+                }
+            }
+        }
+        p += 8;
+    }
+    if p < k {
+        let w = k - p;
+        // SAFETY: AVX2 is available (caller).
+        let mask = unsafe { super::convert::lane_mask(w) };
+        for (t, acc_t) in acc.iter_mut().enumerate() {
+            // SAFETY: rows hold `p + w = k` elements; masked lanes are not read (0 in `kv`).
+            unsafe {
+                let kv = load_partial(b.add(t * ldh + p), w);
+                for (r, acc_tr) in acc_t.iter_mut().enumerate() {
+                    let q = _mm256_maskload_ps(a.add(t * a_hs + r * lda + p), mask);
+                    *acc_tr = _mm256_fmadd_ps(q, kv, *acc_tr);
+                }
+            }
+        }
+    }
+    let mut flat = [zero; 8];
+    for (t, acc_t) in acc.iter().enumerate() {
+        flat[t * M..(t + 1) * M].copy_from_slice(acc_t);
+    }
+    // SAFETY: AVX is available (caller).
+    let sums = unsafe { hsum8(&flat) };
+    if o_hs == M && M * HB == 8 {
+        // SAFETY: the `HB` heads' `M` sums are the 8 adjacent floats at `out`.
+        unsafe { _mm256_storeu_ps(out, sums) };
+    } else {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: AVX is available (caller); `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
+        for t in 0..HB {
+            for r in 0..M {
+                // SAFETY: the score of row `r` of head `t` is at `out + t·o_hs + r`.
+                unsafe { *out.add(t * o_hs + r) = lanes[t * M + r] };
+            }
+        }
+    }
+}
+
 /// Lane `i` of the result is the sum of the 8 lanes of `v[i]`.
 ///
 /// # Safety

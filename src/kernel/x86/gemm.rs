@@ -1,66 +1,104 @@
-//! `C ← (accumulate ? C : 0) + A·B` with a 6×16 register-blocked FMA microkernel.
+//! `C ← A·B`, `C + A·B` or `diag(alpha)·C + A·B` with a 6×16 register-blocked FMA microkernel.
 //!
 //! The attention driver stages Q, Kᵀ and V tiles that fit L1/L2, so the microkernel reads A
 //! and B where they lie; only B strips with a 4 KiB-multiple row stride are first copied to a
 //! contiguous stack buffer (see [`PACK_LDB`]). Per k step it loads two B vectors,
 //! broadcasts six A elements and issues twelve FMAs into twelve accumulators: 15 of the 16 ymm
 //! registers, and enough independent chains to cover FMA latency (4 cycles × 2 pipes).
+//! The online-softmax rescale of the output rows rides on the store of C ([`Acc::Rescale`]).
 
 use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
-use super::convert::lane_mask;
+use super::convert::{lane_mask, load8, load_partial};
+use crate::element::{DType, Element};
 
 /// Rows per full microkernel.
 const MR: usize = 6;
 /// Rows of B packed per 16-column strip: 16 KiB of stack.
 const KC: usize = 256;
-/// B strips whose row stride is a multiple of this many floats (4 KiB) are packed: their rows
-/// all fall in one L1 set (8 ways) and a few L2 sets, so in place they are re-read from L3 by
-/// every row block (70 instead of 85 GFLOP/s measured at m=64, n=128, k=64, ldb=1024). Any
-/// other stride measured as fast in place as packed, or faster (no copy).
-const PACK_LDB: usize = 1024;
+/// B strips whose row stride is a multiple of this many bytes (4 KiB) are packed when more than
+/// one row block reads them: their rows all fall in one L1 set (8 ways) and a few L2 sets, so in
+/// place they are re-read from L3 by every row block (70 instead of 85 GFLOP/s measured at m=64,
+/// n=128, k=64, ldb=1024 f32). Any other stride measured as fast in place as packed, or faster
+/// (no copy); a single row block reads B once either way.
+const PACK_STRIDE_BYTES: usize = 4096;
 
-/// See [`crate::kernel::Kernel::gemm`].
+/// What a gemm does with the C it finds.
+#[derive(Clone, Copy)]
+pub(super) enum Acc {
+    /// `C ← A·B` (C is not read).
+    Zero,
+    /// `C ← C + A·B`.
+    Add,
+    /// `C[i] ← alpha[i]·C[i] + A·B` row by row, one rounding (FMA); the pointer holds `m`
+    /// factors.
+    Rescale(*const f32),
+}
+
+impl Acc {
+    /// The mode for the rows from `i` on.
+    #[inline(always)]
+    fn at_row(self, i: usize) -> Acc {
+        match self {
+            Acc::Rescale(alpha) => Acc::Rescale(alpha.wrapping_add(i)),
+            other => other,
+        }
+    }
+}
+
+/// See [`crate::kernel::Kernel::gemm`] and [`crate::kernel::Kernel::gemm_rescale`].
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `a` holds an `m × k` matrix with leading dimension `lda`,
 /// `b` a `k × n` one (`ldb`) and `c` an `m × n` one (`ldc`), in the sense of
-/// [`crate::kernel::scalar::assert_fits`].
+/// [`crate::kernel::scalar::assert_fits`] (B's elements are widened as they are loaded); with
+/// [`Acc::Rescale`], its pointer holds `m` floats. With `AT`, A is stored transposed: element
+/// `(i, p)` is `a[p·lda + i]` and `a` holds a `k × m` matrix.
 #[inline(always)]
-pub(super) unsafe fn gemm(
+pub(super) unsafe fn gemm<E: Element, const AT: bool>(
     m: usize,
     n: usize,
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const E,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    acc: Acc,
 ) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         // A and B may be empty here, so no pointer into them may be formed.
-        if !accumulate {
-            for i in 0..m {
-                // SAFETY: row `i < m` of C holds `n` elements.
-                unsafe { core::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        for i in 0..m {
+            // SAFETY: row `i < m` of C holds `n` elements; `Rescale` holds `m` factors.
+            unsafe {
+                match acc {
+                    Acc::Zero => core::ptr::write_bytes(c.add(i * ldc), 0, n),
+                    Acc::Add => {}
+                    Acc::Rescale(alpha) => {
+                        let f = *alpha.add(i);
+                        for j in 0..n {
+                            *c.add(i * ldc + j) *= f;
+                        }
+                    }
+                }
             }
         }
         return;
     }
     let mut packed = MaybeUninit::<[f32; KC * 16]>::uninit();
     let pb = packed.as_mut_ptr().cast::<f32>();
+    let pack = (ldb * size_of::<E>()) % PACK_STRIDE_BYTES == 0 && k > 1 && m > MR;
     let mut j = 0;
     // LOOP 1: 16-column strips of B.
     while j + 16 <= n {
-        if ldb % PACK_LDB != 0 || k == 1 {
+        if !pack {
             // SAFETY: columns `j..j + 16` lie inside B and C; the caller guarantees the rest.
-            unsafe { strip::<2, false>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, 8, accumulate) };
+            unsafe { strip::<E, AT, 2, false>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, 8, acc) };
             j += 16;
             continue;
         }
@@ -74,27 +112,29 @@ pub(super) unsafe fn gemm(
                 // `KC * 16` floats and `p < KC`.
                 unsafe {
                     let src = b.add((p0 + p) * ldb + j);
-                    _mm256_storeu_ps(pb.add(p * 16), _mm256_loadu_ps(src));
-                    _mm256_storeu_ps(pb.add(p * 16 + 8), _mm256_loadu_ps(src.add(8)));
+                    _mm256_storeu_ps(pb.add(p * 16), load8(src));
+                    _mm256_storeu_ps(pb.add(p * 16 + 8), load8(src.add(8)));
                 }
             }
             // Later row blocks add to what the first one stored.
-            let acc = accumulate || p0 > 0;
+            let mode = if p0 > 0 { Acc::Add } else { acc };
             // SAFETY: columns `j..j + 16` lie inside C, columns `p0..p0 + kc` inside A, and
             // the first `kc` rows of `pb` were written above.
-            unsafe { strip::<2, false>(m, kc, a.add(p0), lda, pb, 16, c.add(j), ldc, 8, acc) };
+            unsafe {
+                strip::<f32, AT, 2, false>(m, kc, a_at::<AT>(a, 0, p0, lda), lda, pb, 16, c.add(j), ldc, 8, mode)
+            };
             p0 += kc;
         }
         j += 16;
     }
     if j + 8 <= n {
         // SAFETY: columns `j..j + 8` lie inside B and C.
-        unsafe { strip::<1, false>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, 8, accumulate) };
+        unsafe { strip::<E, AT, 1, false>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, 8, acc) };
         j += 8;
     }
     if j < n {
         // SAFETY: columns `j..n` lie inside B and C, and the masked kernel touches no others.
-        unsafe { strip::<1, true>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, n - j, accumulate) };
+        unsafe { strip::<E, AT, 1, true>(m, k, a, lda, b.add(j), ldb, c.add(j), ldc, n - j, acc) };
     }
 }
 
@@ -103,17 +143,17 @@ pub(super) unsafe fn gemm(
 /// # Safety
 /// As [`gemm`], for the strip's columns; `k > 0`.
 #[inline(always)]
-unsafe fn strip<const NV: usize, const MASKED: bool>(
+unsafe fn strip<E: Element, const AT: bool, const NV: usize, const MASKED: bool>(
     m: usize,
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const E,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
     width: usize,
-    accumulate: bool,
+    acc: Acc,
 ) {
     // SAFETY: AVX2 is available (caller).
     let mask = unsafe { lane_mask(width) };
@@ -121,40 +161,65 @@ unsafe fn strip<const NV: usize, const MASKED: bool>(
     // LOOP 3: 6-row blocks of A over the strip, then one block of the 1..=5 rows left.
     while i + MR <= m {
         // SAFETY: rows `i..i + 6` lie inside A and C.
-        unsafe { micro::<MR, NV, MASKED>(k, a.add(i * lda), lda, b, ldb, c.add(i * ldc), ldc, mask, accumulate) };
+        unsafe {
+            micro::<E, AT, MR, NV, MASKED>(
+                k,
+                a_at::<AT>(a, i, 0, lda),
+                lda,
+                b,
+                ldb,
+                c.add(i * ldc),
+                ldc,
+                mask,
+                width,
+                acc.at_row(i),
+            )
+        };
         i += MR;
     }
-    let (a, c) = (a.wrapping_add(i * lda), c.wrapping_add(i * ldc));
+    let (a, c, acc) = (a_at::<AT>(a, i, 0, lda), c.wrapping_add(i * ldc), acc.at_row(i));
     // SAFETY: rows `i..m` lie inside A and C, and `a`, `c` point at row `i`.
     unsafe {
         match m - i {
             0 => {}
-            1 => micro::<1, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, accumulate),
-            2 => micro::<2, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, accumulate),
-            3 => micro::<3, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, accumulate),
-            4 => micro::<4, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, accumulate),
-            _ => micro::<5, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, accumulate),
+            1 => micro::<E, AT, 1, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, width, acc),
+            2 => micro::<E, AT, 2, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, width, acc),
+            3 => micro::<E, AT, 3, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, width, acc),
+            4 => micro::<E, AT, 4, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, width, acc),
+            _ => micro::<E, AT, 5, NV, MASKED>(k, a, lda, b, ldb, c, ldc, mask, width, acc),
         }
     }
 }
 
-/// `R` rows × `NV` vectors of C. With `MASKED`, `NV` is 1 and only the lanes set in `mask`
-/// are read or written, in B and in C.
+/// Element `(i, p)` of A: `a[i·lda + p]`, or `a[p·lda + i]` when A is stored transposed.
+#[inline(always)]
+fn a_at<const AT: bool>(a: *const f32, i: usize, p: usize, lda: usize) -> *const f32 {
+    if AT {
+        a.wrapping_add(p * lda + i)
+    } else {
+        a.wrapping_add(i * lda + p)
+    }
+}
+
+/// `R` rows × `NV` vectors of C. With `MASKED`, `NV` is 1 and only the first `width` lanes
+/// (those set in `mask`) are read or written, in B and in C.
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `a` points at `R` rows of `k > 0` elements (stride `lda`),
+/// The CPU supports AVX2 and FMA; `a` points at `R` rows of `k > 0` elements (stride `lda`,
+/// or transposed with `AT`),
 /// `b` at `k` rows of the block's columns (stride `ldb`) and `c` at `R` rows of them (`ldc`).
 #[inline(always)]
-unsafe fn micro<const R: usize, const NV: usize, const MASKED: bool>(
+unsafe fn micro<E: Element, const AT: bool, const R: usize, const NV: usize, const MASKED: bool>(
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const E,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
     mask: __m256i,
-    accumulate: bool,
+    width: usize,
+    mode: Acc,
 ) {
     // SAFETY: AVX is available (caller); no memory is touched.
     let zero = unsafe { _mm256_setzero_ps() };
@@ -163,19 +228,23 @@ unsafe fn micro<const R: usize, const NV: usize, const MASKED: bool>(
         let mut bv = [zero; NV];
         for (v, x) in bv.iter_mut().enumerate() {
             let bp = b.wrapping_add(p * ldb + v * 8);
-            // SAFETY: row `p < k` of B holds this block's columns; masked lanes are not read.
+            // SAFETY: row `p < k` of B holds this block's columns (`width` of them when
+            // masked); masked lanes are not read. `E::DTYPE == F32` makes `E` f32 (see
+            // `convert`), so the cast reinterprets nothing.
             *x = unsafe {
-                if MASKED {
-                    _mm256_maskload_ps(bp, mask)
+                if !MASKED {
+                    load8(bp)
+                } else if E::DTYPE == DType::F32 {
+                    _mm256_maskload_ps(bp.cast::<f32>(), mask)
                 } else {
-                    _mm256_loadu_ps(bp)
+                    load_partial(bp, width)
                 }
             };
         }
         for (r, acc_r) in acc.iter_mut().enumerate() {
-            // SAFETY: row `r < R` of A holds `k > p` elements; FMA is available (caller).
+            // SAFETY: element `(r, p)` of A exists (`r < R`, `p < k`); FMA is available.
             unsafe {
-                let av = _mm256_broadcast_ss(&*a.add(r * lda + p));
+                let av = _mm256_broadcast_ss(&*a_at::<AT>(a, r, p, lda));
                 for (acc_rv, &bv) in acc_r.iter_mut().zip(&bv) {
                     *acc_rv = _mm256_fmadd_ps(av, bv, *acc_rv);
                 }
@@ -183,16 +252,28 @@ unsafe fn micro<const R: usize, const NV: usize, const MASKED: bool>(
         }
     }
     for (r, acc_r) in acc.iter().enumerate() {
+        let alpha = match mode {
+            // SAFETY: `Rescale` holds a factor for each of the `R` rows; AVX is available.
+            Acc::Rescale(al) => Some(unsafe { _mm256_broadcast_ss(&*al.add(r)) }),
+            _ => None,
+        };
         for (v, &x) in acc_r.iter().enumerate() {
             let cp = c.wrapping_add(r * ldc + v * 8);
-            // SAFETY: row `r < R` of C holds this block's columns; `accumulate == false` reads
-            // nothing, and masked lanes are neither read nor written.
+            // SAFETY: row `r < R` of C holds this block's columns; `Acc::Zero` reads nothing,
+            // and masked lanes are neither read nor written.
             unsafe {
+                let x = if matches!(mode, Acc::Zero) {
+                    x
+                } else {
+                    let old = if MASKED { _mm256_maskload_ps(cp, mask) } else { _mm256_loadu_ps(cp) };
+                    match alpha {
+                        Some(f) => _mm256_fmadd_ps(old, f, x),
+                        None => _mm256_add_ps(old, x),
+                    }
+                };
                 if MASKED {
-                    let x = if accumulate { _mm256_add_ps(_mm256_maskload_ps(cp, mask), x) } else { x };
                     _mm256_maskstore_ps(cp, mask, x);
                 } else {
-                    let x = if accumulate { _mm256_add_ps(_mm256_loadu_ps(cp), x) } else { x };
                     _mm256_storeu_ps(cp, x);
                 }
             }

@@ -54,8 +54,32 @@ impl Kernel for Avx2Fma {
         assert_fits(a.len(), m, k, lda);
         assert_fits(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
+        let acc = if accumulate { gemm::Acc::Add } else { gemm::Acc::Zero };
         // SAFETY: the token proves the features; the three matrices fit their slices.
-        unsafe { gemm_avx2_fma(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, accumulate) }
+        unsafe { gemm_avx2_fma::<_, false>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
+    }
+
+    fn gemm_rescale(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        alpha: &[f32],
+    ) {
+        assert_fits(a.len(), m, k, lda);
+        assert_fits(b.len(), k, n, ldb);
+        assert_fits(c.len(), m, n, ldc);
+        assert!(alpha.len() >= m, "gemm_rescale: fewer factors than rows");
+        let acc = gemm::Acc::Rescale(alpha.as_ptr());
+        // SAFETY: the token proves the features; the three matrices fit their slices and
+        // `alpha` holds `m` factors.
+        unsafe { gemm_avx2_fma::<_, false>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
     }
 
     fn dot_rows<E: Element>(
@@ -75,6 +99,32 @@ impl Kernel for Avx2Fma {
         assert_fits(out.len(), m, n, ldo);
         // SAFETY: the token proves the features; the three matrices fit their slices.
         unsafe { dot_rows_avx2_fma(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, out.as_mut_ptr(), ldo) }
+    }
+
+    fn dot_heads<E: Element, F: Element>(
+        self,
+        heads: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[E],
+        ldb: usize,
+        ldh: usize,
+        out: &mut [f32],
+        ldo: usize,
+        pf: (&[F], usize, usize, usize),
+        _tmp: &mut [f32],
+    ) {
+        assert_fits(a.len(), heads * m, k, lda);
+        assert_fits(out.len(), n, heads * m, ldo);
+        super::assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
+        let (pf_s, pf_ld, pf_lh, pf_len) = pf;
+        super::assert_heads_fit(pf_s.len(), n, heads, pf_len, pf_ld, pf_lh);
+        let pf = (pf_s.as_ptr(), pf_ld, pf_lh, pf_len);
+        // SAFETY: the token proves the features; every matrix fits its slice (checked above).
+        unsafe { dot_heads_avx2_fma(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo, pf) }
     }
 
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
@@ -104,6 +154,94 @@ impl Kernel for Avx2Fma {
         // SAFETY: the token proves the features.
         unsafe { scale_avx2_fma(x, alpha) }
     }
+
+    fn gemm_at<E: Element>(
+        self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[E],
+        ldb: usize,
+        c: &mut [f32],
+        ldc: usize,
+        alpha: Option<&[f32]>,
+        _stage: &mut [f32],
+    ) {
+        assert_fits(a.len(), k, m, lda);
+        assert_fits(b.len(), k, n, ldb);
+        assert_fits(c.len(), m, n, ldc);
+        let acc = match alpha {
+            Some(alpha) => {
+                assert!(alpha.len() >= m, "gemm_at: fewer factors than rows");
+                gemm::Acc::Rescale(alpha.as_ptr())
+            }
+            None => gemm::Acc::Add,
+        };
+        // SAFETY: the token proves the features; Aᵀ (`k × m`), B and C fit their slices and a
+        // `Rescale` pointer holds `m` factors.
+        unsafe { gemm_avx2_fma::<_, true>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
+    }
+
+    fn softmax_cols(
+        self,
+        s: &mut [f32],
+        ld: usize,
+        n: usize,
+        rows: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+        _tmp: &mut [f32],
+    ) {
+        assert_fits(s.len(), n, rows, ld);
+        assert!(m.len() >= rows && l.len() >= rows && alpha.len() >= rows, "softmax_cols: short state");
+        // SAFETY: the token proves the features; `s` holds the `n × rows` scores and the state
+        // `rows` floats.
+        unsafe {
+            softmax_cols_avx2_fma(s.as_mut_ptr(), ld, n, rows, m.as_mut_ptr(), l.as_mut_ptr(), alpha.as_mut_ptr())
+        }
+    }
+
+    fn softmax_rows(
+        self,
+        s: &mut [f32],
+        ld: usize,
+        rows: usize,
+        n: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        alpha: &mut [f32],
+    ) {
+        assert_fits(s.len(), rows, n, ld);
+        assert!(m.len() >= rows && l.len() >= rows && alpha.len() >= rows, "softmax_rows: short state");
+        // SAFETY: the token proves the features; `s` holds the rows and the state `rows` floats.
+        unsafe {
+            softmax_rows_avx2_fma(s.as_mut_ptr(), ld, rows, n, m.as_mut_ptr(), l.as_mut_ptr(), alpha.as_mut_ptr())
+        }
+    }
+
+    fn prefetch<E: Element>(self, b: &[E], rows: usize, len: usize, ld: usize) {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        if len == 0 {
+            return;
+        }
+        let bytes = len * size_of::<E>();
+        for j in 0..rows {
+            let Some(row) = b.get(j * ld..j * ld + len) else { break };
+            let p = row.as_ptr().cast::<i8>();
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: `off < bytes`, so the address lies inside `row`; SSE is part of
+                // x86_64, and a prefetch has no architectural effect.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+                off += 64;
+            }
+            // SAFETY: as above; the row's last byte (its last line when `p` is not aligned).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(bytes - 1)) };
+        }
+    }
 }
 
 // The shells. Each has the safety contract of the body it calls, plus "the CPU supports AVX2,
@@ -112,20 +250,20 @@ impl Kernel for Avx2Fma {
 /// # Safety
 /// See [`gemm::gemm`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_avx2_fma(
+unsafe fn gemm_avx2_fma<E: Element, const AT: bool>(
     m: usize,
     n: usize,
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const E,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    acc: gemm::Acc,
 ) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { gemm::gemm(m, n, k, a, lda, b, ldb, c, ldc, accumulate) }
+    unsafe { gemm::gemm::<E, AT>(m, n, k, a, lda, b, ldb, c, ldc, acc) }
 }
 
 /// # Safety
@@ -144,6 +282,27 @@ unsafe fn dot_rows_avx2_fma<E: Element>(
 ) {
     // SAFETY: forwarded from this function's contract.
     unsafe { dot::dot_rows(m, n, k, a, lda, b, ldb, out, ldo) }
+}
+
+/// # Safety
+/// See [`dot::dot_heads`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_heads_avx2_fma<E: Element, F: Element>(
+    heads: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const E,
+    ldb: usize,
+    ldh: usize,
+    out: *mut f32,
+    ldo: usize,
+    pf: (*const F, usize, usize, usize),
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { dot::dot_heads(heads, m, n, k, a, lda, b, ldb, ldh, out, ldo, pf) }
 }
 
 /// # Safety
@@ -184,6 +343,38 @@ unsafe fn max_avx2_fma(x: &[f32]) -> f32 {
 unsafe fn scale_avx2_fma(x: &mut [f32], alpha: f32) {
     // SAFETY: forwarded from this function's contract.
     unsafe { reduce::scale(x, alpha) }
+}
+
+/// # Safety
+/// See [`reduce::softmax_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_rows_avx2_fma(
+    s: *mut f32,
+    ld: usize,
+    rows: usize,
+    n: usize,
+    m: *mut f32,
+    l: *mut f32,
+    alpha: *mut f32,
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { reduce::softmax_rows(s, ld, rows, n, m, l, alpha) }
+}
+
+/// # Safety
+/// See [`reduce::softmax_cols`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_cols_avx2_fma(
+    s: *mut f32,
+    ld: usize,
+    n: usize,
+    rows: usize,
+    m: *mut f32,
+    l: *mut f32,
+    alpha: *mut f32,
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { reduce::softmax_cols(s, ld, n, rows, m, l, alpha) }
 }
 
 /// Lane-wise `exp`, for tests that compare it with [`crate::kernel::exp::exp_f32`].

@@ -1,4 +1,5 @@
-//! The softmax's element-wise passes: `exp(x − max)` with its sum, `max` and `scale`.
+//! The softmax's element-wise passes: `exp(x − max)` with its sum, `max` and `scale`, and the
+//! online-softmax step of a block of rows built from them.
 
 use core::arch::x86_64::*;
 
@@ -14,6 +15,20 @@ use crate::kernel::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E, P, ROUND_MAGIC};
 pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     // SAFETY: the caller guarantees AVX2 and FMA; no memory is touched.
     unsafe {
+        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HI));
+        _mm256_blendv_ps(exp8_nonpos(x), _mm256_set1_ps(f32::INFINITY), over)
+    }
+}
+
+/// [`exp8`] without the overflow fix-up: equal to it wherever `x <= HI` or `x` is NaN (every
+/// softmax argument `s − max` is `<= 0` or NaN).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[inline(always)]
+unsafe fn exp8_nonpos(x: __m256) -> __m256 {
+    // SAFETY: the caller guarantees AVX2 and FMA; no memory is touched.
+    unsafe {
         let magic = _mm256_set1_ps(ROUND_MAGIC);
         let nf = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), magic), magic);
         let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_HI), x);
@@ -26,10 +41,9 @@ pub(super) unsafe fn exp8(x: __m256) -> __m256 {
         // A NaN `nf` converts to i32::MIN, whose shifted bits are 0: NaN lanes keep `y = NaN`.
         let n = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(nf));
         let e = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), n));
-        // Ordered compares are false for NaN, so neither fix-up touches a NaN lane.
+        // Ordered compares are false for NaN, so the fix-up does not touch a NaN lane.
         let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(LO));
-        let over = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HI));
-        _mm256_blendv_ps(_mm256_andnot_ps(under, e), _mm256_set1_ps(f32::INFINITY), over)
+        _mm256_andnot_ps(under, e)
     }
 }
 
@@ -55,31 +69,69 @@ unsafe fn hsum(v: __m256) -> f32 {
 #[inline(always)]
 pub(super) unsafe fn exp_sum(x: &mut [f32], max: f32) -> f32 {
     // SAFETY: the caller guarantees AVX2 and FMA.
-    let (mut acc, m) = unsafe { (_mm256_setzero_ps(), _mm256_set1_ps(max)) };
-    let mut chunks = x.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let p = chunk.as_mut_ptr();
-        // SAFETY: `chunk` holds exactly 8 floats.
+    unsafe { exp_sum_with::<false>(x, max) }
+}
+
+/// `exp_sum` whose arguments `x[i] − max` are known to be `<= 0` or NaN when `NONPOS`.
+///
+/// Four vectors go per step: the exp chains are long (about 16 dependent operations), so
+/// independent ones side by side keep both FMA pipes busy.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[inline(always)]
+unsafe fn exp_sum_with<const NONPOS: bool>(x: &mut [f32], max: f32) -> f32 {
+    #[inline(always)]
+    unsafe fn e<const NONPOS: bool>(v: __m256) -> __m256 {
+        // SAFETY: the caller guarantees AVX2 and FMA.
         unsafe {
-            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), m));
-            _mm256_storeu_ps(p, e);
-            acc = _mm256_add_ps(acc, e);
+            if NONPOS {
+                exp8_nonpos(v)
+            } else {
+                exp8(v)
+            }
         }
     }
-    let tail = chunks.into_remainder();
-    if !tail.is_empty() {
-        let p = tail.as_mut_ptr();
-        // SAFETY: the mask covers exactly the `tail.len() < 8` floats of `tail`; the other
-        // lanes are neither read nor written, and are zeroed before the sum.
-        unsafe {
-            let mask = lane_mask(tail.len());
-            let e = exp8(_mm256_sub_ps(_mm256_maskload_ps(p, mask), m));
-            _mm256_maskstore_ps(p, mask, e);
-            acc = _mm256_add_ps(acc, _mm256_and_ps(e, _mm256_castsi256_ps(mask)));
+    let len = x.len();
+    let p = x.as_mut_ptr();
+    // SAFETY: the caller guarantees AVX2 and FMA; every access below is inside `x`: the steps
+    // cover `i + 32 <= len`, then `i + 8 <= len`, then a masked tail of `len − i < 8` lanes.
+    unsafe {
+        let m = _mm256_set1_ps(max);
+        let (mut a0, mut a1, mut a2, mut a3) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 32 <= len {
+            let e0 = e::<NONPOS>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            let e1 = e::<NONPOS>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 8)), m));
+            let e2 = e::<NONPOS>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 16)), m));
+            let e3 = e::<NONPOS>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i + 24)), m));
+            _mm256_storeu_ps(p.add(i), e0);
+            _mm256_storeu_ps(p.add(i + 8), e1);
+            _mm256_storeu_ps(p.add(i + 16), e2);
+            _mm256_storeu_ps(p.add(i + 24), e3);
+            a0 = _mm256_add_ps(a0, e0);
+            a1 = _mm256_add_ps(a1, e1);
+            a2 = _mm256_add_ps(a2, e2);
+            a3 = _mm256_add_ps(a3, e3);
+            i += 32;
         }
+        while i + 8 <= len {
+            let e0 = e::<NONPOS>(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e0);
+            a0 = _mm256_add_ps(a0, e0);
+            i += 8;
+        }
+        if i < len {
+            // The mask covers exactly the `len − i < 8` floats left; the other lanes are
+            // neither read nor written, and are zeroed before the sum.
+            let mask = lane_mask(len - i);
+            let e0 = e::<NONPOS>(_mm256_sub_ps(_mm256_maskload_ps(p.add(i), mask), m));
+            _mm256_maskstore_ps(p.add(i), mask, e0);
+            a1 = _mm256_add_ps(a1, _mm256_and_ps(e0, _mm256_castsi256_ps(mask)));
+        }
+        hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)))
     }
-    // SAFETY: AVX is available (caller).
-    unsafe { hsum(acc) }
 }
 
 /// See [`crate::kernel::Kernel::max`].
@@ -98,10 +150,19 @@ pub(super) unsafe fn max(x: &[f32]) -> f32 {
             m1 = _mm256_max_ps(m1, _mm256_loadu_ps(chunk.as_ptr().add(8)));
         }
     }
-    let mut lanes = [0.0f32; 8];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m0, m1)) };
-    lanes.iter().chain(chunks.remainder()).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+    let rest = chunks.remainder();
+    if rest.len() >= 8 {
+        // SAFETY: `rest` holds at least 8 floats.
+        m0 = unsafe { _mm256_max_ps(m0, _mm256_loadu_ps(rest.as_ptr())) };
+    }
+    // SAFETY: AVX is available (caller); no memory is touched.
+    let m = unsafe {
+        let v = _mm256_max_ps(m0, m1);
+        let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+    };
+    rest[rest.len() & 8..].iter().fold(m, |m, &v| m.max(v))
 }
 
 /// See [`crate::kernel::Kernel::scale`].
@@ -120,5 +181,202 @@ pub(super) unsafe fn scale(x: &mut [f32], alpha: f32) {
     }
     for v in chunks.into_remainder() {
         *v *= alpha;
+    }
+}
+
+/// See [`crate::kernel::Kernel::softmax_rows`].
+///
+/// Rows go in blocks of 8: per row one `max` pass and one `exp_sum` pass (the row stays in L1),
+/// then the block's `alpha = exp(m_old − m_new)` and `l` update as one vector each.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `s` holds `rows` rows of `n` floats with stride `ld` (in the
+/// sense of [`crate::kernel::scalar::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
+#[inline(always)]
+pub(super) unsafe fn softmax_rows(
+    s: *mut f32,
+    ld: usize,
+    rows: usize,
+    n: usize,
+    m: *mut f32,
+    l: *mut f32,
+    alpha: *mut f32,
+) {
+    let mut r0 = 0;
+    while r0 < rows {
+        let nr = (rows - r0).min(8);
+        let mut m_old = [f32::NEG_INFINITY; 8];
+        let mut m_new = [f32::NEG_INFINITY; 8];
+        let mut l_old = [0.0f32; 8];
+        let mut sums = [0.0f32; 8];
+        for i in 0..nr {
+            let r = r0 + i;
+            // SAFETY: row `r < rows` holds `n` floats at `s + r·ld`, and no other reference to
+            // them is live; `m` and `l` hold `rows` floats.
+            let (row, mo, lo) = unsafe { (core::slice::from_raw_parts_mut(s.add(r * ld), n), *m.add(r), *l.add(r)) };
+            // SAFETY: the caller guarantees AVX2 and FMA.
+            let tile_max = unsafe { max(row) };
+            let mut mn = if tile_max > mo || tile_max.is_nan() { tile_max } else { mo };
+            if mn == f32::NEG_INFINITY && row.iter().any(|x| x.is_nan()) {
+                // Every score NaN or -inf and `max` skipped the NaNs: poison the row's state.
+                mn = f32::NAN;
+            }
+            (m_old[i], m_new[i], l_old[i]) = (mo, mn, lo);
+            if mn == f32::NEG_INFINITY {
+                // Nothing visible so far: the row adds nothing and its state stays empty.
+                row.fill(0.0);
+            } else if mn.is_nan() {
+                row.fill(f32::NAN);
+                sums[i] = f32::NAN;
+            } else {
+                // SAFETY: the caller guarantees AVX2 and FMA; `s − mn <= 0` or NaN.
+                sums[i] = unsafe { exp_sum_with::<true>(row, mn) };
+            }
+        }
+        let (mut a_out, mut l_out) = ([0.0f32; 8], [0.0f32; 8]);
+        // SAFETY: the caller guarantees AVX2 and FMA; the arrays hold 8 floats each.
+        unsafe {
+            let mo = _mm256_loadu_ps(m_old.as_ptr());
+            let mn = _mm256_loadu_ps(m_new.as_ptr());
+            // Empty rows (m_new = -inf, so m_old = -inf too) keep their state: alpha = 1
+            // (exp8 would see -inf - -inf = NaN there).
+            let empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(mn, _mm256_set1_ps(f32::NEG_INFINITY));
+            let a = _mm256_blendv_ps(exp8(_mm256_sub_ps(mo, mn)), _mm256_set1_ps(1.0), empty);
+            let lv = _mm256_fmadd_ps(_mm256_loadu_ps(l_old.as_ptr()), a, _mm256_loadu_ps(sums.as_ptr()));
+            _mm256_storeu_ps(a_out.as_mut_ptr(), a);
+            _mm256_storeu_ps(l_out.as_mut_ptr(), lv);
+        }
+        for i in 0..nr {
+            // SAFETY: `r0 + i < rows`, and the three arrays hold `rows` floats.
+            unsafe {
+                *alpha.add(r0 + i) = a_out[i];
+                *l.add(r0 + i) = l_out[i];
+                *m.add(r0 + i) = m_new[i];
+            }
+        }
+        r0 += nr;
+    }
+}
+
+/// See [`crate::kernel::Kernel::softmax_cols`].
+///
+/// Eight rows (columns of `s`) per step, all vertical: one pass of `max` down the keys, then one
+/// of `exp` with the sums, then `alpha`, `l` and `m` as one vector each; no horizontal reduction.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `s` holds `n` rows of `rows` floats with stride `ld` (in the
+/// sense of [`crate::kernel::scalar::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
+#[inline(always)]
+pub(super) unsafe fn softmax_cols(
+    s: *mut f32,
+    ld: usize,
+    n: usize,
+    rows: usize,
+    m: *mut f32,
+    l: *mut f32,
+    alpha: *mut f32,
+) {
+    let mut c0 = 0;
+    while c0 < rows {
+        let w = (rows - c0).min(8);
+        // SAFETY: the caller guarantees AVX2 and FMA; every access is to columns `c0..c0 + w`
+        // (masked to `w` lanes) of rows `j < n` of `s`, or to entries `c0..c0 + w` of the state.
+        unsafe {
+            let mask = lane_mask(w);
+            let m_old = ld8(m.add(c0), w, mask);
+            let (mut mx, mut my) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+            let mut j = 0;
+            while j + 2 <= n {
+                mx = _mm256_max_ps(ld8(s.add(j * ld + c0), w, mask), mx);
+                my = _mm256_max_ps(ld8(s.add((j + 1) * ld + c0), w, mask), my);
+                j += 2;
+            }
+            if j < n {
+                mx = _mm256_max_ps(ld8(s.add(j * ld + c0), w, mask), mx);
+            }
+            // Neither holds a NaN: `max(x, m)` keeps `m` where `x` is NaN.
+            let mx = _mm256_max_ps(my, mx);
+            // `tile_max > m_old ? tile_max : m_old`, lane by lane.
+            let mut m_new = _mm256_max_ps(mx, m_old);
+            let mut empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, _mm256_set1_ps(f32::NEG_INFINITY));
+            let lanes = _mm256_movemask_ps(empty) & ((1 << w) - 1);
+            if lanes != 0 {
+                // Rare path: a column whose scores are all NaN or -inf. `max` skipped any NaN, so
+                // look for one and poison that row's state (m = NaN) instead of calling it empty.
+                let mut mv = [0.0f32; 8];
+                _mm256_storeu_ps(mv.as_mut_ptr(), m_new);
+                for (i, v) in mv.iter_mut().enumerate().take(w) {
+                    if lanes & (1 << i) != 0 && (0..n).any(|j| (*s.add(j * ld + c0 + i)).is_nan()) {
+                        *v = f32::NAN;
+                    }
+                }
+                m_new = _mm256_loadu_ps(mv.as_ptr());
+                empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, _mm256_set1_ps(f32::NEG_INFINITY));
+            }
+            // Rows that have seen nothing (m_new = -inf) keep their state: p = 0, alpha = 1.
+            let base = _mm256_andnot_ps(empty, m_new);
+            let a = _mm256_blendv_ps(exp8(_mm256_sub_ps(m_old, m_new)), _mm256_set1_ps(1.0), empty);
+            // Four keys per step: independent exp chains side by side (see `exp_sum_with`).
+            let mut sums = [_mm256_setzero_ps(); 4];
+            let mut j = 0;
+            while j + 4 <= n {
+                let p =
+                    [s.add(j * ld + c0), s.add((j + 1) * ld + c0), s.add((j + 2) * ld + c0), s.add((j + 3) * ld + c0)];
+                let mut e = [_mm256_setzero_ps(); 4];
+                for (e, &p) in e.iter_mut().zip(&p) {
+                    *e = _mm256_andnot_ps(empty, exp8_nonpos(_mm256_sub_ps(ld8(p, w, mask), base)));
+                }
+                for t in 0..4 {
+                    st8(p[t], e[t], w, mask);
+                    sums[t] = _mm256_add_ps(sums[t], e[t]);
+                }
+                j += 4;
+            }
+            while j < n {
+                let p0 = s.add(j * ld + c0);
+                let e0 = _mm256_andnot_ps(empty, exp8_nonpos(_mm256_sub_ps(ld8(p0, w, mask), base)));
+                st8(p0, e0, w, mask);
+                sums[0] = _mm256_add_ps(sums[0], e0);
+                j += 1;
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3]));
+            let l_new = _mm256_fmadd_ps(ld8(l.add(c0), w, mask), a, sum);
+            st8(m.add(c0), m_new, w, mask);
+            st8(l.add(c0), l_new, w, mask);
+            st8(alpha.add(c0), a, w, mask);
+        }
+        c0 += w;
+    }
+}
+
+/// Loads the first `w` lanes at `p` (`mask` has exactly those lanes set), the others 0.
+///
+/// # Safety
+/// The CPU supports AVX; `p..p + w` is readable.
+#[inline(always)]
+unsafe fn ld8(p: *const f32, w: usize, mask: __m256i) -> __m256 {
+    // SAFETY: the caller guarantees AVX and `w` readable floats; the masked load reads no others.
+    unsafe {
+        if w == 8 {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+}
+
+/// Stores the first `w` lanes of `v` at `p` (`mask` has exactly those lanes set).
+///
+/// # Safety
+/// The CPU supports AVX; `p..p + w` is writable.
+#[inline(always)]
+unsafe fn st8(p: *mut f32, v: __m256, w: usize, mask: __m256i) {
+    // SAFETY: the caller guarantees AVX and `w` writable floats; the masked store writes no others.
+    unsafe {
+        if w == 8 {
+            _mm256_storeu_ps(p, v);
+        } else {
+            _mm256_maskstore_ps(p, mask, v);
+        }
     }
 }
