@@ -77,20 +77,14 @@ pub fn attention(
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     let tiling = Tiling::new(&plan);
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    let exec = match opts.parallelism {
+    match opts.parallelism {
         #[cfg(feature = "rayon")]
-        crate::Parallelism::Rayon => Exec::Rayon { sink },
+        crate::Parallelism::Rayon => run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Rayon { sink } }),
         crate::Parallelism::Sequential => {
             let mut scratch = alloc::vec![0.0f32; driver::worker_scratch_len(&plan, &tiling)];
-            let scratch: &mut [f32] = &mut scratch;
-            // The borrow of `scratch` ends with `run`, inside this arm.
-            return {
-                run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
-                Ok(())
-            };
+            run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch: &mut scratch, sink } });
         }
-    };
-    run(Call { plan: &plan, tiling, q, k, v, exec });
+    }
     Ok(())
 }
 
