@@ -10,7 +10,8 @@ use half::f16;
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
 
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E, P, ROUND_MAGIC};
-use super::{scalar::assert_fits, Isa, Kernel};
+use super::scalar::{assert_fits, dot_rows_prologue};
+use super::{Isa, Kernel};
 use crate::element::{DType, Element};
 
 /// `wide` vectors; always available.
@@ -146,16 +147,7 @@ impl Kernel for Portable {
         out: &mut [f32],
         ldo: usize,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), n, k, ldb);
-        assert_fits(out.len(), m, n, ldo);
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            for i in 0..m {
-                out[i * ldo..i * ldo + n].fill(0.0);
-            }
+        if !dot_rows_prologue(m, n, k, a.len(), lda, b.len(), ldb, out, ldo) {
             return;
         }
         let mut buf = [0.0f32; NK * KC];

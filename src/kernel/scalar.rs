@@ -16,6 +16,35 @@ pub(crate) fn assert_fits(len: usize, rows: usize, cols: usize, ld: usize) {
     }
 }
 
+/// The shared start of `dot_rows`: bounds checks, then the empty shapes. Returns false when
+/// nothing is left to compute (`out` already holds the result).
+#[inline(always)]
+pub(crate) fn dot_rows_prologue(
+    m: usize,
+    n: usize,
+    k: usize,
+    a_len: usize,
+    lda: usize,
+    b_len: usize,
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+) -> bool {
+    assert_fits(a_len, m, k, lda);
+    assert_fits(b_len, n, k, ldb);
+    assert_fits(out.len(), m, n, ldo);
+    if m == 0 || n == 0 {
+        return false;
+    }
+    if k == 0 {
+        for i in 0..m {
+            out[i * ldo..i * ldo + n].fill(0.0);
+        }
+        return false;
+    }
+    true
+}
+
 impl Kernel for Scalar {
     fn isa(self) -> Isa {
         Isa::Scalar
@@ -67,16 +96,7 @@ impl Kernel for Scalar {
         out: &mut [f32],
         ldo: usize,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), n, k, ldb);
-        assert_fits(out.len(), m, n, ldo);
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            for i in 0..m {
-                out[i * ldo..i * ldo + n].fill(0.0);
-            }
+        if !dot_rows_prologue(m, n, k, a.len(), lda, b.len(), ldb, out, ldo) {
             return;
         }
         for i in 0..m {
