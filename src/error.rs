@@ -31,6 +31,10 @@ pub enum Operand {
     Gate,
     /// A layer weight or configuration.
     Weights,
+    /// Sparse attention's per-query key indices.
+    Indices,
+    /// A sparse indexer's per-head weights.
+    IndexerWeights,
 }
 
 impl fmt::Display for Operand {
@@ -49,6 +53,8 @@ impl fmt::Display for Operand {
             Operand::Cache => "kv cache",
             Operand::Gate => "gate logits",
             Operand::Weights => "weights",
+            Operand::Indices => "sparse indices",
+            Operand::IndexerWeights => "indexer weights",
         };
         f.write_str(name)
     }
@@ -157,6 +163,18 @@ pub enum Error {
         /// The offending tensor.
         operand: Operand,
     },
+    /// A sparse index list names a key outside `0..kv_len` (only `-1`, padding, may lie outside).
+    IndexOutOfRange {
+        /// The offending entry.
+        index: i64,
+        /// Keys per batch element.
+        kv_len: usize,
+    },
+    /// A sparse index list names the same key twice.
+    DuplicateIndex {
+        /// The repeated key.
+        index: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -198,6 +216,10 @@ impl fmt::Display for Error {
             Error::AliasedOutput { operand } => {
                 write!(f, "{operand}: strides make distinct elements share memory")
             }
+            Error::IndexOutOfRange { index, kv_len } => {
+                write!(f, "sparse indices: key {index} is outside 0..{kv_len} (and not the padding -1)")
+            }
+            Error::DuplicateIndex { index } => write!(f, "sparse indices: key {index} is listed twice in one row"),
         }
     }
 }

@@ -126,6 +126,8 @@ mod plan;
 pub mod reference;
 pub mod rope;
 mod softmax;
+#[cfg(feature = "alloc")]
+pub mod sparse;
 mod tensor;
 
 #[cfg(feature = "alloc")]

@@ -12,7 +12,7 @@ use crate::plan::Plan;
 use crate::tensor::Layout;
 
 /// Raw destination shared by the workers.
-struct SharedSink {
+pub(crate) struct SharedSink {
     out: OutPtr,
     out_layout: Layout,
     lse: Option<(*mut f32, usize)>,
@@ -32,7 +32,7 @@ unsafe impl Send for SharedSink {}
 unsafe impl Sync for SharedSink {}
 
 impl SharedSink {
-    fn new(sink: Sink<'_>) -> SharedSink {
+    pub(crate) fn new(sink: Sink<'_>) -> SharedSink {
         let out = match sink.out {
             ElemsMut::F32(o) => OutPtr::F32(o.as_mut_ptr(), o.len()),
             ElemsMut::F16(o) => OutPtr::F16(o.as_mut_ptr(), o.len()),
@@ -47,7 +47,7 @@ impl SharedSink {
     /// # Safety
     /// No other thread may write row `(b, i, h)` concurrently, the `Sink` this was built from must
     /// still be borrowed, and its layout must be checked in bounds and unaliased (the plan does).
-    unsafe fn write(&self, plan: &Plan<'_>, b: usize, i: usize, h: usize, row: &[f32], lse: f32) {
+    pub(crate) unsafe fn write(&self, plan: &Plan<'_>, b: usize, i: usize, h: usize, row: &[f32], lse: f32) {
         let off = self.out_layout.offset(b, i, h);
         let dv = row.len();
         fn put<E: Element>(ptr: *mut E, len: usize, off: usize, row: &[f32]) {
@@ -101,6 +101,11 @@ fn with_buffer<R>(
         slot.with(|s| s.set(buf));
     }
     r
+}
+
+/// Runs `f` on this worker's kept scratch of `len` floats (contents unspecified).
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    with_buffer(&SCRATCH, len, f)
 }
 
 pub(crate) fn run<K: Kernel, KE: Element, VE: Element>(

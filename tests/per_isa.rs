@@ -34,6 +34,8 @@ fn every_isa_matches_the_reference() {
             check_case(c, opts);
             assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran", isa.name());
         }
+        check_sparse_paths();
+        assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran (sparse)", isa.name());
         ran.push(isa);
     }
     set_forced_isa(None);
@@ -44,6 +46,53 @@ fn every_isa_matches_the_reference() {
             assert!(ran.contains(&isa), "GATED_ATTENTION_ENSURE_ISA names {name}, which did not run");
         }
     }
+}
+
+/// Sparse attention over random lists (GQA 4, f16 K/V, more keys than one tile) and the gated
+/// indexer's scores, against the reference.
+fn check_sparse_paths() {
+    use gated_attention::reference::sparse as rsparse;
+    use gated_attention::sparse::{indexer_scores, sparse_attention, Indexer, SparseIndices, PAD};
+    use gated_attention::{Tensor, TensorMut};
+    let (lq, lk, k) = (5, 300, 100);
+    let c = Case::new(1, lq, lk, 8, 2, 64).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]);
+    let inp = make_inputs(&c);
+    let mut rng = Rng::new(77);
+    let idx: Vec<i32> =
+        (0..lq * k).map(|s| if s % 7 == 0 { PAD } else { ((s * 37 + rng.below(3)) % lk) as i32 }).collect();
+    // Distinct keys per list: slot s of a list maps to a distinct residue unless padded.
+    let idx: Vec<i32> = idx.chunks(k).flat_map(|l| dedup(l)).collect();
+    let indices = SparseIndices::shared(&idx, 1, lq, k);
+    let (q, kk, v) =
+        (Tensor::new(inp.q.elems(), inp.ql), Tensor::new(inp.k.elems(), inp.kl), Tensor::new(inp.v.elems(), inp.vl));
+    let opts = AttentionOptions::new().causal();
+    let r = rsparse::sparse_attention(&q, &kk, &v, &indices, &opts).unwrap();
+    let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, DType::F32);
+    let mut lse = vec![f32::NAN; c.dims.lse_len()];
+    sparse_attention(&q, &kk, &v, &indices, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), &opts).unwrap();
+    check_against(&r, &inp, &c, &out, &lse, "sparse");
+    let (hi, di) = (4, 32);
+    let gen = |n: usize, rng: &mut Rng| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
+    let (qi, ki, wi, bias) =
+        (gen(lq * hi * di, &mut rng), gen(lk * di, &mut rng), gen(lq * hi, &mut rng), gen(hi, &mut rng));
+    let (qt, kt, wt) = (
+        Tensor::bshd(&qi[..], 1, lq, hi, di),
+        Tensor::bshd(&ki[..], 1, lk, 1, di),
+        Tensor::bshd(&wi[..], 1, lq, 1, hi),
+    );
+    let ix = Indexer::gated(&bias).causal();
+    let rs = rsparse::indexer_scores(&qt, &kt, &wt, &ix).unwrap();
+    let mut s = vec![f32::NAN; rs.len()];
+    indexer_scores(&qt, &kt, &wt, &ix, &mut s).unwrap();
+    for (e, (&x, &rv)) in s.iter().zip(&rs).enumerate() {
+        assert!(close(x as f64, rv, INDEXER_TOL), "indexer score {e}: {x} vs {rv}");
+    }
+}
+
+/// `list` with repeated keys replaced by padding.
+fn dedup(list: &[i32]) -> Vec<i32> {
+    let mut seen = std::collections::HashSet::new();
+    list.iter().map(|&j| if j >= 0 && !seen.insert(j) { -1 } else { j }).collect()
 }
 
 #[test]

@@ -44,6 +44,9 @@ pub fn tolerance(out: DType) -> (f64, f64) {
 /// LSE tolerance (always f32).
 pub const LSE_TOL: (f64, f64) = (2e-5, 2e-5);
 
+/// Indexer scores (f32 sums of `H_I` products of `d_I`-long dot products, inputs in [-1, 1]).
+pub const INDEXER_TOL: (f64, f64) = (1e-5, 1e-5);
+
 /// An owned buffer of one dtype.
 #[derive(Clone, Debug)]
 pub enum Buf {
@@ -218,7 +221,7 @@ pub fn run_kernel(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, entry: En
     (out, lse)
 }
 
-fn close(x: f64, r: f64, (atol, rtol): (f64, f64)) -> bool {
+pub fn close(x: f64, r: f64, (atol, rtol): (f64, f64)) -> bool {
     if r.is_nan() {
         return x.is_nan();
     }
@@ -235,6 +238,11 @@ pub fn check(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, out: &Buf, lse
     let k = Tensor::new(inp.k.elems(), inp.kl);
     let v = Tensor::new(inp.v.elems(), inp.vl);
     let r = reference::attention(&q, &k, &v, opts).expect("reference");
+    check_against(&r, inp, c, out, lse, &format!("{label} (opts {opts:?})"));
+}
+
+/// [`check`] against a reference result computed by the caller.
+pub fn check_against(r: &reference::Reference, inp: &Inputs, c: &Case, out: &Buf, lse: &[f32], label: &str) {
     let d = &c.dims;
     let tol = tolerance(c.dtypes[3]);
     let mut written = vec![false; out.len()];
@@ -248,7 +256,7 @@ pub fn check(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, out: &Buf, lse
                     let rv = r.out_at(b, i, h, e);
                     assert!(
                         close(x, rv, tol),
-                        "{label}: out[b={b}, i={i}, h={h}, d={e}] = {x}, reference {rv} (case {c:?}, opts {opts:?})"
+                        "{label}: out[b={b}, i={i}, h={h}, d={e}] = {x}, reference {rv} (case {c:?})"
                     );
                 }
                 let xl = lse[(b * d.q_heads + h) * d.q_len + i] as f64;

@@ -27,6 +27,8 @@ use crate::rope::{RopePairing, RopeTable};
 use crate::tensor::Tensor;
 use crate::Dims;
 
+pub mod sparse;
+
 /// The reference result.
 #[derive(Clone, Debug)]
 pub struct Reference {
@@ -133,6 +135,19 @@ pub fn scores(
     b: usize,
     h: usize,
 ) -> Vec<f64> {
+    scores_where(q, k, opts, dims, b, h, &|_, _| true)
+}
+
+/// [`scores`] with keys also hidden where `keep(i, j)` is false.
+fn scores_where(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    opts: &AttentionOptions<'_>,
+    dims: &Dims,
+    b: usize,
+    h: usize,
+    keep: &dyn Fn(usize, usize) -> bool,
+) -> Vec<f64> {
     let kvh = h / dims.group();
     let scale = match opts.scale {
         Some(s) => s as f64,
@@ -146,7 +161,7 @@ pub fn scores(
             rope_f64(rope.table, rope.positions.get(b, i, dims.q_len), &mut q_row);
         }
         for j in 0..dims.kv_len {
-            if !visible(opts, dims.q_len, dims.kv_len, i, j) {
+            if !visible(opts, dims.q_len, dims.kv_len, i, j) || !keep(i, j) {
                 continue;
             }
             let mut dot = 0.0f64;
@@ -179,17 +194,36 @@ pub fn attention(
     v: &Tensor<'_>,
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
+    let dims = checked_dims(q, k, v, opts)?;
+    Ok(attention_where(q, k, v, opts, dims, &|_, _, _, _| true))
+}
+
+/// The sizes of a reference call, after the same checks as the kernels'.
+fn checked_dims(q: &Tensor<'_>, k: &Tensor<'_>, v: &Tensor<'_>, opts: &AttentionOptions<'_>) -> Result<Dims, Error> {
     let dims = Dims::from_tensors(q, k, v)?;
     crate::plan::Plan::new(dims, opts)?;
     for (t, operand) in [(q, crate::Operand::Query), (k, crate::Operand::Key), (v, crate::Operand::Value)] {
         t.layout.check(operand, t.data.len())?;
     }
+    Ok(dims)
+}
+
+/// [`attention`] with key `j` also hidden from row `i` of batch `b`, KV head `kvh` where
+/// `keep(b, kvh, i, j)` is false.
+fn attention_where(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    opts: &AttentionOptions<'_>,
+    dims: Dims,
+    keep: &dyn Fn(usize, usize, usize, usize) -> bool,
+) -> Reference {
     let mut out = vec![0.0f64; dims.batch * dims.q_len * dims.q_heads * dims.v_head_dim];
     let mut lse = vec![f64::NEG_INFINITY; dims.batch * dims.q_heads * dims.q_len];
     for b in 0..dims.batch {
         for h in 0..dims.q_heads {
             let kvh = h / dims.group();
-            let s = scores(q, k, opts, &dims, b, h);
+            let s = scores_where(q, k, opts, &dims, b, h, &|i, j| keep(b, kvh, i, j));
             let sink = opts.sinks.map(|s| s[h] as f64);
             for i in 0..dims.q_len {
                 let row = &s[i * dims.kv_len..(i + 1) * dims.kv_len];
@@ -210,7 +244,7 @@ pub fn attention(
                     let mut acc = 0.0f64;
                     for (j, &pj) in p.iter().enumerate() {
                         // A hidden key's value is never read, so a NaN there stays out of the row.
-                        if visible(opts, dims.q_len, dims.kv_len, i, j) {
+                        if visible(opts, dims.q_len, dims.kv_len, i, j) && keep(b, kvh, i, j) {
                             acc += pj * elem(v, b, j, kvh, d);
                         }
                     }
@@ -227,5 +261,5 @@ pub fn attention(
             }
         }
     }
-    Ok(Reference { dims, out, lse })
+    Reference { dims, out, lse }
 }

@@ -1,0 +1,81 @@
+//! The f64 oracle of [`crate::sparse`]: sparse attention as dense attention with every unlisted
+//! key masked, and the indexers' scores as the textbook double sum.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{attention_where, checked_dims, Reference};
+use crate::error::Error;
+use crate::options::AttentionOptions;
+use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
+use crate::tensor::Tensor;
+
+/// [`sparse_attention`](crate::sparse::sparse_attention) in f64: [`attention`](super::attention)
+/// with key `j` hidden from every row whose list does not name it.
+pub fn sparse_attention(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    indices: &SparseIndices<'_>,
+    opts: &AttentionOptions<'_>,
+) -> Result<Reference, Error> {
+    let dims = checked_dims(q, k, v, opts)?;
+    indices.validate(&dims)?;
+    let listed =
+        |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
+    Ok(attention_where(q, k, v, opts, dims, &listed))
+}
+
+fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
+    t.data.get_f32(t.layout.offset(b, s, h) + d) as f64
+}
+
+/// The indexer's scores `[batch, q_len, kv_len]` in f64, `-inf` where the mask hides a key.
+pub fn indexer_scores(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    w: &Tensor<'_>,
+    indexer: &Indexer<'_>,
+) -> Result<Vec<f64>, Error> {
+    let d = check_indexer(q, k, w, indexer)?;
+    let scale = indexer.effective_scale(d.heads, d.dim) as f64;
+    let sigmoid = |x: f64| 1.0 / (1.0 + libm::exp(-x));
+    let mut out = vec![f64::NEG_INFINITY; d.rows() * d.kv_len];
+    for b in 0..d.batch {
+        for t in 0..d.q_len {
+            for s in 0..d.visible(indexer, t) {
+                let mut score = 0.0;
+                for h in 0..d.heads {
+                    let dot: f64 = (0..d.dim).map(|e| elem(q, b, t, h, e) * elem(k, b, s, 0, e)).sum::<f64>() * scale;
+                    let w = elem(w, b, t, 0, h);
+                    score += match indexer.kind {
+                        IndexerKind::Lightning => w * if dot < 0.0 { 0.0 } else { dot },
+                        IndexerKind::Gated { bias } => sigmoid(w) * sigmoid(dot + bias[h] as f64),
+                    };
+                }
+                out[(b * d.q_len + t) * d.kv_len + s] = score;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GSA's `k_t` for each of the `rows` rows of `scores` (`[rows, kv_len]`, `-inf` where hidden)
+/// before truncation and before the cap at the row's visible keys, in f64.
+pub fn adaptive_k(scores: &[f64], rows: usize, kv_len: usize, cfg: &AdaptiveTopK) -> Vec<f64> {
+    let variance: Vec<f64> = (0..rows)
+        .map(|r| {
+            let row = &scores[r * kv_len..(r + 1) * kv_len];
+            let n = row.len();
+            if n < 2 {
+                return 0.0;
+            }
+            let z = |x: f64| if x == f64::NEG_INFINITY { 0.0 } else { x };
+            let mean = row.iter().map(|&x| z(x)).sum::<f64>() / n as f64;
+            row.iter().map(|&x| (z(x) - mean) * (z(x) - mean)).sum::<f64>() / (n - 1) as f64
+        })
+        .collect();
+    let finite: Vec<f64> = variance.iter().copied().filter(|v| v.is_finite()).collect();
+    let mean = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
+    variance.iter().map(|v| cfg.real_k(v / (mean + 1e-8))).collect()
+}

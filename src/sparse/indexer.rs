@@ -1,0 +1,417 @@
+//! Indexers: a cheap score per (query, key) whose top entries choose the keys sparse attention
+//! reads (spec/GATING.md §5 DeepSeek-V3.2's lightning indexer, §6 GSA's gated indexer).
+//!
+//! Scores are computed one query row at a time into `O(kv_len)` scratch, so choosing the keys
+//! never materialises an `L × L` matrix (unless the caller asks for it with [`indexer_scores`]).
+
+use crate::element::{Element, Elems};
+use crate::error::{Error, Operand};
+use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::sparse::indices::PAD;
+use crate::tensor::Tensor;
+
+/// How the per-head products `x(t, s, h) = scale · q(t, h) · k(s)` become one score.
+#[derive(Clone, Copy, Debug)]
+pub enum IndexerKind<'a> {
+    /// DeepSeek-V3.2's lightning indexer: `I(t, s) = Σ_h w(t, h) · ReLU(x(t, s, h))`, with
+    /// `w` the `weights_proj` output as it is and a default scale `1/√(d_I · H_I)` (DeepSeek
+    /// folds `H_I^-½` into `w` and `d_I^-½` into the query's quantisation scale).
+    Lightning,
+    /// GSA's gated indexer: `I(t, s) = Σ_h σ(w(t, h)) · σ(x(t, s, h) + bias(h))`, with `w` the
+    /// weight logits, one bias per indexer head and a default scale `1/√d_I`.
+    Gated {
+        /// `[H_I]` biases inside the per-head sigmoid.
+        bias: &'a [f32],
+    },
+}
+
+/// An indexer: its kind, scale and mask.
+///
+/// The mask is causal or none. Causal queries are aligned bottom-right like
+/// [`AttentionOptions`](crate::AttentionOptions)'s default: query row `t` of `S` against `T` keys
+/// sits at position `T − S + t` and sees keys up to it (GSA masks only when `S == T`, where the
+/// two agree; DeepSeek's prefill and decode masks are this one).
+#[derive(Clone, Copy, Debug)]
+pub struct Indexer<'a> {
+    /// The scoring rule.
+    pub kind: IndexerKind<'a>,
+    /// The factor on `q · k`; `None` for the kind's default.
+    pub scale: Option<f32>,
+    /// Hide the keys after each query's position.
+    pub causal: bool,
+}
+
+impl<'a> Indexer<'a> {
+    /// DeepSeek-V3.2's lightning indexer, unmasked, default scale.
+    pub fn lightning() -> Self {
+        Indexer { kind: IndexerKind::Lightning, scale: None, causal: false }
+    }
+
+    /// GSA's gated indexer with `bias` (`[H_I]`), unmasked, default scale.
+    pub fn gated(bias: &'a [f32]) -> Self {
+        Indexer { kind: IndexerKind::Gated { bias }, scale: None, causal: false }
+    }
+
+    /// The same indexer with a causal mask.
+    pub fn causal(self) -> Self {
+        Indexer { causal: true, ..self }
+    }
+
+    /// The same indexer with `scale` on `q · k` (finite and > 0).
+    pub fn scale(self, scale: f32) -> Self {
+        Indexer { scale: Some(scale), ..self }
+    }
+
+    /// The scale in effect for head dimension `d` and `heads` indexer heads.
+    pub fn effective_scale(&self, heads: usize, d: usize) -> f32 {
+        self.scale.unwrap_or_else(|| {
+            let n = match self.kind {
+                IndexerKind::Lightning => d as f64 * heads as f64,
+                IndexerKind::Gated { .. } => d as f64,
+            };
+            (1.0 / libm::sqrt(n)) as f32
+        })
+    }
+}
+
+/// The sizes of an indexer call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexerDims {
+    /// Batch size.
+    pub batch: usize,
+    /// Query rows per batch element.
+    pub q_len: usize,
+    /// Keys per batch element.
+    pub kv_len: usize,
+    /// Indexer heads `H_I`.
+    pub heads: usize,
+    /// Indexer head dimension `d_I`.
+    pub dim: usize,
+}
+
+impl IndexerDims {
+    /// Query rows in all (`batch · q_len`).
+    pub fn rows(&self) -> usize {
+        self.batch * self.q_len
+    }
+
+    /// Keys query row `t` may see under `indexer`'s mask: a prefix `0..visible`.
+    pub fn visible(&self, indexer: &Indexer<'_>, t: usize) -> usize {
+        if indexer.causal {
+            (self.kv_len as i64 - self.q_len as i64 + t as i64 + 1).clamp(0, self.kv_len as i64) as usize
+        } else {
+            self.kv_len
+        }
+    }
+}
+
+/// Checks an indexer call's operands: queries `[batch, q_len, H_I, d_I]`, one key head
+/// `[batch, kv_len, 1, d_I]` and weights `[batch, q_len, 1, H_I]`.
+pub fn check_indexer(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    w: &Tensor<'_>,
+    indexer: &Indexer<'_>,
+) -> Result<IndexerDims, Error> {
+    let (ql, kl, wl) = (&q.layout, &k.layout, &w.layout);
+    let d = IndexerDims { batch: ql.batch(), q_len: ql.seq(), kv_len: kl.seq(), heads: ql.heads(), dim: ql.dim() };
+    let expect = |operand, dim, expected: usize, found: usize| {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(Error::ShapeMismatch { operand, dim, expected, found })
+        }
+    };
+    expect(Operand::Key, "batch", d.batch, kl.batch())?;
+    expect(Operand::Key, "heads (one shared key head)", 1, kl.heads())?;
+    expect(Operand::Key, "head_dim", d.dim, kl.dim())?;
+    expect(Operand::IndexerWeights, "batch", d.batch, wl.batch())?;
+    expect(Operand::IndexerWeights, "q_len", d.q_len, wl.seq())?;
+    expect(Operand::IndexerWeights, "heads", 1, wl.heads())?;
+    expect(Operand::IndexerWeights, "dim (indexer heads)", d.heads, wl.dim())?;
+    if d.heads == 0 {
+        return Err(Error::ZeroHeadDim { operand: Operand::IndexerWeights });
+    }
+    if d.dim == 0 {
+        return Err(Error::ZeroHeadDim { operand: Operand::Query });
+    }
+    for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
+        t.layout.check(operand, t.data.len())?;
+    }
+    if let IndexerKind::Gated { bias } = indexer.kind {
+        expect(Operand::Bias, "len (indexer heads)", d.heads, bias.len())?;
+    }
+    let scale = indexer.effective_scale(d.heads, d.dim);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::InvalidOption { option: "indexer scale", reason: "must be finite and > 0" });
+    }
+    Ok(d)
+}
+
+/// Writes the scores of every (query, key) into `out` (`[batch, q_len, kv_len]`), `-inf` where
+/// the mask hides the key. `O(L²)` memory by design; [`top_k_indices`] chooses keys without it.
+pub fn indexer_scores(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    w: &Tensor<'_>,
+    indexer: &Indexer<'_>,
+    out: &mut [f32],
+) -> Result<(), Error> {
+    let d = check_indexer(q, k, w, indexer)?;
+    let len = d.rows().checked_mul(d.kv_len).ok_or(Error::ShapeOverflow { operand: Operand::Output })?;
+    if out.len() != len {
+        return Err(Error::ShapeMismatch {
+            operand: Operand::Output,
+            dim: "batch * q_len * kv_len",
+            expected: len,
+            found: out.len(),
+        });
+    }
+    let ops = RowOps { q, k, w, indexer, dims: d };
+    for_each_row(&ops, out, d.kv_len, &|_, scores, _, dst| dst.copy_from_slice(scores));
+    Ok(())
+}
+
+/// Chooses, for every query row, the `top_k` visible keys with the highest scores, best first,
+/// into `out` (`[batch, q_len, top_k]`, the [`SparseIndices::shared`](crate::sparse::SparseIndices::shared)
+/// layout). Rows that see fewer than `top_k` keys list all of them and pad with
+/// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf`.
+///
+/// ```
+/// use gated_attention::sparse::{top_k_indices, Indexer, PAD};
+/// use gated_attention::Tensor;
+/// // 2 queries, 3 keys, one indexer head of dimension 1.
+/// let (q, k, w) = ([1.0f32, -1.0], [1.0f32, 3.0, 2.0], [1.0f32, 1.0]);
+/// let mut idx = [0i32; 4];
+/// top_k_indices(
+///     &Tensor::bshd(&q[..], 1, 2, 1, 1),
+///     &Tensor::bshd(&k[..], 1, 3, 1, 1),
+///     &Tensor::bshd(&w[..], 1, 2, 1, 1),
+///     &Indexer::lightning().causal(),
+///     2,
+///     &mut idx,
+/// )?;
+/// // Query 0 (position 1) sees keys 0 and 1 and prefers 1; query 1's scores are all
+/// // ReLU(negative) = 0, so the lower keys win the tie.
+/// assert_eq!(idx, [1, 0, 0, 1]);
+/// # Ok::<(), gated_attention::Error>(())
+/// ```
+pub fn top_k_indices(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    w: &Tensor<'_>,
+    indexer: &Indexer<'_>,
+    top_k: usize,
+    out: &mut [i32],
+) -> Result<(), Error> {
+    let d = check_indexer(q, k, w, indexer)?;
+    check_indices_out(&d, top_k, out.len())?;
+    let ops = RowOps { q, k, w, indexer, dims: d };
+    for_each_row(&ops, out, top_k, &|row, scores, spare, dst| {
+        let visible = d.visible(indexer, row % d.q_len);
+        select_top(&mut scores[..visible], top_k.min(visible), spare, dst);
+    });
+    Ok(())
+}
+
+/// Checks that an index output of `len` entries holds `top_k` per row and that keys fit `i32`.
+pub(crate) fn check_indices_out(d: &IndexerDims, top_k: usize, len: usize) -> Result<(), Error> {
+    if d.kv_len > i32::MAX as usize {
+        return Err(Error::InvalidOption { option: "kv_len", reason: "key indices must fit in i32" });
+    }
+    let need = d.rows().checked_mul(top_k).ok_or(Error::ShapeOverflow { operand: Operand::Indices })?;
+    if len != need {
+        return Err(Error::ShapeMismatch {
+            operand: Operand::Indices,
+            dim: "batch * q_len * k",
+            expected: need,
+            found: len,
+        });
+    }
+    Ok(())
+}
+
+/// The rank of a score: NaN as `-inf`, then `f32::total_cmp`.
+fn rank(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x
+    }
+}
+
+/// Writes the `n` best keys of `scores` (ties: lower key first) into `dst`, best first, and
+/// pads the rest of `dst` with [`PAD`]. `spare` is scratch of `scores.len()` floats.
+pub(crate) fn select_top(scores: &mut [f32], n: usize, spare: &mut [f32], dst: &mut [i32]) {
+    use core::cmp::Ordering;
+    dst.fill(PAD);
+    if n == 0 {
+        return;
+    }
+    for x in scores.iter_mut() {
+        *x = rank(*x);
+    }
+    // The n-th best score, selected on a copy (O(kv_len)); the keys are then collected in key
+    // order, those above it first, then its ties, so equal scores favour lower keys.
+    let copy = &mut spare[..scores.len()];
+    copy.copy_from_slice(scores);
+    let (_, &mut threshold, _) = copy.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    let mut count = 0;
+    for pass in [Ordering::Greater, Ordering::Equal] {
+        for (j, x) in scores.iter().enumerate() {
+            if count < n && x.total_cmp(&threshold) == pass {
+                dst[count] = j as i32;
+                count += 1;
+            }
+        }
+    }
+    dst[..n].sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+}
+
+/// The operands of a validated call.
+pub(crate) struct RowOps<'a> {
+    pub q: &'a Tensor<'a>,
+    pub k: &'a Tensor<'a>,
+    pub w: &'a Tensor<'a>,
+    pub indexer: &'a Indexer<'a>,
+    pub dims: IndexerDims,
+}
+
+/// What [`for_each_row`] does with one row: `(row, scores, spare, out)`.
+pub(crate) type RowFn<'a, O> = dyn Fn(usize, &mut [f32], &mut [f32], &mut [O]) + Sync + 'a;
+
+/// Keys scored per tile.
+const BK: usize = 256;
+
+/// Computes each query row's scores (`-inf` past its visible keys) and hands them, with
+/// `kv_len` floats of scratch and the row's `width` elements of `out`, to `f`; rows run in
+/// parallel with rayon.
+pub(crate) fn for_each_row<O: Send>(ops: &RowOps<'_>, out: &mut [O], width: usize, f: &RowFn<'_, O>) {
+    if width == 0 || ops.dims.rows() == 0 {
+        return;
+    }
+    dispatch(RowVisitor { ops, out, width, f });
+}
+
+struct RowVisitor<'a, 'o, O> {
+    ops: &'a RowOps<'a>,
+    out: &'o mut [O],
+    width: usize,
+    f: &'a RowFn<'a, O>,
+}
+
+impl<O: Send> KernelVisitor for RowVisitor<'_, '_, O> {
+    type Output = ();
+    fn visit<K: Kernel>(self, kernel: K) {
+        match self.ops.k.data {
+            Elems::F32(k) => self.typed(kernel, k),
+            Elems::F16(k) => self.typed(kernel, k),
+            Elems::BF16(k) => self.typed(kernel, k),
+        }
+    }
+}
+
+impl<O: Send> RowVisitor<'_, '_, O> {
+    fn typed<K: Kernel, KE: Element>(self, kernel: K, k: &[KE]) {
+        let d = self.ops.dims;
+        let len = 2 * d.kv_len + d.heads * d.dim + d.heads * BK + d.heads;
+        let (ops, f) = (self.ops, self.f);
+        let row = |(r, dst): (usize, &mut [O]), buf: &mut [f32]| {
+            let (scores, rest) = buf.split_at_mut(d.kv_len);
+            let (spare, tmp) = rest.split_at_mut(d.kv_len);
+            score_row(kernel, ops, k, r, scores, tmp);
+            f(r, scores, spare, dst);
+        };
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            self.out
+                .par_chunks_mut(self.width)
+                .enumerate()
+                .for_each(|item| crate::parallel::with_scratch(len, |buf| row(item, buf)));
+        }
+        #[cfg(not(feature = "rayon"))]
+        {
+            let mut buf = alloc::vec![0.0f32; len];
+            for item in self.out.chunks_mut(self.width).enumerate() {
+                row(item, &mut buf);
+            }
+        }
+    }
+}
+
+/// The scores of query row `r` (`b · q_len + t`) against every key into `scores`.
+fn score_row<K: Kernel, KE: Element>(
+    kernel: K,
+    ops: &RowOps<'_>,
+    k: &[KE],
+    r: usize,
+    scores: &mut [f32],
+    tmp: &mut [f32],
+) {
+    let d = ops.dims;
+    let (b, t) = (r / d.q_len, r % d.q_len);
+    let (hi, di) = (d.heads, d.dim);
+    let (qs, rest) = tmp.split_at_mut(hi * di);
+    let (s, wh) = rest.split_at_mut(hi * BK);
+    let scale = ops.indexer.effective_scale(hi, di);
+    // The scale is folded into the queries: both kinds are positively homogeneous in it
+    // (ReLU(c·x) = c·ReLU(x) for c > 0; the gated kind applies it before its sigmoid).
+    for (h, dst) in qs.chunks_exact_mut(di).enumerate() {
+        let off = ops.q.layout.offset(b, t, h);
+        match ops.q.data {
+            Elems::F32(x) => kernel.widen(&x[off..off + di], dst),
+            Elems::F16(x) => kernel.widen(&x[off..off + di], dst),
+            Elems::BF16(x) => kernel.widen(&x[off..off + di], dst),
+        }
+        kernel.scale(dst, scale);
+    }
+    let w_off = ops.w.layout.offset(b, t, 0);
+    for (h, x) in wh[..hi].iter_mut().enumerate() {
+        let w = ops.w.data.get_f32(w_off + h);
+        *x = match ops.indexer.kind {
+            IndexerKind::Lightning => w,
+            IndexerKind::Gated { .. } => sigmoid(w),
+        };
+    }
+    let visible = d.visible(ops.indexer, t);
+    scores[visible..].fill(f32::NEG_INFINITY);
+    let ldk = ops.k.layout.strides[1];
+    for j0 in (0..visible).step_by(BK) {
+        let n = BK.min(visible - j0);
+        let k_tile = &k[ops.k.layout.offset(b, j0, 0)..];
+        kernel.dot_rows(hi, n, di, qs, di, k_tile, ldk, s, n);
+        let out = &mut scores[j0..j0 + n];
+        out.fill(0.0);
+        for h in 0..hi {
+            let (w, x) = (wh[h], &s[h * n..(h + 1) * n]);
+            match ops.indexer.kind {
+                IndexerKind::Lightning => {
+                    for (o, &x) in out.iter_mut().zip(x) {
+                        *o += w * relu(x);
+                    }
+                }
+                IndexerKind::Gated { bias } => {
+                    for (o, &x) in out.iter_mut().zip(x) {
+                        *o += w * sigmoid(x + bias[h]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `max(x, 0)` that keeps NaN (`f32::max` would drop it).
+#[inline]
+fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+#[inline]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + libm::expf(-x))
+}

@@ -1,0 +1,97 @@
+//! The per-query key lists of sparse attention.
+
+use alloc::vec;
+
+use crate::error::{Error, Operand};
+use crate::Dims;
+
+/// The entry that fills a list's unused slots (FlashMLA's convention).
+pub const PAD: i32 = -1;
+
+/// For each query row, the keys it may attend to: `k` slots per row, each a key index in
+/// `0..kv_len` or [`PAD`].
+///
+/// Contiguous `[batch, q_len, k]` when one list serves every head ([`SparseIndices::shared`],
+/// DeepSeek's and GSA's indexers), or `[batch, q_len, kv_heads, k]` with a list per KV head
+/// ([`SparseIndices::per_kv_head`]). A key may appear at most once per list; the order of a list
+/// does not change the result beyond rounding.
+#[derive(Clone, Copy, Debug)]
+pub struct SparseIndices<'a> {
+    data: &'a [i32],
+    batch: usize,
+    q_len: usize,
+    heads: usize,
+    k: usize,
+}
+
+impl<'a> SparseIndices<'a> {
+    /// One list of `k` slots per query row, shared by all heads: `data` is `[batch, q_len, k]`.
+    pub fn shared(data: &'a [i32], batch: usize, q_len: usize, k: usize) -> Self {
+        SparseIndices { data, batch, q_len, heads: 1, k }
+    }
+
+    /// One list per query row and KV head: `data` is `[batch, q_len, kv_heads, k]`.
+    pub fn per_kv_head(data: &'a [i32], batch: usize, q_len: usize, kv_heads: usize, k: usize) -> Self {
+        SparseIndices { data, batch, q_len, heads: kv_heads, k }
+    }
+
+    /// Slots per list.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// True when one list serves every head.
+    pub fn is_shared(&self) -> bool {
+        self.heads == 1
+    }
+
+    /// The list of query row `i` of batch `b` for KV head `kvh` (ignored when shared).
+    /// Valid only after [`SparseIndices::validate`].
+    pub(crate) fn row(&self, b: usize, i: usize, kvh: usize) -> &'a [i32] {
+        let h = if self.heads == 1 { 0 } else { kvh };
+        let start = ((b * self.q_len + i) * self.heads + h) * self.k;
+        &self.data[start..start + self.k]
+    }
+
+    /// Checks the shape against `dims`, every entry's range and that no list repeats a key.
+    pub fn validate(&self, dims: &Dims) -> Result<(), Error> {
+        let mismatch = |dim, expected, found| Error::ShapeMismatch { operand: Operand::Indices, dim, expected, found };
+        if self.batch != dims.batch {
+            return Err(mismatch("batch", dims.batch, self.batch));
+        }
+        if self.q_len != dims.q_len {
+            return Err(mismatch("q_len", dims.q_len, self.q_len));
+        }
+        if self.heads != 1 && self.heads != dims.kv_heads {
+            return Err(mismatch("heads (1 or kv_heads)", dims.kv_heads, self.heads));
+        }
+        let len = [self.batch, self.q_len, self.heads, self.k]
+            .iter()
+            .try_fold(1usize, |a, &x| a.checked_mul(x))
+            .ok_or(Error::ShapeOverflow { operand: Operand::Indices })?;
+        if self.data.len() != len {
+            return Err(mismatch("batch * q_len * heads * k", len, self.data.len()));
+        }
+        if self.k == 0 {
+            return Ok(());
+        }
+        // Duplicates: `seen[j]` holds 1 + the last list that named key j.
+        let mut seen = vec![0usize; dims.kv_len];
+        for (list, entries) in self.data.chunks_exact(self.k).enumerate() {
+            for &e in entries {
+                if e == PAD {
+                    continue;
+                }
+                if e < 0 || e as i64 >= dims.kv_len as i64 {
+                    return Err(Error::IndexOutOfRange { index: e as i64, kv_len: dims.kv_len });
+                }
+                let slot = &mut seen[e as usize];
+                if *slot == list + 1 {
+                    return Err(Error::DuplicateIndex { index: e as usize });
+                }
+                *slot = list + 1;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! Gated sparse attention: an indexer scores every (query, key) cheaply, each query keeps its
+//! top-k keys, and attention reads only those (spec/GATING.md §5–6).
+//!
+//! * [`top_k_indices`] with [`Indexer::lightning`]: DeepSeek-V3.2's lightning indexer
+//!   (`Σ_h w·ReLU(q·k)`), a fixed `k`.
+//! * [`adaptive_top_k_indices`] with [`Indexer::gated`]: GSA's gated indexer
+//!   (`Σ_h σ(w)·σ(q·k + b)`) and its variance-adaptive `k` per row.
+//! * [`sparse_attention`]: attention over each row's listed keys, with every option of dense
+//!   attention (masks, softcap, sinks, RoPE, the G1 output gate). The G2 value gate is applied
+//!   where values are written, as in dense attention ([`gate::apply_gate`](crate::gate::apply_gate)
+//!   or [`KvCache::append_gated`](crate::cache::KvCache::append_gated)).
+//!
+//! The indexer costs `O(L² · H_I · d_I)` but holds only `O(kv_len)` scratch per thread; the
+//! attention costs `O(L · k · head_dim)`. [`reference::sparse`](crate::reference::sparse) is
+//! the f64 oracle of all three.
+//!
+//! ```
+//! use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIndices};
+//! use gated_attention::{AttentionOptions, Tensor, TensorMut};
+//! let (l, hq, hkv, d) = (64, 4, 2, 16); // 64 tokens, GQA 4/2, head_dim 16
+//! let (hi, di, top_k) = (2, 8, 16); // 2 indexer heads of dimension 8, 16 keys per query
+//! let x = |n: usize, s: f32| (0..n).map(|i| ((i as f32 * s).sin())).collect::<Vec<f32>>();
+//! let (q, k, v) = (x(l * hq * d, 0.37), x(l * hkv * d, 0.11), x(l * hkv * d, 0.23));
+//! let (qi, ki, wi) = (x(l * hi * di, 0.7), x(l * di, 0.3), x(l * hi, 0.5));
+//! let mut idx = vec![0i32; l * top_k];
+//! top_k_indices(
+//!     &Tensor::bshd(&qi[..], 1, l, hi, di),
+//!     &Tensor::bshd(&ki[..], 1, l, 1, di),
+//!     &Tensor::bshd(&wi[..], 1, l, 1, hi),
+//!     &Indexer::lightning().causal(),
+//!     top_k,
+//!     &mut idx,
+//! )?;
+//! let mut o = vec![0.0f32; l * hq * d];
+//! sparse_attention(
+//!     &Tensor::bshd(&q[..], 1, l, hq, d),
+//!     &Tensor::bshd(&k[..], 1, l, hkv, d),
+//!     &Tensor::bshd(&v[..], 1, l, hkv, d),
+//!     &SparseIndices::shared(&idx, 1, l, top_k),
+//!     TensorMut::bshd(&mut o[..], 1, l, hq, d),
+//!     None,
+//!     &AttentionOptions::new().causal(),
+//! )?;
+//! # Ok::<(), gated_attention::Error>(())
+//! ```
+
+mod adaptive;
+mod attend;
+mod indexer;
+mod indices;
+
+pub use adaptive::{adaptive_top_k_indices, AdaptiveTopK};
+pub use attend::sparse_attention;
+pub use indexer::{check_indexer, indexer_scores, top_k_indices, Indexer, IndexerDims, IndexerKind};
+pub use indices::{SparseIndices, PAD};
