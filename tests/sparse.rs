@@ -24,8 +24,9 @@ fn random_indices(rng: &mut Rng, lists: usize, k: usize, kv_len: usize, pad_ever
             keys.swap(j, rng.below(j + 1));
         }
         for slot in 0..k {
-            let pad = slot >= kv_len || (pad_every > 0 && rng.below(pad_every) == 0);
-            out.push(if pad { PAD } else { keys[slot] });
+            let key = keys.get(slot).copied().unwrap_or(PAD);
+            let pad = pad_every > 0 && rng.below(pad_every) == 0;
+            out.push(if pad { PAD } else { key });
         }
     }
     out

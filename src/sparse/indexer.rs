@@ -178,7 +178,7 @@ pub fn indexer_scores(
 /// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf`.
 ///
 /// ```
-/// use gated_attention::sparse::{top_k_indices, Indexer, PAD};
+/// use gated_attention::sparse::{top_k_indices, Indexer};
 /// use gated_attention::Tensor;
 /// // 2 queries, 3 keys, one indexer head of dimension 1.
 /// let (q, k, w) = ([1.0f32, -1.0], [1.0f32, 3.0, 2.0], [1.0f32, 1.0]);

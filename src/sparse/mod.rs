@@ -15,11 +15,11 @@
 //! the f64 oracle of all three.
 //!
 //! ```
-//! use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIndices};
+//! use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIndices, PAD};
 //! use gated_attention::{AttentionOptions, Tensor, TensorMut};
 //! let (l, hq, hkv, d) = (64, 4, 2, 16); // 64 tokens, GQA 4/2, head_dim 16
 //! let (hi, di, top_k) = (2, 8, 16); // 2 indexer heads of dimension 8, 16 keys per query
-//! let x = |n: usize, s: f32| (0..n).map(|i| ((i as f32 * s).sin())).collect::<Vec<f32>>();
+//! let x = |n: usize, s: f32| (0..n).map(|i| (i as f32 * s).sin()).collect::<Vec<f32>>();
 //! let (q, k, v) = (x(l * hq * d, 0.37), x(l * hkv * d, 0.11), x(l * hkv * d, 0.23));
 //! let (qi, ki, wi) = (x(l * hi * di, 0.7), x(l * di, 0.3), x(l * hi, 0.5));
 //! let mut idx = vec![0i32; l * top_k];
@@ -31,6 +31,9 @@
 //!     top_k,
 //!     &mut idx,
 //! )?;
+//! // Row t lists keys at or before position t only; the first rows see fewer than 16 keys.
+//! assert!(idx.chunks(top_k).enumerate().all(|(t, row)| row.iter().all(|&j| j <= t as i32)));
+//! assert_eq!(idx[..2], [0, PAD]);
 //! let mut o = vec![0.0f32; l * hq * d];
 //! sparse_attention(
 //!     &Tensor::bshd(&q[..], 1, l, hq, d),
@@ -41,6 +44,8 @@
 //!     None,
 //!     &AttentionOptions::new().causal(),
 //! )?;
+//! // Query 0 sees only key 0: its output rows are key 0's value rows.
+//! assert_eq!(o[..d], v[..d]);
 //! # Ok::<(), gated_attention::Error>(())
 //! ```
 
