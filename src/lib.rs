@@ -16,6 +16,9 @@
 //!   (gpt-oss).
 //! * **Storage**: Q, K, V and O each f32, f16 or bf16; accumulation is always f32.
 //! * **LSE** per `(batch, head, row)` in natural log, on request.
+//! * **Around the kernel** (feature `alloc`): [`rope`], the KV [`cache`], output [`gate`]s and the
+//!   [`layer::GatedAttention`] layer, gated [`sparse`] attention (DSA and GSA indexers, top-k,
+//!   the sparse kernel), and the papers' [`measure`]ments.
 //! * **Kernels**: prefill (FlashAttention-2 order, register-blocked GEMM microkernel on a
 //!   transposed K tile), decode (dot products straight from the cache) and split-KV decode with a
 //!   fixed-order merge. SIMD is chosen at run time ([`Isa`]); a plain `cargo build --release`
@@ -79,7 +82,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `std` | yes | run-time CPU feature detection (`alloc` included) |
-//! | `alloc` | via `std` | [`attention`], [`reference`](mod@reference) |
+//! | `alloc` | via `std` | [`attention`], [`reference`](mod@reference), [`sparse`], [`cache`], [`layer`], [`measure`] |
 //! | `rayon` | yes | multi-threaded [`attention`] ([`Parallelism::Rayon`]) |
 //! | `ndarray` | no | `Tensor::from_ndarray` / `TensorMut::from_ndarray` |
 //!
