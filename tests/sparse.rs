@@ -560,3 +560,20 @@ fn indexer_errors() {
     assert!(adaptive_top_k_indices(&qt, &kt, &wt, &ix, &cfg, &mut aidx, Some(&mut counts)).is_err());
     untouched(&aidx);
 }
+
+#[test]
+fn no_keys_select_nothing() {
+    // kv_len 0: top-k lists are all padding, adaptive top-k keeps 0 keys per row.
+    let (q, w) = ([0.5f32; 3 * 2 * 4], [1.0f32; 3 * 2]);
+    let k: [f32; 0] = [];
+    let (qt, kt, wt) =
+        (Tensor::bshd(&q[..], 1, 3, 2, 4), Tensor::bshd(&k[..], 1, 0, 1, 4), Tensor::bshd(&w[..], 1, 3, 1, 2));
+    let mut idx = [7i32; 3 * 2];
+    top_k_indices(&qt, &kt, &wt, &Indexer::lightning().causal(), 2, &mut idx).unwrap();
+    assert_eq!(idx, [PAD; 6]);
+    let mut counts = [9usize; 3];
+    let mut none: [i32; 0] = [];
+    adaptive_top_k_indices(&qt, &kt, &wt, &Indexer::lightning(), &AdaptiveTopK::gsa(), &mut none, Some(&mut counts))
+        .unwrap();
+    assert_eq!(counts, [0; 3]);
+}

@@ -106,6 +106,13 @@ pub fn adaptive_top_k_indices(
             });
         }
     }
+    if width == 0 {
+        // No key to keep (kv_len or k_max is 0): every k_t is 0, no variance is needed.
+        if let Some(c) = counts {
+            c.fill(0);
+        }
+        return Ok(());
+    }
     let ops = RowOps { q, k, w, indexer, dims: d };
     let mut variance = vec![0.0f64; d.rows()];
     for_each_row(&ops, &mut variance, 1, &|_, scores, _, v| v[0] = row_variance(scores));

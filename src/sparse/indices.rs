@@ -75,21 +75,21 @@ impl<'a> SparseIndices<'a> {
         if self.k == 0 {
             return Ok(());
         }
-        // Duplicates: `seen[j]` holds 1 + the last list that named key j.
-        let mut seen = vec![0usize; dims.kv_len];
-        for (list, entries) in self.data.chunks_exact(self.k).enumerate() {
-            for &e in entries {
+        // Each list sorted on a copy: O(k) memory whatever kv_len is.
+        let mut sorted = vec![0i32; self.k];
+        for entries in self.data.chunks_exact(self.k) {
+            sorted.copy_from_slice(entries);
+            sorted.sort_unstable();
+            for (n, &e) in sorted.iter().enumerate() {
                 if e == PAD {
                     continue;
                 }
                 if e < 0 || e as i64 >= dims.kv_len as i64 {
                     return Err(Error::IndexOutOfRange { index: e as i64, kv_len: dims.kv_len });
                 }
-                let slot = &mut seen[e as usize];
-                if *slot == list + 1 {
+                if n > 0 && sorted[n - 1] == e {
                     return Err(Error::DuplicateIndex { index: e as usize });
                 }
-                *slot = list + 1;
             }
         }
         Ok(())
