@@ -1,9 +1,9 @@
 //! The checked entry points.
 
 use crate::driver::{self, finish_unit, merge_unit, run_unit, Inputs, Scratch, Sink, Tiling, Unit};
-use crate::element::{Element, Elems};
+use crate::element::Element;
 use crate::error::{Error, Operand};
-use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::tensor::{Tensor, TensorMut};
@@ -109,28 +109,12 @@ struct Call<'p, 'a, 't, 's, 'o> {
 }
 
 fn run(call: Call<'_, '_, '_, '_, '_>) {
-    dispatch(call);
+    let (k, v) = (call.k.data, call.v.data);
+    dispatch_kv(call, k, v);
 }
 
-impl KernelVisitor for Call<'_, '_, '_, '_, '_> {
-    type Output = ();
-    fn visit<K: Kernel>(self, kernel: K) {
-        match (self.k.data, self.v.data) {
-            (Elems::F32(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::F32(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::F32(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-        }
-    }
-}
-
-impl Call<'_, '_, '_, '_, '_> {
-    fn typed<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
+impl KvVisitor for Call<'_, '_, '_, '_, '_> {
+    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
         let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
         let (plan, t) = (self.plan, &self.tiling);
         match self.exec {

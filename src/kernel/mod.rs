@@ -13,7 +13,7 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-use crate::element::Element;
+use crate::element::{Element, Elems};
 use scalar::assert_fits;
 
 /// The instruction sets the kernels are written for.
@@ -350,4 +350,37 @@ pub(crate) fn dispatch<V: KernelVisitor>(visitor: V) -> V::Output {
         Isa::Portable => run(portable::Portable, visitor),
         _ => run(scalar::Scalar, visitor),
     }
+}
+
+/// A computation generic over the ISA and the element types of K and V.
+pub(crate) trait KvVisitor {
+    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]);
+}
+
+/// Runs `visitor` on the selected kernel with `k` and `v` as slices of their element types
+/// (one instantiation per ISA and pair of types).
+pub(crate) fn dispatch_kv<V: KvVisitor>(visitor: V, k: Elems<'_>, v: Elems<'_>) {
+    struct Typed<'a, V> {
+        visitor: V,
+        k: Elems<'a>,
+        v: Elems<'a>,
+    }
+    impl<V: KvVisitor> KernelVisitor for Typed<'_, V> {
+        type Output = ();
+        fn visit<K: Kernel>(self, kernel: K) {
+            let f = self.visitor;
+            match (self.k, self.v) {
+                (Elems::F32(k), Elems::F32(v)) => f.visit(kernel, k, v),
+                (Elems::F32(k), Elems::F16(v)) => f.visit(kernel, k, v),
+                (Elems::F32(k), Elems::BF16(v)) => f.visit(kernel, k, v),
+                (Elems::F16(k), Elems::F32(v)) => f.visit(kernel, k, v),
+                (Elems::F16(k), Elems::F16(v)) => f.visit(kernel, k, v),
+                (Elems::F16(k), Elems::BF16(v)) => f.visit(kernel, k, v),
+                (Elems::BF16(k), Elems::F32(v)) => f.visit(kernel, k, v),
+                (Elems::BF16(k), Elems::F16(v)) => f.visit(kernel, k, v),
+                (Elems::BF16(k), Elems::BF16(v)) => f.visit(kernel, k, v),
+            }
+        }
+    }
+    dispatch(Typed { visitor, k, v })
 }

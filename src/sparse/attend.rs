@@ -11,7 +11,7 @@
 use crate::driver::Sink;
 use crate::element::{Element, Elems};
 use crate::error::Error;
-use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::softmax::{add_sink, finish_row};
@@ -67,7 +67,7 @@ pub fn sparse_attention(
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     indices.validate(&plan.dims)?;
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    dispatch(Call { plan: &plan, q, k, v, indices, sink });
+    dispatch_kv(Call { plan: &plan, q, k, v, indices, sink }, k.data, v.data);
     Ok(())
 }
 
@@ -80,23 +80,6 @@ struct Call<'p, 'a, 't, 'o> {
     sink: Sink<'o>,
 }
 
-impl KernelVisitor for Call<'_, '_, '_, '_> {
-    type Output = ();
-    fn visit<K: Kernel>(self, kernel: K) {
-        match (self.k.data, self.v.data) {
-            (Elems::F32(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::F32(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::F32(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::F16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::F32(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::F16(v)) => self.typed(kernel, k, v),
-            (Elems::BF16(k), Elems::BF16(v)) => self.typed(kernel, k, v),
-        }
-    }
-}
-
 /// The read-only operands of a call with K and V of known element types.
 struct Operands<'a, KE: Element, VE: Element> {
     q: Tensor<'a>,
@@ -107,8 +90,8 @@ struct Operands<'a, KE: Element, VE: Element> {
     indices: SparseIndices<'a>,
 }
 
-impl Call<'_, '_, '_, '_> {
-    fn typed<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
+impl KvVisitor for Call<'_, '_, '_, '_> {
+    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
         let ops =
             Operands { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout, indices: *self.indices };
         let plan = self.plan;
