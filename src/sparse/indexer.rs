@@ -175,7 +175,8 @@ pub fn indexer_scores(
 /// Chooses, for every query row, the `top_k` visible keys with the highest scores, best first,
 /// into `out` (`[batch, q_len, top_k]`, the [`SparseIndices::shared`](crate::sparse::SparseIndices::shared)
 /// layout). Rows that see fewer than `top_k` keys list all of them and pad with
-/// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf`.
+/// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf`. Each thread holds
+/// `2 · kv_len + H_I · (d_I + 257)` floats of scratch; rows run in parallel with rayon.
 ///
 /// ```
 /// use gated_attention::sparse::{top_k_indices, Indexer};
