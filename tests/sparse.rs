@@ -577,3 +577,35 @@ fn no_keys_select_nothing() {
         .unwrap();
     assert_eq!(counts, [0; 3]);
 }
+
+#[test]
+fn sparse_decode_reads_a_kv_cache_in_place() {
+    use gated_attention::cache::{KvCache, KvCacheConfig};
+    // A 40-token bf16 cache, one decode query listing 12 of its slots (and a future-free mask).
+    let (t, hq, hkv, d, k) = (40, 4, 2, 16, 12);
+    let mut rng = Rng::new(70);
+    let mut gen = |n: usize| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
+    let (kv_k, kv_v, q) = (gen(t * hkv * d), gen(t * hkv * d), gen(hq * d));
+    let mut cache = KvCache::new(KvCacheConfig::new(1, hkv, d, 64, DType::BF16)).unwrap();
+    cache.append(&Tensor::bshd(&kv_k[..], 1, t, hkv, d), &Tensor::bshd(&kv_v[..], 1, t, hkv, d), None).unwrap();
+    let list: Vec<i32> = (0..k as i32).map(|j| (j * 7 + 3) % t as i32).collect();
+    let idx = SparseIndices::shared(&list, 1, 1, k);
+    let qt = Tensor::bshd(&q[..], 1, 1, hq, d);
+    let opts = AttentionOptions::new().causal();
+    let r = rsparse::sparse_attention(&qt, &cache.keys(0), &cache.values(0), &idx, &opts).unwrap();
+    let mut o = vec![0.0f32; hq * d];
+    sparse_attention(
+        &qt,
+        &cache.keys(0),
+        &cache.values(0),
+        &idx,
+        TensorMut::bshd(&mut o[..], 1, 1, hq, d),
+        None,
+        &opts,
+    )
+    .unwrap();
+    let tol = tolerance(DType::F32);
+    for (e, &x) in o.iter().enumerate() {
+        assert!(close(x as f64, r.out[e], tol), "element {e}: {x} vs {}", r.out[e]);
+    }
+}

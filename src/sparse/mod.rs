@@ -10,6 +10,10 @@
 //!   where values are written, as in dense attention ([`gate::apply_gate`](crate::gate::apply_gate)
 //!   or [`KvCache::append_gated`](crate::cache::KvCache::append_gated)).
 //!
+//! With a [`KvCache`](crate::cache::KvCache), pass `cache.keys(b)` and `cache.values(b)` (read in
+//! place) and list cache slots; slot `s` holds position `cache.positions(b).nth(s)`, which is `s`
+//! itself for a full cache.
+//!
 //! The indexer costs `O(L² · H_I · d_I)` but holds only `O(kv_len)` scratch per thread; the
 //! attention costs `O(L · k · head_dim)`. [`reference::sparse`](crate::reference::sparse) is
 //! the f64 oracle of all three.
