@@ -170,3 +170,40 @@ fn probability_rows_sum_to_one() {
         }
     }
 }
+
+#[test]
+fn overlapping_key_and_value_rows_are_read_as_given() {
+    // Read-only views may overlap: a key/value row broadcast over the sequence (seq stride 0)
+    // or a sliding window over one buffer (seq stride 1 < head_dim). Every path must read them
+    // as laid out, not panic: prefill, decode and split-KV decode, per ISA.
+    use gated_attention::kernel::set_forced_isa;
+    use gated_attention::{reference, Isa};
+    let d = 16;
+    let base: Vec<f32> = (0..1000).map(|e| ((e * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma] {
+        if !set_forced_isa(Some(isa)) {
+            continue;
+        }
+        for (lq, lk) in [(40, 40), (1, 700), (3, 90)] {
+            for strides in [[0, 0, 0], [0, 1, 0], [0, 1, 3]] {
+                let kl = Layout { shape: [1, lk, 2, d], strides };
+                let q: Vec<f32> = (0..lq * 4 * d).map(|e| ((e * 13 % 29) as f32 / 14.0) - 1.0).collect();
+                let (qt, kt, vt) =
+                    (Tensor::bshd(&q[..], 1, lq, 4, d), Tensor::new(&base[..], kl), Tensor::new(&base[..], kl));
+                let opts = AttentionOptions::new().causal();
+                let r = reference::attention(&qt, &kt, &vt, &opts).unwrap();
+                let mut o = vec![f32::NAN; lq * 4 * d];
+                attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, 4, d), None, &opts).unwrap();
+                let tol = tolerance(DType::F32);
+                for (e, &x) in o.iter().enumerate() {
+                    assert!(
+                        close(x as f64, r.out[e], tol),
+                        "{isa:?} lq {lq} lk {lk} strides {strides:?}: element {e} = {x}, reference {}",
+                        r.out[e]
+                    );
+                }
+            }
+        }
+    }
+    set_forced_isa(None);
+}

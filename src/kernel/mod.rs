@@ -14,7 +14,7 @@ mod tests;
 pub(crate) mod x86;
 
 use crate::element::{Element, Elems};
-use scalar::assert_fits;
+use scalar::{assert_fits, assert_fits_read};
 
 /// The instruction sets the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,7 +146,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         tmp: &mut [f32],
     ) {
         let _ = pf;
-        assert_fits(a.len(), heads * m, k, lda);
+        assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
         if m == 0 || n == 0 {
@@ -228,8 +228,8 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         alpha: Option<&[f32]>,
         stage: &mut [f32],
     ) {
-        assert_fits(a.len(), k, m, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), k, m, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         let (a_rm, b32) = stage[..m * k + k * n].split_at_mut(m * k);
         for i in 0..m {
             for p in 0..k {

@@ -10,7 +10,7 @@ use half::f16;
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
 
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E, P, ROUND_MAGIC};
-use super::scalar::{assert_fits, dot_rows_prologue};
+use super::scalar::{assert_fits, assert_fits_read, dot_rows_prologue};
 use super::{Isa, Kernel};
 use crate::element::{DType, Element};
 
@@ -107,8 +107,8 @@ impl Kernel for Portable {
         ldc: usize,
         accumulate: bool,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), m, k, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
         if m == 0 || n == 0 {
             return;
@@ -184,7 +184,7 @@ impl Kernel for Portable {
     }
 
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
-        assert_fits(b.len(), n, k, ldb);
+        assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         let (n8, k8) = (n & !7, k & !7);
         for j in (0..n8).step_by(8) {

@@ -12,7 +12,18 @@ pub(crate) struct Scalar;
 pub(crate) fn assert_fits(len: usize, rows: usize, cols: usize, ld: usize) {
     if rows > 0 && cols > 0 {
         assert!(cols <= ld || rows == 1, "leading dimension shorter than a row");
-        assert!((rows - 1) * ld + cols <= len, "matrix does not fit its slice");
+    }
+    assert_fits_read(len, rows, cols, ld);
+}
+
+/// [`assert_fits`] for an operand that is only read: its rows may overlap (`ld < cols`, e.g. a
+/// key row broadcast over the sequence with stride 0), as long as the last one fits. Every row
+/// `r < rows` then lies in `r·ld + cols ≤ (rows − 1)·ld + cols ≤ len`.
+#[inline(always)]
+pub(crate) fn assert_fits_read(len: usize, rows: usize, cols: usize, ld: usize) {
+    if rows > 0 && cols > 0 {
+        let end = (rows - 1).checked_mul(ld).and_then(|x| x.checked_add(cols));
+        assert!(end.is_some_and(|end| end <= len), "matrix does not fit its slice");
     }
 }
 
@@ -30,8 +41,8 @@ pub(crate) fn dot_rows_prologue(
     out: &mut [f32],
     ldo: usize,
 ) -> bool {
-    assert_fits(a_len, m, k, lda);
-    assert_fits(b_len, n, k, ldb);
+    assert_fits_read(a_len, m, k, lda);
+    assert_fits_read(b_len, n, k, ldb);
     assert_fits(out.len(), m, n, ldo);
     if m == 0 || n == 0 {
         return false;
@@ -63,8 +74,8 @@ impl Kernel for Scalar {
         ldc: usize,
         accumulate: bool,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), m, k, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
         if m == 0 || n == 0 {
             return;
@@ -113,7 +124,7 @@ impl Kernel for Scalar {
     }
 
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
-        assert_fits(b.len(), n, k, ldb);
+        assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         if n == 0 || k == 0 {
             return;

@@ -17,9 +17,9 @@ const KEY_CHUNK: usize = 8;
 /// See [`crate::kernel::Kernel::dot_rows`].
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C; `a` holds an `m × k` matrix (`lda`), `b` an `n × k`
-/// one (`ldb`) and `out` an `m × n` one (`ldo`), in the sense of
-/// [`crate::kernel::scalar::assert_fits`].
+/// The CPU supports AVX2, FMA and F16C; `a` holds an `m × k` matrix (`lda`) and `b` an `n × k`
+/// one (`ldb`) in the sense of [`crate::kernel::scalar::assert_fits_read`] (rows may overlap),
+/// `out` an `m × n` one (`ldo`) in the sense of [`crate::kernel::scalar::assert_fits`].
 #[inline(always)]
 pub(super) unsafe fn dot_rows<E: Element>(
     m: usize,

@@ -50,9 +50,10 @@ impl Acc {
 /// See [`crate::kernel::Kernel::gemm`] and [`crate::kernel::Kernel::gemm_rescale`].
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `a` holds an `m × k` matrix with leading dimension `lda`,
-/// `b` a `k × n` one (`ldb`) and `c` an `m × n` one (`ldc`), in the sense of
-/// [`crate::kernel::scalar::assert_fits`] (B's elements are widened as they are loaded); with
+/// The CPU supports AVX2 and FMA; `a` holds an `m × k` matrix with leading dimension `lda` and
+/// `b` a `k × n` one (`ldb`) in the sense of [`crate::kernel::scalar::assert_fits_read`] (rows
+/// may overlap; B's elements are widened as they are loaded), `c` an `m × n` one (`ldc`) in the
+/// sense of [`crate::kernel::scalar::assert_fits`]; with
 /// [`Acc::Rescale`], its pointer holds `m` floats. With `AT`, A is stored transposed: element
 /// `(i, p)` is `a[p·lda + i]` and `a` holds a `k × m` matrix.
 #[inline(always)]

@@ -10,7 +10,10 @@ mod dot;
 mod gemm;
 mod reduce;
 
-use super::{scalar::assert_fits, Isa, Kernel};
+use super::{
+    scalar::{assert_fits, assert_fits_read},
+    Isa, Kernel,
+};
 use crate::element::Element;
 
 /// Proof that the CPU has AVX2, FMA and F16C.
@@ -51,8 +54,8 @@ impl Kernel for Avx2Fma {
         ldc: usize,
         accumulate: bool,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), m, k, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
         let acc = if accumulate { gemm::Acc::Add } else { gemm::Acc::Zero };
         // SAFETY: the token proves the features; the three matrices fit their slices.
@@ -72,8 +75,8 @@ impl Kernel for Avx2Fma {
         ldc: usize,
         alpha: &[f32],
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), m, k, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
         assert!(alpha.len() >= m, "gemm_rescale: fewer factors than rows");
         let acc = gemm::Acc::Rescale(alpha.as_ptr());
@@ -94,8 +97,8 @@ impl Kernel for Avx2Fma {
         out: &mut [f32],
         ldo: usize,
     ) {
-        assert_fits(a.len(), m, k, lda);
-        assert_fits(b.len(), n, k, ldb);
+        assert_fits_read(a.len(), m, k, lda);
+        assert_fits_read(b.len(), n, k, ldb);
         assert_fits(out.len(), m, n, ldo);
         // SAFETY: the token proves the features; the three matrices fit their slices.
         unsafe { dot_rows_avx2_fma(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, out.as_mut_ptr(), ldo) }
@@ -117,7 +120,7 @@ impl Kernel for Avx2Fma {
         pf: (&[F], usize, usize, usize),
         _tmp: &mut [f32],
     ) {
-        assert_fits(a.len(), heads * m, k, lda);
+        assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         super::assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
         let (pf_s, pf_ld, pf_lh, pf_len) = pf;
@@ -128,7 +131,7 @@ impl Kernel for Avx2Fma {
     }
 
     fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
-        assert_fits(b.len(), n, k, ldb);
+        assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         // SAFETY: the token proves the features; both matrices fit their slices.
         unsafe { transpose_widen_avx2_fma(n, k, b.as_ptr(), ldb, dst.as_mut_ptr(), ldd) }
@@ -169,8 +172,8 @@ impl Kernel for Avx2Fma {
         alpha: Option<&[f32]>,
         _stage: &mut [f32],
     ) {
-        assert_fits(a.len(), k, m, lda);
-        assert_fits(b.len(), k, n, ldb);
+        assert_fits_read(a.len(), k, m, lda);
+        assert_fits_read(b.len(), k, n, ldb);
         assert_fits(c.len(), m, n, ldc);
         let acc = match alpha {
             Some(alpha) => {
