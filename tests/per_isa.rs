@@ -34,7 +34,7 @@ fn every_isa_matches_the_reference() {
             check_case(c, opts);
             assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran", isa.name());
         }
-        check_sparse_paths();
+        check_sparse_paths(isa);
         assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran (sparse)", isa.name());
         ran.push(isa);
     }
@@ -50,7 +50,7 @@ fn every_isa_matches_the_reference() {
 
 /// Sparse attention over random lists (GQA 4, f16 K/V, more keys than one tile) and the gated
 /// indexer's scores, against the reference.
-fn check_sparse_paths() {
+fn check_sparse_paths(forced: Isa) {
     use gated_attention::reference::sparse as rsparse;
     use gated_attention::sparse::{indexer_scores, sparse_attention, Indexer, SparseIndices, PAD};
     use gated_attention::{Tensor, TensorMut};
@@ -70,6 +70,7 @@ fn check_sparse_paths() {
     let mut lse = vec![f32::NAN; c.dims.lse_len()];
     sparse_attention(&q, &kk, &v, &indices, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), &opts).unwrap();
     check_against(&r, &inp, &c, &out, &lse, "sparse");
+    assert_eq!(last_used_isa(), Some(forced), "forced {} but another ISA ran (sparse attention)", forced.name());
     let (hi, di) = (4, 32);
     let gen = |n: usize, rng: &mut Rng| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
     let (qi, ki, wi, bias) =

@@ -293,27 +293,39 @@ struct IndexerCase {
     t: usize,
     hi: usize,
     di: usize,
-    q: Vec<f32>,
+    q: Buf,
     k: Buf,
-    w: Vec<f32>,
+    w: Buf,
     bias: Vec<f32>,
+    /// Key layout: contiguous, or rows overlapping (seq stride 1, a sliding view).
+    k_layout: gated_attention::Layout,
 }
 
 impl IndexerCase {
     fn new(seed: u64, (b, l, t, hi, di): (usize, usize, usize, usize, usize), k_type: DType) -> Self {
+        Self::typed(seed, (b, l, t, hi, di), [DType::F32, k_type, DType::F32])
+    }
+    /// Storage types of q, k and w.
+    fn typed(seed: u64, (b, l, t, hi, di): (usize, usize, usize, usize, usize), dt: [DType; 3]) -> Self {
         let mut rng = Rng::new(seed);
         let mut gen = |n: usize| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
         let (q, k, w, bias) = (gen(b * l * hi * di), gen(b * t * di), gen(b * l * hi), gen(hi));
-        IndexerCase { b, l, t, hi, di, q, k: Buf::from_f32(&k, k_type), w, bias }
+        let (q, k, w) = (Buf::from_f32(&q, dt[0]), Buf::from_f32(&k, dt[1]), Buf::from_f32(&w, dt[2]));
+        IndexerCase { b, l, t, hi, di, q, k, w, bias, k_layout: gated_attention::Layout::bshd(b, t, 1, di) }
+    }
+    /// Keys read as a sliding view of the key buffer: row `s` starts at element `s`.
+    fn overlapping_keys(mut self) -> Self {
+        self.k_layout.strides = [self.t, 1, 0];
+        self
     }
     fn q(&self) -> Tensor<'_> {
-        Tensor::bshd(&self.q[..], self.b, self.l, self.hi, self.di)
+        Tensor::new(self.q.elems(), gated_attention::Layout::bshd(self.b, self.l, self.hi, self.di))
     }
     fn k(&self) -> Tensor<'_> {
-        Tensor::new(self.k.elems(), gated_attention::Layout::bshd(self.b, self.t, 1, self.di))
+        Tensor::new(self.k.elems(), self.k_layout)
     }
     fn w(&self) -> Tensor<'_> {
-        Tensor::bshd(&self.w[..], self.b, self.l, 1, self.hi)
+        Tensor::new(self.w.elems(), gated_attention::Layout::bshd(self.b, self.l, 1, self.hi))
     }
     fn visible(&self, causal: bool, row: usize) -> usize {
         let t = (row % self.l) as i64;
@@ -331,8 +343,14 @@ const INDEXER_SHAPES: [(usize, usize, usize, usize, usize); 4] =
 #[test]
 fn indexer_scores_match_reference() {
     for (n, &shape) in INDEXER_SHAPES.iter().enumerate() {
-        for k_type in [DType::F32, DType::BF16] {
-            let c = IndexerCase::new(n as u64 + 30, shape, k_type);
+        let cases = [
+            IndexerCase::new(n as u64 + 30, shape, DType::F32),
+            IndexerCase::typed(n as u64 + 31, shape, [DType::BF16, DType::BF16, DType::F16]),
+            IndexerCase::typed(n as u64 + 32, shape, [DType::F16, DType::F32, DType::BF16]),
+            // A sliding view needs t - 1 + di elements per batch row; the buffer has t·di.
+            IndexerCase::new(n as u64 + 33, shape, DType::F32).overlapping_keys(),
+        ];
+        for c in cases {
             let kinds = [Indexer::lightning(), Indexer::gated(&c.bias), Indexer::lightning().scale(0.7)];
             for base in kinds {
                 for ix in [base, base.causal()] {
@@ -375,7 +393,7 @@ fn check_selection(list: &[i32], n: usize, scores: &[f64], visible: usize, label
 #[test]
 fn top_k_selects_the_best_visible_keys() {
     for (n, &shape) in INDEXER_SHAPES.iter().enumerate() {
-        let c = IndexerCase::new(n as u64 + 40, shape, DType::F16);
+        let c = IndexerCase::typed(n as u64 + 40, shape, [DType::BF16, DType::F16, DType::F32]);
         for ix in [Indexer::lightning().causal(), Indexer::gated(&c.bias), Indexer::gated(&c.bias).causal()] {
             let r = rsparse::indexer_scores(&c.q(), &c.k(), &c.w(), &ix).unwrap();
             for top_k in [1, 5, c.t, c.t + 3] {
@@ -396,8 +414,14 @@ fn top_k_selects_the_best_visible_keys() {
 fn adaptive_top_k_follows_the_variance_rule() {
     for (n, &shape) in INDEXER_SHAPES.iter().enumerate() {
         let c = IndexerCase::new(n as u64 + 50, shape, DType::F32);
-        let cfg = AdaptiveTopK { k_base: c.t / 2 + 1, k_min: 1, k_max: c.t.max(2) - 1, temperature: 1.5 };
-        for ix in [Indexer::gated(&c.bias).causal(), Indexer::lightning()] {
+        // k_max below kv_len (slots < keys) and above it (every key may be kept).
+        let narrow = AdaptiveTopK { k_base: c.t / 2 + 1, k_min: 1, k_max: c.t.max(2) - 1, temperature: 1.5 };
+        let wide = AdaptiveTopK { k_base: c.t, k_min: 2, k_max: 2 * c.t + 1, temperature: 0.5 };
+        for (cfg, ix) in [
+            (narrow, Indexer::gated(&c.bias).causal()),
+            (narrow, Indexer::lightning()),
+            (wide, Indexer::lightning().causal()),
+        ] {
             let r = rsparse::indexer_scores(&c.q(), &c.k(), &c.w(), &ix).unwrap();
             let rows = c.b * c.l;
             let real = rsparse::adaptive_k(&r, rows, c.t, &cfg);
@@ -608,4 +632,41 @@ fn sparse_decode_reads_a_kv_cache_in_place() {
     for (e, &x) in o.iter().enumerate() {
         assert!(close(x as f64, r.out[e], tol), "element {e}: {x} vs {}", r.out[e]);
     }
+}
+
+#[test]
+fn indexer_scores_by_hand() {
+    // Two indexer heads of dimension 2, default scales: q heads [1, 0] and [0, 1], keys [2, -4]
+    // and [-2, 6], weights [1, 0.5], gated biases [0, 1].
+    let (q, k, w, bias) = ([1.0f32, 0.0, 0.0, 1.0], [2.0f32, -4.0, -2.0, 6.0], [1.0f32, 0.5], [0.0f32, 1.0]);
+    let (qt, kt, wt) =
+        (Tensor::bshd(&q[..], 1, 1, 2, 2), Tensor::bshd(&k[..], 1, 2, 1, 2), Tensor::bshd(&w[..], 1, 1, 1, 2));
+    let mut s = [0.0f32; 2];
+    // Lightning, scale 1/sqrt(2·2): key 0 = 1·ReLU(2/2) + 0.5·ReLU(-4/2) = 1, key 1 = 0.5·ReLU(6/2) = 1.5.
+    indexer_scores(&qt, &kt, &wt, &Indexer::lightning(), &mut s).unwrap();
+    assert_eq!(s, [1.0, 1.5]);
+    // Gated, scale 1/sqrt(2): Σ_h σ(w_h)·σ(q_h·k/√2 + b_h), evaluated in Python's math module.
+    indexer_scores(&qt, &kt, &wt, &Indexer::gated(&bias), &mut s).unwrap();
+    for (x, r) in s.iter().zip([0.674249622561836f64, 0.7621594988514263]) {
+        assert!(close(*x as f64, r, INDEXER_TOL), "{x} vs {r}");
+    }
+}
+
+#[test]
+fn adaptive_top_k_with_one_key_keeps_it() {
+    // kv_len 1: variance 0 (PyTorch's unbiased var would be NaN), k_t = min(k, 1) = 1.
+    let (q, k, w) = ([0.3f32; 2 * 4], [0.5f32; 4], [1.0f32; 2]);
+    let mut idx = [9i32; 2];
+    let mut counts = [9usize; 2];
+    adaptive_top_k_indices(
+        &Tensor::bshd(&q[..], 1, 2, 1, 4),
+        &Tensor::bshd(&k[..], 1, 1, 1, 4),
+        &Tensor::bshd(&w[..], 1, 2, 1, 1),
+        &Indexer::lightning(),
+        &AdaptiveTopK { k_base: 4, k_min: 1, k_max: 8, temperature: 1.0 },
+        &mut idx,
+        Some(&mut counts),
+    )
+    .unwrap();
+    assert_eq!((idx, counts), ([0, 0], [1, 1]));
 }

@@ -3,10 +3,10 @@
 //!
 //! The input decodes into small shapes, index lists (mostly valid keys, some padding, and now and
 //! then an out-of-range or repeated key that must be an `Err` on both sides), mask and score
-//! options, values in [-4, 4) with injected NaN / Inf, and an indexer over the same tensors. The
-//! kernel must agree with the reference on `Err` (leaving its output untouched) and otherwise be
-//! NaN exactly where the reference is, LSE `-inf` exactly where the reference's is, and within
-//! `2e-4·max(1, max|v|) + 1e-3·|r|` elsewhere. `top_k_indices` must list distinct visible keys,
+//! options, values in [-4, 4) with injected NaN / Inf, keys read through overlapping rows now and
+//! then, and an indexer over the same tensors. The kernel must agree with the reference on `Err`
+//! (leaving its output untouched) and otherwise be NaN exactly where the reference is, LSE `-inf`
+//! exactly where the reference's is, and within `2e-4·max(1, max|v|) + 1e-3·|r|` elsewhere. `top_k_indices` must list distinct visible keys,
 //! best first, with no left-out key scoring above a chosen one beyond the indexer's f32 rounding.
 #![no_main]
 
@@ -37,6 +37,9 @@ struct Case {
     softcap: Option<f32>,
     sinks: Option<Vec<f32>>,
     rayon: bool,
+    /// Keys read through overlapping rows: K broadcast over the sequence (stride 0) in the
+    /// sparse kernel, a sliding view (seq stride 1) in the indexer.
+    overlap: bool,
     q: Vec<f32>,
     kk: Vec<f32>,
     v: Vec<f32>,
@@ -87,6 +90,7 @@ impl Case {
             None
         };
         let rayon = u.arbitrary()?;
+        let overlap = u.ratio(1, 6)?;
         let mut values = |n: usize| -> Result<Vec<f32>> {
             (0..n)
                 .map(|_| {
@@ -106,6 +110,7 @@ impl Case {
         let gated = u.arbitrary()?;
         let top_k = u.int_in_range(0..=kv_len + 2)?;
         Ok(Case {
+            overlap,
             dims,
             k,
             shared,
@@ -128,7 +133,10 @@ impl Case {
     fn run_sparse(&self) {
         let d = &self.dims;
         let q = Tensor::bshd(&self.q[..], d.batch, d.q_len, d.q_heads, d.head_dim);
-        let k = Tensor::bshd(&self.kk[..], d.batch, d.kv_len, d.kv_heads, d.head_dim);
+        let mut k = Tensor::bshd(&self.kk[..], d.batch, d.kv_len, d.kv_heads, d.head_dim);
+        if self.overlap {
+            k.layout.strides[1] = 0;
+        }
         let v = Tensor::bshd(&self.v[..], d.batch, d.kv_len, d.kv_heads, d.v_head_dim);
         let idx = if self.shared {
             SparseIndices::shared(&self.indices, d.batch, d.q_len, self.k)
@@ -172,6 +180,8 @@ impl Case {
                 let x = x as f64;
                 if rv.is_nan() || x.is_nan() {
                     assert!(rv.is_nan() && x.is_nan(), "{isa:?}: out {e} = {x}, reference {rv} ({self:?})");
+                } else if rv.is_infinite() || x.is_infinite() {
+                    assert_eq!(x, rv, "{isa:?}: out {e} ({self:?})");
                 } else {
                     let tol = 2e-4 * vmax + 1e-3 * rv.abs();
                     assert!((x - rv).abs() <= tol, "{isa:?}: out {e} = {x}, reference {rv} ({self:?})");
@@ -205,7 +215,10 @@ impl Case {
         let base = if self.gated { Indexer::gated(&bias) } else { Indexer::lightning() };
         let ix = if self.causal { base.causal() } else { base };
         let qt = Tensor::bshd(qi, d.batch, d.q_len, hi, di);
-        let kt = Tensor::bshd(&ki[..], d.batch, d.kv_len, 1, di);
+        let mut kt = Tensor::bshd(&ki[..], d.batch, d.kv_len, 1, di);
+        if self.overlap {
+            kt.layout.strides[1] = 1; // row s starts at element s of its batch row
+        }
         let wt = Tensor::bshd(&wi[..], d.batch, d.q_len, 1, hi);
         let scores = rsparse::indexer_scores(&qt, &kt, &wt, &ix).expect("valid indexer call");
         let mut idx = vec![0i32; d.batch * d.q_len * self.top_k];

@@ -38,12 +38,18 @@ pub fn indexer_scores(
     indexer: &Indexer<'_>,
 ) -> Result<Vec<f64>, Error> {
     let d = check_indexer(q, k, w, indexer)?;
-    let scale = indexer.effective_scale(d.heads, d.dim) as f64;
+    // The defaults and the mask written out again, not taken from the code under test.
+    let scale = match (indexer.scale, indexer.kind) {
+        (Some(s), _) => s as f64,
+        (None, IndexerKind::Lightning) => 1.0 / libm::sqrt((d.dim * d.heads) as f64),
+        (None, IndexerKind::Gated { .. }) => 1.0 / libm::sqrt(d.dim as f64),
+    };
     let sigmoid = |x: f64| 1.0 / (1.0 + libm::exp(-x));
-    let mut out = vec![f64::NEG_INFINITY; d.rows() * d.kv_len];
+    let mut out = vec![f64::NEG_INFINITY; d.batch * d.q_len * d.kv_len];
     for b in 0..d.batch {
         for t in 0..d.q_len {
-            for s in 0..d.visible(indexer, t) {
+            let position = d.kv_len as i64 - d.q_len as i64 + t as i64;
+            for s in (0..d.kv_len).filter(|&s| !indexer.causal || s as i64 <= position) {
                 let mut score = 0.0;
                 for h in 0..d.heads {
                     let dot: f64 = (0..d.dim).map(|e| elem(q, b, t, h, e) * elem(k, b, s, 0, e)).sum::<f64>() * scale;
@@ -77,5 +83,13 @@ pub fn adaptive_k(scores: &[f64], rows: usize, kv_len: usize, cfg: &AdaptiveTopK
         .collect();
     let finite: Vec<f64> = variance.iter().copied().filter(|v| v.is_finite()).collect();
     let mean = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
-    variance.iter().map(|v| cfg.real_k(v / (mean + 1e-8))).collect()
+    variance
+        .iter()
+        .map(|v| {
+            let ratio = v / (mean + 1e-8);
+            let ratio = if ratio.is_finite() { ratio } else { 1.0 };
+            let k = cfg.k_base as f64 * (0.5 + 1.0 / (1.0 + ratio * cfg.temperature as f64));
+            k.max(cfg.k_min as f64).min(cfg.k_max as f64)
+        })
+        .collect()
 }

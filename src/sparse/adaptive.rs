@@ -80,9 +80,12 @@ pub(crate) fn finite_mean(x: &[f64]) -> f64 {
 /// `k_t`-th), and writes `k_t` into `counts` (`[batch, q_len]`) when given.
 ///
 /// The mean variance is taken over the call's rows, so the indexer runs twice (once for the
-/// variances, once to select) instead of keeping the `L × L` scores. A row whose variance is not
-/// finite (NaN inputs) is treated as average. Ties and NaN scores rank as in
-/// [`top_k_indices`](crate::sparse::top_k_indices).
+/// variances, once to select) instead of keeping the `L × L` scores. Where GSA's PyTorch code
+/// is silent or fragile this function decides: variances and `k_t` are computed in f64 (so a
+/// `k_t` right at an integer may truncate one lower or higher than PyTorch's f32); a row of
+/// fewer than two keys has variance 0 (PyTorch: NaN); a row whose variance is not finite (NaN
+/// inputs) is left out of the mean and treated as average (in PyTorch it would make every
+/// row's `k_t` NaN). Ties and NaN scores rank as in [`top_k_indices`](crate::sparse::top_k_indices).
 pub fn adaptive_top_k_indices(
     q: &Tensor<'_>,
     k: &Tensor<'_>,

@@ -92,7 +92,7 @@ pub struct IndexerDims {
 impl IndexerDims {
     /// Query rows in all (`batch · q_len`).
     pub fn rows(&self) -> usize {
-        self.batch * self.q_len
+        self.batch.saturating_mul(self.q_len)
     }
 
     /// Keys query row `t` may see under `indexer`'s mask: a prefix `0..visible`.
@@ -135,6 +135,13 @@ pub fn check_indexer(
     if d.dim == 0 {
         return Err(Error::ZeroHeadDim { operand: Operand::Query });
     }
+    // Rows, and each thread's scratch (`row_scratch_len`), must be countable.
+    let overflow = Error::ShapeOverflow { operand: Operand::Query };
+    d.batch.checked_mul(d.q_len).ok_or(overflow.clone())?;
+    d.kv_len
+        .checked_mul(2)
+        .and_then(|x| x.checked_add(d.heads.checked_mul(d.dim.checked_add(BK + 1)?)?))
+        .ok_or(overflow)?;
     for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
         t.layout.check(operand, t.data.len())?;
     }
@@ -175,8 +182,10 @@ pub fn indexer_scores(
 /// Chooses, for every query row, the `top_k` visible keys with the highest scores, best first,
 /// into `out` (`[batch, q_len, top_k]`, the [`SparseIndices::shared`](crate::sparse::SparseIndices::shared)
 /// layout). Rows that see fewer than `top_k` keys list all of them and pad with
-/// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf`. Each thread holds
-/// `2 · kv_len + H_I · (d_I + 257)` floats of scratch; rows run in parallel with rayon.
+/// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf` (such a key is
+/// still listed when the row has no better one left). Each thread holds
+/// `2 · kv_len + H_I · (d_I + 257)` floats of scratch; with the `rayon` feature rows always run
+/// in parallel (the indexer has no `Parallelism` switch).
 ///
 /// ```
 /// use gated_attention::sparse::{top_k_indices, Indexer};
@@ -315,7 +324,7 @@ impl<O: Send> KernelVisitor for RowVisitor<'_, '_, O> {
 impl<O: Send> RowVisitor<'_, '_, O> {
     fn typed<K: Kernel, KE: Element>(self, kernel: K, k: &[KE]) {
         let d = self.ops.dims;
-        let len = 2 * d.kv_len + d.heads * d.dim + d.heads * BK + d.heads;
+        let len = row_scratch_len(&d);
         let (ops, f) = (self.ops, self.f);
         let row = |(r, dst): (usize, &mut [O]), buf: &mut [f32]| {
             let (scores, rest) = buf.split_at_mut(d.kv_len);
@@ -356,8 +365,8 @@ fn score_row<K: Kernel, KE: Element>(
     let (qs, rest) = tmp.split_at_mut(hi * di);
     let (s, wh) = rest.split_at_mut(hi * BK);
     let scale = ops.indexer.effective_scale(hi, di);
-    // The scale is folded into the queries: both kinds are positively homogeneous in it
-    // (ReLU(c·x) = c·ReLU(x) for c > 0; the gated kind applies it before its sigmoid).
+    // The scale is folded into the queries: it multiplies q·k before either nonlinearity
+    // (the lightning kind's ReLU(c·x) and the gated kind's σ(c·x + b)).
     for (h, dst) in qs.chunks_exact_mut(di).enumerate() {
         let off = ops.q.layout.offset(b, t, h);
         match ops.q.data {
@@ -402,6 +411,11 @@ fn score_row<K: Kernel, KE: Element>(
     }
 }
 
+/// f32 scratch of one thread of [`for_each_row`] (checked not to overflow by [`check_indexer`]).
+fn row_scratch_len(d: &IndexerDims) -> usize {
+    2 * d.kv_len + d.heads * (d.dim + BK + 1)
+}
+
 /// `max(x, 0)` that keeps NaN (`f32::max` would drop it).
 #[inline]
 fn relu(x: f32) -> f32 {
@@ -415,4 +429,33 @@ fn relu(x: f32) -> f32 {
 #[inline]
 pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + libm::expf(-x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Also runs without rayon (`cargo test --no-default-features --features alloc --lib`), where
+    // rows are scored sequentially.
+    #[test]
+    fn top_k_by_hand() {
+        // One head of dimension 1, scale 1: the scores are q·k. Query 0 (position 2 of 4) sees
+        // keys 0..3; query 1 sees all four.
+        let (q, k, w) = ([1.0f32, -1.0], [0.5f32, 2.0, -1.0, 3.0], [1.0f32, 2.0]);
+        let (qt, kt, wt) =
+            (Tensor::bshd(&q[..], 1, 2, 1, 1), Tensor::bshd(&k[..], 1, 4, 1, 1), Tensor::bshd(&w[..], 1, 2, 1, 1));
+        let mut idx = [9i32; 6];
+        top_k_indices(&qt, &kt, &wt, &Indexer::lightning().scale(1.0).causal(), 3, &mut idx).unwrap();
+        // Row 0: ReLU scores [0.5, 2, 0] -> 1, 0, 2. Row 1: 2·ReLU(-k) = [0, 0, 2, 0] -> 2, 0, 1.
+        assert_eq!(idx, [1, 0, 2, 2, 0, 1]);
+    }
+
+    #[test]
+    fn select_top_keeps_ties_in_key_order() {
+        let mut scores = [1.0f32, 3.0, f32::NAN, 3.0, 1.0];
+        let mut spare = [0.0f32; 5];
+        let mut dst = [0i32; 5];
+        select_top(&mut scores, 4, &mut spare, &mut dst);
+        assert_eq!(dst, [1, 3, 0, 4, PAD]);
+    }
 }

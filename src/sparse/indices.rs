@@ -30,7 +30,8 @@ impl<'a> SparseIndices<'a> {
         SparseIndices { data, batch, q_len, heads: 1, k }
     }
 
-    /// One list per query row and KV head: `data` is `[batch, q_len, kv_heads, k]`.
+    /// One list per query row and KV head: `data` is `[batch, q_len, kv_heads, k]` (with one KV
+    /// head this is [`SparseIndices::shared`]).
     pub fn per_kv_head(data: &'a [i32], batch: usize, q_len: usize, kv_heads: usize, k: usize) -> Self {
         SparseIndices { data, batch, q_len, heads: kv_heads, k }
     }

@@ -10,9 +10,15 @@
 //!   where values are written, as in dense attention ([`gate::apply_gate`](crate::gate::apply_gate)
 //!   or [`KvCache::append_gated`](crate::cache::KvCache::append_gated)).
 //!
+//! The indexers take their queries and keys as the caller prepared them: DeepSeek's RoPE on the
+//! first 64 dimensions, its Hadamard rotation and the key's LayerNorm happen before the call, and
+//! its fp8 quantisation of q and k is not modelled (the scores are those of the dequantised
+//! vectors, so near-ties may rank differently from DeepSeek's fp8 kernel).
+//!
 //! With a [`KvCache`](crate::cache::KvCache), pass `cache.keys(b)` and `cache.values(b)` (read in
-//! place) and list cache slots; slot `s` holds position `cache.positions(b).nth(s)`, which is `s`
-//! itself for a full cache.
+//! place) and list cache slots. Slot `s` holds position `cache.positions(b).nth(s)`, which is `s`
+//! itself for a full cache. The mask options, ALiBi and bias compare slot numbers, so with a
+//! sliding-window or StreamingLLM cache list only past slots and leave those options off.
 //!
 //! The indexer costs `O(L² · H_I · d_I)` but holds only `O(kv_len)` scratch per thread; the
 //! attention costs `O(L · k · head_dim)`. [`reference::sparse`](crate::reference::sparse) is
