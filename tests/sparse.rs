@@ -250,6 +250,9 @@ fn sparse_errors_leave_outputs_untouched() {
     assert_eq!(call(&d2, SparseIndices::shared(&d2, 1, lq, 2)), Error::IndexOutOfRange { index: -2, kv_len: 4 });
     let d3 = [3, PAD, 1, 1];
     assert_eq!(call(&d3, SparseIndices::shared(&d3, 1, lq, 2)), Error::DuplicateIndex { index: 1 });
+    // Two bad lists: the first one's error, whatever the threads.
+    let d7 = [2, 2, 9, 0];
+    assert_eq!(call(&d7, SparseIndices::shared(&d7, 1, lq, 2)), Error::DuplicateIndex { index: 2 });
     let d4 = [0, 1, 2];
     assert!(matches!(
         call(&d4, SparseIndices::shared(&d4, 1, lq, 2)),

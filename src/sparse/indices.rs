@@ -76,23 +76,48 @@ impl<'a> SparseIndices<'a> {
         if self.k == 0 {
             return Ok(());
         }
-        // Each list sorted on a copy: O(k) memory whatever kv_len is.
-        let mut sorted = vec![0i32; self.k];
-        for entries in self.data.chunks_exact(self.k) {
-            sorted.copy_from_slice(entries);
-            sorted.sort_unstable();
-            for (n, &e) in sorted.iter().enumerate() {
-                if e == PAD {
-                    continue;
-                }
-                if e < 0 || e as i64 >= dims.kv_len as i64 {
-                    return Err(Error::IndexOutOfRange { index: e as i64, kv_len: dims.kv_len });
-                }
-                if n > 0 && sorted[n - 1] == e {
-                    return Err(Error::DuplicateIndex { index: e as usize });
-                }
+        let kv_len = dims.kv_len;
+        // The first bad list decides the error, whatever the number of threads.
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            let first_bad = self
+                .data
+                .par_chunks_exact(self.k)
+                .map_init(|| vec![0i32; self.k], |sorted, list| check_list(list, kv_len, sorted))
+                .enumerate()
+                .filter_map(|(n, r)| r.err().map(|e| (n, e)))
+                .min_by_key(|(n, _)| *n);
+            if let Some((_, e)) = first_bad {
+                return Err(e);
+            }
+        }
+        #[cfg(not(feature = "rayon"))]
+        {
+            let mut sorted = vec![0i32; self.k];
+            for list in self.data.chunks_exact(self.k) {
+                check_list(list, kv_len, &mut sorted)?;
             }
         }
         Ok(())
     }
+}
+
+/// Checks one list's entries and that no key repeats, sorting a copy in `sorted` (`list.len()`
+/// long): O(k) memory whatever `kv_len` is.
+fn check_list(list: &[i32], kv_len: usize, sorted: &mut [i32]) -> Result<(), Error> {
+    sorted.copy_from_slice(list);
+    sorted.sort_unstable();
+    for (n, &e) in sorted.iter().enumerate() {
+        if e == PAD {
+            continue;
+        }
+        if e < 0 || e as i64 >= kv_len as i64 {
+            return Err(Error::IndexOutOfRange { index: e as i64, kv_len });
+        }
+        if n > 0 && sorted[n - 1] == e {
+            return Err(Error::DuplicateIndex { index: e as usize });
+        }
+    }
+    Ok(())
 }
