@@ -8,7 +8,7 @@
 //! happens inside a tile and a hidden key's non-finite value can never reach a row. Units are
 //! independent and visit their lists in order, so results do not depend on the thread count.
 
-use crate::driver::Sink;
+use crate::driver::{Inputs, Sink};
 use crate::element::{Element, Elems};
 use crate::error::Error;
 use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
@@ -82,18 +82,14 @@ struct Call<'p, 'a, 't, 'o> {
 
 /// The read-only operands of a call with K and V of known element types.
 struct Operands<'a, KE: Element, VE: Element> {
-    q: Tensor<'a>,
-    k: &'a [KE],
-    k_layout: crate::tensor::Layout,
-    v: &'a [VE],
-    v_layout: crate::tensor::Layout,
+    tensors: Inputs<'a, KE, VE>,
     indices: SparseIndices<'a>,
 }
 
 impl KvVisitor for Call<'_, '_, '_, '_> {
     fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
-        let ops =
-            Operands { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout, indices: *self.indices };
+        let tensors = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
+        let ops = Operands { tensors, indices: *self.indices };
         let plan = self.plan;
         let d = &plan.dims;
         let units = d.batch * d.q_len * d.kv_heads;
@@ -163,7 +159,7 @@ fn run_unit<K: Kernel, KE: Element, VE: Element>(
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
     acc.fill(0.0);
-    load_queries(kernel, plan, &ops.q, b, i, kvh, qs);
+    load_queries(kernel, plan, &ops.tensors.q, b, i, kvh, qs);
     let rk = plan.mask.row(i);
     let visible = |j: usize| j < rk.sinks_end || (rk.lo <= j && j < rk.hi);
     let mut keys = [0usize; BC];
@@ -238,13 +234,14 @@ fn attend_tile<K: Kernel, KE: Element, VE: Element>(
     let d = &plan.dims;
     let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
     let n = tile.keys.len();
+    let t = &ops.tensors;
     for (&j, dst) in tile.keys.iter().zip(ks.chunks_exact_mut(dk)) {
-        let off = ops.k_layout.offset(tile.b, j, tile.kvh);
-        kernel.widen(&ops.k[off..off + dk], dst);
+        let off = t.k_layout.offset(tile.b, j, tile.kvh);
+        kernel.widen(&t.k[off..off + dk], dst);
     }
     for (&j, dst) in tile.keys.iter().zip(vs.chunks_exact_mut(dv)) {
-        let off = ops.v_layout.offset(tile.b, j, tile.kvh);
-        kernel.widen(&ops.v[off..off + dv], dst);
+        let off = t.v_layout.offset(tile.b, j, tile.kvh);
+        kernel.widen(&t.v[off..off + dv], dst);
     }
     let s = &mut s[..g * n];
     kernel.dot_rows(g, n, dk, qs, dk, &ks[..n * dk], dk, s, n);
