@@ -1,5 +1,5 @@
 //! Gated sparse attention against dense attention on one prefill shape, with the machine's FMA
-//! peak measured in the same run.
+//! peak and read bandwidth measured in the same run.
 //!
 //! ```text
 //! cargo run --release --example sparse_bench -- [--threads N] [--reps N] [--len L] [--top-k K]
@@ -8,7 +8,9 @@
 //! 4096); a lightning indexer with 16 heads of dimension 64 picks `K` keys per query (default 512).
 //! Reported: the indexer's time and GFLOP/s (`2 · Σ visible · H_I · d_I`), sparse attention's
 //! time and GFLOP/s (`4 · Σ listed · heads · d`), dense causal attention's, each as a share of
-//! the FMA peak, and sparse + indexer against dense as a speed-up. Medians over `--reps` runs.
+//! the FMA peak, and sparse + indexer against dense as a speed-up. Sparse attention re-reads
+//! each listed key's K and V rows for every query row, so it is also given as gathered bytes per
+//! second (`Σ listed · Hkv · 2 · D · 4`) against the read bandwidth. Medians over `--reps` runs.
 
 #[path = "bench/limits.rs"]
 mod limits;
@@ -110,6 +112,7 @@ fn main() {
         attention(&qt, &kt, &vt, TensorMut::bshd(&mut out[..], 1, l, HQ, D), None, &opts).unwrap()
     });
     let peak_after = limits::fma_peak_gflops(a.threads, 7, 50);
+    let bw = limits::BwBuffer::new(1024, a.threads).read_gbps(a.threads, 5);
 
     let visible: f64 = (1..=l).map(|n| n as f64).sum();
     let listed = idx.iter().filter(|&&j| j != PAD).count() as f64;
@@ -121,7 +124,7 @@ fn main() {
         "sparse_bench: L {l}, {HQ}/{HKV} heads, D {D}, causal, top-k {} (indexer {HI}x{DI}), {} threads, {} reps",
         a.top_k, a.threads, a.reps
     );
-    println!("FMA peak: {peak:.1} GFLOP/s before, {peak_after:.1} after");
+    println!("FMA peak: {peak:.1} GFLOP/s before, {peak_after:.1} after; read bandwidth {bw:.1} GB/s");
     println!("| step | median ms | GFLOP/s | of FMA peak |");
     println!("|---|---|---|---|");
     for (name, ms, g) in [
@@ -131,6 +134,11 @@ fn main() {
     ] {
         println!("| {name} | {ms:.1} | {g:.1} | {:.0}% |", 100.0 * g / peak);
     }
+    let gathered = listed * (HKV * 2 * D * 4) as f64 / (t_sparse * 1e6);
+    println!(
+        "sparse attention gathers {gathered:.1} GB/s of K and V rows, {:.0}% of the read bandwidth",
+        100.0 * gathered / bw
+    );
     println!(
         "keys per row: {:.0} listed on average vs {:.0} visible; dense / sparse time {:.2}x, dense / (indexer + sparse) {:.2}x",
         listed / l as f64,
