@@ -21,7 +21,7 @@ fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, 
     let layer = GatedAttention::seeded(config, 11).unwrap();
     let dm = layer.config().hidden_size;
     let x = inputs(batch, l, dm, 5);
-    let want = layer.reference_forward(&x, batch);
+    let want = layer.reference_forward(&x, batch).unwrap();
     let (atol, rtol) = tolerance(DType::F32);
     for cache_dtype in [DType::F32, DType::BF16] {
         let mut cache = layer.new_cache(batch, l + 4, cache_dtype).unwrap();
@@ -134,7 +134,7 @@ fn first_token_probabilities_match_brute_force() {
                 assert!((got - want).abs() <= 1e-5 * (1.0 + want), "{opts:?} h={h} i={i}: {got} vs {want}");
             }
         }
-        let share = sink_share_per_head(&p, 1, hq, lq, 1);
+        let share = sink_share_per_head(&p, 1, hq, lq, 1).unwrap();
         for h in 0..hq {
             let mean: f64 = (1..lq).map(|i| p[h * lq + i]).sum::<f64>() / (lq - 1) as f64;
             assert!((share[h] - mean).abs() < 1e-12);
@@ -204,7 +204,8 @@ fn config_json_fields_and_errors() {
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3}"#, "num_key_value_heads"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": "x"}"#, "head_dim"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "partial_rotary_factor": 1.5}"#, "partial_rotary_factor"),
-        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "rope_type"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "short_factor"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "su"}}"#, "rope_type"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "linear"}}"#, "factor"),
         (
             r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#,
