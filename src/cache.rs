@@ -155,20 +155,36 @@ enum Store {
     BF16(Vec<bf16>),
 }
 
-/// `n` zeros, reserved fallibly: a request the allocator refuses is an `Err`, never an abort.
-fn zeros<E: Copy>(n: usize, zero: E) -> Result<Vec<E>, Error> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| bad("the allocator refused the storage"))?;
-    v.resize(n, zero);
-    Ok(v)
+/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0).
+trait ZeroBits: Copy {}
+impl ZeroBits for f32 {}
+impl ZeroBits for f16 {}
+impl ZeroBits for bf16 {}
+
+/// `n` zeros from the allocator's zeroed memory (untouched pages stay lazy, as with `vec!`), or an
+/// `Err` when the allocator refuses: never an abort.
+fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
+    let layout = core::alloc::Layout::array::<E>(n).map_err(|_| Error::ShapeOverflow { operand: Operand::Cache })?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<E>();
+    if ptr.is_null() {
+        return Err(bad("the allocator refused the storage"));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `[E; n]`, which is the
+    // layout a `Vec<E>` of capacity `n` owns; its `n` elements are initialised, since all-zero
+    // bytes are a valid `E` (ZeroBits: f32, f16 and bf16 zero).
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }
 
 impl Store {
     fn new(dtype: DType, n: usize) -> Result<Store, Error> {
         Ok(match dtype {
-            DType::F32 => Store::F32(zeros(n, 0.0)?),
-            DType::F16 => Store::F16(zeros(n, f16::ZERO)?),
-            DType::BF16 => Store::BF16(zeros(n, bf16::ZERO)?),
+            DType::F32 => Store::F32(zeros(n)?),
+            DType::F16 => Store::F16(zeros(n)?),
+            DType::BF16 => Store::BF16(zeros(n)?),
         })
     }
     fn elems(&self) -> Elems<'_> {
