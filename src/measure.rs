@@ -205,10 +205,7 @@ pub fn sink_share_per_head(
     exclude_first_queries: usize,
 ) -> Result<Vec<f64>, Error> {
     let operand = crate::Operand::Lse;
-    let n = batch
-        .checked_mul(q_heads)
-        .and_then(|x| x.checked_mul(q_len))
-        .ok_or(Error::ShapeOverflow { operand })?;
+    let n = batch.checked_mul(q_heads).and_then(|x| x.checked_mul(q_len)).ok_or(Error::ShapeOverflow { operand })?;
     if p.len() != n {
         return Err(Error::ShapeMismatch { operand, dim: "batch * q_heads * q_len", expected: n, found: p.len() });
     }
