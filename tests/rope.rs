@@ -209,3 +209,29 @@ fn fused_query_rotation_equals_rotating_first() {
         check(&inp, &c, &fused, &out, &lse, "fused rope");
     }
 }
+
+#[test]
+fn range_tables_equal_full_tables_on_their_range() {
+    for cfg in configs() {
+        for seq_len in [0usize, 64, 300] {
+            let full = RopeTable::with_range(&cfg, seq_len, 0..300).unwrap();
+            let part = RopeTable::with_range(&cfg, seq_len, 250..300).unwrap();
+            assert_eq!((part.first_position(), part.positions()), (250, 300));
+            assert_eq!(part.inv_freq(), full.inv_freq(), "{cfg:?}");
+            for p in 250..300 {
+                assert_eq!((part.cos(p), part.sin(p)), (full.cos(p), full.sin(p)), "{cfg:?} pos {p}");
+            }
+            // Positions outside the range are an Err, before anything is rotated.
+            let mut x = vec![f32::NAN; 2 * 64];
+            for ids in [[249usize, 260], [260, 300]] {
+                let r = part.rotate(TensorMut::bshd(&mut x[..], 1, 2, 1, 64), Positions::Explicit(&ids));
+                assert!(r.is_err(), "{cfg:?} {ids:?}");
+                assert!(x.iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+    // new(cfg, n) is the range 0..n with the frequencies of n tokens.
+    let cfg = RopeConfig::new(8, 1e4).scaling(RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 16 });
+    assert_eq!(RopeTable::new(&cfg, 40).unwrap(), RopeTable::with_range(&cfg, 40, 0..40).unwrap());
+    assert_ne!(RopeTable::new(&cfg, 40).unwrap().inv_freq(), RopeTable::with_range(&cfg, 0, 0..40).unwrap().inv_freq());
+}
