@@ -351,13 +351,12 @@ impl GatedAttention {
     ) -> Result<Vec<f32>, Error> {
         let c = &self.config;
         let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
-        if batch == 0 || x.len() % (batch * dm) != 0 {
-            return Err(Error::InvalidConfig {
-                field: "hidden_size",
-                reason: "input length is not batch · L · hidden_size",
-            });
-        }
-        let l = x.len() / (batch * dm);
+        // Checked: a huge batch must be an Err, not an overflow.
+        let row = batch.checked_mul(dm).filter(|&r| r > 0 && x.len() % r == 0).ok_or(Error::InvalidConfig {
+            field: "hidden_size",
+            reason: "input length is not batch · L · hidden_size",
+        })?;
+        let l = x.len() / row;
         let n = batch * l;
         let cc = cache.config();
         if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
@@ -493,8 +492,9 @@ impl GatedAttention {
         positions: &[usize],
     ) -> Result<(Vec<f32>, Vec<f32>), Error> {
         let c = &self.config;
-        let l = x.len() / (batch * c.hidden_size).max(1);
-        if batch == 0 || x.len() != batch * l * c.hidden_size || positions.len() != batch * l {
+        let row = batch.checked_mul(c.hidden_size).filter(|&r| r > 0);
+        let l = row.map_or(0, |r| x.len() / r);
+        if row.is_none_or(|r| x.len() != r * l) || positions.len() != batch * l {
             return Err(Error::InvalidConfig {
                 field: "hidden_size",
                 reason: "input or positions do not match batch · L",
