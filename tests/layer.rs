@@ -449,3 +449,32 @@ fn dynamic_ntk_and_longrope_decode_past_the_table() {
         assert!(want.iter().zip(&whole).any(|(a, b)| (a - b).abs() > 1e-3), "{kind}: chunking must matter");
     }
 }
+
+/// Positions past `max_position_embeddings` with a length-independent scaling rotate exactly as
+/// a layer whose table covers them (main rejected them), for the full and the StreamingLLM cache.
+#[test]
+fn positions_past_the_table_equal_a_longer_table() {
+    use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
+    let mut short = GatedAttentionConfig::new(32, 4, 2, 8);
+    short.gate = Some(GateConfig::qiu(GateGranularity::Headwise));
+    short.max_position_embeddings = 8;
+    let long = GatedAttentionConfig { max_position_embeddings: 64, ..short.clone() };
+    let (a, b) = (GatedAttention::seeded(short, 5).unwrap(), GatedAttention::seeded(long, 5).unwrap());
+    assert_eq!(a.weights(), b.weights());
+    let x = inputs(1, 20, 32, 8);
+    for policy in [CachePolicy::Full, CachePolicy::StreamingLlm { sink_tokens: 2, recent: 4 }] {
+        let cfg = KvCacheConfig::new(1, 2, 8, 24, DType::F32).policy(policy);
+        let (mut ca, mut cb) = (KvCache::new(cfg).unwrap(), KvCache::new(cfg).unwrap());
+        let (ya, yb) =
+            (a.forward(&x[..4 * 32], 1, &mut ca, None).unwrap(), b.forward(&x[..4 * 32], 1, &mut cb, None).unwrap());
+        assert_eq!(ya, yb, "{policy:?} prefill");
+        for t in 4..20 {
+            let xs = &x[t * 32..(t + 1) * 32];
+            let (ya, yb) = (a.forward(xs, 1, &mut ca, None).unwrap(), b.forward(xs, 1, &mut cb, None).unwrap());
+            assert_eq!(ya, yb, "{policy:?} token {t}");
+            let pos = [t];
+            let (ya, yb) = (a.queries_and_keys(xs, 1, &pos).unwrap(), b.queries_and_keys(xs, 1, &pos).unwrap());
+            assert_eq!(ya, yb, "queries_and_keys at {t}");
+        }
+    }
+}
