@@ -235,3 +235,29 @@ fn range_tables_equal_full_tables_on_their_range() {
     assert_eq!(RopeTable::new(&cfg, 40).unwrap(), RopeTable::with_range(&cfg, 40, 0..40).unwrap());
     assert_ne!(RopeTable::new(&cfg, 40).unwrap().inv_freq(), RopeTable::with_range(&cfg, 0, 0..40).unwrap().inv_freq());
 }
+
+#[test]
+fn parameters_giving_nan_tables_are_errors() {
+    let longrope = |short: &'static [f64], original: usize| {
+        RopeConfig::new(8, 1e4)
+            .scaling(RopeScaling::LongRope {
+                short_factor: short,
+                long_factor: &[1.0; 4],
+                original_max_position: original,
+                factor: None,
+                attention_factor: None,
+            })
+            .max_position_embeddings(64)
+    };
+    static ONES: [f64; 4] = [1.0; 4];
+    static ZERO: [f64; 4] = [1.0, 0.0, 1.0, 1.0];
+    assert!(RopeTable::new(&longrope(&ONES, 16), 8).is_ok());
+    // A zero factor: 1 / 0 frequencies; an original context of 1: ln(1) = 0 in the attention factor.
+    assert!(RopeTable::new(&longrope(&ZERO, 16), 8).is_err());
+    assert!(RopeTable::new(&longrope(&ONES, 1), 8).is_err());
+    let mut yarn = RopeScaling::yarn(4.0, 64);
+    if let RopeScaling::Yarn { beta_slow, .. } = &mut yarn {
+        *beta_slow = -1.0;
+    }
+    assert!(RopeTable::new(&RopeConfig::new(8, 1e4).scaling(yarn), 8).is_err());
+}

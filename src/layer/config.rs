@@ -529,8 +529,9 @@ fn parse_scaling(
             RopeScaling::Yarn {
                 factor: opt("factor")?.unwrap_or(max_pos as f64 / l0.max(1) as f64),
                 original_max_position: l0,
-                beta_fast: opt("beta_fast")?.unwrap_or(32.0),
-                beta_slow: opt("beta_slow")?.unwrap_or(1.0),
+                // transformers: `get("beta_fast") or 32`, so an explicit 0 also means the default.
+                beta_fast: opt("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
+                beta_slow: opt("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
                 mscale: opt("mscale")?,
                 mscale_all_dim: opt("mscale_all_dim")?,
                 attention_factor: opt("attention_factor")?,

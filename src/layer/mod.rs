@@ -259,7 +259,8 @@ impl GatedAttention {
     pub fn weights(&self) -> &GatedAttentionWeights {
         &self.weights
     }
-    /// The RoPE table.
+    /// The layer's own RoPE table: positions `0..max_position_embeddings` with the frequencies
+    /// before any call; [`GatedAttention::rope_for_positions`] gives the table a call uses.
     pub fn rope(&self) -> &RopeTable {
         &self.rope
     }
