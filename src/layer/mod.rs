@@ -286,6 +286,20 @@ impl GatedAttention {
         self.rope_table(end, lo..end)
     }
 
+    /// Every buffer a forward over `n` tokens allocates holds `n` rows of at most the widest
+    /// projection: checked once, so an input too long for them is an `Err`, not a
+    /// capacity-overflow panic.
+    fn check_buffers(&self, n: usize) -> Result<(), Error> {
+        let c = &self.config;
+        let gate = c.gate.map_or(0, |g| c.gate_heads(&g) * c.gate_width(&g));
+        let widest = [c.q_proj_out(), c.num_heads * c.head_dim, c.hidden_size, gate].into_iter().max().unwrap_or(0);
+        let bytes = n.checked_mul(widest).and_then(|e| e.checked_mul(core::mem::size_of::<f32>()));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::ShapeOverflow { operand: crate::error::Operand::Query });
+        }
+        Ok(())
+    }
+
     /// The table for a call of sequence length `seq_len` that rotates the positions in `cover`.
     fn rope_table(&self, seq_len: usize, cover: core::ops::Range<usize>) -> Result<Cow<'_, RopeTable>, Error> {
         let cfg = self.config.rope();
@@ -359,6 +373,7 @@ impl GatedAttention {
         })?;
         let l = x.len() / row;
         let n = batch * l;
+        self.check_buffers(n)?;
         let cc = cache.config();
         if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
             return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
@@ -501,6 +516,7 @@ impl GatedAttention {
                 reason: "input or positions do not match batch · L",
             });
         }
+        self.check_buffers(batch * l)?;
         let rope = self.rope_for_positions(positions)?;
         let Projected { mut q, mut k, .. } = self.project(x, batch, l)?;
         rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
