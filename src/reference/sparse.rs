@@ -4,7 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{attention_where, checked_dims, Reference};
+use super::{compute, validate, Reference};
 use crate::error::Error;
 use crate::options::AttentionOptions;
 use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
@@ -19,11 +19,11 @@ pub fn sparse_attention(
     indices: &SparseIndices<'_>,
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
-    let dims = checked_dims(q, k, v, opts)?;
+    let dims = validate(q, k, v, opts, None)?;
     indices.validate(&dims)?;
     let listed =
         |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
-    Ok(attention_where(q, k, v, opts, dims, &listed))
+    Ok(compute(q, k, v, opts, dims, Some(&listed), None))
 }
 
 fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
