@@ -50,6 +50,8 @@ pub struct Reference {
     /// Natural-log LSE of each row's softmax denominator (learned sink included),
     /// `[batch, q_heads, q_len]`; `-inf` for a row with no visible key and no sink.
     pub lse: Vec<f64>,
+    /// The quantities an error model needs, when asked for ([`attention_with_stats`]).
+    pub stats: Option<Stats>,
 }
 
 impl Reference {
@@ -164,7 +166,7 @@ impl<'c, 'a> Call<'c, 'a> {
         keep: Keep<'_>,
         q_row: &[f64],
         s: &mut [f64],
-        mut row_stats: Option<&mut RowStats>,
+        mut row_stats: Option<(&mut RowStats, &mut [f64])>,
     ) {
         let d = &self.dims;
         let (hd, kvh) = (d.head_dim, h / (d.q_heads / d.kv_heads));
@@ -193,9 +195,17 @@ impl<'c, 'a> Call<'c, 'a> {
                 x += bias;
             }
             *sj = x;
-            if let Some(rs) = row_stats.as_deref_mut() {
+            if let Some((rs, dot_sq)) = row_stats.as_mut() {
                 if x.is_finite() {
-                    let dot_abs: f64 = q_row.iter().zip(kj).map(|(a, b)| (a * b).abs()).sum::<f64>() * self.scale.abs();
+                    let (mut run, mut abs, mut run_sq, mut sq) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+                    for (a, b) in q_row.iter().zip(kj) {
+                        run += a * b;
+                        abs += (a * b).abs();
+                        run_sq += run * run;
+                        sq += (a * b) * (a * b);
+                    }
+                    let dot_abs = abs * self.scale.abs();
+                    dot_sq[j] = self.scale * self.scale * (run_sq + hd as f64 * sq);
                     rs.keys += 1;
                     rs.dot_abs = rs.dot_abs.max(dot_abs);
                     rs.score_abs = rs.score_abs.max(x.abs());
@@ -242,17 +252,19 @@ pub fn attention(
     Ok(compute(q, k, v, opts, dims, None, None))
 }
 
-/// [`attention`] plus the per-row and per-element quantities an error model needs ([`Stats`]).
+/// [`attention`] plus the per-row and per-element quantities an error model needs
+/// ([`Reference::stats`] is `Some`). About twice the work of [`attention`].
 pub fn attention_with_stats(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
     v: &Tensor<'_>,
     opts: &AttentionOptions<'_>,
-) -> Result<(Reference, Stats), Error> {
+) -> Result<Reference, Error> {
     let dims = validate(q, k, v, opts, None)?;
     let mut stats = Stats::default();
-    let r = compute(q, k, v, opts, dims, None, Some(&mut stats));
-    Ok((r, stats))
+    let mut r = compute(q, k, v, opts, dims, None, Some(&mut stats));
+    r.stats = Some(stats);
+    Ok(r)
 }
 
 /// The reference of a call whose sizes have been validated, with keys also hidden where `keep`
@@ -279,6 +291,7 @@ fn compute(
     }
     let call = Call::new(q, opts, dims);
     let (mut q_row, mut s, mut p) = (Vec::new(), vec![0.0f64; n], vec![0.0f64; n]);
+    let mut dot_sq = vec![0.0f64; if stats.is_some() { n } else { 0 }];
     let mut acc = vec![0.0f64; dv];
     for b in 0..d.batch {
         for kvh in 0..d.kv_heads {
@@ -290,7 +303,8 @@ fn compute(
                     let out_idx = ((b * d.q_len + i) * d.q_heads + h) * dv;
                     let mut rs = RowStats { max_logit: f64::NEG_INFINITY, ..RowStats::default() };
                     call.query(b, i, h, &mut q_row);
-                    call.score_row(&keys, b, h, i, keep, &q_row, &mut s, stats.is_some().then_some(&mut rs));
+                    let rstats = stats.is_some().then_some((&mut rs, &mut dot_sq[..]));
+                    call.score_row(&keys, b, h, i, keep, &q_row, &mut s, rstats);
                     // NaN propagates into the maximum, as into every sum below.
                     let mut m = s.iter().fold(f64::NEG_INFINITY, |a, &x| if x > a || x.is_nan() { x } else { a });
                     if let Some(sk) = sink {
@@ -325,9 +339,14 @@ fn compute(
                         rs.max_logit = m;
                         rs.sink_weight = sink.map_or(0.0, |sk| libm::exp(sk - m) / denom);
                         rs.weight_sq = p.iter().map(|x| (x / denom) * (x / denom)).sum();
+                        let finite = |j: &usize| s[*j].is_finite();
+                        rs.dot_weight = libm::sqrt(
+                            (0..n).filter(finite).map(|j| (p[j] / denom) * (p[j] / denom) * dot_sq[j]).sum(),
+                        );
                         st.rows[row_idx] = rs;
                         let elems = &mut st.elems[out_idx..out_idx + dv];
-                        element_stats(&s, &p, denom, &values, &out[out_idx..out_idx + dv], rs.sink_weight, elems);
+                        let row = RowData { s: &s, p: &p, dot_sq: &dot_sq, denom, sink_weight: rs.sink_weight };
+                        element_stats(&row, &values, &out[out_idx..out_idx + dv], elems);
                     }
                     if let Some(gate) = &opts.output_gate {
                         for (e, o) in out[out_idx..out_idx + dv].iter_mut().enumerate() {
@@ -364,7 +383,7 @@ fn compute(
             }
         }
     }
-    Reference { dims, out, lse }
+    Reference { dims, out, lse, stats: None }
 }
 
 impl Call<'_, '_> {
@@ -375,9 +394,19 @@ impl Call<'_, '_> {
     }
 }
 
-/// Fills the per-element quantities of one row from its scores `s`, unnormalised weights `p`,
-/// denominator, values `[kv_len, dv]` and (ungated) output.
-fn element_stats(s: &[f64], p: &[f64], denom: f64, values: &[f64], o: &[f64], sink_w: f64, e: &mut [ElemStats]) {
+/// One row's scores, unnormalised weights, per-key dot rounding scales and denominator.
+struct RowData<'r> {
+    s: &'r [f64],
+    p: &'r [f64],
+    dot_sq: &'r [f64],
+    denom: f64,
+    sink_weight: f64,
+}
+
+/// Fills the per-element quantities of one row from its data, values `[kv_len, dv]` and
+/// (ungated) output.
+fn element_stats(row: &RowData<'_>, values: &[f64], o: &[f64], e: &mut [ElemStats]) {
+    let (s, p, denom, sink_w) = (row.s, row.p, row.denom, row.sink_weight);
     let dv = o.len();
     let mut prefix = vec![0.0f64; dv];
     for (x, &od) in e.iter_mut().zip(o) {
@@ -394,6 +423,7 @@ fn element_stats(s: &[f64], p: &[f64], denom: f64, values: &[f64], o: &[f64], si
             let dev = (vjd - od).abs();
             x.spread += w * dev;
             x.spread_rms += (w * dev) * (w * dev);
+            x.dot_spread += (w * dev) * (w * dev) * row.dot_sq[j];
             x.magnitude += w * vjd.abs();
             x.value_abs = x.value_abs.max(vjd.abs());
             *run += w * vjd;
@@ -402,5 +432,6 @@ fn element_stats(s: &[f64], p: &[f64], denom: f64, values: &[f64], o: &[f64], si
     }
     for x in e.iter_mut() {
         x.spread_rms = libm::sqrt(x.spread_rms);
+        x.dot_spread = libm::sqrt(x.dot_spread);
     }
 }

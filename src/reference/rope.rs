@@ -109,14 +109,7 @@ pub fn frequencies(config: &RopeConfig<'_>, seq_len: usize) -> Result<Frequencie
                 .iter()
                 .enumerate()
                 .map(|(i, &f)| {
-                    let t = (i as f64 - lo) / (hi - lo);
-                    let ramp = if t < 0.0 {
-                        0.0
-                    } else if t > 1.0 {
-                        1.0
-                    } else {
-                        t
-                    };
+                    let ramp = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
                     // ramp 0: extrapolate (keep f); ramp 1: interpolate (f / factor).
                     f * (1.0 - ramp) + f / factor * ramp
                 })
@@ -126,7 +119,7 @@ pub fn frequencies(config: &RopeConfig<'_>, seq_len: usize) -> Result<Frequencie
         // Llama 3.1: low frequencies (wavelength > L0/low) interpolated, high ones (< L0/high)
         // kept, and a smooth blend in between.
         RopeScaling::Llama3 { factor, low_freq_factor: lf, high_freq_factor: hf, original_max_position: l0 } => {
-            if !ok(factor) || !ok(lf) || !(hf > lf) || l0 == 0 {
+            if !ok(factor) || !ok(lf) || hf.is_nan() || hf <= lf || l0 == 0 {
                 return Err(bad("llama3 needs factor > 0 and 0 < low_freq_factor < high_freq_factor"));
             }
             let l0 = l0 as f64;

@@ -11,7 +11,7 @@ use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseInd
 use crate::tensor::Tensor;
 
 /// [`sparse_attention`](crate::sparse::sparse_attention) in f64: [`attention`](super::attention)
-/// with key `j` hidden from every row whose list does not name it.
+/// with key `j` hidden from every row whose list does not name it. [`Reference::stats`] is `Some`.
 pub fn sparse_attention(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -23,7 +23,10 @@ pub fn sparse_attention(
     indices.validate(&dims)?;
     let listed =
         |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
-    Ok(compute(q, k, v, opts, dims, Some(&listed), None))
+    let mut stats = super::Stats::default();
+    let mut r = compute(q, k, v, opts, dims, Some(&listed), Some(&mut stats));
+    r.stats = Some(stats);
+    Ok(r)
 }
 
 fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {

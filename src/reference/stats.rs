@@ -27,6 +27,9 @@ pub struct RowStats {
     pub sink_weight: f64,
     /// `Σ_j p̂_j²` over the keys: `1/n` for a flat row, 1 for a one-hot row.
     pub weight_sq: f64,
+    /// `sqrt(Σ_j p̂_j² Q_j)`, with `Q_j` the dot-product rounding scale of key `j` (see
+    /// [`ElemStats::dot_spread`]).
+    pub dot_weight: f64,
 }
 
 /// Quantities of one output element `(b, i, h, d)`, before the output gate unless stated.
@@ -39,6 +42,11 @@ pub struct ElemStats {
     pub spread: f64,
     /// `sqrt(Σ_j p̂_j² (v_jd - o_d)² + p̂_sink² o_d²)`: the same for independent weight errors.
     pub spread_rms: f64,
+    /// `sqrt(Σ_j p̂_j² (v_jd - o_d)² Q_j)` with `Q_j = scale²·(Σ_e S_je² + head_dim·Σ_e x_je²)`,
+    /// `x_je = q_e k_je` and `S_je` its running sums: the scale of the output error from
+    /// independent roundings inside the dot products (the second term covers summation orders
+    /// other than the sequential one, e.g. SIMD lanes).
+    pub dot_spread: f64,
     /// `max_k |Σ_{j<=k} p̂_j v_jd|` in key order: the largest running sum of the P·V product.
     pub prefix: f64,
     /// `Σ_j p̂_j |v_jd|`.
