@@ -30,6 +30,7 @@ use crate::tensor::Tensor;
 use crate::Dims;
 
 mod check;
+mod math;
 pub mod rope;
 pub mod sparse;
 mod stats;
@@ -101,7 +102,7 @@ fn gate_value(gate: &Gate<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
     let h = if l.shape[2] == 1 { 0 } else { h };
     let d = if l.shape[3] == 1 { 0 } else { d };
     let x = gate.logits.data.get_f32(b * l.strides[0] + s * l.strides[1] + h * l.strides[2] + d) as f64;
-    let sigmoid = 1.0 / (1.0 + libm::exp(-x));
+    let sigmoid = 1.0 / (1.0 + math::exp(-x));
     match gate.activation {
         GateActivation::Sigmoid => sigmoid,
         GateActivation::Silu => x * sigmoid,
@@ -137,7 +138,7 @@ impl<'c, 'a> Call<'c, 'a> {
     fn new(q: &'c Tensor<'a>, opts: &'c AttentionOptions<'a>, dims: Dims) -> Self {
         let scale = match opts.scale {
             Some(s) => s as f64,
-            None => 1.0 / libm::sqrt(dims.head_dim as f64),
+            None => 1.0 / math::sqrt(dims.head_dim as f64),
         };
         let rope = opts.rope_q.as_ref().map(|r| rope::table_frequencies(r.table));
         Call { q, opts, dims, scale, rope }
@@ -177,11 +178,23 @@ impl<'c, 'a> Call<'c, 'a> {
                 continue;
             }
             let kj = &k[j * hd..(j + 1) * hd];
-            let dot: f64 = q_row.iter().zip(kj).map(|(a, b)| a * b).sum();
+            // With stats, the running sums of the products come in the same pass.
+            let (mut dot, mut abs, mut run_sq, mut sq) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            if row_stats.is_some() {
+                for (a, b) in q_row.iter().zip(kj) {
+                    let p = a * b;
+                    dot += p;
+                    abs += p.abs();
+                    run_sq += dot * dot;
+                    sq += p * p;
+                }
+            } else {
+                dot = q_row.iter().zip(kj).map(|(a, b)| a * b).sum();
+            }
             let mut x = dot * self.scale;
             if let Some(c) = self.opts.softcap {
                 let c = c as f64;
-                x = c * libm::tanh(x / c);
+                x = c * math::tanh(x / c);
             }
             let mut alibi = 0.0;
             if let Some(slopes) = self.opts.alibi_slopes {
@@ -197,13 +210,6 @@ impl<'c, 'a> Call<'c, 'a> {
             *sj = x;
             if let Some((rs, dot_sq)) = row_stats.as_mut() {
                 if x.is_finite() {
-                    let (mut run, mut abs, mut run_sq, mut sq) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-                    for (a, b) in q_row.iter().zip(kj) {
-                        run += a * b;
-                        abs += (a * b).abs();
-                        run_sq += run * run;
-                        sq += (a * b) * (a * b);
-                    }
                     let dot_abs = abs * self.scale.abs();
                     dot_sq[j] = self.scale * self.scale * (run_sq + hd as f64 * sq);
                     rs.keys += 1;
@@ -316,12 +322,12 @@ fn compute(
                         }
                         continue; // no visible key: zeros, LSE -inf
                     }
-                    let mut denom = sink.map_or(0.0, |sk| libm::exp(sk - m));
+                    let mut denom = sink.map_or(0.0, |sk| math::exp(sk - m));
                     for (pj, &sj) in p.iter_mut().zip(&s) {
-                        *pj = libm::exp(sj - m);
+                        *pj = math::exp(sj - m);
                         denom += *pj;
                     }
-                    lse[row_idx] = m + libm::log(denom);
+                    lse[row_idx] = m + math::ln(denom);
                     acc.iter_mut().for_each(|a| *a = 0.0);
                     for (j, &pj) in p.iter().enumerate() {
                         // A hidden key's value is never read, so a NaN there stays out of the row.
@@ -337,10 +343,10 @@ fn compute(
                     }
                     if let Some(st) = stats.as_deref_mut() {
                         rs.max_logit = m;
-                        rs.sink_weight = sink.map_or(0.0, |sk| libm::exp(sk - m) / denom);
+                        rs.sink_weight = sink.map_or(0.0, |sk| math::exp(sk - m) / denom);
                         rs.weight_sq = p.iter().map(|x| (x / denom) * (x / denom)).sum();
                         let finite = |j: &usize| s[*j].is_finite();
-                        rs.dot_weight = libm::sqrt(
+                        rs.dot_weight = math::sqrt(
                             (0..n).filter(finite).map(|j| (p[j] / denom) * (p[j] / denom) * dot_sq[j]).sum(),
                         );
                         st.rows[row_idx] = rs;
@@ -431,7 +437,7 @@ fn element_stats(row: &RowData<'_>, values: &[f64], o: &[f64], e: &mut [ElemStat
         }
     }
     for x in e.iter_mut() {
-        x.spread_rms = libm::sqrt(x.spread_rms);
-        x.dot_spread = libm::sqrt(x.dot_spread);
+        x.spread_rms = math::sqrt(x.spread_rms);
+        x.dot_spread = math::sqrt(x.dot_spread);
     }
 }

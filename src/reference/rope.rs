@@ -8,6 +8,7 @@
 use alloc::vec::Vec;
 use core::f64::consts::PI;
 
+use super::math;
 use crate::error::Error;
 use crate::rope::{RopeConfig, RopePairing, RopeScaling, RopeTable};
 
@@ -27,13 +28,13 @@ fn bad(reason: &'static str) -> Error {
 /// `base^(-2i/dim)`, evaluated as `exp(-(2i/dim)·ln base)`: the textbook form, deliberately not
 /// the kernel's `1 / pow(base, 2i/dim)` (the two agree to a few ulp).
 fn theta(base: f64, i: usize, dim: usize) -> f64 {
-    libm::exp(-((2 * i) as f64 / dim as f64) * libm::log(base))
+    math::exp(-((2 * i) as f64 / dim as f64) * math::ln(base))
 }
 
 /// YaRN's `get_mscale`: `0.1·m·ln(s) + 1` for `s > 1`, else 1.
 fn mscale(s: f64, m: f64) -> f64 {
     if s > 1.0 {
-        1.0 + 0.1 * m * libm::log(s)
+        1.0 + 0.1 * m * math::ln(s)
     } else {
         1.0
     }
@@ -69,7 +70,7 @@ pub fn frequencies(config: &RopeConfig<'_>, seq_len: usize) -> Result<Frequencie
                 return Err(bad("dynamic NTK needs factor > 0, an original context and rotary_dim > 2"));
             }
             let len = if seq_len > l0 { seq_len as f64 } else { l0 as f64 };
-            let grown = base * libm::exp(d / (d - 2.0) * libm::log(factor * len / l0 as f64 - (factor - 1.0)));
+            let grown = base * math::exp(d / (d - 2.0) * math::ln(factor * len / l0 as f64 - (factor - 1.0)));
             ((0..half).map(|i| theta(grown, i, dim)).collect(), 1.0)
         }
         // YaRN (Peng et al. 2023), transformers v5: a linear ramp between the dimensions that
@@ -94,11 +95,11 @@ pub fn frequencies(config: &RopeConfig<'_>, seq_len: usize) -> Result<Frequencie
                 _ => mscale(factor, 1.0),
             };
             // The dimension index whose wavelength fits `rotations` times into L0.
-            let dim_of = |rotations: f64| d * libm::log(l0 as f64 / (2.0 * PI * rotations)) / (2.0 * libm::log(base));
+            let dim_of = |rotations: f64| d * math::ln(l0 as f64 / (2.0 * PI * rotations)) / (2.0 * math::ln(base));
             let (mut lo, mut hi) = (dim_of(beta_fast), dim_of(beta_slow));
             if truncate {
-                lo = libm::floor(lo);
-                hi = libm::ceil(hi);
+                lo = math::floor(lo);
+                hi = math::ceil(hi);
             }
             let lo = if lo < 0.0 { 0.0 } else { lo };
             let mut hi = if hi > d - 1.0 { d - 1.0 } else { hi };
@@ -150,7 +151,7 @@ pub fn frequencies(config: &RopeConfig<'_>, seq_len: usize) -> Result<Frequencie
             };
             let af = match attention_factor {
                 Some(a) => a,
-                None if factor > 1.0 => libm::sqrt(1.0 + libm::log(factor) / libm::log(l0 as f64)),
+                None if factor > 1.0 => math::sqrt(1.0 + math::ln(factor) / math::ln(l0 as f64)),
                 None => 1.0,
             };
             let ext = if seq_len > l0 { long_factor } else { short_factor };
@@ -177,7 +178,7 @@ pub fn rotate(pairing: RopePairing, freqs: &Frequencies, pos: usize, row: &mut [
     let half = freqs.inv_freq.len();
     for (i, &f) in freqs.inv_freq.iter().enumerate() {
         let angle = pos as f64 * f;
-        let (c, s) = (libm::cos(angle) * freqs.attention_factor, libm::sin(angle) * freqs.attention_factor);
+        let (c, s) = (math::cos(angle) * freqs.attention_factor, math::sin(angle) * freqs.attention_factor);
         let (a, b) = match pairing {
             RopePairing::NeoxHalf => (i, i + half),
             RopePairing::GptjInterleaved => (2 * i, 2 * i + 1),

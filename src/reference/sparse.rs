@@ -4,7 +4,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{compute, validate, Reference};
+use super::{compute, math, validate, Reference};
 use crate::error::Error;
 use crate::options::AttentionOptions;
 use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
@@ -44,10 +44,10 @@ pub fn indexer_scores(
     // The defaults and the mask written out again, not taken from the code under test.
     let scale = match (indexer.scale, indexer.kind) {
         (Some(s), _) => s as f64,
-        (None, IndexerKind::Lightning) => 1.0 / libm::sqrt((d.dim * d.heads) as f64),
-        (None, IndexerKind::Gated { .. }) => 1.0 / libm::sqrt(d.dim as f64),
+        (None, IndexerKind::Lightning) => 1.0 / math::sqrt((d.dim * d.heads) as f64),
+        (None, IndexerKind::Gated { .. }) => 1.0 / math::sqrt(d.dim as f64),
     };
-    let sigmoid = |x: f64| 1.0 / (1.0 + libm::exp(-x));
+    let sigmoid = |x: f64| 1.0 / (1.0 + math::exp(-x));
     let mut out = vec![f64::NEG_INFINITY; d.batch * d.q_len * d.kv_len];
     for b in 0..d.batch {
         for t in 0..d.q_len {
