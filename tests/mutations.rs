@@ -75,7 +75,21 @@ fn mutants(kv_len: usize) -> Vec<(Row, bool)> {
     rows
 }
 
+/// The median and largest output bound of the correct causal call.
+fn bound_size(kv_len: usize) -> (f64, f64) {
+    let c = Case::new(1, 4, kv_len, 8, 2, 64).seed(kv_len as u64 + 7);
+    let inp = make_inputs(&c);
+    let (q, k, v) =
+        (Tensor::new(inp.q.elems(), inp.ql), Tensor::new(inp.k.elems(), inp.kl), Tensor::new(inp.v.elems(), inp.vl));
+    let r = reference::attention_with_stats(&q, &k, &v, &AttentionOptions::new().causal()).unwrap();
+    let mut b = error_model::bounds(&r, c.dtypes[3]).out;
+    b.sort_by(f64::total_cmp);
+    (b[b.len() / 2], b[b.len() - 1])
+}
+
 fn run(kv_len: usize) {
+    let (median, max) = bound_size(kv_len);
+    println!("kv_len {kv_len}: output bound median {median:.2e}, largest {max:.2e}");
     let rows = mutants(kv_len);
     println!("| kv_len | kernel output | model: out | model: LSE | verdict | fixed (2e-5, 2e-5) |");
     println!("|---|---|---|---|---|---|");

@@ -5,7 +5,7 @@
 //! max-subtraction. Inputs are widened exactly from their storage type. It shares no code with
 //! the kernels beyond the public option and tensor types: it validates its arguments itself
 //! (returning the same [`Error`] as the kernels for the same input), and recomputes RoPE
-//! frequencies from their definitions ([`rope`]). A kernel author can verify a kernel of their own
+//! frequencies from their definitions ([`rotary`]). A kernel author can verify a kernel of their own
 //! against it:
 //!
 //! ```
@@ -31,7 +31,7 @@ use crate::Dims;
 
 mod check;
 mod math;
-pub mod rope;
+pub mod rotary;
 pub mod sparse;
 mod stats;
 #[cfg(test)]
@@ -82,9 +82,9 @@ pub fn visible(opts: &AttentionOptions<'_>, q_len: usize, kv_len: usize, i: usiz
 }
 
 /// Rotates an f64 head row at position `pos` in f64 throughout, with frequencies recomputed from
-/// the table's parameters by [`rope::frequencies`] (the table's own frequencies are not read).
+/// the table's parameters by [`rotary::frequencies`] (the table's own frequencies are not read).
 pub fn rope_f64(table: &RopeTable, pos: usize, row: &mut [f64]) {
-    rope::rotate(table.pairing(), &rope::table_frequencies(table), pos, row);
+    rotary::rotate(table.pairing(), &rotary::table_frequencies(table), pos, row);
 }
 
 /// The gate of element `(b, s, h, d)` applied to `y`, in f64.
@@ -131,7 +131,7 @@ struct Call<'c, 'a> {
     opts: &'c AttentionOptions<'a>,
     dims: Dims,
     scale: f64,
-    rope: Option<rope::Frequencies>,
+    rope: Option<rotary::Frequencies>,
 }
 
 impl<'c, 'a> Call<'c, 'a> {
@@ -140,7 +140,7 @@ impl<'c, 'a> Call<'c, 'a> {
             Some(s) => s as f64,
             None => 1.0 / math::sqrt(dims.head_dim as f64),
         };
-        let rope = opts.rope_q.as_ref().map(|r| rope::table_frequencies(r.table));
+        let rope = opts.rope_q.as_ref().map(|r| rotary::table_frequencies(r.table));
         Call { q, opts, dims, scale, rope }
     }
 
@@ -151,7 +151,7 @@ impl<'c, 'a> Call<'c, 'a> {
         row.clear();
         row.extend((off..off + self.dims.head_dim).map(|e| self.q.data.get_f32(e) as f64));
         if let (Some(r), Some(f)) = (&self.opts.rope_q, &self.rope) {
-            rope::rotate(r.table.pairing(), f, r.positions.get(b, i, self.dims.q_len), row);
+            rotary::rotate(r.table.pairing(), f, r.positions.get(b, i, self.dims.q_len), row);
         }
     }
 
@@ -234,7 +234,7 @@ pub fn scores(
     h: usize,
 ) -> Vec<f64> {
     let call = Call::new(q, opts, *dims);
-    let keys = widen(k, b, h / dims.group());
+    let keys = widen(k, b, h / (dims.q_heads / dims.kv_heads));
     let mut s = vec![f64::NEG_INFINITY; dims.q_len * dims.kv_len];
     let mut q_row = Vec::with_capacity(dims.head_dim);
     for (i, row) in s.chunks_exact_mut(dims.kv_len.max(1)).enumerate().take(dims.q_len) {
@@ -302,7 +302,8 @@ fn compute(
     for b in 0..d.batch {
         for kvh in 0..d.kv_heads {
             let (keys, values) = (widen(k, b, kvh), widen(v, b, kvh));
-            for h in kvh * d.group()..(kvh + 1) * d.group() {
+            let group = d.q_heads / d.kv_heads;
+            for h in kvh * group..(kvh + 1) * group {
                 let sink = opts.sinks.map(|s| s[h] as f64);
                 for i in 0..d.q_len {
                     let row_idx = (b * d.q_heads + h) * d.q_len + i;

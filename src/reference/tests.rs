@@ -61,8 +61,8 @@ fn frequencies_agree_with_rope_table_for_every_scaling() {
                     .scaling(scaling)
                     .max_position_embeddings(131_072);
                 let table = RopeTable::new(&config, positions).unwrap();
-                let ours = rope::frequencies(&config, positions).unwrap();
-                assert_eq!(ours, rope::table_frequencies(&table), "{scaling:?}: the table's parameters round-trip");
+                let ours = rotary::frequencies(&config, positions).unwrap();
+                assert_eq!(ours, rotary::table_frequencies(&table), "{scaling:?}: the table's parameters round-trip");
                 assert_eq!(ours.inv_freq.len(), table.inv_freq().len());
                 for (i, (a, b)) in ours.inv_freq.iter().zip(table.inv_freq()).enumerate() {
                     assert!(rel(*a, *b) < 1e-12, "{scaling:?} at {positions}: inv_freq[{i}] {a} vs table {b}");

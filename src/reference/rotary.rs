@@ -3,7 +3,9 @@
 //! inverse frequencies and attention factor of every scaling, and the rotation with either
 //! pairing over a partial rotary dimension.
 //!
-//! Only the public parameter types ([`RopeConfig`], [`RopeScaling`], [`RopePairing`]) are read.
+//! Only the public parameter types ([`RopeConfig`], [`RopeScaling`], [`RopePairing`]) are read, and
+//! of a [`RopeTable`] only the parameters it was built from ([`RopeTable::config`],
+//! [`RopeTable::positions`]) and its pairing, never its frequencies or cos/sin tables.
 
 use alloc::vec::Vec;
 use core::f64::consts::PI;
