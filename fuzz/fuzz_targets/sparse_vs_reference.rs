@@ -5,9 +5,12 @@
 //! then an out-of-range or repeated key that must be an `Err` on both sides), mask and score
 //! options, values in [-4, 4) with injected NaN (and Inf in q and k), keys read through overlapping rows now and
 //! then, and an indexer over the same tensors. The kernel must agree with the reference on `Err`
-//! (leaving its output untouched) and otherwise be NaN exactly where the reference is, LSE `-inf`
-//! exactly where the reference's is, and within `2e-4·max(1, max|v|) + 1e-3·|r|` elsewhere. `top_k_indices` must list distinct visible keys,
-//! best first, with no left-out key scoring above a chosen one beyond the indexer's f32 rounding.
+//! (the reference's own argument checks, `reference::validate`, then the index lists' checks),
+//! leaving its output untouched, and otherwise be NaN exactly where the reference is, LSE `-inf`
+//! exactly where the reference's is, and within the error model of `tests/common/error_model.rs`
+//! (included below; the same bound the integration tests use) elsewhere. `top_k_indices` must list
+//! distinct visible keys, best first, with no left-out key scoring above a chosen one beyond the
+//! indexer's f32 rounding.
 #![no_main]
 
 use gated_attention::kernel::{set_forced_isa, Isa};
@@ -16,6 +19,9 @@ use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIn
 use gated_attention::{AttentionOptions, Dims, Parallelism, Tensor, TensorMut};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/common/error_model.rs"]
+mod error_model;
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
@@ -150,7 +156,7 @@ impl Case {
         opts.sinks = self.sinks.as_deref();
         opts.parallelism = if self.rayon { Parallelism::Rayon } else { Parallelism::Sequential };
         let reference = rsparse::sparse_attention(&q, &k, &v, &idx, &opts);
-        let vmax = self.v.iter().filter(|x| x.is_finite()).fold(1.0f32, |a, &x| a.max(x.abs())) as f64;
+        let bounds = reference.as_ref().ok().map(|r| error_model::bounds(r, gated_attention::DType::F32));
         for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma] {
             if !set_forced_isa(Some(isa)) {
                 continue;
@@ -176,6 +182,7 @@ impl Case {
                 (Ok(r), Ok(())) => r,
                 (a, b) => panic!("{isa:?}: reference {a:?}, kernel {b:?}"),
             };
+            let bounds = bounds.as_ref().expect("reference Ok");
             for (e, (&x, &rv)) in out.iter().zip(&r.out).enumerate() {
                 let x = x as f64;
                 if rv.is_nan() || x.is_nan() {
@@ -183,8 +190,8 @@ impl Case {
                 } else if rv.is_infinite() || x.is_infinite() {
                     assert_eq!(x, rv, "{isa:?}: out {e} ({self:?})");
                 } else {
-                    let tol = 2e-4 * vmax + 1e-3 * rv.abs();
-                    assert!((x - rv).abs() <= tol, "{isa:?}: out {e} = {x}, reference {rv} ({self:?})");
+                    let tol = bounds.out[e];
+                    assert!((x - rv).abs() <= tol, "{isa:?}: out {e} = {x}, reference {rv}, bound {tol:e} ({self:?})");
                 }
             }
             for (e, (&x, &rv)) in lse.iter().zip(&r.lse).enumerate() {
@@ -195,7 +202,8 @@ impl Case {
                         "{isa:?}: lse {e} = {x}, reference {rv} ({self:?})"
                     );
                 } else {
-                    assert!((x - rv).abs() <= 1e-4 + 1e-4 * rv.abs(), "{isa:?}: lse {e} = {x}, reference {rv}");
+                    let tol = bounds.lse[e];
+                    assert!((x - rv).abs() <= tol, "{isa:?}: lse {e} = {x}, reference {rv}, bound {tol:e} ({self:?})");
                 }
             }
         }

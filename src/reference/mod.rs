@@ -1,10 +1,12 @@
 //! A deliberately naive f64 attention: the oracle every kernel is tested against.
 //!
-//! It materialises the full score matrix of each (batch, head), evaluates the mask as an
-//! explicit per-(query, key) predicate, repeats KV heads for GQA, and computes the softmax in
-//! f64 with the textbook max-subtraction. Inputs are widened exactly from their storage type.
-//! It shares no code with the kernels beyond the option types, so a kernel author can verify a
-//! kernel of their own against it:
+//! It evaluates the mask as an explicit per-(query, key) predicate in exact integer arithmetic,
+//! repeats KV heads for GQA, and computes each row's softmax in f64 with the textbook
+//! max-subtraction. Inputs are widened exactly from their storage type. It shares no code with
+//! the kernels beyond the public option and tensor types: it validates its arguments itself
+//! (returning the same [`Error`] as the kernels for the same input), and recomputes RoPE
+//! frequencies from their definitions ([`rotary`]). A kernel author can verify a kernel of their own
+//! against it:
 //!
 //! ```
 //! use gated_attention::{reference, AttentionOptions, Tensor};
@@ -22,12 +24,22 @@ use alloc::vec::Vec;
 
 use crate::error::Error;
 use crate::gate::{Gate, GateActivation, GateMode};
-use crate::options::{Alignment, AttentionOptions};
-use crate::rope::{RopePairing, RopeTable};
+use crate::options::AttentionOptions;
+use crate::rope::RopeTable;
 use crate::tensor::Tensor;
 use crate::Dims;
 
+mod check;
+mod math;
+pub mod rotary;
 pub mod sparse;
+mod stats;
+#[cfg(test)]
+mod tests;
+mod visibility;
+
+pub use check::{validate, OutputDesc};
+pub use stats::{ElemStats, RowStats, Stats};
 
 /// The reference result.
 #[derive(Clone, Debug)]
@@ -39,6 +51,8 @@ pub struct Reference {
     /// Natural-log LSE of each row's softmax denominator (learned sink included),
     /// `[batch, q_heads, q_len]`; `-inf` for a row with no visible key and no sink.
     pub lse: Vec<f64>,
+    /// The quantities an error model needs, when asked for ([`attention_with_stats`]).
+    pub stats: Option<Stats>,
 }
 
 impl Reference {
@@ -54,79 +68,163 @@ impl Reference {
     }
 }
 
-/// The absolute position of query row `i`.
+/// The absolute position of query row `i` (saturated to the `i64` range, which every position of
+/// a call that passes validation is within).
 pub fn query_position(opts: &AttentionOptions<'_>, q_len: usize, kv_len: usize, i: usize) -> i64 {
-    match opts.alignment {
-        Alignment::BottomRight => kv_len as i64 - q_len as i64 + i as i64,
-        Alignment::TopLeft => i as i64,
-    }
+    let p = visibility::position(opts, q_len, kv_len, i);
+    p.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 /// The mask predicate, written as the documentation states it: may query row `i` see key `j`?
+/// Exact for every `usize` option value (a window past every reachable distance hides nothing).
 pub fn visible(opts: &AttentionOptions<'_>, q_len: usize, kv_len: usize, i: usize, j: usize) -> bool {
-    let pos = query_position(opts, q_len, kv_len, i);
-    let j = j as i64;
-    if opts.causal && j > pos {
-        return false;
-    }
-    if let Some(r) = opts.right_window {
-        if j > pos + r as i64 {
-            return false;
-        }
-    }
-    if let Some(w) = opts.window {
-        let is_sink_token = j < opts.sink_tokens as i64;
-        if j <= pos - w as i64 && !is_sink_token {
-            return false;
-        }
-    }
-    true
+    visibility::sees(opts, visibility::position(opts, q_len, kv_len, i), j)
 }
 
-/// Rotates an f64 head row at position `pos` with the table's frequencies, in f64 throughout
-/// (the oracle for the f32 tables and the fused rotation).
+/// Rotates an f64 head row at position `pos` in f64 throughout, with frequencies recomputed from
+/// the table's parameters by [`rotary::frequencies`] (the table's own frequencies are not read).
 pub fn rope_f64(table: &RopeTable, pos: usize, row: &mut [f64]) {
-    let af = table.attention_factor();
-    let half = table.rotary_dim() / 2;
-    for (i, &f) in table.inv_freq().iter().enumerate() {
-        let theta = pos as f64 * f;
-        let (c, s) = (libm::cos(theta) * af, libm::sin(theta) * af);
-        let (a_idx, b_idx) = match table.pairing() {
-            RopePairing::NeoxHalf => (i, i + half),
-            RopePairing::GptjInterleaved => (2 * i, 2 * i + 1),
-        };
-        let (a, b) = (row[a_idx], row[b_idx]);
-        row[a_idx] = a * c - b * s;
-        row[b_idx] = b * c + a * s;
-    }
+    rotary::rotate(table.pairing(), &rotary::table_frequencies(table), pos, row);
 }
 
 /// The gate of element `(b, s, h, d)` applied to `y`, in f64.
 pub fn gate_f64(gate: &Gate<'_>, b: usize, s: usize, h: usize, d: usize, y: f64) -> f64 {
-    let l = &gate.logits.layout;
-    let h = if l.shape[2] == 1 { 0 } else { h };
-    let d = if l.shape[3] == 1 { 0 } else { d };
-    let x = elem(&gate.logits, b, s, h, d);
-    let sigmoid = 1.0 / (1.0 + libm::exp(-x));
-    let g = match gate.activation {
-        GateActivation::Sigmoid => sigmoid,
-        GateActivation::Silu => x * sigmoid,
-        GateActivation::NsSigmoid => 0.5 + 0.5 * sigmoid,
-    };
+    let g = gate_value(gate, b, s, h, d);
     match gate.mode {
         GateMode::Multiplicative => y * g,
         GateMode::Additive => y + g,
     }
 }
 
-fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
-    let l = &t.layout;
-    let off = b * l.strides[0] + s * l.strides[1] + h * l.strides[2] + d;
-    t.data.get_f32(off) as f64
+/// The activated gate `act(g)` of element `(b, s, h, d)`, in f64.
+fn gate_value(gate: &Gate<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
+    let l = &gate.logits.layout;
+    let h = if l.shape[2] == 1 { 0 } else { h };
+    let d = if l.shape[3] == 1 { 0 } else { d };
+    let x = gate.logits.data.get_f32(b * l.strides[0] + s * l.strides[1] + h * l.strides[2] + d) as f64;
+    let sigmoid = 1.0 / (1.0 + math::exp(-x));
+    match gate.activation {
+        GateActivation::Sigmoid => sigmoid,
+        GateActivation::Silu => x * sigmoid,
+        GateActivation::NsSigmoid => 0.5 + 0.5 * sigmoid,
+    }
+}
+
+/// Rows `[seq, dim]` of head `h` of batch `b`, widened to f64 and made contiguous.
+fn widen(t: &Tensor<'_>, b: usize, h: usize) -> Vec<f64> {
+    let [_, seq, _, dim] = t.layout.shape;
+    let st = t.layout.strides;
+    let mut out = Vec::with_capacity(seq * dim);
+    for s in 0..seq {
+        let off = b * st[0] + s * st[1] + h * st[2];
+        out.extend((off..off + dim).map(|e| t.data.get_f32(e) as f64));
+    }
+    out
+}
+
+/// Keys hidden beyond the mask: `keep(b, kv_head, i, j)` false hides key `j` from row `i`.
+type Keep<'k> = Option<&'k dyn Fn(usize, usize, usize, usize) -> bool>;
+
+/// One call's fixed parameters.
+struct Call<'c, 'a> {
+    q: &'c Tensor<'a>,
+    opts: &'c AttentionOptions<'a>,
+    dims: Dims,
+    scale: f64,
+    rope: Option<rotary::Frequencies>,
+}
+
+impl<'c, 'a> Call<'c, 'a> {
+    fn new(q: &'c Tensor<'a>, opts: &'c AttentionOptions<'a>, dims: Dims) -> Self {
+        let scale = match opts.scale {
+            Some(s) => s as f64,
+            None => 1.0 / math::sqrt(dims.head_dim as f64),
+        };
+        let rope = opts.rope_q.as_ref().map(|r| rotary::table_frequencies(r.table));
+        Call { q, opts, dims, scale, rope }
+    }
+
+    /// Query row `(b, i, h)` in f64, rotated when the options ask for it.
+    fn query(&self, b: usize, i: usize, h: usize, row: &mut Vec<f64>) {
+        let l = &self.q.layout;
+        let off = b * l.strides[0] + i * l.strides[1] + h * l.strides[2];
+        row.clear();
+        row.extend((off..off + self.dims.head_dim).map(|e| self.q.data.get_f32(e) as f64));
+        if let (Some(r), Some(f)) = (&self.opts.rope_q, &self.rope) {
+            rotary::rotate(r.table.pairing(), f, r.positions.get(b, i, self.dims.q_len), row);
+        }
+    }
+
+    /// The scores of row `(b, h, i)` against keys `k` (`[kv_len, head_dim]`), `-inf` where hidden.
+    /// With `row_stats`, also fills its dot, score, ALiBi and bias magnitudes.
+    #[allow(clippy::too_many_arguments)]
+    fn score_row(
+        &self,
+        k: &[f64],
+        b: usize,
+        h: usize,
+        i: usize,
+        keep: Keep<'_>,
+        q_row: &[f64],
+        s: &mut [f64],
+        mut row_stats: Option<(&mut RowStats, &mut [f64])>,
+    ) {
+        let d = &self.dims;
+        let (hd, kvh) = (d.head_dim, h / (d.q_heads / d.kv_heads));
+        let pos = visibility::position(self.opts, d.q_len, d.kv_len, i);
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = f64::NEG_INFINITY;
+            if !visibility::sees(self.opts, pos, j) || !keep.is_none_or(|f| f(b, kvh, i, j)) {
+                continue;
+            }
+            let kj = &k[j * hd..(j + 1) * hd];
+            // With stats, the running sums of the products come in the same pass.
+            let (mut dot, mut abs, mut run_sq, mut sq) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+            if row_stats.is_some() {
+                for (a, b) in q_row.iter().zip(kj) {
+                    let p = a * b;
+                    dot += p;
+                    abs += p.abs();
+                    run_sq += dot * dot;
+                    sq += p * p;
+                }
+            } else {
+                dot = q_row.iter().zip(kj).map(|(a, b)| a * b).sum();
+            }
+            let mut x = dot * self.scale;
+            if let Some(c) = self.opts.softcap {
+                let c = c as f64;
+                x = c * math::tanh(x / c);
+            }
+            let mut alibi = 0.0;
+            if let Some(slopes) = self.opts.alibi_slopes {
+                alibi = slopes[h] as f64 * visibility::distance(pos, j);
+                x -= alibi;
+            }
+            let mut bias = 0.0;
+            if let Some(bs) = &self.opts.bias {
+                let st = bs.strides;
+                bias = bs.data[b * st[0] + h * st[1] + i * st[2] + j * st[3]] as f64;
+                x += bias;
+            }
+            *sj = x;
+            if let Some((rs, dot_sq)) = row_stats.as_mut() {
+                if x.is_finite() {
+                    let dot_abs = abs * self.scale.abs();
+                    dot_sq[j] = self.scale * self.scale * (run_sq + hd as f64 * sq);
+                    rs.keys += 1;
+                    rs.dot_abs = rs.dot_abs.max(dot_abs);
+                    rs.score_abs = rs.score_abs.max(x.abs());
+                    rs.alibi_abs = rs.alibi_abs.max(alibi.abs());
+                    rs.bias_abs = rs.bias_abs.max(bias.abs());
+                }
+            }
+        }
+    }
 }
 
 /// The post-mask scores of one (batch, head) as an `[q_len, kv_len]` matrix, `-inf` where masked.
-/// Learned sinks are not included.
+/// Learned sinks are not included. The arguments are trusted (validate with [`validate`] first).
 pub fn scores(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -135,52 +233,13 @@ pub fn scores(
     b: usize,
     h: usize,
 ) -> Vec<f64> {
-    scores_where(q, k, opts, dims, b, h, &|_, _| true)
-}
-
-/// [`scores`] with keys also hidden where `keep(i, j)` is false.
-fn scores_where(
-    q: &Tensor<'_>,
-    k: &Tensor<'_>,
-    opts: &AttentionOptions<'_>,
-    dims: &Dims,
-    b: usize,
-    h: usize,
-    keep: &dyn Fn(usize, usize) -> bool,
-) -> Vec<f64> {
-    let kvh = h / dims.group();
-    let scale = match opts.scale {
-        Some(s) => s as f64,
-        None => 1.0 / libm::sqrt(dims.head_dim as f64),
-    };
+    let call = Call::new(q, opts, *dims);
+    let keys = widen(k, b, h / (dims.q_heads / dims.kv_heads));
     let mut s = vec![f64::NEG_INFINITY; dims.q_len * dims.kv_len];
-    for i in 0..dims.q_len {
-        let pos = query_position(opts, dims.q_len, dims.kv_len, i);
-        let mut q_row: Vec<f64> = (0..dims.head_dim).map(|d| elem(q, b, i, h, d)).collect();
-        if let Some(rope) = &opts.rope_q {
-            rope_f64(rope.table, rope.positions.get(b, i, dims.q_len), &mut q_row);
-        }
-        for j in 0..dims.kv_len {
-            if !visible(opts, dims.q_len, dims.kv_len, i, j) || !keep(i, j) {
-                continue;
-            }
-            let mut dot = 0.0f64;
-            for (d, &qd) in q_row.iter().enumerate() {
-                dot += qd * elem(k, b, j, kvh, d);
-            }
-            let mut x = dot * scale;
-            if let Some(c) = opts.softcap {
-                let c = c as f64;
-                x = c * libm::tanh(x / c);
-            }
-            if let Some(slopes) = opts.alibi_slopes {
-                x -= slopes[h] as f64 * (pos - j as i64).unsigned_abs() as f64;
-            }
-            if let Some(bias) = &opts.bias {
-                x += bias.data[bias.offset(b, h, i, j)] as f64;
-            }
-            s[i * dims.kv_len + j] = x;
-        }
+    let mut q_row = Vec::with_capacity(dims.head_dim);
+    for (i, row) in s.chunks_exact_mut(dims.kv_len.max(1)).enumerate().take(dims.q_len) {
+        call.query(b, i, h, &mut q_row);
+        call.score_row(&keys, b, h, i, None, &q_row, &mut row[..dims.kv_len], None);
     }
     s
 }
@@ -188,78 +247,198 @@ fn scores_where(
 /// Naive attention over all batches and heads.
 ///
 /// Rows with no visible key give zeros and LSE `-inf` (or the sink logit with learned sinks).
+/// Returns the same `Err` as the kernels' entry points for arguments they reject.
 pub fn attention(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
     v: &Tensor<'_>,
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
-    let dims = checked_dims(q, k, v, opts)?;
-    Ok(attention_where(q, k, v, opts, dims, &|_, _, _, _| true))
+    let dims = validate(q, k, v, opts, None)?;
+    Ok(compute(q, k, v, opts, dims, None, None))
 }
 
-/// The sizes of a reference call, after the same checks as the kernels'.
-fn checked_dims(q: &Tensor<'_>, k: &Tensor<'_>, v: &Tensor<'_>, opts: &AttentionOptions<'_>) -> Result<Dims, Error> {
-    let dims = Dims::from_tensors(q, k, v)?;
-    crate::plan::Plan::new(dims, opts)?;
-    for (t, operand) in [(q, crate::Operand::Query), (k, crate::Operand::Key), (v, crate::Operand::Value)] {
-        t.layout.check(operand, t.data.len())?;
-    }
-    Ok(dims)
+/// [`attention`] plus the per-row and per-element quantities an error model needs
+/// ([`Reference::stats`] is `Some`). About twice the work of [`attention`].
+pub fn attention_with_stats(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    opts: &AttentionOptions<'_>,
+) -> Result<Reference, Error> {
+    let dims = validate(q, k, v, opts, None)?;
+    let mut stats = Stats::default();
+    let mut r = compute(q, k, v, opts, dims, None, Some(&mut stats));
+    r.stats = Some(stats);
+    Ok(r)
 }
 
-/// [`attention`] with key `j` also hidden from row `i` of batch `b`, KV head `kvh` where
-/// `keep(b, kvh, i, j)` is false.
-fn attention_where(
+/// The reference of a call whose sizes have been validated, with keys also hidden where `keep`
+/// says so, and optionally the error-model quantities.
+fn compute(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
     v: &Tensor<'_>,
     opts: &AttentionOptions<'_>,
     dims: Dims,
-    keep: &dyn Fn(usize, usize, usize, usize) -> bool,
+    keep: Keep<'_>,
+    mut stats: Option<&mut Stats>,
 ) -> Reference {
-    let mut out = vec![0.0f64; dims.batch * dims.q_len * dims.q_heads * dims.v_head_dim];
-    let mut lse = vec![f64::NEG_INFINITY; dims.batch * dims.q_heads * dims.q_len];
-    for b in 0..dims.batch {
-        for h in 0..dims.q_heads {
-            let kvh = h / dims.group();
-            let s = scores_where(q, k, opts, &dims, b, h, &|i, j| keep(b, kvh, i, j));
-            let sink = opts.sinks.map(|s| s[h] as f64);
-            for i in 0..dims.q_len {
-                let row = &s[i * dims.kv_len..(i + 1) * dims.kv_len];
-                let mut m = row.iter().cloned().fold(f64::NEG_INFINITY, |a, x| if x > a || x.is_nan() { x } else { a });
-                if let Some(sk) = sink {
-                    m = if sk > m { sk } else { m };
-                }
-                if m == f64::NEG_INFINITY {
-                    continue; // no visible key: zeros, LSE -inf
-                }
-                let p: Vec<f64> = row.iter().map(|&x| libm::exp(x - m)).collect();
-                let mut denom: f64 = p.iter().sum();
-                if let Some(sk) = sink {
-                    denom += libm::exp(sk - m);
-                }
-                lse[(b * dims.q_heads + h) * dims.q_len + i] = m + libm::log(denom);
-                for d in 0..dims.v_head_dim {
-                    let mut acc = 0.0f64;
+    let d = dims;
+    let (n, dv) = (d.kv_len, d.v_head_dim);
+    let mut out = vec![0.0f64; d.batch * d.q_len * d.q_heads * dv];
+    let mut lse = vec![f64::NEG_INFINITY; d.batch * d.q_heads * d.q_len];
+    if let Some(st) = stats.as_deref_mut() {
+        st.rows = vec![RowStats { max_logit: f64::NEG_INFINITY, ..RowStats::default() }; lse.len()];
+        st.elems = vec![ElemStats { gain: 1.0, ..ElemStats::default() }; out.len()];
+        st.softcap = opts.softcap.map(|c| c as f64);
+        st.rope = opts.rope_q.is_some();
+        st.gated = opts.output_gate.is_some();
+    }
+    let call = Call::new(q, opts, dims);
+    let (mut q_row, mut s, mut p) = (Vec::new(), vec![0.0f64; n], vec![0.0f64; n]);
+    let mut dot_sq = vec![0.0f64; if stats.is_some() { n } else { 0 }];
+    let mut acc = vec![0.0f64; dv];
+    for b in 0..d.batch {
+        for kvh in 0..d.kv_heads {
+            let (keys, values) = (widen(k, b, kvh), widen(v, b, kvh));
+            let group = d.q_heads / d.kv_heads;
+            for h in kvh * group..(kvh + 1) * group {
+                let sink = opts.sinks.map(|s| s[h] as f64);
+                for i in 0..d.q_len {
+                    let row_idx = (b * d.q_heads + h) * d.q_len + i;
+                    let out_idx = ((b * d.q_len + i) * d.q_heads + h) * dv;
+                    let mut rs = RowStats { max_logit: f64::NEG_INFINITY, ..RowStats::default() };
+                    call.query(b, i, h, &mut q_row);
+                    let rstats = stats.is_some().then_some((&mut rs, &mut dot_sq[..]));
+                    call.score_row(&keys, b, h, i, keep, &q_row, &mut s, rstats);
+                    // NaN propagates into the maximum, as into every sum below.
+                    let mut m = s.iter().fold(f64::NEG_INFINITY, |a, &x| if x > a || x.is_nan() { x } else { a });
+                    if let Some(sk) = sink {
+                        m = if sk > m { sk } else { m };
+                    }
+                    if m == f64::NEG_INFINITY {
+                        if let Some(st) = stats.as_deref_mut() {
+                            st.rows[row_idx] = rs;
+                        }
+                        continue; // no visible key: zeros, LSE -inf
+                    }
+                    let mut denom = sink.map_or(0.0, |sk| math::exp(sk - m));
+                    for (pj, &sj) in p.iter_mut().zip(&s) {
+                        *pj = math::exp(sj - m);
+                        denom += *pj;
+                    }
+                    lse[row_idx] = m + math::ln(denom);
+                    acc.iter_mut().for_each(|a| *a = 0.0);
                     for (j, &pj) in p.iter().enumerate() {
                         // A hidden key's value is never read, so a NaN there stays out of the row.
-                        if visible(opts, dims.q_len, dims.kv_len, i, j) && keep(b, kvh, i, j) {
-                            acc += pj * elem(v, b, j, kvh, d);
+                        if s[j] == f64::NEG_INFINITY && !(call.is_visible(b, h, i, j, keep)) {
+                            continue;
+                        }
+                        for (a, &x) in acc.iter_mut().zip(&values[j * dv..(j + 1) * dv]) {
+                            *a += pj * x;
                         }
                     }
-                    out[((b * dims.q_len + i) * dims.q_heads + h) * dims.v_head_dim + d] = acc / denom;
-                }
-            }
-            if let Some(gate) = &opts.output_gate {
-                for i in 0..dims.q_len {
-                    for d in 0..dims.v_head_dim {
-                        let o = &mut out[((b * dims.q_len + i) * dims.q_heads + h) * dims.v_head_dim + d];
-                        *o = gate_f64(gate, b, i, h, d, *o);
+                    for (o, a) in out[out_idx..out_idx + dv].iter_mut().zip(&acc) {
+                        *o = a / denom;
+                    }
+                    if let Some(st) = stats.as_deref_mut() {
+                        rs.max_logit = m;
+                        rs.sink_weight = sink.map_or(0.0, |sk| math::exp(sk - m) / denom);
+                        rs.weight_sq = p.iter().map(|x| (x / denom) * (x / denom)).sum();
+                        let finite = |j: &usize| s[*j].is_finite();
+                        rs.dot_weight = math::sqrt(
+                            (0..n).filter(finite).map(|j| (p[j] / denom) * (p[j] / denom) * dot_sq[j]).sum(),
+                        );
+                        st.rows[row_idx] = rs;
+                        let elems = &mut st.elems[out_idx..out_idx + dv];
+                        let row = RowData { s: &s, p: &p, dot_sq: &dot_sq, denom, sink_weight: rs.sink_weight };
+                        element_stats(&row, &values, &out[out_idx..out_idx + dv], elems);
+                    }
+                    if let Some(gate) = &opts.output_gate {
+                        for (e, o) in out[out_idx..out_idx + dv].iter_mut().enumerate() {
+                            if let Some(st) = stats.as_deref_mut() {
+                                if gate.mode == GateMode::Multiplicative {
+                                    st.elems[out_idx + e].gain = gate_value(gate, b, i, h, e);
+                                }
+                            }
+                            *o = gate_f64(gate, b, i, h, e, *o);
+                        }
                     }
                 }
             }
         }
     }
-    Reference { dims, out, lse }
+    // Rows with no visible key are still gated (0 · g or 0 + g).
+    if let Some(gate) = &opts.output_gate {
+        for b in 0..d.batch {
+            for h in 0..d.q_heads {
+                for i in 0..d.q_len {
+                    if lse[(b * d.q_heads + h) * d.q_len + i] != f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let out_idx = ((b * d.q_len + i) * d.q_heads + h) * dv;
+                    for (e, o) in out[out_idx..out_idx + dv].iter_mut().enumerate() {
+                        if let Some(st) = stats.as_deref_mut() {
+                            if gate.mode == GateMode::Multiplicative {
+                                st.elems[out_idx + e].gain = gate_value(gate, b, i, h, e);
+                            }
+                        }
+                        *o = gate_f64(gate, b, i, h, e, *o);
+                    }
+                }
+            }
+        }
+    }
+    Reference { dims, out, lse, stats: None }
+}
+
+impl Call<'_, '_> {
+    fn is_visible(&self, b: usize, h: usize, i: usize, j: usize, keep: Keep<'_>) -> bool {
+        let d = &self.dims;
+        let pos = visibility::position(self.opts, d.q_len, d.kv_len, i);
+        visibility::sees(self.opts, pos, j) && keep.is_none_or(|f| f(b, h / (d.q_heads / d.kv_heads), i, j))
+    }
+}
+
+/// One row's scores, unnormalised weights, per-key dot rounding scales and denominator.
+struct RowData<'r> {
+    s: &'r [f64],
+    p: &'r [f64],
+    dot_sq: &'r [f64],
+    denom: f64,
+    sink_weight: f64,
+}
+
+/// Fills the per-element quantities of one row from its data, values `[kv_len, dv]` and
+/// (ungated) output.
+fn element_stats(row: &RowData<'_>, values: &[f64], o: &[f64], e: &mut [ElemStats]) {
+    let (s, p, denom, sink_w) = (row.s, row.p, row.denom, row.sink_weight);
+    let dv = o.len();
+    let mut prefix = vec![0.0f64; dv];
+    for (x, &od) in e.iter_mut().zip(o) {
+        x.ungated = od;
+        x.spread = sink_w * od.abs();
+        x.spread_rms = (sink_w * od) * (sink_w * od);
+    }
+    for (j, &pj) in p.iter().enumerate() {
+        if !s[j].is_finite() {
+            continue;
+        }
+        let w = pj / denom;
+        for ((x, (&vjd, &od)), run) in e.iter_mut().zip(values[j * dv..(j + 1) * dv].iter().zip(o)).zip(&mut prefix) {
+            let dev = (vjd - od).abs();
+            x.spread += w * dev;
+            x.spread_rms += (w * dev) * (w * dev);
+            x.dot_spread += (w * dev) * (w * dev) * row.dot_sq[j];
+            x.magnitude += w * vjd.abs();
+            x.value_abs = x.value_abs.max(vjd.abs());
+            *run += w * vjd;
+            x.prefix = x.prefix.max(run.abs());
+        }
+    }
+    for x in e.iter_mut() {
+        x.spread_rms = math::sqrt(x.spread_rms);
+        x.dot_spread = math::sqrt(x.dot_spread);
+    }
 }

@@ -4,14 +4,14 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::{attention_where, checked_dims, Reference};
+use super::{compute, math, validate, Reference};
 use crate::error::Error;
 use crate::options::AttentionOptions;
 use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
 use crate::tensor::Tensor;
 
 /// [`sparse_attention`](crate::sparse::sparse_attention) in f64: [`attention`](super::attention)
-/// with key `j` hidden from every row whose list does not name it.
+/// with key `j` hidden from every row whose list does not name it. [`Reference::stats`] is `Some`.
 pub fn sparse_attention(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -19,11 +19,14 @@ pub fn sparse_attention(
     indices: &SparseIndices<'_>,
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
-    let dims = checked_dims(q, k, v, opts)?;
+    let dims = validate(q, k, v, opts, None)?;
     indices.validate(&dims)?;
     let listed =
         |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
-    Ok(attention_where(q, k, v, opts, dims, &listed))
+    let mut stats = super::Stats::default();
+    let mut r = compute(q, k, v, opts, dims, Some(&listed), Some(&mut stats));
+    r.stats = Some(stats);
+    Ok(r)
 }
 
 fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
@@ -41,10 +44,10 @@ pub fn indexer_scores(
     // The defaults and the mask written out again, not taken from the code under test.
     let scale = match (indexer.scale, indexer.kind) {
         (Some(s), _) => s as f64,
-        (None, IndexerKind::Lightning) => 1.0 / libm::sqrt((d.dim * d.heads) as f64),
-        (None, IndexerKind::Gated { .. }) => 1.0 / libm::sqrt(d.dim as f64),
+        (None, IndexerKind::Lightning) => 1.0 / math::sqrt((d.dim * d.heads) as f64),
+        (None, IndexerKind::Gated { .. }) => 1.0 / math::sqrt(d.dim as f64),
     };
-    let sigmoid = |x: f64| 1.0 / (1.0 + libm::exp(-x));
+    let sigmoid = |x: f64| 1.0 / (1.0 + math::exp(-x));
     let mut out = vec![f64::NEG_INFINITY; d.batch * d.q_len * d.kv_len];
     for b in 0..d.batch {
         for t in 0..d.q_len {

@@ -17,6 +17,8 @@
 //! assert!((norm - 8.0).abs() < 1e-5); // rotation preserves norms
 //! ```
 
+#[cfg(feature = "alloc")]
+mod params;
 mod scaling;
 
 pub use scaling::RopeScaling;
@@ -233,6 +235,7 @@ pub struct RopeTable {
     inv_freq: alloc::vec::Vec<f64>,
     cos: alloc::vec::Vec<f32>,
     sin: alloc::vec::Vec<f32>,
+    params: params::Params,
 }
 
 #[cfg(feature = "alloc")]
@@ -292,6 +295,7 @@ impl RopeTable {
             inv_freq: inv,
             cos,
             sin,
+            params: params::Params::new(config),
         })
     }
 
@@ -322,6 +326,11 @@ impl RopeTable {
     /// The factor folded into cos and sin.
     pub fn attention_factor(&self) -> f64 {
         self.attention_factor
+    }
+    /// The configuration the table was built from (with [`positions`](Self::positions) as the
+    /// sequence length), for code that recomputes the frequencies independently.
+    pub fn config(&self) -> RopeConfig<'_> {
+        self.params.config()
     }
     /// `cos(θ)·factor` for position `p`, `rotary_dim / 2` entries.
     ///
