@@ -115,14 +115,15 @@ fn kv_len_beyond_isize_max_is_shape_overflow() {
 
 #[test]
 fn huge_kv_len_over_stride0_buffers_visits_only_the_visible_keys() {
-    // Queries at the end of 2^62 identical keys (K and V of sequence stride 0) see what the same
+    // Queries at the end of ~2^59 identical keys (K and V of sequence stride 0) see what the same
     // queries see at the end of 10 such keys: the same keys at the same ALiBi distances.
     let (hq, hkv, d) = (4, 2, 8);
     let mut rng = common::Rng::new(21);
     let mut gen = |n: usize| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
     let (qd, kd, vd) = (gen(2 * hq * d), gen(hkv * d), gen(hkv * d));
     let slopes = [0.5f32, 0.25, 0.125, 0.0625];
-    let (huge, small) = (1usize << 62, 10);
+    // The longest K and V the size contract allows: kv_len · kv_heads · head_dim ≤ isize::MAX.
+    let (huge, small) = (isize::MAX as usize / (hkv * d), 10);
     for q_len in [1, 2] {
         let q = Tensor::bshd(&qd[..q_len * hq * d], 1, q_len, hq, d);
         let ks = Tensor::new(&kd[..], stride0(1, small, hkv, d));
@@ -140,15 +141,15 @@ fn huge_kv_len_over_stride0_buffers_visits_only_the_visible_keys() {
         let c = Case::new(1, q_len, huge, hq, hkv, d);
         let window = AttentionOptions::new().causal().window(6).alibi_slopes(&slopes);
         // 3 sink tokens among 10 keys: every row sees the 3 sinks and its 6-key window, as at
-        // 2^62 keys. (ALiBi left off: the sinks' distances differ between the two calls.)
+        // the end of the huge sequence. (ALiBi left off: the sinks' distances differ between the two calls.)
         let sinks = AttentionOptions::new().causal().window(6).sink_tokens(3);
-        // A right window over 2^62 keys: the query's own key and 2 after it (none exist).
+        // A right window at the end of the huge sequence: the query's own key and 2 after it (none exist).
         let right = AttentionOptions::new().window(2).right_window(2).alibi_slopes(&slopes);
         for (opts, label) in [(window, "causal window"), (sinks, "sink tokens"), (right, "right window")] {
             let r = reference::attention(&q, &ks, &vs, &opts).expect("reference");
             for entry in ENTRIES {
                 let (out, lse) = run_kernel(&inp, &c, &opts, entry);
-                check_against(&r, &inp, &c, &out, &lse, &format!("kv_len 2^62, {label}, {entry:?}"));
+                check_against(&r, &inp, &c, &out, &lse, &format!("kv_len {huge}, {label}, {entry:?}"));
             }
         }
     }
@@ -157,7 +158,7 @@ fn huge_kv_len_over_stride0_buffers_visits_only_the_visible_keys() {
 #[test]
 fn sparse_attention_over_huge_kv_len() {
     let (hq, hkv, d) = (2, 1, 4);
-    let huge = 1usize << 62;
+    let huge = isize::MAX as usize / (hkv * d);
     let qd = vec![0.3f32; hq * d];
     let kd = vec![0.2f32; hkv * d];
     let vd: Vec<f32> = (0..hkv * d).map(|x| x as f32).collect();
@@ -219,7 +220,7 @@ fn scratch_len_never_wraps() {
 
 #[test]
 fn layout_constructors_saturate() {
-    // 4 · 2^62 wraps to 0 in usize; a saturated stride makes the later check report it.
+    // 2^62 · 4 wraps to 0 in usize; a saturated stride makes the later check report it.
     let l = Layout::bshd(4, 1 << 62, 4, 1);
     assert_eq!(l.strides, [usize::MAX, 4, 1]);
     let l = Layout::bhsd(4, 4, 1 << 62, 1);
