@@ -81,7 +81,6 @@ mod tests {
         }
         let sinks = MaskGeometry { window: Some(1), sink_tokens: usize::MAX, ..causal };
         assert_eq!(row(sinks), RowKeys { sinks_end: 7, lo: 7, hi: 8 });
-        assert!(row(sinks).covers(0, 8));
         // The extremes of the size contract: 2^63 - 1 keys, queries at either end.
         let n = isize::MAX as usize;
         let wide = MaskGeometry { window: Some(usize::MAX), right_window: Some(usize::MAX), ..geometry(0, n) };
