@@ -297,7 +297,10 @@ fn small_call(opts: &AttentionOptions<'_>) -> Result<(), Error> {
 #[test]
 #[ignore = "run by isa_env_* in a child process with GATED_ATTENTION_ISA set"]
 fn isa_env_child() {
-    let expect = std::env::var("HOSTILE_EXPECT").expect("HOSTILE_EXPECT");
+    let Ok(expect) = std::env::var("HOSTILE_EXPECT") else {
+        // Run directly (`--include-ignored`): nothing to check without the parent's setting.
+        return;
+    };
     let opts = AttentionOptions::new();
     let mut results = vec![small_call(&opts), small_call(&opts.parallelism(Parallelism::Sequential))];
     let mut scratch = vec![0.0f32; 1 << 12];
