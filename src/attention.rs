@@ -1,6 +1,6 @@
 //! The checked entry points.
 
-use crate::driver::{self, finish_unit, merge_unit, run_unit, Inputs, Scratch, Sink, Tiling, Unit};
+use crate::driver::{finish_unit, merge_unit, run_unit, Inputs, Scratch, Sink, Tiling, Unit};
 use crate::element::Element;
 use crate::error::{Error, Operand};
 use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
@@ -9,10 +9,18 @@ use crate::plan::Plan;
 use crate::tensor::{Tensor, TensorMut};
 use crate::Dims;
 
-/// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options.
+/// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options
+/// (0 for a call without queries).
+///
+/// # Errors
+/// The size and option errors of [`attention_with_scratch`] that do not need buffers:
+/// [`Error::HeadsNotDivisible`], [`Error::ZeroHeadDim`], [`Error::ShapeOverflow`] for an
+/// operand beyond the size contract (see [`Dims::validate`]) and, with
+/// `operand: Operand::Scratch`, for a scratch that cannot be counted in `usize` or would span
+/// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    Ok(driver::worker_scratch_len(&plan, &Tiling::new(&plan)))
+    Ok(Tiling::new(&plan)?.scratch)
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.
@@ -21,6 +29,25 @@ pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Er
 /// sinks (see [`AttentionOptions`]). `out` has shape `[batch, q_len, q_heads, v_head_dim]` in any
 /// layout; `lse`, when given, receives the natural-log denominators as `[batch, q_heads, q_len]`.
 /// `scratch` needs [`scratch_len`] elements. On `Err` nothing has been written.
+///
+/// # Errors
+/// Checked in this order, before anything is written:
+/// * [`Error::ShapeMismatch`] when Q, K and V disagree on a shared size;
+/// * [`Error::HeadsNotDivisible`], [`Error::ZeroHeadDim`];
+/// * [`Error::ShapeOverflow`] when an extent or an operand's logical element count
+///   (`Q`, `K`, `V`, `O`, `LSE`, in that order) exceeds `isize::MAX`, see [`Dims::validate`]
+///   (stride-0 views of any logical size within that bound are accepted; the work done is
+///   that of the keys the mask shows, and nothing is allocated in proportion to `kv_len`);
+/// * [`Error::InvalidOption`] for a non-finite scale, a softcap that is not finite and > 0
+///   (any finite `c > 0`, subnormals included, is valid), `window(0)`, or `right_window`
+///   with `causal`; `window`, `right_window` and `sink_tokens` accept every `usize` and
+///   saturate (a bound beyond the sequence is no bound);
+/// * shape errors of the ALiBi slopes, sinks, RoPE, gate and bias, then the buffers'
+///   [`Error::BufferTooSmall`] / [`Error::ShapeOverflow`], the output's shape and
+///   [`Error::AliasedOutput`], and the LSE length;
+/// * [`Error::ShapeOverflow`] or [`Error::BufferTooSmall`] with `operand: Operand::Scratch`;
+/// * with `std`, [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` when that
+///   environment variable names no ISA or one this CPU cannot run (see [`kernel`](crate::kernel)).
 pub fn attention_with_scratch(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -32,11 +59,12 @@ pub fn attention_with_scratch(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan);
-    let needed = driver::worker_scratch_len(&plan, &tiling);
+    let tiling = Tiling::new(&plan)?;
+    let needed = tiling.scratch;
     if scratch.len() < needed {
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
     }
+    crate::kernel::check_isa_env()?;
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
     run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
     Ok(())
@@ -45,6 +73,9 @@ pub fn attention_with_scratch(
 /// Attention with internally allocated scratch, on the threads `opts.parallelism` names.
 ///
 /// Same contract as [`attention_with_scratch`]; results are bit-identical for every thread count.
+///
+/// # Errors
+/// Those of [`attention_with_scratch`], without the scratch buffer's `BufferTooSmall`.
 ///
 /// ```
 /// use gated_attention::{attention, AttentionOptions, Tensor, TensorMut};
@@ -75,13 +106,14 @@ pub fn attention(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan);
+    let tiling = Tiling::new(&plan)?;
+    crate::kernel::check_isa_env()?;
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
     match opts.parallelism {
         #[cfg(feature = "rayon")]
         crate::Parallelism::Rayon => run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Rayon { sink } }),
         crate::Parallelism::Sequential => {
-            let mut scratch = alloc::vec![0.0f32; driver::worker_scratch_len(&plan, &tiling)];
+            let mut scratch = alloc::vec![0.0f32; tiling.scratch];
             run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch: &mut scratch, sink } });
         }
     }
@@ -109,6 +141,10 @@ struct Call<'p, 'a, 't, 's, 'o> {
 }
 
 fn run(call: Call<'_, '_, '_, '_, '_>) {
+    if call.tiling.units(call.plan) == 0 {
+        // No query row: nothing to write (and no scratch to carve).
+        return;
+    }
     let (k, v) = (call.k.data, call.v.data);
     dispatch_kv(call, k, v);
 }

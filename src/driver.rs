@@ -13,6 +13,7 @@
 //! are bit-identical for every thread count.
 
 use crate::element::{Element, Elems, ElemsMut};
+use crate::error::{Error, Operand};
 use crate::kernel::Kernel;
 use crate::mask::RowKeys;
 use crate::plan::Plan;
@@ -36,6 +37,11 @@ pub(crate) const SPLIT_CHUNK: usize = 1024;
 const SPLIT_MIN: usize = 256;
 /// Units × chunks a split call aims for, so that a few threads balance.
 const SPLIT_TASKS: usize = 16;
+/// Most KV chunks per query tile. Beyond `MAX_CHUNKS · SPLIT_CHUNK` keys the chunks grow
+/// instead, so the split-KV partials (one state per unit and chunk) stay a bounded multiple of
+/// the output however long the (possibly stride-0) key sequence is, and a unit's loop over its
+/// chunks stays short when the mask shows it only a few keys of a huge sequence.
+const MAX_CHUNKS: usize = 256;
 
 /// How a call is cut into units; a pure function of the sizes.
 #[derive(Clone, Copy, Debug)]
@@ -56,10 +62,14 @@ pub(crate) struct Tiling {
     pub rows: usize,
     /// Keys per KV tile (`BC`, or `DECODE_BC` when the rows score keys from memory).
     pub bc: usize,
+    /// f32 elements of one worker's scratch (0 when the call has no unit).
+    pub scratch: usize,
 }
 
 impl Tiling {
-    pub fn new(plan: &Plan<'_>) -> Tiling {
+    /// Cuts a validated plan into units; [`Error::ShapeOverflow`] for the scratch when one
+    /// worker's scratch cannot be counted in `usize` (or allocated as f32s).
+    pub fn new(plan: &Plan<'_>) -> Result<Tiling, Error> {
         let d = &plan.dims;
         let g = d.group();
         let tq = (ROWS_TARGET / g).max(1).min(d.q_len.max(1));
@@ -70,17 +80,29 @@ impl Tiling {
         let bc = if head_rows <= DOT_ROWS_MAX { DECODE_BC } else { BC };
         let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
         if q_tiles == 1 && d.kv_len > SPLIT_MIN {
+            // With q_len ≥ 1, batch · blocks ≤ batch · q_heads ≤ Q's element count ≤ isize::MAX.
             let want = SPLIT_TASKS.div_ceil((d.batch * blocks).max(1));
-            let len = d.kv_len.div_ceil(want).clamp(SPLIT_MIN, SPLIT_CHUNK).next_multiple_of(bc);
+            let len = d.kv_len.div_ceil(want).clamp(SPLIT_MIN, SPLIT_CHUNK);
+            // kv_len ≤ isize::MAX, so rounding up to a multiple of bc cannot overflow.
+            let len = len.max(d.kv_len.div_ceil(MAX_CHUNKS)).next_multiple_of(bc);
             if len < d.kv_len {
                 (chunks, chunk_len) = (d.kv_len.div_ceil(len), len);
             }
         }
-        Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows: hb * head_rows, bc }
+        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows: hb * head_rows, bc, scratch: 0 };
+        if t.units(plan) > 0 {
+            t.scratch = worker_scratch_len(plan, &t).ok_or(Error::ShapeOverflow { operand: Operand::Scratch })?;
+        }
+        Ok(t)
     }
 
-    /// Units that produce output rows: `(batch, kv-head block, q_tile)`.
+    /// Units that produce output rows: `(batch, kv-head block, q_tile)`. With a query, the
+    /// product is at most `batch · kv_heads · q_len` ≤ Q's element count, so it fits; without
+    /// one, `batch · blocks` alone may not.
     pub fn units(&self, plan: &Plan<'_>) -> usize {
+        if self.q_tiles == 0 {
+            return 0;
+        }
         plan.dims.batch * self.blocks * self.q_tiles
     }
 }
@@ -117,10 +139,21 @@ impl RowState<'_> {
     }
 }
 
-/// f32 elements of one worker's scratch.
-pub(crate) fn worker_scratch_len(plan: &Plan<'_>, t: &Tiling) -> usize {
-    let (dk, dv) = (plan.dims.head_dim, plan.dims.v_head_dim);
-    2 * t.rows * dk + BC * dk + 2 * t.rows * BC + 2 * BC * dv + t.rows + 2 * t.rows * (dv + 2)
+/// f32 elements of one worker's scratch (the slices [`Scratch::carve`] takes), or `None` when
+/// the count overflows or the bytes would exceed `isize::MAX`. The head dimensions are bounded
+/// only by `isize::MAX` here (a call without queries may name any), so every step is checked.
+fn worker_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
+    let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
+    let terms = [
+        2usize.checked_mul(rows)?.checked_mul(dk)?,
+        BC.checked_mul(dk)?,
+        2usize.checked_mul(rows)?.checked_mul(BC)?,
+        2usize.checked_mul(BC)?.checked_mul(dv)?,
+        rows,
+        2usize.checked_mul(rows)?.checked_mul(dv.checked_add(2)?)?,
+    ];
+    let n = terms.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
+    (n <= isize::MAX as usize / core::mem::size_of::<f32>()).then_some(n)
 }
 
 fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
@@ -487,21 +520,33 @@ fn visible_segments(rk: &RowKeys, j0: usize, j1: usize) -> impl Iterator<Item = 
     [a, b].into_iter().filter(|(x, y)| x < y)
 }
 
+/// `1/c` for the softcap `c · tanh(s/c)`, clamped to `f32::MAX`: for a subnormal `c` the exact
+/// reciprocal overflows to infinity, and `0 · inf` would turn a zero score into NaN. With the
+/// clamp a zero score stays 0, a score of magnitude ≥ ~1e-37 still saturates tanh to ±1, and
+/// every result stays in `[-c, c]` like the exact one, so the error is at most `2c` (< 2.4e-38).
+/// For normal `c` the reciprocal is unchanged.
+#[inline]
+pub(crate) fn softcap_reciprocal(c: f32) -> f32 {
+    (1.0 / c).min(f32::MAX)
+}
+
 /// Softcap, ALiBi and bias on one row of scores for query `i`, keys `j0..`.
 #[inline]
 fn adjust_scores(plan: &Plan<'_>, b: usize, h: usize, i: usize, j0: usize, row: &mut [f32]) {
     let o = &plan.opts;
     if let Some(c) = o.softcap {
-        let inv = 1.0 / c;
+        let inv = softcap_reciprocal(c);
         for x in row.iter_mut() {
             *x = c * libm::tanhf(*x * inv);
         }
     }
     if let Some(slopes) = o.alibi_slopes {
         let slope = slopes[h];
+        // Positions and keys are below isize::MAX in magnitude (validated sizes): exact in i64,
+        // and `abs_diff` cannot overflow.
         let pos = plan.mask.q_offset + i as i64;
         for (jj, x) in row.iter_mut().enumerate() {
-            let dist = (pos - (j0 + jj) as i64).unsigned_abs() as f32;
+            let dist = pos.abs_diff((j0 + jj) as i64) as f32;
             *x -= slope * dist;
         }
     }

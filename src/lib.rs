@@ -78,6 +78,29 @@
 //! for malformed shapes, strides, buffers or options. No input reachable through the safe API
 //! panics.
 //!
+//! ## Validation contract
+//! * **Sizes** ([`Dims::validate`]): every extent is at most `isize::MAX`, and so is each
+//!   operand's logical element count multiplied out without wrapping (`Q = batch·q_len·q_heads·
+//!   head_dim`, `K = batch·kv_len·kv_heads·head_dim`, `V = batch·kv_len·kv_heads·v_head_dim`,
+//!   `O = batch·q_len·q_heads·v_head_dim`, `LSE = batch·q_heads·q_len`); otherwise
+//!   [`Error::ShapeOverflow`] names the first of Q, K, V, O, LSE that fails. This comes after
+//!   [`Error::HeadsNotDivisible`] and [`Error::ZeroHeadDim`] and before any buffer is looked at.
+//!   Stride-0 views of any logical size within these bounds are legal and cost only the keys the
+//!   mask shows (no allocation is sized by `kv_len`; split-KV uses at most 256 chunks). A scratch
+//!   that cannot be counted is [`Error::ShapeOverflow`] with [`Operand::Scratch`]; a call
+//!   without query rows needs none. [`Layout::bshd`] and [`Layout::bhsd`] saturate strides that
+//!   do not fit `usize`, so the entry points report them.
+//! * **Mask options saturate**: `window`, `right_window` and `sink_tokens` accept every `usize`;
+//!   a bound beyond every reachable distance is no bound (`causal().window(usize::MAX)` equals
+//!   `causal()`, `right_window(usize::MAX)` shows every later key, `window(1)
+//!   .sink_tokens(usize::MAX)` every key up to the causal bound). `window(0)`, and
+//!   `right_window` with `causal`, are [`Error::InvalidOption`].
+//! * **Softcap**: any finite `c > 0`, subnormals included; where `1/c` overflows f32 the kernels
+//!   use `f32::MAX`, so zero scores stay 0 and capped scores stay within `[-c, c]`.
+//! * **`GATED_ATTENTION_ISA`**: an unknown name, or an ISA the CPU cannot run, is
+//!   [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` from every entry point that
+//!   runs a kernel (see [`kernel`]).
+//!
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
@@ -96,8 +119,8 @@
 //! | [`Isa::Portable`] | everything else | `wide` 8-lane vectors, chosen at compile time (SSE2 or NEON) |
 //! | [`Isa::Scalar`] | forced only | the baseline for tests |
 //!
-//! `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`) or
-//! [`kernel::set_forced_isa`] pins the choice.
+//! `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`; any ASCII case) or
+//! [`kernel::set_forced_isa`] pins the choice. An unknown name is an error, not a fallback.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![doc(test(attr(deny(warnings))))]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -151,7 +174,7 @@ pub use tensor::{Layout, Tensor, TensorMut};
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-/// The sizes of one attention call.
+/// The sizes of one attention call; [`Dims::validate`] states the size contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Dims {
     /// Batch size.

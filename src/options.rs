@@ -63,6 +63,13 @@ impl<'a> Bias<'a> {
 /// With `pos(i) = i + q_offset`, key `j` is visible from query `i` iff
 /// `j <= pos(i)` (causal), `j > pos(i) - W` (window `W`, counting the query's own position),
 /// `j <= pos(i) + R` (right window `R`), except that keys `j < sink_tokens` ignore the left window.
+/// These bounds are evaluated exactly (never in wrapping arithmetic): `window`, `right_window`
+/// and `sink_tokens` accept every `usize`, and a bound beyond the sequence is no bound, so
+/// `causal().window(usize::MAX)` is `causal()`, `right_window(usize::MAX)` shows every later
+/// key and `window(1).sink_tokens(usize::MAX)` shows every key up to the causal bound.
+/// `softcap(c)` accepts every finite `c > 0`, subnormals included; for a `c` whose reciprocal
+/// overflows f32 the kernels use `f32::MAX` as `1/c`, which keeps zero scores at 0 and gives the
+/// limit `±c` otherwise (the f64 reference computes `c · tanh(s / c)` directly).
 ///
 /// Build with the chained setters:
 /// ```
@@ -133,22 +140,26 @@ impl<'a> AttentionOptions<'a> {
         self.alignment = alignment;
         self
     }
-    /// Sliding window of `w` keys including the query's own position.
+    /// Sliding window of `w` keys including the query's own position. `w = 0` is rejected by
+    /// the entry points; any `w` at least the query's position + 1 (`usize::MAX`, say) is no
+    /// window.
     pub fn window(mut self, w: usize) -> Self {
         self.window = Some(w);
         self
     }
-    /// Keeps `r` keys after the query visible (only without `causal`).
+    /// Keeps `r` keys after the query visible (only without `causal`); `r` beyond the sequence
+    /// (`usize::MAX`, say) shows every later key.
     pub fn right_window(mut self, r: usize) -> Self {
         self.right_window = Some(r);
         self
     }
-    /// Keeps the first `n` keys visible whatever the window.
+    /// Keeps the first `min(n, kv_len)` keys visible whatever the window (up to the causal or
+    /// right-window bound).
     pub fn sink_tokens(mut self, n: usize) -> Self {
         self.sink_tokens = n;
         self
     }
-    /// Soft-caps scores at `c`.
+    /// Soft-caps scores at `c` (`c · tanh(s / c)`; any finite `c > 0`).
     pub fn softcap(mut self, c: f32) -> Self {
         self.softcap = Some(c);
         self
@@ -230,7 +241,7 @@ impl<'a> AttentionOptions<'a> {
                     let step = (extent - 1).checked_mul(stride).ok_or(overflow.clone())?;
                     last = last.checked_add(step).ok_or(overflow.clone())?;
                 }
-                let needed = last + 1;
+                let needed = last.checked_add(1).ok_or(overflow)?;
                 if needed > bias.data.len() {
                     return Err(Error::BufferTooSmall { operand: Operand::Bias, needed, len: bias.data.len() });
                 }

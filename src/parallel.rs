@@ -5,7 +5,7 @@ use alloc::vec::Vec;
 use core::cell::Cell;
 use rayon::prelude::*;
 
-use crate::driver::{self, finish_unit, merge_unit, run_unit, Inputs, RowState, Scratch, Sink, Tiling, Unit};
+use crate::driver::{finish_unit, merge_unit, run_unit, Inputs, RowState, Scratch, Sink, Tiling, Unit};
 use crate::element::{Element, ElemsMut};
 use crate::kernel::Kernel;
 use crate::plan::Plan;
@@ -116,7 +116,7 @@ pub(crate) fn run<K: Kernel, KE: Element, VE: Element>(
     sink: Sink<'_>,
 ) {
     let shared = SharedSink::new(sink);
-    let scratch_len = driver::worker_scratch_len(plan, t);
+    let scratch_len = t.scratch;
     let (rows, dv) = (t.rows, plan.dims.v_head_dim);
     let units = t.units(plan);
     let write = |u: &Unit, st: &mut RowState<'_>| {
@@ -137,7 +137,9 @@ pub(crate) fn run<K: Kernel, KE: Element, VE: Element>(
         });
         return;
     }
-    // Split-KV: all (unit, chunk) partials in parallel, then an ordered merge per unit.
+    // Split-KV: all (unit, chunk) partials in parallel, then an ordered merge per unit. The
+    // chunks are at most `MAX_CHUNKS` whatever kv_len is, so the partials are a bounded
+    // multiple of the unit states (each part is one state, no larger than the worker scratch).
     let part_len = rows * (dv + 2);
     with_buffer(&PARTIALS, units * t.chunks * part_len, |partials| {
         split_kv(kernel, plan, t, inp, partials, part_len, &write);
@@ -154,7 +156,7 @@ fn split_kv<K: Kernel, KE: Element, VE: Element>(
     part_len: usize,
     write: &(impl Fn(&Unit, &mut RowState<'_>) + Sync),
 ) {
-    let scratch_len = driver::worker_scratch_len(plan, t);
+    let scratch_len = t.scratch;
     let (rows, dv) = (t.rows, plan.dims.v_head_dim);
     partials.par_chunks_mut(part_len).enumerate().for_each(|(idx, part)| {
         with_buffer(&SCRATCH, scratch_len, |buf| {

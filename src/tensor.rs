@@ -23,13 +23,20 @@ pub struct Layout {
 
 impl Layout {
     /// Contiguous `[batch, seq, heads, dim]`.
+    ///
+    /// A stride that does not fit `usize` saturates at `usize::MAX` instead of wrapping, so the
+    /// entry points report such a layout ([`Error::ShapeOverflow`] or [`Error::BufferTooSmall`])
+    /// rather than read it with a wrong stride; an empty view (an extent of 0) of any size stays
+    /// valid.
     pub const fn bshd(batch: usize, seq: usize, heads: usize, dim: usize) -> Self {
-        Layout { shape: [batch, seq, heads, dim], strides: [seq * heads * dim, heads * dim, dim] }
+        let row = heads.saturating_mul(dim);
+        Layout { shape: [batch, seq, heads, dim], strides: [seq.saturating_mul(row), row, dim] }
     }
 
-    /// Contiguous `[batch, heads, seq, dim]`.
+    /// Contiguous `[batch, heads, seq, dim]`; strides saturate as in [`Layout::bshd`].
     pub const fn bhsd(batch: usize, heads: usize, seq: usize, dim: usize) -> Self {
-        Layout { shape: [batch, seq, heads, dim], strides: [heads * seq * dim, dim, seq * dim] }
+        let head = seq.saturating_mul(dim);
+        Layout { shape: [batch, seq, heads, dim], strides: [heads.saturating_mul(head), dim, head] }
     }
 
     /// Batch size.

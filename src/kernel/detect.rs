@@ -2,9 +2,19 @@
 //! overridable for tests.
 
 use super::Isa;
+use crate::error::Error;
 use core::sync::atomic::{AtomicU8, Ordering};
 
 const UNSET: u8 = u8::MAX;
+/// `GATED_ATTENTION_ISA` unset, empty or blank: automatic selection.
+const ENV_AUTO: u8 = 100;
+/// `GATED_ATTENTION_ISA` names no ISA (or is not Unicode).
+const ENV_UNKNOWN: u8 = 101;
+/// `GATED_ATTENTION_ISA` names an ISA this CPU or build cannot run.
+const ENV_UNAVAILABLE: u8 = 102;
+
+/// What `GATED_ATTENTION_ISA` said, read once: an encoded ISA or one of the `ENV_*` codes.
+static ENV: AtomicU8 = AtomicU8::new(UNSET);
 
 /// The forced ISA (`UNSET` = automatic).
 static FORCED: AtomicU8 = AtomicU8::new(UNSET);
@@ -71,16 +81,47 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
-fn env_forced() -> Option<Isa> {
+/// Reads `GATED_ATTENTION_ISA` (names match as [`Isa::from_name`] does: trimmed, any case).
+fn read_env() -> u8 {
     #[cfg(feature = "std")]
     {
-        let name = std::env::var("GATED_ATTENTION_ISA").ok()?;
-        Isa::from_name(name.trim()).filter(|isa| isa.is_available())
+        match std::env::var("GATED_ATTENTION_ISA") {
+            Err(std::env::VarError::NotPresent) => ENV_AUTO,
+            Err(std::env::VarError::NotUnicode(_)) => ENV_UNKNOWN,
+            Ok(name) if name.trim().is_empty() => ENV_AUTO,
+            Ok(name) => match Isa::from_name(&name) {
+                None => ENV_UNKNOWN,
+                Some(isa) if !isa.is_available() => ENV_UNAVAILABLE,
+                Some(isa) => encode(isa),
+            },
+        }
     }
     #[cfg(not(feature = "std"))]
     {
-        None
+        ENV_AUTO
     }
+}
+
+/// The variable's reading, cached after the first (a race reads it twice, to the same value).
+fn env_status() -> u8 {
+    let v = ENV.load(Ordering::Relaxed);
+    if v != UNSET {
+        return v;
+    }
+    let v = read_env();
+    ENV.store(v, Ordering::Relaxed);
+    v
+}
+
+/// `Err` when `GATED_ATTENTION_ISA` is set to a name that is not an ISA, or to one this CPU
+/// (or build) cannot run; the entry points that run a kernel return it before writing.
+pub(crate) fn check_env() -> Result<(), Error> {
+    let reason = match env_status() {
+        ENV_UNKNOWN => "names no ISA (expected scalar, portable, avx2-fma or avx2, in any case)",
+        ENV_UNAVAILABLE => "names an ISA this CPU or build cannot run",
+        _ => return Ok(()),
+    };
+    Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", reason })
 }
 
 pub(crate) fn selected() -> Isa {
@@ -90,7 +131,8 @@ pub(crate) fn selected() -> Isa {
     if let Some(isa) = decode(DETECTED.load(Ordering::Relaxed)) {
         return isa;
     }
-    let isa = env_forced().unwrap_or_else(detect);
+    // An invalid variable selects automatically here; `check_env` reports it to the caller.
+    let isa = decode(env_status()).unwrap_or_else(detect);
     DETECTED.store(encode(isa), Ordering::Relaxed);
     isa
 }

@@ -3,6 +3,15 @@
 //! The attention loop nest (`crate::driver`) is generic over the private `Kernel` trait and never names an ISA.
 //! A kernel is a zero-sized token whose existence proves the CPU supports its instructions, so
 //! its methods are safe; each checks its slice bounds once per call and then runs unchecked.
+//!
+//! With `std`, the environment variable `GATED_ATTENTION_ISA` (read once, at the first call)
+//! pins the choice: `scalar`, `portable`, `avx2-fma` or `avx2`, matched ignoring ASCII case and
+//! surrounding whitespace; unset or blank means automatic. Any other value, or an ISA this CPU
+//! or build cannot run, is not silently replaced: every entry point that runs a kernel
+//! ([`attention`](crate::attention), [`attention_with_scratch`](crate::attention_with_scratch),
+//! and with `alloc` the sparse entry points and indexers) returns
+//! [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "GATED_ATTENTION_ISA"`
+//! before writing anything. [`set_forced_isa`] overrides the variable's choice but not its error.
 
 pub(crate) mod detect;
 pub(crate) mod exp;
@@ -38,13 +47,25 @@ impl Isa {
         }
     }
 
-    /// Parses a name as printed by [`Isa::name`].
+    /// Parses a name as printed by [`Isa::name`] (or `avx2` for [`Isa::Avx2Fma`]), ignoring
+    /// ASCII case and surrounding whitespace.
+    ///
+    /// ```
+    /// use gated_attention::Isa;
+    /// assert_eq!(Isa::from_name(" AVX2-FMA "), Some(Isa::Avx2Fma));
+    /// assert_eq!(Isa::from_name("avx2_fma"), None);
+    /// ```
     pub fn from_name(name: &str) -> Option<Isa> {
-        match name {
-            "scalar" => Some(Isa::Scalar),
-            "portable" => Some(Isa::Portable),
-            "avx2-fma" | "avx2" => Some(Isa::Avx2Fma),
-            _ => None,
+        let name = name.trim();
+        let is = |s: &str| name.eq_ignore_ascii_case(s);
+        if is("scalar") {
+            Some(Isa::Scalar)
+        } else if is("portable") {
+            Some(Isa::Portable)
+        } else if is("avx2-fma") || is("avx2") {
+            Some(Isa::Avx2Fma)
+        } else {
+            None
         }
     }
 
@@ -66,10 +87,19 @@ impl Isa {
     }
 
     /// The fastest ISA available, or the one forced through [`set_forced_isa`] (or, with `std`,
-    /// the `GATED_ATTENTION_ISA` environment variable read at first use).
+    /// the `GATED_ATTENTION_ISA` environment variable read at first use). An invalid variable
+    /// selects automatically here; the attention entry points report it as an error.
     pub fn selected() -> Isa {
         detect::selected()
     }
+}
+
+/// With `std`: `Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", .. })` when the
+/// variable is set (not blank) to a name [`Isa::from_name`] does not know, or to an ISA this CPU
+/// or build cannot run. Every entry point that runs a kernel calls this after validating its
+/// arguments and before writing anything.
+pub(crate) fn check_isa_env() -> Result<(), crate::Error> {
+    detect::check_env()
 }
 
 /// Forces every later call onto `isa` (for tests and benchmarks); `None` restores the automatic

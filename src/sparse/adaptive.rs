@@ -109,6 +109,7 @@ pub fn adaptive_top_k_indices(
             });
         }
     }
+    crate::kernel::check_isa_env()?;
     if width == 0 {
         // No key to keep (kv_len or k_max is 0): every k_t is 0, no variance is needed.
         if let Some(c) = counts {

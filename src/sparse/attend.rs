@@ -10,7 +10,7 @@
 
 use crate::driver::{Inputs, Sink};
 use crate::element::{Element, Elems};
-use crate::error::Error;
+use crate::error::{Error, Operand};
 use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
@@ -31,6 +31,14 @@ const BC: usize = 64;
 /// RoPE and the output gate (G1). A row whose list names no visible key gets zeros and LSE
 /// `-inf` (the sink logit with learned sinks). Cost `O(rows · k · head_dim)`; results are
 /// bit-identical for every thread count. On `Err` nothing has been written.
+///
+/// # Errors
+/// Those of [`attention_with_scratch`](crate::attention_with_scratch) (the size contract of
+/// [`Dims::validate`] included: a stride-0 K/V of any logical `kv_len` up to `isize::MAX` is
+/// accepted and costs only the listed keys), then the index list's [`Error::ShapeMismatch`],
+/// [`Error::ShapeOverflow`], [`Error::IndexOutOfRange`] and [`Error::DuplicateIndex`],
+/// [`Error::ShapeOverflow`] for a worker scratch that cannot be counted, and the
+/// `GATED_ATTENTION_ISA` error.
 ///
 /// ```
 /// use gated_attention::sparse::{sparse_attention, SparseIndices, PAD};
@@ -66,8 +74,17 @@ pub fn sparse_attention(
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     indices.validate(&plan.dims)?;
+    let d = &plan.dims;
+    // With a query row, batch · q_len · kv_heads ≤ Q's element count ≤ isize::MAX.
+    let units = if d.q_len == 0 { 0 } else { d.batch * d.q_len * d.kv_heads };
+    let scratch =
+        if units == 0 { 0 } else { scratch_len(d).ok_or(Error::ShapeOverflow { operand: Operand::Scratch })? };
+    crate::kernel::check_isa_env()?;
+    if units == 0 {
+        return Ok(());
+    }
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    dispatch_kv(Call { plan: &plan, q, k, v, indices, sink }, k.data, v.data);
+    dispatch_kv(Call { plan: &plan, q, k, v, indices, sink, units, scratch }, k.data, v.data);
     Ok(())
 }
 
@@ -78,6 +95,10 @@ struct Call<'p, 'a, 't, 'o> {
     v: &'t Tensor<'t>,
     indices: &'t SparseIndices<'t>,
     sink: Sink<'o>,
+    /// Units `(batch, query row, KV head)`, at least one.
+    units: usize,
+    /// f32 scratch of one worker.
+    scratch: usize,
 }
 
 /// The read-only operands of a call with K and V of known element types.
@@ -91,9 +112,7 @@ impl KvVisitor for Call<'_, '_, '_, '_> {
         let tensors = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
         let ops = Operands { tensors, indices: *self.indices };
         let plan = self.plan;
-        let d = &plan.dims;
-        let units = d.batch * d.q_len * d.kv_heads;
-        let len = scratch_len(d);
+        let (units, len) = (self.units, self.scratch);
         match plan.opts.parallelism {
             #[cfg(feature = "rayon")]
             crate::Parallelism::Rayon => {
@@ -122,10 +141,20 @@ impl KvVisitor for Call<'_, '_, '_, '_> {
     }
 }
 
-/// f32 scratch of one worker.
-fn scratch_len(d: &Dims) -> usize {
-    let g = d.group();
-    g * d.head_dim + BC * d.head_dim + BC * d.v_head_dim + g * BC + 3 * g + g * d.v_head_dim
+/// f32 scratch of one worker (the slices `run_unit` takes), or `None` when it cannot be
+/// counted or would span more than `isize::MAX` bytes.
+fn scratch_len(d: &Dims) -> Option<usize> {
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let terms = [
+        g.checked_mul(dk)?,
+        BC.checked_mul(dk)?,
+        BC.checked_mul(dv)?,
+        g.checked_mul(BC)?,
+        g.checked_mul(3)?,
+        g.checked_mul(dv)?,
+    ];
+    let n = terms.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
+    (n <= isize::MAX as usize / core::mem::size_of::<f32>()).then_some(n)
 }
 
 fn take<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
@@ -269,15 +298,16 @@ fn attend_tile<K: Kernel, KE: Element, VE: Element>(
 fn adjust_scores(plan: &Plan<'_>, tile: &Tile<'_>, h: usize, row: &mut [f32]) {
     let o = &plan.opts;
     if let Some(c) = o.softcap {
-        let inv = 1.0 / c;
+        let inv = crate::driver::softcap_reciprocal(c);
         for x in row.iter_mut() {
             *x = c * libm::tanhf(*x * inv);
         }
     }
     if let Some(slopes) = o.alibi_slopes {
+        // Validated sizes keep positions and keys within ±isize::MAX: exact in i64.
         let pos = plan.mask.q_offset + tile.i as i64;
         for (x, &j) in row.iter_mut().zip(tile.keys) {
-            *x -= slopes[h] * (pos - j as i64).unsigned_abs() as f32;
+            *x -= slopes[h] * pos.abs_diff(j as i64) as f32;
         }
     }
     if let Some(bias) = &o.bias {

@@ -98,7 +98,8 @@ impl IndexerDims {
     /// Keys query row `t` may see under `indexer`'s mask: a prefix `0..visible`.
     pub fn visible(&self, indexer: &Indexer<'_>, t: usize) -> usize {
         if indexer.causal {
-            (self.kv_len as i64 - self.q_len as i64 + t as i64 + 1).clamp(0, self.kv_len as i64) as usize
+            // In i128 every usize difference is exact; the result lies in 0..=kv_len.
+            (self.kv_len as i128 - self.q_len as i128 + t as i128 + 1).clamp(0, self.kv_len as i128) as usize
         } else {
             self.kv_len
         }
@@ -135,12 +136,24 @@ pub fn check_indexer(
     if d.dim == 0 {
         return Err(Error::ZeroHeadDim { operand: Operand::Query });
     }
-    // Rows, and each thread's scratch (`row_scratch_len`), must be countable.
+    // The size contract of `Dims::validate`: extents and the operands' logical element counts
+    // at most isize::MAX, so positions convert to i64 and offsets cannot wrap.
+    let operands = [
+        (Operand::Query, [d.batch, d.q_len, d.heads, d.dim]),
+        (Operand::Key, [d.batch, d.kv_len, 1, d.dim]),
+        (Operand::IndexerWeights, [d.batch, d.q_len, 1, d.heads]),
+    ];
+    for (operand, extents) in operands {
+        if crate::plan::checked_count(&extents).is_none() {
+            return Err(Error::ShapeOverflow { operand });
+        }
+    }
+    // Each thread's scratch (`row_scratch_len`) must be countable and allocatable as f32s.
     let overflow = Error::ShapeOverflow { operand: Operand::Query };
-    d.batch.checked_mul(d.q_len).ok_or(overflow.clone())?;
     d.kv_len
         .checked_mul(2)
         .and_then(|x| x.checked_add(d.heads.checked_mul(d.dim.checked_add(BK + 1)?)?))
+        .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
         .ok_or(overflow)?;
     for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
         t.layout.check(operand, t.data.len())?;
@@ -174,6 +187,7 @@ pub fn indexer_scores(
             found: out.len(),
         });
     }
+    crate::kernel::check_isa_env()?;
     let ops = RowOps { q, k, w, indexer, dims: d };
     for_each_row(&ops, out, d.kv_len, &|_, scores, _, dst| dst.copy_from_slice(scores));
     Ok(())
@@ -216,6 +230,7 @@ pub fn top_k_indices(
 ) -> Result<(), Error> {
     let d = check_indexer(q, k, w, indexer)?;
     check_indices_out(&d, top_k, out.len())?;
+    crate::kernel::check_isa_env()?;
     let ops = RowOps { q, k, w, indexer, dims: d };
     for_each_row(&ops, out, top_k, &|row, scores, spare, dst| {
         let visible = d.visible(indexer, row % d.q_len);

@@ -50,6 +50,7 @@ impl<'a> SparseIndices<'a> {
     /// Valid only after [`SparseIndices::validate`].
     pub(crate) fn row(&self, b: usize, i: usize, kvh: usize) -> &'a [i32] {
         let h = if self.heads == 1 { 0 } else { kvh };
+        // In bounds of the validated `data` (its length is the checked product of the sizes).
         let start = ((b * self.q_len + i) * self.heads + h) * self.k;
         &self.data[start..start + self.k]
     }
@@ -112,7 +113,7 @@ fn check_list(list: &[i32], kv_len: usize, sorted: &mut [i32]) -> Result<(), Err
         if e == PAD {
             continue;
         }
-        if e < 0 || e as i64 >= kv_len as i64 {
+        if e < 0 || e as usize >= kv_len {
             return Err(Error::IndexOutOfRange { index: e as i64, kv_len });
         }
         if n > 0 && sorted[n - 1] == e {
