@@ -57,7 +57,8 @@ fn main() {
         let (qt, kt) = (Tensor::bshd(&q[..], 1, tokens, heads, d), Tensor::bshd(&k[..], 1, tokens, kv_heads, d));
         let dims =
             Dims { batch: 1, q_len: tokens, kv_len: tokens, q_heads: heads, kv_heads, head_dim: d, v_head_dim: d };
-        let s = reference::scores(&qt, &kt, &AttentionOptions::new().causal(), &dims, 0, head);
+        let s =
+            reference::scores(&qt, &kt, &AttentionOptions::new().causal(), &dims, 0, head).expect("valid arguments");
         let mut pixels = vec![0u8; tokens * tokens];
         for i in 0..tokens {
             let row = &s[i * tokens..(i + 1) * tokens];

@@ -171,7 +171,7 @@ fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
     // SAFETY: the layout has a non-zero size (checked above).
     let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<E>();
     if ptr.is_null() {
-        return Err(bad("the allocator refused the storage"));
+        return Err(Error::AllocationFailed { operand: Operand::Cache, bytes: layout.size() });
     }
     // SAFETY: `ptr` comes from the global allocator with the layout of `[E; n]`, which is the
     // layout a `Vec<E>` of capacity `n` owns; its `n` elements are initialised, since all-zero
@@ -283,7 +283,10 @@ impl KvCache {
             return Err(Error::ShapeOverflow { operand: Operand::Cache });
         }
         let mut rows = Vec::new();
-        rows.try_reserve_exact(cfg.batch).map_err(|_| bad("the allocator refused the row table"))?;
+        rows.try_reserve_exact(cfg.batch).map_err(|_| Error::AllocationFailed {
+            operand: Operand::Cache,
+            bytes: cfg.batch.saturating_mul(core::mem::size_of::<Row>()),
+        })?;
         rows.resize(cfg.batch, Row::default());
         Ok(KvCache { cfg, k: Store::new(cfg.dtype, nk)?, v: Store::new(cfg.dtype, nv)?, rows })
     }

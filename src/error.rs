@@ -72,6 +72,14 @@ pub enum Error {
         /// The offending tensor.
         operand: Operand,
     },
+    /// The allocator refused memory that a valid call needs (a KV cache's storage, the reference's
+    /// score rows): nothing was written, and the process did not abort.
+    AllocationFailed {
+        /// What the memory was for.
+        operand: Operand,
+        /// Bytes requested.
+        bytes: usize,
+    },
     /// A tensor's buffer is shorter than its shape and strides require.
     BufferTooSmall {
         /// The offending tensor.
@@ -182,6 +190,9 @@ impl fmt::Display for Error {
         match self {
             Error::NonContiguousHeadDim { operand } => {
                 write!(f, "{operand}: the head dimension must have stride 1")
+            }
+            Error::AllocationFailed { operand, bytes } => {
+                write!(f, "{operand}: the allocator refused {bytes} bytes")
             }
             Error::BufferTooSmall { operand, needed, len } => {
                 write!(f, "{operand}: buffer holds {len} elements, shape and strides need {needed}")

@@ -374,3 +374,37 @@ fn isa_env_names_match_case_insensitively() {
 fn isa_env_unset_or_empty_is_automatic() {
     run_child("", gated_attention::Isa::selected().name());
 }
+
+// The reference is safe API too: a legal call whose memory does not exist is an error, not an
+// abort, and a call with no query rows allocates nothing per row.
+
+#[test]
+fn reference_reports_memory_it_cannot_have() {
+    let data = [0.25f32; 64];
+    let q = Tensor::new(&data[..], Layout::bshd(1, 1, 1, 8));
+    // 2^58 keys over one stored row: legal (the size contract holds), but the reference's f64 score
+    // row alone would be 2 EiB.
+    let kv = Tensor::new(&data[..], stride0(1, 1 << 58, 1, 8));
+    let r = reference::attention(&q, &kv, &kv, &AttentionOptions::new());
+    assert!(matches!(r, Err(Error::AllocationFailed { .. })), "{:?}", r.map(|_| ()));
+    // No query rows: nothing to score, whatever kv_len and v_head_dim are.
+    let empty_q = Tensor::new(&data[..0], Layout::bshd(1, 0, 1, 8));
+    let r = reference::attention(&empty_q, &kv, &kv, &AttentionOptions::new()).expect("no rows");
+    assert!(r.out.is_empty() && r.lse.is_empty());
+}
+
+#[test]
+fn reference_scores_check_their_arguments() {
+    let data = [0.25f32; 64];
+    let (q, k) = (Tensor::new(&data[..], Layout::bshd(1, 2, 2, 8)), Tensor::new(&data[..], Layout::bshd(1, 2, 1, 8)));
+    let opts = AttentionOptions::new().causal();
+    let dims = Dims { batch: 1, q_len: 2, kv_len: 2, q_heads: 2, kv_heads: 1, head_dim: 8, v_head_dim: 8 };
+    let s = reference::scores(&q, &k, &opts, &dims, 0, 1).expect("valid");
+    assert_eq!(s.len(), 4);
+    assert_eq!(s[1], f64::NEG_INFINITY, "row 0 cannot see key 1");
+    for (b, h) in [(1, 0), (0, 2)] {
+        assert!(matches!(reference::scores(&q, &k, &opts, &dims, b, h), Err(Error::ShapeMismatch { .. })));
+    }
+    let wrong = Dims { kv_len: 3, ..dims };
+    assert!(matches!(reference::scores(&q, &k, &opts, &wrong, 0, 0), Err(Error::ShapeMismatch { dim: "kv_len", .. })));
+}

@@ -122,7 +122,7 @@ fn first_token_probabilities_match_brute_force() {
         let p = first_token_probabilities(&qt, &kt, &lse, &opts).unwrap();
         let dims = gated_attention::Dims::from_tensors(&qt, &kt, &vt).unwrap();
         for h in 0..hq {
-            let s = reference::scores(&qt, &kt, &opts, &dims, 0, h);
+            let s = reference::scores(&qt, &kt, &opts, &dims, 0, h).expect("valid arguments");
             for i in 0..lq {
                 let row = &s[i * lk..(i + 1) * lk];
                 let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

@@ -135,7 +135,7 @@ fn drop_detection(c: &Case) -> (f64, f64) {
     let (atol, rtol) = tolerance(c.dtypes[3]);
     let (mut pairs, mut by_model, mut by_legacy) = (0usize, 0usize, 0usize);
     for h in 0..d.q_heads {
-        let s = reference::scores(&q, &k, &opts, &d, 0, h);
+        let s = reference::scores(&q, &k, &opts, &d, 0, h).expect("valid arguments");
         let kvh = h / d.group();
         for i in 0..d.q_len {
             let li = h * d.q_len + i;

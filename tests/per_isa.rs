@@ -1,15 +1,19 @@
-//! Each ISA forced in turn against the reference. One test function, because the forced ISA is
-//! process-wide state.
+//! Each ISA forced in turn against the reference. The forced ISA is process-wide state, so every
+//! test that forces one holds `ISA_LOCK` (another test of this binary that ran while an ISA was
+//! forced would run on that ISA, not the one it asked for).
 
 mod common;
 use common::*;
 use gated_attention::kernel::{last_used_isa, set_forced_isa};
-use gated_attention::{AttentionOptions, DType, Isa};
+use gated_attention::{attention, reference, AttentionOptions, DType, Isa, Layout, Tensor, TensorMut};
 
 const ALL: [Isa; 3] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
 
+static ISA_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn every_isa_matches_the_reference() {
+    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut ran = Vec::new();
     for isa in ALL {
         if !isa.is_available() {
@@ -97,9 +101,46 @@ fn dedup(list: &[i32]) -> Vec<i32> {
 
 #[test]
 fn unavailable_isa_cannot_be_forced() {
+    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for isa in ALL {
         if !isa.is_available() {
             assert!(!set_forced_isa(Some(isa)));
         }
     }
+}
+
+#[test]
+fn overlapping_key_and_value_rows_are_read_as_given() {
+    // Read-only views may overlap: a key/value row broadcast over the sequence (seq stride 0)
+    // or a sliding window over one buffer (seq stride 1 < head_dim). Every path must read them
+    // as laid out, not panic: prefill, decode and split-KV decode, per ISA.
+    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let d = 16;
+    let base: Vec<f32> = (0..1000).map(|e| ((e * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma] {
+        if !set_forced_isa(Some(isa)) {
+            continue;
+        }
+        for (lq, lk) in [(40, 40), (1, 700), (3, 90)] {
+            for strides in [[0, 0, 0], [0, 1, 0], [0, 1, 3]] {
+                let kl = Layout { shape: [1, lk, 2, d], strides };
+                let q: Vec<f32> = (0..lq * 4 * d).map(|e| ((e * 13 % 29) as f32 / 14.0) - 1.0).collect();
+                let (qt, kt, vt) =
+                    (Tensor::bshd(&q[..], 1, lq, 4, d), Tensor::new(&base[..], kl), Tensor::new(&base[..], kl));
+                let opts = AttentionOptions::new().causal();
+                let r = reference::attention(&qt, &kt, &vt, &opts).unwrap();
+                let mut o = vec![f32::NAN; lq * 4 * d];
+                attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, 4, d), None, &opts).unwrap();
+                let tol = tolerance(DType::F32);
+                for (e, &x) in o.iter().enumerate() {
+                    assert!(
+                        close(x as f64, r.out[e], tol),
+                        "{isa:?} lq {lq} lk {lk} strides {strides:?}: element {e} = {x}, reference {}",
+                        r.out[e]
+                    );
+                }
+            }
+        }
+    }
+    set_forced_isa(None);
 }

@@ -484,7 +484,7 @@ fn compare(
             for i in 0..d.q_len {
                 // Computed only to describe a failure.
                 let where_ = || {
-                    let scores = reference::scores(q, k, opts, &d, b, h);
+                    let scores = reference::scores(q, k, opts, &d, b, h).expect("validated call");
                     let row = &scores[i * d.kv_len..(i + 1) * d.kv_len];
                     let visible: Vec<usize> =
                         (0..d.kv_len).filter(|&j| reference::visible(opts, d.q_len, d.kv_len, i, j)).collect();

@@ -470,11 +470,20 @@ fn run(c: &Case) {
         }
     }
 
-    // The KV cache's size arithmetic (KvCacheConfig::storage_bytes, KvCache::new) is exercised in
-    // `cache_ops`: on this branch both still overflow for huge capacities (issue 9 finding 5, fixed
-    // on another branch), so they are not called here yet. NOTE for the lead: once finding 5 is
-    // merged, enable this:
-    // let cfg = gated_attention::cache::KvCacheConfig::new(d.batch, d.kv_heads, d.head_dim, d.kv_len, DType::F32);
-    // let _ = cfg.storage_bytes();
-    // if cfg.storage_bytes() <= 1 << 24 { let _ = gated_attention::cache::KvCache::new(cfg); }
+    // The KV cache's size arithmetic on the same huge extents: storage_bytes saturates, never
+    // wraps, and a cache is only created where its storage is small.
+    let cfg = gated_attention::cache::KvCacheConfig::new(
+        d.batch,
+        d.kv_heads,
+        d.head_dim,
+        d.kv_len,
+        gated_attention::DType::F32,
+    );
+    let bytes = cfg.storage_bytes();
+    let factors = [d.batch, d.kv_heads, d.kv_len, d.head_dim, 2 * 4]; // K and V rows of head_dim f32
+    let exact = if factors.contains(&0) { Some(0) } else { factors.iter().try_fold(1usize, |a, &x| a.checked_mul(x)) };
+    assert_eq!(bytes, exact.unwrap_or(usize::MAX), "storage_bytes of {cfg:?}");
+    if bytes <= 1 << 24 {
+        let _ = gated_attention::cache::KvCache::new(cfg);
+    }
 }

@@ -22,7 +22,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::error::Error;
+use crate::error::{Error, Operand};
 use crate::gate::{Gate, GateActivation, GateMode};
 use crate::options::AttentionOptions;
 use crate::rope::RopeTable;
@@ -111,15 +111,18 @@ fn gate_value(gate: &Gate<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {
 }
 
 /// Rows `[seq, dim]` of head `h` of batch `b`, widened to f64 and made contiguous.
-fn widen(t: &Tensor<'_>, b: usize, h: usize) -> Vec<f64> {
+fn widen(t: &Tensor<'_>, b: usize, h: usize, operand: Operand) -> Result<Vec<f64>, Error> {
     let [_, seq, _, dim] = t.layout.shape;
     let st = t.layout.strides;
-    let mut out = Vec::with_capacity(seq * dim);
+    // seq * dim is within the size contract (isize::MAX elements); its f64 bytes may not be.
+    let mut out = Vec::new();
+    out.try_reserve_exact(seq * dim)
+        .map_err(|_| Error::AllocationFailed { operand, bytes: (seq * dim).saturating_mul(8) })?;
     for s in 0..seq {
         let off = b * st[0] + s * st[1] + h * st[2];
         out.extend((off..off + dim).map(|e| t.data.get_f32(e) as f64));
     }
-    out
+    Ok(out)
 }
 
 /// Keys hidden beyond the mask: `keep(b, kv_head, i, j)` false hides key `j` from row `i`.
@@ -224,7 +227,13 @@ impl<'c, 'a> Call<'c, 'a> {
 }
 
 /// The post-mask scores of one (batch, head) as an `[q_len, kv_len]` matrix, `-inf` where masked.
-/// Learned sinks are not included. The arguments are trusted (validate with [`validate`] first).
+/// Learned sinks are not included.
+///
+/// # Errors
+/// The errors of [`validate`] for `q`, `k` and `opts` (with `k` standing in for the values);
+/// [`Error::ShapeMismatch`] when `dims` is not what the tensors say (its `v_head_dim` is not read)
+/// or `b`/`h` is outside the batch or the query heads; [`Error::AllocationFailed`] when the
+/// `q_len × kv_len` matrix does not fit in memory.
 pub fn scores(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -232,16 +241,33 @@ pub fn scores(
     dims: &Dims,
     b: usize,
     h: usize,
-) -> Vec<f64> {
-    let call = Call::new(q, opts, *dims);
-    let keys = widen(k, b, h / (dims.q_heads / dims.kv_heads));
-    let mut s = vec![f64::NEG_INFINITY; dims.q_len * dims.kv_len];
+) -> Result<Vec<f64>, Error> {
+    let found = validate(q, k, k, opts, None)?;
+    let mismatch = |dim, expected, found| Error::ShapeMismatch { operand: Operand::Query, dim, expected, found };
+    let fields = |d: &Dims| [d.batch, d.q_len, d.kv_len, d.q_heads, d.kv_heads, d.head_dim];
+    const NAMES: [&str; 6] = ["batch", "q_len", "kv_len", "q_heads", "kv_heads", "head_dim"];
+    for ((name, e), f) in NAMES.iter().zip(fields(&found)).zip(fields(dims)) {
+        if e != f {
+            return Err(mismatch(name, e, f));
+        }
+    }
+    if b >= found.batch {
+        return Err(mismatch("batch row (must be < batch)", found.batch, b));
+    }
+    if h >= found.q_heads {
+        return Err(mismatch("head (must be < q_heads)", found.q_heads, h));
+    }
+    let dims = found;
+    let len = dims.q_len.checked_mul(dims.kv_len).ok_or(Error::ShapeOverflow { operand: Operand::Query })?;
+    let mut s = filled(len, f64::NEG_INFINITY, Operand::Query)?;
+    let call = Call::new(q, opts, dims);
+    let keys = widen(k, b, h / (dims.q_heads / dims.kv_heads), Operand::Key)?;
     let mut q_row = Vec::with_capacity(dims.head_dim);
     for (i, row) in s.chunks_exact_mut(dims.kv_len.max(1)).enumerate().take(dims.q_len) {
         call.query(b, i, h, &mut q_row);
         call.score_row(&keys, b, h, i, None, &q_row, &mut row[..dims.kv_len], None);
     }
-    s
+    Ok(s)
 }
 
 /// Naive attention over all batches and heads.
@@ -255,7 +281,7 @@ pub fn attention(
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
     let dims = validate(q, k, v, opts, None)?;
-    Ok(compute(q, k, v, opts, dims, None, None))
+    compute(q, k, v, opts, dims, None, None)
 }
 
 /// [`attention`] plus the per-row and per-element quantities an error model needs
@@ -268,7 +294,7 @@ pub fn attention_with_stats(
 ) -> Result<Reference, Error> {
     let dims = validate(q, k, v, opts, None)?;
     let mut stats = Stats::default();
-    let mut r = compute(q, k, v, opts, dims, None, Some(&mut stats));
+    let mut r = compute(q, k, v, opts, dims, None, Some(&mut stats))?;
     r.stats = Some(stats);
     Ok(r)
 }
@@ -283,25 +309,32 @@ fn compute(
     dims: Dims,
     keep: Keep<'_>,
     mut stats: Option<&mut Stats>,
-) -> Reference {
+) -> Result<Reference, Error> {
     let d = dims;
+    // The size contract bounds every count by isize::MAX elements, but a legal call (a stride-0
+    // buffer under a huge kv_len) can still ask for more memory than there is: every buffer is
+    // reserved fallibly, and the per-row ones only when there is a row to score.
+    let rows = d.batch * d.q_heads * d.q_len;
     let (n, dv) = (d.kv_len, d.v_head_dim);
-    let mut out = vec![0.0f64; d.batch * d.q_len * d.q_heads * dv];
-    let mut lse = vec![f64::NEG_INFINITY; d.batch * d.q_heads * d.q_len];
+    let mut out = filled(d.batch * d.q_len * d.q_heads * d.v_head_dim, 0.0f64, Operand::Output)?;
+    let mut lse = filled(rows, f64::NEG_INFINITY, Operand::Lse)?;
     if let Some(st) = stats.as_deref_mut() {
-        st.rows = vec![RowStats { max_logit: f64::NEG_INFINITY, ..RowStats::default() }; lse.len()];
-        st.elems = vec![ElemStats { gain: 1.0, ..ElemStats::default() }; out.len()];
+        st.rows = filled(rows, RowStats { max_logit: f64::NEG_INFINITY, ..RowStats::default() }, Operand::Lse)?;
+        st.elems = filled(out.len(), ElemStats { gain: 1.0, ..ElemStats::default() }, Operand::Output)?;
         st.softcap = opts.softcap.map(|c| c as f64);
         st.rope = opts.rope_q.is_some();
         st.gated = opts.output_gate.is_some();
     }
+    if rows == 0 {
+        return Ok(Reference { dims, out, lse, stats: None });
+    }
     let call = Call::new(q, opts, dims);
-    let (mut q_row, mut s, mut p) = (Vec::new(), vec![0.0f64; n], vec![0.0f64; n]);
-    let mut dot_sq = vec![0.0f64; if stats.is_some() { n } else { 0 }];
+    let (mut q_row, mut s, mut p) = (Vec::new(), filled(n, 0.0f64, Operand::Key)?, filled(n, 0.0f64, Operand::Key)?);
+    let mut dot_sq = filled(if stats.is_some() { n } else { 0 }, 0.0f64, Operand::Key)?;
     let mut acc = vec![0.0f64; dv];
     for b in 0..d.batch {
         for kvh in 0..d.kv_heads {
-            let (keys, values) = (widen(k, b, kvh), widen(v, b, kvh));
+            let (keys, values) = (widen(k, b, kvh, Operand::Key)?, widen(v, b, kvh, Operand::Value)?);
             let group = d.q_heads / d.kv_heads;
             for h in kvh * group..(kvh + 1) * group {
                 let sink = opts.sinks.map(|s| s[h] as f64);
@@ -390,7 +423,16 @@ fn compute(
             }
         }
     }
-    Reference { dims, out, lse, stats: None }
+    Ok(Reference { dims, out, lse, stats: None })
+}
+
+/// `n` copies of `value`, or [`Error::AllocationFailed`] naming what they were for.
+fn filled<T: Clone>(n: usize, value: T, operand: Operand) -> Result<Vec<T>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::AllocationFailed { operand, bytes: n.saturating_mul(core::mem::size_of::<T>()) })?;
+    v.resize(n, value);
+    Ok(v)
 }
 
 impl Call<'_, '_> {

@@ -24,7 +24,7 @@ pub fn sparse_attention(
     let listed =
         |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
     let mut stats = super::Stats::default();
-    let mut r = compute(q, k, v, opts, dims, Some(&listed), Some(&mut stats));
+    let mut r = compute(q, k, v, opts, dims, Some(&listed), Some(&mut stats))?;
     r.stats = Some(stats);
     Ok(r)
 }

@@ -434,7 +434,6 @@ fn validation_implements_the_size_contract() {
 }
 
 #[test]
-#[ignore = "needs the kernels' size-contract validation (issue 9, merged separately)"]
 fn validation_agrees_on_the_size_contract() {
     let o = AttentionOptions::new().causal().window(4);
     for (name, a, _) in size_contract_cases() {
