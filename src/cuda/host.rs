@@ -1,0 +1,236 @@
+//! The host entry point (host slices in, host slices out), generic over where the kernels run:
+//! the GPU ([`super::CudaDevice`]) or the CPU emulator of the `cuda-emu` test crate. Validation,
+//! argument packing and the launch sequence are this one code path for both.
+
+use alloc::vec;
+
+use super::launch::{Geometry, KernelId, LaunchPlan, Splits};
+use super::params::{dtype_code, GaParams};
+use crate::element::{Elems, ElemsMut};
+use crate::error::Error;
+use crate::gate::{GateActivation, GateMode};
+use crate::options::AttentionOptions;
+use crate::plan::Plan;
+use crate::tensor::{Layout, Tensor, TensorMut};
+use crate::Dims;
+
+/// Where kernels run: device memory plus launches. Implemented by [`super::CudaDevice`] and by
+/// the CPU emulator of the `cuda-emu` test crate.
+pub trait Backend {
+    /// A device allocation.
+    type Buffer;
+    /// Copies `bytes` to a new device allocation.
+    fn upload(&mut self, bytes: &[u8]) -> Result<Self::Buffer, Error>;
+    /// A new zero-filled device allocation of `bytes` bytes.
+    fn alloc_zeroed(&mut self, bytes: usize) -> Result<Self::Buffer, Error>;
+    /// The device address of an allocation, as the kernels receive it.
+    fn address(&mut self, buf: &Self::Buffer) -> u64;
+    /// Launches `kernel` with one by-value [`GaParams`] argument.
+    fn launch(&mut self, kernel: KernelId, geometry: &Geometry, params: &GaParams) -> Result<(), Error>;
+    /// Copies an allocation back (waits for the launches before it).
+    fn download(&mut self, buf: &Self::Buffer, out: &mut [u8]) -> Result<(), Error>;
+    /// Dynamic shared memory a block may use on this device.
+    fn smem_limit(&self) -> usize;
+}
+
+/// Knobs of a launch that do not change the result beyond rounding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// How the keys are split across blocks (flash-decoding).
+    pub splits: Splits,
+}
+
+fn bytes<'a>(e: &Elems<'a>) -> &'a [u8] {
+    match e {
+        Elems::F32(s) => f32s(s),
+        // SAFETY: f16/bf16 are 2-byte plain-old-data; the byte view covers exactly the slice.
+        Elems::F16(s) => unsafe { core::slice::from_raw_parts(s.as_ptr() as *const u8, core::mem::size_of_val(*s)) },
+        // SAFETY: as above.
+        Elems::BF16(s) => unsafe { core::slice::from_raw_parts(s.as_ptr() as *const u8, core::mem::size_of_val(*s)) },
+    }
+}
+
+fn f32s(s: &[f32]) -> &[u8] {
+    // SAFETY: f32 is 4-byte plain-old-data; the byte view covers exactly the slice.
+    unsafe { core::slice::from_raw_parts(s.as_ptr() as *const u8, core::mem::size_of_val(s)) }
+}
+
+fn strides3(l: &Layout) -> [i64; 3] {
+    [l.strides[0] as i64, l.strides[1] as i64, l.strides[2] as i64]
+}
+
+/// Options the kernels do not implement yet: an error, never a silent CPU fallback.
+fn check_supported(opts: &AttentionOptions<'_>) -> Result<(), Error> {
+    if opts.rope_q.is_some() {
+        return Err(Error::Unsupported { backend: "cuda", what: "rope_q (fused query RoPE)" });
+    }
+    Ok(())
+}
+
+/// Attention on `backend` with host buffers: the same arguments, validation and errors as
+/// [`crate::attention`]. On `Err` nothing has been written to `out` or `lse`.
+pub fn attention_on<B: Backend>(
+    backend: &mut B,
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    out: TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+    opts: &AttentionOptions<'_>,
+    launch: &LaunchOptions,
+) -> Result<(), Error> {
+    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
+    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
+    check_supported(opts)?;
+    let dims = plan.dims;
+    let lp = LaunchPlan::new(&dims, launch.splits)?;
+    let attn_geo = lp.attn(&dims);
+    attn_geo.check(backend.smem_limit())?;
+    let combine_geo = lp.combine(&dims);
+    if lp.n_splits > 1 {
+        combine_geo.check(backend.smem_limit())?;
+    }
+    if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {
+        return Ok(()); // nothing to compute
+    }
+
+    // Every allocation at least one element, so empty operands still have an address.
+    let up = |b: &mut B, data: &[u8]| if data.is_empty() { b.alloc_zeroed(4) } else { b.upload(data) };
+    let q_buf = up(backend, bytes(&q.data))?;
+    let k_buf = up(backend, bytes(&k.data))?;
+    let v_buf = up(backend, bytes(&v.data))?;
+    // The output buffer goes up with its current contents: the kernels write only the logical
+    // elements, so the gaps of a strided output come back unchanged.
+    let o_buf = up(backend, bytes(&out.data.as_elems()))?;
+    let lse_buf = match &lse {
+        Some(l) => Some(backend.alloc_zeroed(4 * l.len().max(1))?),
+        None => None,
+    };
+    let bias_buf = match &opts.bias {
+        Some(b) => Some(up(backend, f32s(b.data))?),
+        None => None,
+    };
+    let alibi_buf = match opts.alibi_slopes {
+        Some(s) => Some(up(backend, f32s(s))?),
+        None => None,
+    };
+    let sinks_buf = match opts.sinks {
+        Some(s) => Some(up(backend, f32s(s))?),
+        None => None,
+    };
+    let gate_buf = match &opts.output_gate {
+        Some(g) => Some(up(backend, bytes(&g.logits.data))?),
+        None => None,
+    };
+    let work_len = lp.workspace_len(&dims);
+    let work_buf = if work_len > 0 { Some(backend.alloc_zeroed(4 * work_len)?) } else { None };
+
+    let addr = |b: &mut B, buf: Option<&B::Buffer>| buf.map_or(0, |x| b.address(x));
+    let m = plan.mask;
+    let mut p = GaParams {
+        q: addr(backend, Some(&q_buf)),
+        k: addr(backend, Some(&k_buf)),
+        v: addr(backend, Some(&v_buf)),
+        out: addr(backend, Some(&o_buf)),
+        lse: addr(backend, lse_buf.as_ref()),
+        bias: addr(backend, bias_buf.as_ref()),
+        alibi: addr(backend, alibi_buf.as_ref()),
+        sinks: addr(backend, sinks_buf.as_ref()),
+        gate: addr(backend, gate_buf.as_ref()),
+        work: addr(backend, work_buf.as_ref()),
+        q_str: strides3(&q.layout),
+        k_str: strides3(&k.layout),
+        v_str: strides3(&v.layout),
+        o_str: strides3(&out.layout),
+        q_offset: m.q_offset,
+        window: m.window.map_or(0, |w| w as i64),
+        right_window: m.right_window.map_or(-1, |r| r as i64),
+        sink_tokens: m.sink_tokens as i64,
+        batch: dims.batch as i32,
+        q_len: dims.q_len as i32,
+        kv_len: dims.kv_len as i32,
+        q_heads: dims.q_heads as i32,
+        kv_heads: dims.kv_heads as i32,
+        head_dim: dims.head_dim as i32,
+        v_head_dim: dims.v_head_dim as i32,
+        group: dims.group() as i32,
+        q_dt: dtype_code(q.dtype()),
+        k_dt: dtype_code(k.dtype()),
+        v_dt: dtype_code(v.dtype()),
+        o_dt: dtype_code(out.dtype()),
+        causal: m.causal as i32,
+        n_splits: lp.n_splits as i32,
+        split_len: lp.split_len as i32,
+        scale: plan.scale,
+        softcap: opts.softcap.unwrap_or(0.0),
+        ..GaParams::default()
+    };
+    if let Some(b) = &opts.bias {
+        p.bias_str = b.strides.map(|s| s as i64);
+    }
+    if let Some(g) = &opts.output_gate {
+        let l = &g.logits.layout;
+        p.gate_str = strides3(l);
+        p.gate_dt = dtype_code(g.logits.dtype());
+        p.gate_heads1 = (l.shape[2] == 1) as i32;
+        p.gate_dim1 = (l.shape[3] == 1) as i32;
+        p.gate_act = match g.activation {
+            GateActivation::Sigmoid => 0,
+            GateActivation::Silu => 1,
+            GateActivation::NsSigmoid => 2,
+        };
+        p.gate_mode = match g.mode {
+            GateMode::Multiplicative => 0,
+            GateMode::Additive => 1,
+        };
+    }
+
+    if lp.row_tiles > 0 && dims.kv_heads > 0 {
+        backend.launch(lp.attn_kernel(), &attn_geo, &p)?;
+        if lp.n_splits > 1 {
+            backend.launch(KernelId { kind: super::launch::KernelKind::Combine, class: lp.class }, &combine_geo, &p)?;
+        }
+    }
+
+    // Download everything before writing anything to the caller's buffers.
+    let mut o_host = vec![0u8; bytes(&out.data.as_elems()).len()];
+    if !o_host.is_empty() {
+        backend.download(&o_buf, &mut o_host)?;
+    }
+    let lse_host = match (&lse, &lse_buf) {
+        (Some(l), Some(buf)) => {
+            let mut h = vec![0u8; 4 * l.len().max(1)];
+            backend.download(buf, &mut h)?;
+            Some(h)
+        }
+        _ => None,
+    };
+    write_back(out.data, &o_host);
+    if let (Some(l), Some(h)) = (lse, lse_host) {
+        for (dst, src) in l.iter_mut().zip(h.chunks_exact(4)) {
+            *dst = f32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        }
+    }
+    Ok(())
+}
+
+fn write_back(out: ElemsMut<'_>, bytes: &[u8]) {
+    let words = |n: usize| bytes.chunks_exact(n);
+    match out {
+        ElemsMut::F32(o) => {
+            for (d, s) in o.iter_mut().zip(words(4)) {
+                *d = f32::from_ne_bytes([s[0], s[1], s[2], s[3]]);
+            }
+        }
+        ElemsMut::F16(o) => {
+            for (d, s) in o.iter_mut().zip(words(2)) {
+                *d = half::f16::from_bits(u16::from_ne_bytes([s[0], s[1]]));
+            }
+        }
+        ElemsMut::BF16(o) => {
+            for (d, s) in o.iter_mut().zip(words(2)) {
+                *d = half::bf16::from_bits(u16::from_ne_bytes([s[0], s[1]]));
+            }
+        }
+    }
+}
