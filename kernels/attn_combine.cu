@@ -10,7 +10,7 @@ DEV void ga_combine_core(const GaParams& p) {
     float m = NEG_INF;
     for (int s = 0; s < S; ++s) m = fmaxf(m, w[s * (Dv + 2) + Dv]);
     float l = 0.f, acc[DT];
-    for (int t = 0; t < DT; ++t) acc[t] = 0.f;
+    UNROLL for (int t = 0; t < DT; ++t) acc[t] = 0.f;
     if (m != NEG_INF) {
         for (int s = 0; s < S; ++s) {
             const float* ws = w + s * (Dv + 2);
@@ -18,7 +18,7 @@ DEV void ga_combine_core(const GaParams& p) {
             if (ms == NEG_INF) continue;  // a split that saw nothing
             const float a = EXPF(ms - m);
             l += ws[Dv + 1] * a;
-            for (int t = 0; t < DT; ++t) {
+            UNROLL for (int t = 0; t < DT; ++t) {
                 int d = lane + 32 * t;
                 if (d < Dv) acc[t] += ws[d] * a;
             }

@@ -99,13 +99,13 @@ DEV void ga_finish_row(const GaParams& p, int b, ga_i64 i, int h, float m, float
         if (mf != NEG_INF) {
             float a = EXPF(m - mf);
             l = l * a + EXPF(sk - mf);
-            for (int t = 0; t < DT; ++t) acc[t] *= a;
+            UNROLL for (int t = 0; t < DT; ++t) acc[t] *= a;
             m = mf;
         }
     }
     float inv = l == 0.f ? 0.f : 1.f / l;
     ga_i64 o_row = b * p.o_str[0] + i * p.o_str[1] + h * p.o_str[2];
-    for (int t = 0; t < DT; ++t) {
+    UNROLL for (int t = 0; t < DT; ++t) {
         int d = lane + 32 * t;
         if (d < p.v_head_dim) {
             float y = acc[t] * inv;

@@ -61,10 +61,10 @@ DEV void ga_attn_core(const GaParams& p) {
     // Per-row state of this warp's rows.
     float m[GA_ROWS_PER_WARP], l[GA_ROWS_PER_WARP], acc[GA_ROWS_PER_WARP][DT];
     GaRowKeys keys[GA_ROWS_PER_WARP];
-    for (int rr = 0; rr < GA_ROWS_PER_WARP; ++rr) {
+    UNROLL for (int rr = 0; rr < GA_ROWS_PER_WARP; ++rr) {
         m[rr] = NEG_INF;
         l[rr] = 0.f;
-        for (int t = 0; t < DT; ++t) acc[rr][t] = 0.f;
+        UNROLL for (int t = 0; t < DT; ++t) acc[rr][t] = 0.f;
         int pr = r0 + warp * GA_ROWS_PER_WARP + rr;
         keys[rr] = ga_row_keys(p, (pr < n_rows ? pr : r0) / G);
     }
@@ -91,6 +91,7 @@ DEV void ga_attn_core(const GaParams& p) {
 #ifndef GA_FAULT_NO_SYNC
         __syncthreads();  // the tile is in shared memory
 #endif
+        // Not unrolled: four copies of this body need more registers than the per-row state saves.
         for (int rr = 0; rr < GA_ROWS_PER_WARP; ++rr) {
             const int r = warp * GA_ROWS_PER_WARP + rr, pr = r0 + r;
             if (pr >= n_rows) continue;  // warp-uniform
@@ -112,11 +113,11 @@ DEV void ga_attn_core(const GaParams& p) {
             // A hidden key is marked -1 so its V row is never touched (not even as 0 * NaN).
             sP[warp * GA_BN + lane] = vis ? pj : -1.f;
             SYNCWARP();
-            for (int t = 0; t < DT; ++t) acc[rr][t] *= alpha;
+            UNROLL for (int t = 0; t < DT; ++t) acc[rr][t] *= alpha;
             for (int jj = 0; jj < GA_BN; ++jj) {
                 const float pk = sP[warp * GA_BN + jj];
                 if (!(pk >= 0.f)) continue;
-                for (int t = 0; t < DT; ++t) {
+                UNROLL for (int t = 0; t < DT; ++t) {
                     int d = lane + 32 * t;
                     if (d < Dv) acc[rr][t] += pk * sV[jj * Dv + d];
                 }
@@ -128,14 +129,14 @@ DEV void ga_attn_core(const GaParams& p) {
 #ifdef GA_FAULT_DIVERGENT_SYNC
     if (warp != 0) __syncthreads();  // planted fault: a barrier only some warps reach
 #endif
-    for (int rr = 0; rr < GA_ROWS_PER_WARP; ++rr) {
+    UNROLL for (int rr = 0; rr < GA_ROWS_PER_WARP; ++rr) {
         const int pr = r0 + warp * GA_ROWS_PER_WARP + rr;
         if (pr >= n_rows) continue;
         const int i = pr / G, h = kvh * G + pr % G;
         if (PARTIAL) {
             // workspace [batch, q_heads, q_len, n_splits, Dv + 2]: acc, then m and l
             float* w = (float*)p.work + ((((ga_i64)b * p.q_heads + h) * p.q_len + i) * p.n_splits + split) * (Dv + 2);
-            for (int t = 0; t < DT; ++t) {
+            UNROLL for (int t = 0; t < DT; ++t) {
                 int d = lane + 32 * t;
                 if (d < Dv) w[d] = acc[rr][t];
             }

@@ -13,6 +13,8 @@
 // __expf (ex2.approx, flushes subnormal results) for the softmax; the CPU twin is std::exp.
 #define EXPF(x) __expf(x)
 #define LOGF(x) logf(x)
+// Loops over per-row register arrays must be unrolled, or the arrays live in local memory.
+#define UNROLL _Pragma("unroll")
 #define TANHF(x) tanhf(x)
 #define F2U(x) __float_as_uint(x)
 #define U2F(x) __uint_as_float(x)

@@ -228,6 +228,7 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
 #define NEG_INF (-INFINITY)
 #define EXPF(x) std::exp((float)(x))
 #define LOGF(x) std::log((float)(x))
+#define UNROLL
 #define TANHF(x) std::tanh((float)(x))
 #define F2U(x) std::bit_cast<unsigned>((float)(x))
 #define U2F(x) std::bit_cast<float>((unsigned)(x))
