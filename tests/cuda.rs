@@ -126,6 +126,18 @@ fn gpu_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, label: 
     check(&inp, c, opts, &out, &lse, label);
 }
 
+/// One small multi-tile prefill and one split-KV decode: the case compute-sanitizer runs.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_small() {
+    let mut dev = gpu();
+    let sinks = [0.25f32; 4];
+    let opts = AttentionOptions::new().causal().window(40).sink_tokens(2).sinks(&sinks);
+    gpu_case(&mut dev, &Case::new(1, 70, 90, 4, 1, 64).seed(8), &opts, "small prefill");
+    let c = Case::new(1, 1, 1100, 4, 1, 64).seed(9);
+    gpu_case(&mut dev, &c, &AttentionOptions::new().causal(), "small decode (automatic split)");
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn gpu_prefill_matches_reference() {

@@ -122,6 +122,10 @@ impl CudaDevice {
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
+    /// The stream every launch of this handle goes to (for timing with events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
     /// Waits for every launch.
     pub fn synchronize(&self) -> Result<(), Error> {
         self.stream.synchronize().map_err(|e| driver_err("cuStreamSynchronize", e))
