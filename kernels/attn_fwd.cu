@@ -34,7 +34,28 @@ DEV void ga_attn_core(const GaParams& p) {
         float x = 0.f;
         if (pr < n_rows) {
             int i = pr / G, h = kvh * G + pr % G;
-            x = ga_load(p.q, b * p.q_str[0] + i * p.q_str[1] + h * p.q_str[2] + d, p.q_dt);
+            const ga_i64 row = b * p.q_str[0] + i * p.q_str[1] + h * p.q_str[2];
+            x = ga_load(p.q, row + d, p.q_dt);
+            if (p.rope_cos && d < 2 * p.rope_half) {
+                // Rotate with the pair partner read straight from global memory (no barrier):
+                // first of a pair a·c - b·s, second b·c + a·s, as rope::rotate_f32.
+                const int half = p.rope_half;
+                int f, partner;
+                bool first;
+                if (p.rope_gptj) {
+                    f = d >> 1;
+                    partner = d ^ 1;
+                    first = (d & 1) == 0;
+                } else {
+                    first = d < half;
+                    f = first ? d : d - half;
+                    partner = first ? d + half : d - half;
+                }
+                const ga_i64 t = ((ga_i64)b * p.q_len + i) * half + f;
+                const float c = ((const float*)p.rope_cos)[t], sn = ((const float*)p.rope_sin)[t];
+                const float y = ga_load(p.q, row + partner, p.q_dt);
+                x = first ? x * c - y * sn : x * c + y * sn;
+            }
         }
         sQ[idx] = x;
     }

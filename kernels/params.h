@@ -8,6 +8,8 @@
 
 struct GaParams {
     ga_u64 q, k, v, out, lse, bias, alibi, sinks, gate, work;
+    // Fused query RoPE: cos and sin (attention factor included) per query row, [batch, q_len, rope_half].
+    ga_u64 rope_cos, rope_sin;
     // Element strides of [batch, seq, head] (dim is contiguous); bias: [batch, head, q, k].
     ga_i64 q_str[3], k_str[3], v_str[3], o_str[3], gate_str[3], bias_str[4];
     // Absolute position of query row 0; window: keys a query sees (<= 0: none); right window (< 0: none).
@@ -18,5 +20,7 @@ struct GaParams {
     int gate_act, gate_mode, gate_heads1, gate_dim1;
     // split-KV: n_splits blocks per row tile, split_len keys each (a multiple of GA_BN).
     int n_splits, split_len;
+    // rope_half = rotary_dim / 2 (0: no query RoPE); rope_gptj: 1 interleaved pairs, 0 NeoX halves.
+    int rope_half, rope_gptj;
     float scale, softcap;  // softcap <= 0: none
 };

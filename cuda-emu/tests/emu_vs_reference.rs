@@ -138,6 +138,21 @@ fn output_gate_variants() {
 }
 
 #[test]
+fn fused_query_rope() {
+    use gated_attention::rope::{Positions, RopeConfig, RopePairing, RopeTable};
+    let neox = RopeTable::new(&RopeConfig::new(64, 10_000.0), 200).unwrap();
+    let gptj =
+        RopeTable::new(&RopeConfig::new(64, 500.0).partial(32).pairing(RopePairing::GptjInterleaved), 200).unwrap();
+    let c = Case::new(2, 21, 60, 4, 1, 64).seed(70);
+    let opts = AttentionOptions::new().causal().rope_q(&neox, Positions::Offset(39));
+    check_emu(&c, &opts, Splits::Fixed(1), "rope_q NeoX, offset positions");
+    let per_batch = [39usize, 100];
+    let opts = AttentionOptions::new().causal().rope_q(&gptj, Positions::PerBatch(&per_batch));
+    let c16 = c.clone().dtypes([DType::F16, DType::F32, DType::F32, DType::F32]);
+    check_emu(&c16, &opts, Splits::Fixed(2), "rope_q GPT-J partial 32, per-batch positions, f16 q, split");
+}
+
+#[test]
 fn decode_split_kv() {
     let c = Case::new(2, 1, 300, 8, 2, 64).seed(30);
     let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(4), "decode, 4 splits, GQA 4");
@@ -198,12 +213,15 @@ fn same_errors_as_the_cpu_path() {
     let k = Tensor::new(inp.k.elems(), inp.kl);
     let v = Tensor::new(inp.v.elems(), inp.vl);
     let short = [0.0f32; 10];
+    let table =
+        gated_attention::rope::RopeTable::new(&gated_attention::rope::RopeConfig::new(64, 10_000.0), 4).unwrap();
     let bad_sinks = [0.0f32; 3];
     let cases: Vec<(AttentionOptions<'_>, Option<Tensor<'_>>)> = vec![
         (AttentionOptions::new().window(0), None),
         (AttentionOptions::new().causal().right_window(2), None),
         (AttentionOptions::new().sinks(&bad_sinks), None),
         (AttentionOptions::new().softcap(-1.0), None),
+        (AttentionOptions::new().rope_q(&table, gated_attention::rope::Positions::Offset(0)), None),
         (AttentionOptions::new(), Some(Tensor::bshd(&short[..], 1, 8, 2, 64))),
     ];
     for (opts, k_override) in cases {

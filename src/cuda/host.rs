@@ -3,6 +3,7 @@
 //! argument packing and the launch sequence are this one code path for both.
 
 use alloc::vec;
+use alloc::vec::Vec;
 
 use super::launch::{Geometry, KernelId, LaunchPlan, Splits};
 use super::params::{dtype_code, GaParams};
@@ -59,12 +60,26 @@ fn strides3(l: &Layout) -> [i64; 3] {
     [l.strides[0] as i64, l.strides[1] as i64, l.strides[2] as i64]
 }
 
-/// Options the kernels do not implement yet: an error, never a silent CPU fallback.
-fn check_supported(opts: &AttentionOptions<'_>) -> Result<(), Error> {
-    if opts.rope_q.is_some() {
-        return Err(Error::Unsupported { backend: "cuda", what: "rope_q (fused query RoPE)" });
-    }
+/// Options the kernels do not implement yet: an error, never a silent CPU fallback. (Every
+/// option of `AttentionOptions` is implemented now; new ones must be added here first.)
+fn check_supported(_opts: &AttentionOptions<'_>) -> Result<(), Error> {
     Ok(())
+}
+
+/// The query RoPE's cos and sin for every query row, `[batch, q_len, rotary_dim / 2]`, copied
+/// from the crate's f64-computed table (the CPU kernels read the same f32 values).
+fn rope_rows(rope: &crate::options::QueryRope<'_>, dims: &Dims) -> (Vec<f32>, Vec<f32>) {
+    let half = rope.table.rotary_dim() / 2;
+    let mut cos = Vec::with_capacity(dims.batch * dims.q_len * half);
+    let mut sin = Vec::with_capacity(dims.batch * dims.q_len * half);
+    for b in 0..dims.batch {
+        for i in 0..dims.q_len {
+            let p = rope.positions.get(b, i, dims.q_len);
+            cos.extend_from_slice(rope.table.cos(p));
+            sin.extend_from_slice(rope.table.sin(p));
+        }
+    }
+    (cos, sin)
 }
 
 /// Attention on `backend` with host buffers: the same arguments, validation and errors as
@@ -122,6 +137,13 @@ pub fn attention_on<B: Backend>(
         Some(g) => Some(up(backend, bytes(&g.logits.data))?),
         None => None,
     };
+    let (rope_cos, rope_sin) = match &opts.rope_q {
+        Some(r) if r.table.rotary_dim() >= 2 => {
+            let (c, s) = rope_rows(r, &dims);
+            (Some(up(backend, f32s(&c))?), Some(up(backend, f32s(&s))?))
+        }
+        _ => (None, None),
+    };
     let work_len = lp.workspace_len(&dims);
     let work_buf = if work_len > 0 { Some(backend.alloc_zeroed(4 * work_len)?) } else { None };
 
@@ -138,6 +160,8 @@ pub fn attention_on<B: Backend>(
         sinks: addr(backend, sinks_buf.as_ref()),
         gate: addr(backend, gate_buf.as_ref()),
         work: addr(backend, work_buf.as_ref()),
+        rope_cos: addr(backend, rope_cos.as_ref()),
+        rope_sin: addr(backend, rope_sin.as_ref()),
         q_str: strides3(&q.layout),
         k_str: strides3(&k.layout),
         v_str: strides3(&v.layout),
@@ -165,6 +189,10 @@ pub fn attention_on<B: Backend>(
         softcap: opts.softcap.unwrap_or(0.0),
         ..GaParams::default()
     };
+    if let (Some(r), Some(_)) = (&opts.rope_q, &rope_cos) {
+        p.rope_half = (r.table.rotary_dim() / 2) as i32;
+        p.rope_gptj = (r.table.pairing() == crate::rope::RopePairing::GptjInterleaved) as i32;
+    }
     if let Some(b) = &opts.bias {
         p.bias_str = b.strides.map(|s| s as i64);
     }

@@ -6,10 +6,12 @@
 //! * [`CudaDevice::attention`] takes host buffers, validates exactly as [`crate::attention`]
 //!   (same checks, same errors), and computes the same function on the GPU: GQA packing, causal
 //!   (bottom-right and top-left), window, right window, sink tokens, learned sinks, softcap,
-//!   ALiBi, bias, scale, LSE, the G1 output gate, f32/f16/bf16 storage with f32 accumulation.
+//!   ALiBi, bias, scale, LSE, the G1 output gate, fused query RoPE (`rope_q`, from the same f32
+//!   tables as the CPU), f32/f16/bf16 storage with f32 accumulation.
 //!   Prefill runs in FlashAttention-2 order; short query blocks against long keys run as
 //!   flash-decoding (split-KV blocks plus a fixed-order combine kernel, so results are
-//!   deterministic). Not yet on the GPU: `rope_q`, the device KV cache -> [`Error::Unsupported`].
+//!   deterministic). Not yet on the GPU: a device KV cache with RoPE-append, attention on
+//!   caller-owned device buffers.
 //! * The kernels are written in a portable subset that also compiles as C++ against a CPU
 //!   emulator (the `cuda-emu` crate of this repository, tests only), through the same
 //!   [`Backend`] code path, geometry ([`launch`]) and argument block ([`GaParams`]).

@@ -37,6 +37,10 @@ pub struct GaParams {
     pub gate: u64,
     /// Split-KV workspace (f32), or 0.
     pub work: u64,
+    /// Query RoPE cos per query row `[batch, q_len, rope_half]` (f32), or 0.
+    pub rope_cos: u64,
+    /// Query RoPE sin, same layout.
+    pub rope_sin: u64,
     /// Query strides `[batch, seq, head]` in elements.
     pub q_str: [i64; 3],
     /// Key strides.
@@ -97,6 +101,10 @@ pub struct GaParams {
     pub n_splits: i32,
     /// Keys per split (a multiple of the key tile).
     pub split_len: i32,
+    /// Rotary dim / 2 (0: no query RoPE).
+    pub rope_half: i32,
+    /// 1: GPT-J interleaved pairs; 0: NeoX halves.
+    pub rope_gptj: i32,
     /// Multiplier of q·k.
     pub scale: f32,
     /// Softcap (0: none).
@@ -118,9 +126,9 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        // 33 eight-byte fields and 22 four-byte fields.
-        assert_eq!(core::mem::size_of::<GaParams>(), 33 * 8 + 22 * 4);
+        // 35 eight-byte fields and 24 four-byte fields.
+        assert_eq!(core::mem::size_of::<GaParams>(), 35 * 8 + 24 * 4);
         assert_eq!(core::mem::align_of::<GaParams>(), 8);
-        assert_eq!(core::mem::offset_of!(GaParams, batch), 33 * 8);
+        assert_eq!(core::mem::offset_of!(GaParams, batch), 35 * 8);
     }
 }
