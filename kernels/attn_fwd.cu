@@ -99,7 +99,12 @@ DEV void ga_attn_core(const GaParams& p) {
             int jj = idx / D, d = idx % D;
             ga_i64 j = j0 + jj;
             float x = 0.f;
-            if (j < n) x = ga_load(p.k, b * p.k_str[0] + j * p.k_str[1] + kvh * p.k_str[2] + d, p.k_dt);
+#ifdef GA_FAULT_OOB
+            if (j < n + GA_BN)  // planted fault: reads past the last key
+#else
+            if (j < n)
+#endif
+                x = ga_load(p.k, b * p.k_str[0] + j * p.k_str[1] + kvh * p.k_str[2] + d, p.k_dt);
             sK[jj * (D + 1) + d] = x;
         }
         for (int idx = tid; idx < GA_BN * Dv; idx += GA_THREADS) {

@@ -10,11 +10,10 @@
 // shuffle by part of a warp), or the lanes of a warp meet at different warp collectives, the
 // launch stops with an error message instead of hanging.
 //
-// Not modelled: the GPU's weak memory model, tensor cores, atomics, timing. Schedules: 0 resumes
+// Built with -DEMU_THREADS instead, every CUDA thread is an OS thread (kernels/emu_threads.hpp):
+// slower, but ThreadSanitizer then sees every shared-memory race. Not modelled: the GPU's weak memory model, tensor cores, atomics, timing. Schedules: 0 resumes
 // the fibers in thread order each pass, 1 in reverse order (different interleavings expose
 // different missing barriers).
-#include <ucontext.h>
-
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -28,6 +27,11 @@
 struct emu_dim3 {
     unsigned x, y, z;
 };
+
+#ifdef EMU_THREADS
+#include "emu_threads.hpp"
+#else
+#include <ucontext.h>
 
 enum { EMU_RUNNING = 0, EMU_DONE = 1 };
 enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2 };
@@ -210,21 +214,29 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
     return rc;
 }
 
+#define EMU_TID (emu_st->cur->tid)
+#define EMU_BLOCK_IDX (emu_st->block_idx)
+#define EMU_BLOCK_DIM (emu_st->block_dim)
+#define EMU_GRID_DIM (emu_st->grid_dim)
+#define EMU_SMEM (emu_st->smem.data())
+
+#endif  // EMU_THREADS
+
 // The portable subset, CPU side.
 #define KERNEL static
 #define DEV static inline
 #define __device__
 #define __forceinline__
 #define __restrict__
-#define DYN_SMEM(T, name) T* name = (T*)emu_st->smem.data()
+#define DYN_SMEM(T, name) T* name = (T*)EMU_SMEM
 #define SHFL_XOR(v, m) emu_shfl((v), (m), true)
 #define SHFL(v, src) emu_shfl((v), (src), false)
 #define SYNCWARP() emu_warp_barrier(EMU_COLL_SYNCWARP)
 #define __syncthreads() emu_syncthreads()
-#define threadIdx (emu_st->cur->tid)
-#define blockIdx (emu_st->block_idx)
-#define blockDim (emu_st->block_dim)
-#define gridDim (emu_st->grid_dim)
+#define threadIdx EMU_TID
+#define blockIdx EMU_BLOCK_IDX
+#define blockDim EMU_BLOCK_DIM
+#define gridDim EMU_GRID_DIM
 #define NEG_INF (-INFINITY)
 #define EXPF(x) std::exp((float)(x))
 #define LOGF(x) std::log((float)(x))
