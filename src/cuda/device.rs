@@ -48,7 +48,13 @@ pub fn probe(ordinal: usize) -> Result<(), Error> {
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::CudaUnavailable { missing: "driver (libcuda.so)" });
     }
-    let count = CudaContext::device_count().map_err(|e| driver_err("cuDeviceGetCount", e))?;
+    // cuInit reports a driver without a GPU (e.g. a container with libcuda but no device) as
+    // CUDA_ERROR_NO_DEVICE.
+    let count = match CudaContext::device_count() {
+        Ok(n) => n,
+        Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NO_DEVICE => 0,
+        Err(e) => return Err(driver_err("cuDeviceGetCount", e)),
+    };
     if ordinal >= count.max(0) as usize {
         return Err(Error::CudaUnavailable { missing: "device" });
     }

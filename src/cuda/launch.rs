@@ -147,6 +147,11 @@ pub fn attn_smem_bytes(head_dim: usize, v_head_dim: usize) -> usize {
     4 * (BLOCK_M * head_dim + BLOCK_N * (head_dim + 1) + BLOCK_N * v_head_dim + warps * BLOCK_N)
 }
 
+/// `n` as a grid extent; anything above `u32::MAX` saturates, which [`Geometry::check`] rejects.
+fn sat_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// How a call is split into launches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchPlan {
@@ -206,8 +211,9 @@ impl LaunchPlan {
 
     /// The attention kernel's geometry: (row tiles × splits, KV heads, batch).
     pub fn attn(&self, dims: &Dims) -> Geometry {
+        let x = self.row_tiles.saturating_mul(self.n_splits);
         Geometry {
-            grid: [(self.row_tiles * self.n_splits) as u32, dims.kv_heads as u32, dims.batch as u32],
+            grid: [sat_u32(x), sat_u32(dims.kv_heads), sat_u32(dims.batch)],
             block: [THREADS, 1, 1],
             smem_bytes: attn_smem_bytes(dims.head_dim, dims.v_head_dim),
         }
@@ -215,7 +221,11 @@ impl LaunchPlan {
 
     /// The combine kernel's geometry: one warp per (query row, query head, batch).
     pub fn combine(&self, dims: &Dims) -> Geometry {
-        Geometry { grid: [dims.q_len as u32, dims.q_heads as u32, dims.batch as u32], block: [32, 1, 1], smem_bytes: 0 }
+        Geometry {
+            grid: [sat_u32(dims.q_len), sat_u32(dims.q_heads), sat_u32(dims.batch)],
+            block: [32, 1, 1],
+            smem_bytes: 0,
+        }
     }
 
     /// The attention kernel to launch.
@@ -281,6 +291,10 @@ mod tests {
         assert!(p.attn(&d).check(MAX_SMEM_SM90).is_err());
         d.kv_heads = 1;
         assert!(p.combine(&d).check(MAX_SMEM_SM90).is_err());
+        // A grid.x beyond u32 saturates instead of wrapping, and is rejected.
+        let huge = LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32 };
+        assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
+        assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
         assert_eq!(names.len(), 9);
     }
