@@ -242,6 +242,34 @@ fn same_errors_as_the_cpu_path() {
     }
 }
 
+/// What the kernels cannot do is an explicit error, never a silent CPU fallback: head dims above
+/// 256 work on the CPU but are `Error::Unsupported` here, with nothing launched or written.
+#[test]
+fn unsupported_is_an_error() {
+    let c = Case::new(1, 2, 3, 1, 1, 512);
+    let inp = make_inputs(&c);
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let k = Tensor::new(inp.k.elems(), inp.kl);
+    let v = Tensor::new(inp.v.elems(), inp.vl);
+    let mut o = vec![7.0f32; 2 * 512];
+    let opts = AttentionOptions::new();
+    gated_attention::attention(&q, &k, &v, TensorMut::bshd(&mut o[..], 1, 2, 1, 512), None, &opts).unwrap();
+    o.fill(7.0);
+    let mut emu = Emulator::new(Variant::Clean);
+    let r = attention_on(
+        &mut emu,
+        &q,
+        &k,
+        &v,
+        TensorMut::bshd(&mut o[..], 1, 2, 1, 512),
+        None,
+        &opts,
+        &LaunchOptions::default(),
+    );
+    assert!(matches!(r, Err(Error::Unsupported { backend: "cuda", .. })), "{r:?}");
+    assert!(o.iter().all(|&x| x == 7.0) && emu.launched.is_empty());
+}
+
 /// Runs the multi-tile checks against a faulty build; true if any of them notices.
 fn fault_detected(variant: Variant) -> bool {
     let cases = [
