@@ -87,6 +87,7 @@ fn time(
 }
 
 fn main() -> Result<(), Error> {
+    let t = Instant::now();
     let mut dev = match CudaDevice::new(0) {
         Ok(dev) => dev,
         Err(e) => {
@@ -94,7 +95,12 @@ fn main() -> Result<(), Error> {
             return Ok(());
         }
     };
-    println!("device: {} ({})", dev.name(), dev.arch());
+    println!(
+        "device: {} ({}); context + NVRTC compile + module load: {:.0} ms",
+        dev.name(),
+        dev.arch(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     // Correctness against the CPU kernels on one GQA causal case.
     let (b, l, hq, hkv, d) = (1, 300, 8, 2, 128);
@@ -105,7 +111,7 @@ fn main() -> Result<(), Error> {
     let (mut gpu, mut cpu) = (vec![0f32; b * l * hq * d], vec![0f32; b * l * hq * d]);
     let t = Instant::now();
     dev.attention(&qt, &kt, &vt, TensorMut::bshd(&mut gpu[..], b, l, hq, d), None, &opts)?;
-    println!("first call (includes NVRTC compile and upload): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!("first attention call (uploads, launch, download): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     attention(&qt, &kt, &vt, TensorMut::bshd(&mut cpu[..], b, l, hq, d), None, &opts)?;
     let max_err = gpu.iter().zip(&cpu).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     println!("GPU vs CPU kernels, causal GQA 4:1, D 128: max |diff| = {max_err:.2e}");
