@@ -125,7 +125,7 @@ fn main() {
     // The f64 reference: the whole sequence at once through every layer.
     let mut reference = x.clone();
     for layer in &layers {
-        let y = layer.reference_forward(&rms_norm(&reference, dm), 1);
+        let y = layer.reference_forward(&rms_norm(&reference, dm), 1).expect("reference forward");
         for (a, b) in reference.iter_mut().zip(&y) {
             *a += *b as f32;
         }

@@ -19,6 +19,20 @@
 //! assert!((o[0] - 1.0).abs() < 1e-3);
 //! assert_eq!(cache.len(0), 5);
 //! ```
+//!
+//! # Errors and panics
+//!
+//! Every method that computes or changes the cache ([`KvCache::new`], the appends,
+//! [`KvCache::attend`], [`KvCache::rollback`], [`KvCache::truncate`]) checks all of its arguments,
+//! the batch row included, before it writes anything, and returns an [`Error`] on a bad one: an
+//! `Err` leaves the cache, the output and the LSE exactly as they were.
+//!
+//! The per-row accessors ([`KvCache::len`], [`KvCache::is_empty`], [`KvCache::next_position`],
+//! [`KvCache::positions`], [`KvCache::keys`], [`KvCache::values`]) panic on a row `b >= batch`,
+//! like slice indexing, as each documents under `# Panics`. Callers that take the row index from
+//! input use their non-panicking twins, which return `None` instead ([`KvCache::get_len`],
+//! [`KvCache::get_next_position`], [`KvCache::get_positions`], [`KvCache::get_keys`],
+//! [`KvCache::get_values`]), as `slice::get` does for indexing.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -105,10 +119,18 @@ impl KvCacheConfig {
         self
     }
 
-    /// Bytes of key and value storage: `2 · batch · kv_heads · capacity · dim · sizeof(dtype)`
-    /// (with separate key and value dims).
+    /// Bytes of key and value storage: `batch · kv_heads · capacity · (head_dim + v_head_dim) ·
+    /// sizeof(dtype)`.
+    ///
+    /// Saturates at `usize::MAX` instead of wrapping: a configuration whose storage does not fit
+    /// `usize` reports `usize::MAX` (and [`KvCache::new`] rejects it with
+    /// [`Error::ShapeOverflow`]), so the value is never smaller than the true size.
     pub fn storage_bytes(&self) -> usize {
-        self.batch * self.kv_heads * self.capacity * (self.head_dim + self.v_head_dim) * self.dtype.size()
+        self.batch
+            .saturating_mul(self.kv_heads)
+            .saturating_mul(self.capacity)
+            .saturating_mul(self.head_dim.saturating_add(self.v_head_dim))
+            .saturating_mul(self.dtype.size())
     }
 
     /// Sink tokens and the number of most recent tokens the policy must keep.
@@ -133,13 +155,37 @@ enum Store {
     BF16(Vec<bf16>),
 }
 
+/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0).
+trait ZeroBits: Copy {}
+impl ZeroBits for f32 {}
+impl ZeroBits for f16 {}
+impl ZeroBits for bf16 {}
+
+/// `n` zeros from the allocator's zeroed memory (untouched pages stay lazy, as with `vec!`), or an
+/// `Err` when the allocator refuses: never an abort.
+fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
+    let layout = core::alloc::Layout::array::<E>(n).map_err(|_| Error::ShapeOverflow { operand: Operand::Cache })?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<E>();
+    if ptr.is_null() {
+        return Err(bad("the allocator refused the storage"));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `[E; n]`, which is the
+    // layout a `Vec<E>` of capacity `n` owns; its `n` elements are initialised, since all-zero
+    // bytes are a valid `E` (ZeroBits: f32, f16 and bf16 zero).
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
 impl Store {
-    fn new(dtype: DType, n: usize) -> Store {
-        match dtype {
-            DType::F32 => Store::F32(vec![0.0; n]),
-            DType::F16 => Store::F16(vec![f16::ZERO; n]),
-            DType::BF16 => Store::BF16(vec![bf16::ZERO; n]),
-        }
+    fn new(dtype: DType, n: usize) -> Result<Store, Error> {
+        Ok(match dtype {
+            DType::F32 => Store::F32(zeros(n)?),
+            DType::F16 => Store::F16(zeros(n)?),
+            DType::BF16 => Store::BF16(zeros(n)?),
+        })
     }
     fn elems(&self) -> Elems<'_> {
         match self {
@@ -221,20 +267,25 @@ impl KvCache {
                 }
             }
         }
+        // Element counts and the bytes of both stores, checked against isize::MAX (the most any
+        // allocation may hold) before anything is reserved.
         let per = |d: usize| {
             cfg.batch
                 .checked_mul(cfg.kv_heads)
                 .and_then(|x| x.checked_mul(cfg.capacity))
                 .and_then(|x| x.checked_mul(d))
+                .filter(|&n| n.checked_mul(cfg.dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
                 .ok_or(Error::ShapeOverflow { operand: Operand::Cache })
         };
         let (nk, nv) = (per(cfg.head_dim)?, per(cfg.v_head_dim)?);
-        Ok(KvCache {
-            cfg,
-            k: Store::new(cfg.dtype, nk),
-            v: Store::new(cfg.dtype, nv),
-            rows: vec![Row::default(); cfg.batch],
-        })
+        let bytes = (nk.checked_add(nv)).and_then(|n| n.checked_mul(cfg.dtype.size()));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::ShapeOverflow { operand: Operand::Cache });
+        }
+        let mut rows = Vec::new();
+        rows.try_reserve_exact(cfg.batch).map_err(|_| bad("the allocator refused the row table"))?;
+        rows.resize(cfg.batch, Row::default());
+        Ok(KvCache { cfg, k: Store::new(cfg.dtype, nk)?, v: Store::new(cfg.dtype, nv)?, rows })
     }
 
     /// The configuration.
@@ -253,31 +304,69 @@ impl KvCache {
     /// Tokens held by batch row `b`.
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` (like slice indexing; [`KvCache::get_len`] returns `None` instead).
     pub fn len(&self, b: usize) -> usize {
         self.rows[b].len
     }
     /// True when batch row `b` holds no token.
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` (`get_len(b) == Some(0)` is the non-panicking form).
     pub fn is_empty(&self, b: usize) -> bool {
         self.rows[b].len == 0
     }
     /// Tokens ever appended to batch row `b` (the next token's position).
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` ([`KvCache::get_next_position`] returns `None` instead).
     pub fn next_position(&self, b: usize) -> usize {
         self.rows[b].next_pos
     }
     /// The absolute positions held by batch row `b`, slot by slot.
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` ([`KvCache::get_positions`] returns `None` instead).
     pub fn positions(&self, b: usize) -> impl Iterator<Item = usize> + '_ {
         let r = self.rows[b];
         (0..r.len).map(move |s| r.position(s))
+    }
+
+    /// Tokens held by batch row `b`, or `None` when `b >= batch`.
+    ///
+    /// ```
+    /// # use gated_attention::cache::{KvCache, KvCacheConfig};
+    /// let cache = KvCache::new(KvCacheConfig::new(2, 1, 4, 8, gated_attention::DType::F32)).unwrap();
+    /// assert_eq!((cache.get_len(1), cache.get_len(2)), (Some(0), None));
+    /// ```
+    pub fn get_len(&self, b: usize) -> Option<usize> {
+        self.rows.get(b).map(|r| r.len)
+    }
+    /// The next token's position in batch row `b`, or `None` when `b >= batch`.
+    pub fn get_next_position(&self, b: usize) -> Option<usize> {
+        self.rows.get(b).map(|r| r.next_pos)
+    }
+    /// The absolute positions held by batch row `b`, or `None` when `b >= batch`.
+    pub fn get_positions(&self, b: usize) -> Option<impl Iterator<Item = usize> + '_> {
+        let r = *self.rows.get(b)?;
+        Some((0..r.len).map(move |s| r.position(s)))
+    }
+    /// The keys of batch row `b` (as [`KvCache::keys`]), or `None` when `b >= batch`.
+    pub fn get_keys(&self, b: usize) -> Option<Tensor<'_>> {
+        (b < self.cfg.batch).then(|| self.keys(b))
+    }
+    /// The values of batch row `b` (as [`KvCache::values`]), or `None` when `b >= batch`.
+    pub fn get_values(&self, b: usize) -> Option<Tensor<'_>> {
+        (b < self.cfg.batch).then(|| self.values(b))
+    }
+
+    /// The error every computing method returns for a row outside `0..batch`.
+    fn check_row(&self, b: usize) -> Result<Row, Error> {
+        self.rows.get(b).copied().ok_or(Error::ShapeMismatch {
+            operand: Operand::Cache,
+            dim: "batch row (must be < batch)",
+            expected: self.cfg.batch,
+            found: b,
+        })
     }
 
     fn layout(&self, dim: usize, b: usize) -> (usize, Layout) {
@@ -299,7 +388,7 @@ impl KvCache {
     /// The keys of batch row `b` as `[1, len, kv_heads, head_dim]`, read in place.
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` ([`KvCache::get_keys`] returns `None` instead).
     pub fn keys(&self, b: usize) -> Tensor<'_> {
         let (off, l) = self.layout(self.cfg.head_dim, b);
         Self::view(&self.k, off, l)
@@ -307,7 +396,7 @@ impl KvCache {
     /// The values of batch row `b` as `[1, len, kv_heads, v_head_dim]`, read in place.
     ///
     /// # Panics
-    /// If `b >= batch`.
+    /// If `b >= batch` ([`KvCache::get_values`] returns `None` instead).
     pub fn values(&self, b: usize) -> Tensor<'_> {
         let (off, l) = self.layout(self.cfg.v_head_dim, b);
         Self::view(&self.v, off, l)
@@ -342,14 +431,7 @@ impl KvCache {
         v: &Tensor<'_>,
         rope: Option<&RopeTable>,
     ) -> Result<(), Error> {
-        if b >= self.cfg.batch {
-            return Err(Error::ShapeMismatch {
-                operand: Operand::Cache,
-                dim: "batch row",
-                expected: self.cfg.batch,
-                found: b,
-            });
-        }
+        self.check_row(b)?;
         self.append_rows(k, v, rope, None, b..b + 1)
     }
 
@@ -390,7 +472,8 @@ impl KvCache {
             r.check(k.layout.shape, &Positions::PerBatch(&offsets), Operand::Key)?;
         }
         for b in rows.clone() {
-            let needed = self.len_after_eviction(b) + t;
+            // Saturating: a huge `t` (a stride-0 view) must report CacheFull, not wrap.
+            let needed = self.len_after_eviction(b).saturating_add(t);
             if needed > c.capacity {
                 return Err(Error::CacheFull { batch_row: b, needed, capacity: c.capacity });
             }
@@ -466,15 +549,7 @@ impl KvCache {
     /// Removes the last `n` tokens of batch row `b` (speculative decoding), or errors when the
     /// policy has already evicted history that the shorter sequence would need.
     pub fn rollback(&mut self, b: usize, n: usize) -> Result<(), Error> {
-        if b >= self.cfg.batch {
-            return Err(Error::ShapeMismatch {
-                operand: Operand::Cache,
-                dim: "batch",
-                expected: self.cfg.batch,
-                found: b,
-            });
-        }
-        let r = self.rows[b];
+        let r = self.check_row(b)?;
         let available = match self.cfg.policy {
             CachePolicy::Full => r.len,
             _ => {
@@ -509,7 +584,7 @@ impl KvCache {
 
     /// Keeps the first `len` tokens of batch row `b` (a rollback to length `len`).
     pub fn truncate(&mut self, b: usize, len: usize) -> Result<(), Error> {
-        let cur = self.rows.get(b).map(|r| r.next_pos).unwrap_or(0);
+        let cur = self.check_row(b)?.next_pos;
         if len > cur {
             return Err(Error::RollbackTooFar { batch_row: b, requested: 0, available: cur });
         }
@@ -539,6 +614,12 @@ impl KvCache {
     }
 
     /// [`KvCache::attend`] with RoPE applied to the queries (and, for StreamingLLM, to the keys).
+    ///
+    /// Everything is validated before the first row is computed: the queries, the output view
+    /// (shape `[batch, q_len, q_heads, v_head_dim]`, inside its buffer, no two elements sharing
+    /// memory, as [`crate::attention`] requires), the LSE length, and every row's own arguments
+    /// (its bias and gate slices, the RoPE table's coverage of its positions). On `Err` nothing has
+    /// been written.
     pub fn attend_with_rope(
         &self,
         q: &Tensor<'_>,
@@ -576,17 +657,32 @@ impl KvCache {
             }
         }
         q.layout.check(Operand::Query, q.data.len())?;
+        // The whole output view, checked as attention() checks its own output: once it holds, the
+        // per-row views below are in bounds and disjoint.
+        let want = [batch, t, q_heads, c.v_head_dim];
+        const ONAMES: [&str; 4] = ["batch", "q_len", "heads", "head_dim"];
+        for ((name, e), f) in ONAMES.iter().zip(want).zip(out.layout.shape) {
+            if e != f {
+                return Err(Error::ShapeMismatch { operand: Operand::Output, dim: name, expected: e, found: f });
+            }
+        }
         out.layout.check(Operand::Output, out.data.len())?;
-        let lse_row = q_heads * t;
+        out.layout.check_unaliased(Operand::Output)?;
+        let lse_row = q_heads.checked_mul(t).ok_or(Error::ShapeOverflow { operand: Operand::Lse })?;
         if let Some(l) = lse.as_deref() {
-            if l.len() != batch * lse_row {
+            let total = batch.checked_mul(lse_row).ok_or(Error::ShapeOverflow { operand: Operand::Lse })?;
+            if l.len() != total {
                 return Err(Error::ShapeMismatch {
                     operand: Operand::Lse,
                     dim: "batch * q_heads * q_len",
-                    expected: batch * lse_row,
+                    expected: total,
                     found: l.len(),
                 });
             }
+        }
+        // The gate as a whole (its batch extent included); row_call narrows it to each row.
+        if let Some(g) = &opts.output_gate {
+            g.check(want)?;
         }
         let mut o = *opts;
         o.causal = true;
@@ -595,55 +691,81 @@ impl KvCache {
             o.window = Some(window);
             o.sink_tokens = sink_tokens;
         }
+        // Every row's own arguments are validated before the first row is computed.
         for b in 0..batch {
-            // Per-row calls: every batched option is narrowed to row b.
-            let mut o = o;
-            if let Some(g) = opts.output_gate {
-                o.output_gate = Some(crate::gate::Gate { logits: batch_row(&g.logits, b), ..g });
-            }
-            if let Some(bias) = opts.bias {
-                let off = (b * bias.strides[0]).min(bias.data.len());
-                o.bias = Some(crate::Bias::new(&bias.data[off..], bias.strides));
-            }
+            let (dims, oo) = self.row_call(b, q, &o, q_rope)?;
+            crate::plan::Plan::new(dims, &oo)?;
+        }
+        for b in 0..batch {
+            let (_, oo) = self.row_call(b, q, &o, q_rope)?;
             let qb = batch_row(q, b);
             let ob = batch_row_mut(&mut out, b);
             let lb = lse.as_deref_mut().map(|l| &mut l[b * lse_row..(b + 1) * lse_row]);
-            let row = self.rows[b];
             match c.policy {
-                CachePolicy::StreamingLlm { sink_tokens, recent } => {
-                    if t > recent {
-                        return Err(Error::InvalidOption {
-                            option: "kv cache",
-                            reason: "StreamingLLM attends at most `recent` new tokens per call",
-                        });
-                    }
-                    // Visible set: the sinks and the last `recent` tokens, re-indexed 0..n.
-                    let main = (row.len - row.sinks).min(recent);
-                    let slots: Vec<usize> = (0..row.sinks.min(sink_tokens)).chain(row.len - main..row.len).collect();
+                CachePolicy::StreamingLlm { .. } => {
+                    let slots = self.streaming_slots(b);
                     let n = slots.len();
                     let kk = self.gather(&self.k, c.head_dim, b, &slots, q_rope);
                     let vv = self.gather(&self.v, c.v_head_dim, b, &slots, None);
                     let kt = Tensor::new(&kk[..], Layout::bshd(1, n, c.kv_heads, c.head_dim));
                     let vt = Tensor::new(&vv[..], Layout::bshd(1, n, c.kv_heads, c.v_head_dim));
-                    let first = n - t;
-                    let mut oo = o;
-                    if let Some(r) = q_rope {
-                        oo.rope_q = Some(crate::QueryRope { table: r, positions: Positions::Offset(first) });
-                    }
                     crate::attention(&qb, &kt, &vt, ob, lb, &oo)?;
                 }
-                _ => {
-                    let (kt, vt) = (self.keys(b), self.values(b));
-                    let mut oo = o;
-                    let first = row.next_pos - t;
-                    if let Some(r) = q_rope {
-                        oo.rope_q = Some(crate::QueryRope { table: r, positions: Positions::Offset(first) });
-                    }
-                    crate::attention(&qb, &kt, &vt, ob, lb, &oo)?;
-                }
+                _ => crate::attention(&qb, &self.keys(b), &self.values(b), ob, lb, &oo)?,
             }
         }
         Ok(())
+    }
+
+    /// The sizes and options of row `b`'s attention call: every batched option narrowed to the
+    /// row, the RoPE positions of its queries, and its key count.
+    fn row_call<'o>(
+        &self,
+        b: usize,
+        q: &Tensor<'_>,
+        o: &AttentionOptions<'o>,
+        q_rope: Option<&'o RopeTable>,
+    ) -> Result<(crate::Dims, AttentionOptions<'o>), Error> {
+        let c = &self.cfg;
+        let t = q.layout.seq();
+        let row = self.rows[b];
+        let mut oo = *o;
+        if let Some(g) = o.output_gate {
+            oo.output_gate = Some(crate::gate::Gate { logits: batch_row(&g.logits, b), ..g });
+        }
+        if let Some(bias) = o.bias {
+            let off = b.saturating_mul(bias.strides[0]).min(bias.data.len());
+            oo.bias = Some(crate::Bias::new(&bias.data[off..], bias.strides));
+        }
+        let dims = crate::Dims::from_tensors(&batch_row(q, b), &self.keys(b), &self.values(b))?;
+        let (kv_len, first) = match c.policy {
+            CachePolicy::StreamingLlm { recent, .. } => {
+                if t > recent {
+                    return Err(Error::InvalidOption {
+                        option: "kv cache",
+                        reason: "StreamingLLM attends at most `recent` new tokens per call",
+                    });
+                }
+                // Keys are re-indexed 0..n; the queries are the last t of them.
+                let n = self.streaming_slots(b).len();
+                (n, n - t)
+            }
+            _ => (row.len, row.next_pos - t),
+        };
+        if let Some(r) = q_rope {
+            oo.rope_q = Some(crate::QueryRope { table: r, positions: Positions::Offset(first) });
+        }
+        Ok((crate::Dims { kv_len, ..dims }, oo))
+    }
+
+    /// StreamingLLM's visible slots of row `b`: the sinks and the last `recent` tokens.
+    fn streaming_slots(&self, b: usize) -> Vec<usize> {
+        let row = self.rows[b];
+        let CachePolicy::StreamingLlm { sink_tokens, recent } = self.cfg.policy else {
+            return (0..row.len).collect();
+        };
+        let main = (row.len - row.sinks).min(recent);
+        (0..row.sinks.min(sink_tokens)).chain(row.len - main..row.len).collect()
     }
 
     /// Copies the given slots of batch row `b` into a contiguous `[n, kv_heads, dim]` f32 buffer,
@@ -678,7 +800,9 @@ fn read_row(x: &Tensor<'_>, b: usize, s: usize, h: usize, dst: &mut [f32]) {
 /// The view of batch row `b` alone.
 pub(crate) fn batch_row<'t>(x: &Tensor<'t>, b: usize) -> Tensor<'t> {
     let l = x.layout;
-    let off = (b * l.strides[0]).min(x.data.len());
+    // Saturating: an unchecked view (gate logits) with a huge stride gives an empty row, which
+    // the row's own check then rejects.
+    let off = b.saturating_mul(l.strides[0]).min(x.data.len());
     let data = match x.data {
         Elems::F32(d) => Elems::F32(&d[off..]),
         Elems::F16(d) => Elems::F16(&d[off..]),
@@ -691,7 +815,7 @@ pub(crate) fn batch_row<'t>(x: &Tensor<'t>, b: usize) -> Tensor<'t> {
 pub(crate) fn batch_row_mut<'t>(x: &'t mut TensorMut<'_>, b: usize) -> TensorMut<'t> {
     use crate::element::ElemsMut;
     let l = x.layout;
-    let off = (b * l.strides[0]).min(x.data.len());
+    let off = b.saturating_mul(l.strides[0]).min(x.data.len());
     let data = match &mut x.data {
         ElemsMut::F32(d) => ElemsMut::F32(&mut d[off..]),
         ElemsMut::F16(d) => ElemsMut::F16(&mut d[off..]),

@@ -123,15 +123,21 @@ pub fn first_token_probabilities(
     for (t, operand) in [(q, crate::Operand::Query), (k, crate::Operand::Key)] {
         t.layout.check(operand, t.data.len())?;
     }
-    if lse.len() != dims.lse_len() {
+    let n = dims
+        .batch
+        .checked_mul(dims.q_heads)
+        .and_then(|x| x.checked_mul(dims.q_len))
+        .ok_or(Error::ShapeOverflow { operand: crate::Operand::Lse })?;
+    if lse.len() != n {
         return Err(Error::ShapeMismatch {
             operand: crate::Operand::Lse,
             dim: "batch * q_heads * q_len",
-            expected: dims.lse_len(),
+            expected: n,
             found: lse.len(),
         });
     }
-    let mut p = vec![0.0f64; dims.lse_len()];
+    // Sized by `lse`, which the caller already holds: no allocation beyond the input's own size.
+    let mut p = vec![0.0f64; n];
     if dims.kv_len == 0 {
         return Ok(p);
     }
@@ -154,7 +160,10 @@ pub fn first_token_probabilities(
                 }
                 let mut s: f32 = row.iter().enumerate().map(|(e, &x)| x * plan.scale * k.data.get_f32(k_off + e)).sum();
                 if let Some(c) = opts.softcap {
-                    s = c * libm::tanhf(s / c);
+                    // As the kernels score: c·tanh(s·(1/c)), the reciprocal clamped so that a
+                    // subnormal c (1/c overflowing f32) still gives the limit ±c, never NaN.
+                    let inv = (1.0 / c).min(f32::MAX);
+                    s = c * libm::tanhf(s * inv);
                 }
                 if let Some(sl) = opts.alibi_slopes {
                     s -= sl[h] * (plan.mask.q_offset + i as i64).unsigned_abs() as f32;
@@ -173,15 +182,41 @@ pub fn first_token_probabilities(
 /// Mean first-token share per head, `[q_heads]`, over all batches and the query rows from
 /// `exclude_first_queries` on (0 = the paper-style mean over every row; 1 = pavansaipendry's
 /// `A[:, :, 1:, 0]`; 4 = ZJDL's prefix-excluded variant).
+///
+/// `p` is `[batch, q_heads, q_len]`, as [`first_token_probabilities`] returns it.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] on [`Operand::Lse`](crate::Operand::Lse) when `p.len()` is not
+/// `batch · q_heads · q_len` ([`Error::ShapeOverflow`] when that product overflows), and
+/// [`Error::InvalidOption`] when no row is left to average (`batch == 0` or
+/// `exclude_first_queries >= q_len`).
+///
+/// ```
+/// use gated_attention::measure::sink_share_per_head;
+/// let p = [1.0, 0.5, 0.25, 1.0, 0.0, 0.0]; // batch 1, 2 heads, 3 rows
+/// assert_eq!(sink_share_per_head(&p, 1, 2, 3, 1).unwrap(), vec![0.375, 0.0]);
+/// assert!(sink_share_per_head(&[], 1, 1, 1, 0).is_err());
+/// ```
 pub fn sink_share_per_head(
     p: &[f64],
     batch: usize,
     q_heads: usize,
     q_len: usize,
     exclude_first_queries: usize,
-) -> Vec<f64> {
-    let mut out = vec![0.0f64; q_heads];
+) -> Result<Vec<f64>, Error> {
+    let operand = crate::Operand::Lse;
+    let n = batch.checked_mul(q_heads).and_then(|x| x.checked_mul(q_len)).ok_or(Error::ShapeOverflow { operand })?;
+    if p.len() != n {
+        return Err(Error::ShapeMismatch { operand, dim: "batch * q_heads * q_len", expected: n, found: p.len() });
+    }
     let rows = q_len.saturating_sub(exclude_first_queries);
+    if batch == 0 || rows == 0 {
+        return Err(Error::InvalidOption {
+            option: "exclude_first_queries",
+            reason: "leaves no query row to average (needs batch > 0 and exclude_first_queries < q_len)",
+        });
+    }
+    let mut out = vec![0.0f64; q_heads];
     for (h, o) in out.iter_mut().enumerate() {
         let mut sum = 0.0;
         for b in 0..batch {
@@ -189,7 +224,8 @@ pub fn sink_share_per_head(
                 sum += p[(b * q_heads + h) * q_len + i];
             }
         }
+        // batch · rows <= p.len(), so the product fits.
         *o = sum / (batch * rows) as f64;
     }
-    out
+    Ok(out)
 }

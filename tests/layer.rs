@@ -9,6 +9,7 @@ use gated_attention::layer::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, QkNorm,
 };
 use gated_attention::measure::{first_token_probabilities, sink_share_per_head, GateStats};
+use gated_attention::rope::Positions;
 use gated_attention::{attention, reference, AttentionOptions, DType, Error, Tensor, TensorMut};
 
 fn inputs(batch: usize, l: usize, dm: usize, seed: u64) -> Vec<f32> {
@@ -21,7 +22,7 @@ fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, 
     let layer = GatedAttention::seeded(config, 11).unwrap();
     let dm = layer.config().hidden_size;
     let x = inputs(batch, l, dm, 5);
-    let want = layer.reference_forward(&x, batch);
+    let want = layer.reference_forward(&x, batch).unwrap();
     let (atol, rtol) = tolerance(DType::F32);
     for cache_dtype in [DType::F32, DType::BF16] {
         let mut cache = layer.new_cache(batch, l + 4, cache_dtype).unwrap();
@@ -134,7 +135,7 @@ fn first_token_probabilities_match_brute_force() {
                 assert!((got - want).abs() <= 1e-5 * (1.0 + want), "{opts:?} h={h} i={i}: {got} vs {want}");
             }
         }
-        let share = sink_share_per_head(&p, 1, hq, lq, 1);
+        let share = sink_share_per_head(&p, 1, hq, lq, 1).unwrap();
         for h in 0..hq {
             let mean: f64 = (1..lq).map(|i| p[h * lq + i]).sum::<f64>() / (lq - 1) as f64;
             assert!((share[h] - mean).abs() < 1e-12);
@@ -204,7 +205,8 @@ fn config_json_fields_and_errors() {
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3}"#, "num_key_value_heads"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "head_dim": "x"}"#, "head_dim"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "partial_rotary_factor": 1.5}"#, "partial_rotary_factor"),
-        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "rope_type"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "longrope"}}"#, "short_factor"),
+        (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "su"}}"#, "rope_type"),
         (r#"{"hidden_size": 64, "num_attention_heads": 4, "rope_scaling": {"rope_type": "linear"}}"#, "factor"),
         (
             r#"{"hidden_size": 64, "num_attention_heads": 4, "headwise_attn_output_gate": 1}"#,
@@ -290,6 +292,189 @@ fn weight_errors_name_the_tensor() {
         match gated_attention::layer::load_weights(cfg.clone(), &tensors(skip, shape, dtype), p) {
             Err(Error::Weight { name: n, .. }) => assert_eq!(n, format!("{p}{name}")),
             other => panic!("expected an error naming {name}, got {other:?}"),
+        }
+    }
+}
+
+fn golden(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/golden/{name}.safetensors", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn golden_f32s(st: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f32> {
+    st.tensor(name).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// A layer read from a config.json carrying a golden file's `rope_parameters` (transformers
+/// 5.x, scripts/gen_golden_rope_sinks.py) must rotate, for a call whose last position is
+/// `seq_len - 1`, exactly as transformers' `ROPE_INIT_FUNCTIONS[type](config, seq_len)` does:
+/// the frequencies grow (dynamic NTK) or switch to the long factors (LongRoPE) past the original
+/// context, with no table built by hand.
+fn layer_rotates_like_golden(name: &str, extra_top_level: &str) {
+    let bytes = golden(&format!("rope_{name}"));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (seq_len, max_pos): (usize, usize) =
+        (meta["seq_len"].parse().unwrap(), meta["max_position_embeddings"].parse().unwrap());
+    let json = format!(
+        r#"{{"hidden_size": 128, "num_attention_heads": 2, "head_dim": 64, "max_position_embeddings": {max_pos},
+        "use_qk_norm": false, {extra_top_level} "rope_parameters": {}}}"#,
+        meta["rope_parameters"]
+    );
+    let layer = GatedAttention::seeded(GatedAttentionConfig::from_json(&json).unwrap(), 1).unwrap();
+    let pos: Vec<usize> = st
+        .tensor("positions")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let mut call = pos.clone();
+    call.push(seq_len - 1);
+    let table = layer.rope_for_positions(&call).unwrap();
+    let af: f64 = meta["attention_factor"].parse().unwrap();
+    assert!(
+        (table.attention_factor() - af).abs() < 1e-12,
+        "{name}: attention factor {} vs {af}",
+        table.attention_factor()
+    );
+    for (i, (&h, &o)) in golden_f32s(&st, "inv_freq").iter().zip(table.inv_freq()).enumerate() {
+        assert!((h as f64 - o).abs() <= 1e-6 * o.abs(), "{name}: inv_freq[{i}] {h} vs {o}");
+    }
+    let (x, y) = (golden_f32s(&st, "x"), golden_f32s(&st, "y"));
+    let mut got = x.clone();
+    table.rotate(TensorMut::bhsd(&mut got[..], 1, 2, pos.len(), 64), Positions::Explicit(&pos)).unwrap();
+    // transformers' f32 angles (θ <= 1024 here): the bound tests/golden.rs documents.
+    for (i, (&g, &w)) in got.iter().zip(&y).enumerate() {
+        assert!((g - w).abs() as f64 <= 1e-4 * af, "{name}: element {i} {g} vs transformers {w}");
+    }
+}
+
+#[test]
+fn longrope_and_dynamic_ntk_from_config_json_match_transformers() {
+    layer_rotates_like_golden("dynamic", "");
+    layer_rotates_like_golden("longrope_short", "");
+    layer_rotates_like_golden("longrope_long", "");
+    // Phi-3 keeps original_max_position_embeddings at the top level; transformers prefers it.
+    layer_rotates_like_golden("longrope_long", r#""original_max_position_embeddings": 256,"#);
+}
+
+/// The transformers formulas, evaluated here in f64 from their definitions (spec/GATING.md §9):
+/// dynamic NTK `base' = base · (factor·L/L0 − (factor − 1))^(d/(d−2))` for `L > L0`, LongRoPE
+/// `1 / (ext_i · base^(2i/d))` with `ext = long if L > L0 else short`.
+fn expected_inv_freq(kind: &str, seq_len: usize) -> Vec<f64> {
+    let (d, base, l0) = (8.0f64, 10_000.0f64, 8.0f64);
+    let (short, long) = ([1.0, 1.5, 2.0, 2.5], [4.0, 3.0, 2.0, 1.0]);
+    (0..4)
+        .map(|i| {
+            let e = 2.0 * i as f64 / d;
+            match kind {
+                "dynamic" if seq_len as f64 > l0 => {
+                    let grown = base * (2.0 * seq_len as f64 / l0 - 1.0).powf(d / (d - 2.0));
+                    1.0 / grown.powf(e)
+                }
+                "dynamic" => 1.0 / base.powf(e),
+                _ => 1.0 / ([short, long][(seq_len as f64 > l0) as usize][i] * base.powf(e)),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn dynamic_ntk_and_longrope_decode_past_the_table() {
+    let scalings = [
+        ("dynamic", r#"{"rope_type": "dynamic", "factor": 2.0}"#),
+        (
+            "longrope",
+            r#"{"rope_type": "longrope", "short_factor": [1.0, 1.5, 2.0, 2.5], "long_factor": [4.0, 3.0, 2.0, 1.0],
+                "original_max_position_embeddings": 8}"#,
+        ),
+    ];
+    for (kind, rope) in scalings {
+        // max_position_embeddings 8 (the layer's table), head_dim 8: decoding runs to 14 tokens.
+        let json = format!(
+            r#"{{"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+            "max_position_embeddings": 8, "elementwise_attn_output_gate": true, "rope_scaling": {rope}}}"#
+        );
+        let layer = GatedAttention::seeded(GatedAttentionConfig::from_json(&json).unwrap(), 3).unwrap();
+        assert_eq!(layer.rope().positions(), 8);
+        for seq_len in [1usize, 8, 9, 14, 40] {
+            let want = expected_inv_freq(kind, seq_len);
+            let got = layer.rope_for_positions(&[seq_len - 1]).unwrap();
+            for (i, (&g, &w)) in got.inv_freq().iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-12 * w, "{kind} L={seq_len}: inv_freq[{i}] {g} vs formula {w}");
+            }
+        }
+        let (batch, l, lp, dm) = (2usize, 14usize, 6usize, 32usize);
+        let x = inputs(batch, l, dm, 21);
+        // Prefill 6 tokens, then decode one by one: each call's frequencies are those of its own
+        // length, and cached keys keep theirs, as in transformers' cache.
+        let mut chunks = vec![lp];
+        chunks.extend(std::iter::repeat_n(1, l - lp));
+        let want = layer.reference_forward_chunked(&x, batch, &chunks).unwrap();
+        for explicit in [false, true] {
+            let mut cache = layer.new_cache(batch, l, DType::F32).unwrap();
+            let mut got = vec![0.0f32; batch * l * dm];
+            let mut t = 0;
+            for &step in &chunks {
+                let xs: Vec<f32> =
+                    (0..batch).flat_map(|b| x[(b * l + t) * dm..(b * l + t + step) * dm].iter().copied()).collect();
+                let pos: Vec<usize> = (0..batch).flat_map(|_| t..t + step).collect();
+                let y = layer.forward(&xs, batch, &mut cache, explicit.then_some(&pos[..])).unwrap();
+                for b in 0..batch {
+                    got[(b * l + t) * dm..(b * l + t + step) * dm]
+                        .copy_from_slice(&y[b * step * dm..(b + 1) * step * dm]);
+                }
+                t += step;
+            }
+            let (atol, rtol) = tolerance(DType::F32);
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= atol + rtol * w.abs(),
+                    "{kind} (explicit positions: {explicit}): element {i}: {g} vs reference {w}"
+                );
+            }
+        }
+        // One call over the whole sequence uses the frequencies of all 14 tokens.
+        let mut cache = layer.new_cache(batch, l, DType::F32).unwrap();
+        let y = layer.forward(&x, batch, &mut cache, None).unwrap();
+        let whole = layer.reference_forward(&x, batch).unwrap();
+        let (atol, rtol) = tolerance(DType::F32);
+        for (i, (&g, &w)) in y.iter().zip(&whole).enumerate() {
+            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{kind} one call: element {i}: {g} vs {w}");
+        }
+        // The decode differs from the one-call result once the frequencies change: the test can
+        // tell the two rules apart.
+        assert!(want.iter().zip(&whole).any(|(a, b)| (a - b).abs() > 1e-3), "{kind}: chunking must matter");
+    }
+}
+
+/// Positions past `max_position_embeddings` with a length-independent scaling rotate exactly as
+/// a layer whose table covers them (main rejected them), for the full and the StreamingLLM cache.
+#[test]
+fn positions_past_the_table_equal_a_longer_table() {
+    use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
+    let mut short = GatedAttentionConfig::new(32, 4, 2, 8);
+    short.gate = Some(GateConfig::qiu(GateGranularity::Headwise));
+    short.max_position_embeddings = 8;
+    let long = GatedAttentionConfig { max_position_embeddings: 64, ..short.clone() };
+    let (a, b) = (GatedAttention::seeded(short, 5).unwrap(), GatedAttention::seeded(long, 5).unwrap());
+    assert_eq!(a.weights(), b.weights());
+    let x = inputs(1, 20, 32, 8);
+    for policy in [CachePolicy::Full, CachePolicy::StreamingLlm { sink_tokens: 2, recent: 4 }] {
+        let cfg = KvCacheConfig::new(1, 2, 8, 24, DType::F32).policy(policy);
+        let (mut ca, mut cb) = (KvCache::new(cfg).unwrap(), KvCache::new(cfg).unwrap());
+        let (ya, yb) =
+            (a.forward(&x[..4 * 32], 1, &mut ca, None).unwrap(), b.forward(&x[..4 * 32], 1, &mut cb, None).unwrap());
+        assert_eq!(ya, yb, "{policy:?} prefill");
+        for t in 4..20 {
+            let xs = &x[t * 32..(t + 1) * 32];
+            let (ya, yb) = (a.forward(xs, 1, &mut ca, None).unwrap(), b.forward(xs, 1, &mut cb, None).unwrap());
+            assert_eq!(ya, yb, "{policy:?} token {t}");
+            let pos = [t];
+            let (ya, yb) = (a.queries_and_keys(xs, 1, &pos).unwrap(), b.queries_and_keys(xs, 1, &pos).unwrap());
+            assert_eq!(ya, yb, "queries_and_keys at {t}");
         }
     }
 }

@@ -209,3 +209,55 @@ fn fused_query_rotation_equals_rotating_first() {
         check(&inp, &c, &fused, &out, &lse, "fused rope");
     }
 }
+
+#[test]
+fn range_tables_equal_full_tables_on_their_range() {
+    for cfg in configs() {
+        for seq_len in [0usize, 64, 300] {
+            let full = RopeTable::with_range(&cfg, seq_len, 0..300).unwrap();
+            let part = RopeTable::with_range(&cfg, seq_len, 250..300).unwrap();
+            assert_eq!((part.first_position(), part.positions()), (250, 300));
+            assert_eq!(part.inv_freq(), full.inv_freq(), "{cfg:?}");
+            for p in 250..300 {
+                assert_eq!((part.cos(p), part.sin(p)), (full.cos(p), full.sin(p)), "{cfg:?} pos {p}");
+            }
+            // Positions outside the range are an Err, before anything is rotated.
+            let mut x = vec![f32::NAN; 2 * 64];
+            for ids in [[249usize, 260], [260, 300]] {
+                let r = part.rotate(TensorMut::bshd(&mut x[..], 1, 2, 1, 64), Positions::Explicit(&ids));
+                assert!(r.is_err(), "{cfg:?} {ids:?}");
+                assert!(x.iter().all(|v| v.is_nan()));
+            }
+        }
+    }
+    // new(cfg, n) is the range 0..n with the frequencies of n tokens.
+    let cfg = RopeConfig::new(8, 1e4).scaling(RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 16 });
+    assert_eq!(RopeTable::new(&cfg, 40).unwrap(), RopeTable::with_range(&cfg, 40, 0..40).unwrap());
+    assert_ne!(RopeTable::new(&cfg, 40).unwrap().inv_freq(), RopeTable::with_range(&cfg, 0, 0..40).unwrap().inv_freq());
+}
+
+#[test]
+fn parameters_giving_nan_tables_are_errors() {
+    let longrope = |short: &'static [f64], original: usize| {
+        RopeConfig::new(8, 1e4)
+            .scaling(RopeScaling::LongRope {
+                short_factor: short,
+                long_factor: &[1.0; 4],
+                original_max_position: original,
+                factor: None,
+                attention_factor: None,
+            })
+            .max_position_embeddings(64)
+    };
+    static ONES: [f64; 4] = [1.0; 4];
+    static ZERO: [f64; 4] = [1.0, 0.0, 1.0, 1.0];
+    assert!(RopeTable::new(&longrope(&ONES, 16), 8).is_ok());
+    // A zero factor: 1 / 0 frequencies; an original context of 1: ln(1) = 0 in the attention factor.
+    assert!(RopeTable::new(&longrope(&ZERO, 16), 8).is_err());
+    assert!(RopeTable::new(&longrope(&ONES, 1), 8).is_err());
+    let mut yarn = RopeScaling::yarn(4.0, 64);
+    if let RopeScaling::Yarn { beta_slow, .. } = &mut yarn {
+        *beta_slow = -1.0;
+    }
+    assert!(RopeTable::new(&RopeConfig::new(8, 1e4).scaling(yarn), 8).is_err());
+}

@@ -2,6 +2,7 @@
 //! `config.json` (Qwen3 with the Qiu et al. gate flags, and Qwen3-Next).
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use super::json::Json;
 use crate::error::Error;
@@ -109,8 +110,70 @@ pub enum QkNorm {
     Qwen3Next,
 }
 
-/// RoPE scaling owned by a config (LongRoPE needs borrowed factors: build the table yourself).
-pub type LayerRopeScaling = RopeScaling<'static>;
+/// RoPE scaling owned by a config: every [`RopeScaling`] without borrowed data, or LongRoPE with
+/// its per-frequency factors owned (as [`GatedAttentionConfig::from_json`] reads them).
+///
+/// ```
+/// use gated_attention::layer::{GatedAttentionConfig, LayerRopeScaling};
+/// use gated_attention::rope::RopeScaling;
+/// let mut cfg = GatedAttentionConfig::new(64, 4, 2, 16);
+/// cfg.rope_scaling = RopeScaling::Linear { factor: 2.0 }.into();
+/// cfg.rope_scaling = LayerRopeScaling::LongRope {
+///     short_factor: vec![1.0; 8],
+///     long_factor: vec![2.0; 8],
+///     original_max_position: 1024,
+///     factor: None,
+///     attention_factor: None,
+/// };
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum LayerRopeScaling {
+    /// A scaling whose parameters are plain values (a LongRoPE here borrows `'static` factors).
+    Fixed(RopeScaling<'static>),
+    /// LongRoPE (Phi-3) with owned factors; see [`RopeScaling::LongRope`] for the fields.
+    LongRope {
+        /// Factors for sequences up to `original_max_position`, `rotary_dim / 2` of them.
+        short_factor: Vec<f64>,
+        /// Factors for longer sequences, `rotary_dim / 2` of them.
+        long_factor: Vec<f64>,
+        /// Context length the model was trained at.
+        original_max_position: usize,
+        /// `max_position_embeddings / original_max_position` when `None`.
+        factor: Option<f64>,
+        /// Overrides the attention factor.
+        attention_factor: Option<f64>,
+    },
+}
+
+impl From<RopeScaling<'static>> for LayerRopeScaling {
+    fn from(s: RopeScaling<'static>) -> Self {
+        LayerRopeScaling::Fixed(s)
+    }
+}
+
+impl LayerRopeScaling {
+    /// The scaling as the RoPE module takes it, borrowing the owned factors.
+    pub fn as_scaling(&self) -> RopeScaling<'_> {
+        match self {
+            LayerRopeScaling::Fixed(s) => *s,
+            LayerRopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position,
+                factor,
+                attention_factor,
+            } => RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position: *original_max_position,
+                factor: *factor,
+                attention_factor: *attention_factor,
+            },
+        }
+    }
+}
 
 /// Everything that defines a gated attention layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +215,11 @@ const MAX_DIM: usize = 1 << 20;
 /// Largest accepted `max_position_embeddings` (the RoPE table length).
 const MAX_POSITIONS: usize = 1 << 24;
 /// Largest accepted RoPE table, in cos (or sin) entries: 1 GiB for both.
-const MAX_ROPE_ENTRIES: usize = 1 << 28;
+pub(crate) const MAX_ROPE_ENTRIES: usize = 1 << 28;
+/// Largest accepted number of layer weights (16 GiB of f32). The largest attention layers
+/// published (hidden 16384, 128 heads of 128) hold under 2^30; the bound keeps a hostile
+/// config.json from asking `seeded` or `load_weights` for terabytes.
+pub const MAX_LAYER_PARAMETERS: usize = 1 << 32;
 
 fn field(name: &'static str) -> Error {
     Error::InvalidConfig { field: name, reason: "missing or not a valid value" }
@@ -173,7 +240,7 @@ impl GatedAttentionConfig {
             rope_theta: 10_000.0,
             rotary_dim: head_dim,
             rope_pairing: RopePairing::NeoxHalf,
-            rope_scaling: RopeScaling::Default,
+            rope_scaling: LayerRopeScaling::Fixed(RopeScaling::Default),
             max_position_embeddings: 4096,
             gate: None,
             sliding_window: None,
@@ -181,12 +248,49 @@ impl GatedAttentionConfig {
     }
 
     /// The RoPE configuration.
-    pub fn rope(&self) -> RopeConfig<'static> {
+    pub fn rope(&self) -> RopeConfig<'_> {
         RopeConfig::new(self.head_dim, self.rope_theta)
             .partial(self.rotary_dim)
             .pairing(self.rope_pairing)
-            .scaling(self.rope_scaling)
+            .scaling(self.rope_scaling.as_scaling())
             .max_position_embeddings(self.max_position_embeddings)
+    }
+
+    /// Weights of the layer (projections, biases, norms), counted with checked arithmetic;
+    /// `None` when the count overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        let hd = mul(self.num_heads, self.head_dim)?;
+        let kvd = mul(self.num_kv_heads, self.head_dim)?;
+        let q_out = self.q_proj_out_checked()?;
+        let bias = |out: usize, on: bool| if on { out } else { 0 };
+        let mut n = mul(q_out, self.hidden_size)?.checked_add(bias(q_out, self.qkv_bias))?;
+        n = n.checked_add(mul(2, mul(kvd, self.hidden_size)?.checked_add(bias(kvd, self.qkv_bias))?)?)?;
+        n = n.checked_add(mul(self.hidden_size, hd)?.checked_add(bias(self.hidden_size, self.o_bias))?)?;
+        n = n.checked_add(mul(2, self.head_dim)?)?; // q/k norm weights (counted whether used or not)
+        if let Some(g) = self.gate {
+            let gate = match g.source {
+                GateSource::Separate => {
+                    let out = mul(self.gate_heads(&g), self.gate_width(&g))?;
+                    mul(out, self.hidden_size)?.checked_add(out)?
+                }
+                GateSource::RotatedQuery => mul(self.head_dim, self.head_dim)?.checked_add(self.head_dim)?,
+                _ => 0,
+            };
+            n = n.checked_add(gate)?;
+        }
+        Some(n)
+    }
+
+    /// [`GatedAttentionConfig::q_proj_out`] with checked arithmetic.
+    fn q_proj_out_checked(&self) -> Option<usize> {
+        let q = self.num_heads.checked_mul(self.head_dim)?;
+        match self.gate {
+            Some(g) if matches!(g.source, GateSource::QProjGrouped | GateSource::QProjPerHead) => {
+                q.checked_add(self.num_heads.checked_mul(self.gate_width(&g))?)
+            }
+            _ => Some(q),
+        }
     }
 
     /// Query heads per KV head.
@@ -253,6 +357,9 @@ impl GatedAttentionConfig {
         if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             return bad("num_key_value_heads", "must divide num_attention_heads");
         }
+        if self.parameter_count().is_none_or(|n| n > MAX_LAYER_PARAMETERS) {
+            return bad("hidden_size", "the layer would hold more than 2^32 weights (MAX_LAYER_PARAMETERS)");
+        }
         if self.rotary_dim % 2 != 0 || self.rotary_dim > self.head_dim {
             return bad("partial_rotary_factor", "rotary dim must be even and <= head_dim");
         }
@@ -283,8 +390,11 @@ impl GatedAttentionConfig {
     /// `rope_parameters`, `rope_scaling`, `max_position_embeddings`, `use_qk_norm`,
     /// `headwise_attn_output_gate` / `elementwise_attn_output_gate` of Qiu et al.) and Qwen3-Next
     /// (`model_type: "qwen3_next"`: elementwise per-head gate, `1 + w` norms,
-    /// `partial_rotary_factor`). Every missing or malformed field is an [`Error::InvalidConfig`]
-    /// naming it.
+    /// `partial_rotary_factor`). RoPE scalings: `default`, `linear`, `dynamic`, `yarn`, `llama3`
+    /// and `longrope` (`short_factor`, `long_factor`, `factor`, `attention_factor`, and
+    /// `original_max_position_embeddings`, read from the top level first as transformers does for
+    /// Phi-3, then from the rope dict, else `max_position_embeddings`). Every missing or malformed
+    /// field is an [`Error::InvalidConfig`] naming it.
     pub fn from_json(text: &str) -> Result<GatedAttentionConfig, Error> {
         let j = Json::parse(text).ok_or(Error::InvalidConfig { field: "config.json", reason: "not valid JSON" })?;
         if !matches!(j, Json::Object(_)) {
@@ -334,7 +444,13 @@ impl GatedAttentionConfig {
         }
         c.rotary_dim = (head_dim as f64 * prf) as usize;
         if let Some(r) = rope {
-            c.rope_scaling = parse_scaling(r, c.max_position_embeddings)?;
+            // Phi-3 keeps the pretraining length at the top level; transformers' standardisation
+            // gives it priority over the rope dict's own field (for LongRoPE here).
+            let top_original = match j.get("original_max_position_embeddings") {
+                None | Some(Json::Null) => None,
+                Some(v) => Some(v.as_usize().ok_or(field("original_max_position_embeddings"))?),
+            };
+            c.rope_scaling = parse_scaling(r, c.max_position_embeddings, c.rotary_dim, top_original)?;
         }
         c.sliding_window =
             if opt_bool("use_sliding_window")?.unwrap_or(false) { opt_usize("sliding_window")? } else { None };
@@ -354,7 +470,12 @@ impl GatedAttentionConfig {
     }
 }
 
-fn parse_scaling(r: &Json, max_pos: usize) -> Result<LayerRopeScaling, Error> {
+fn parse_scaling(
+    r: &Json,
+    max_pos: usize,
+    rotary_dim: usize,
+    top_original: Option<usize>,
+) -> Result<LayerRopeScaling, Error> {
     let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Json::as_str).unwrap_or("default");
     let num = |name: &'static str| r.get(name).and_then(Json::as_f64).ok_or(field(name));
     let opt = |name: &'static str| match r.get(name) {
@@ -367,7 +488,39 @@ fn parse_scaling(r: &Json, max_pos: usize) -> Result<LayerRopeScaling, Error> {
             Some(v) => v.as_usize().ok_or(field("original_max_position_embeddings")),
         }
     };
-    Ok(match kind {
+    // A list of rotary_dim / 2 finite, positive numbers (LongRoPE's per-frequency factors).
+    let factors = |name: &'static str| -> Result<Vec<f64>, Error> {
+        let Some(Json::Array(items)) = r.get(name) else { return Err(field(name)) };
+        if items.len() != rotary_dim / 2 {
+            return Err(Error::InvalidConfig { field: name, reason: "needs rotary_dim / 2 entries" });
+        }
+        let mut out = Vec::new();
+        out.try_reserve_exact(items.len()).map_err(|_| field(name))?;
+        for v in items {
+            match v.as_f64() {
+                Some(x) if x.is_finite() && x > 0.0 => out.push(x),
+                _ => return Err(Error::InvalidConfig { field: name, reason: "entries must be finite numbers > 0" }),
+            }
+        }
+        Ok(out)
+    };
+    if kind == "longrope" {
+        let original_max_position = match top_original {
+            Some(l0) => l0,
+            None => original(max_pos)?,
+        };
+        if original_max_position == 0 {
+            return Err(Error::InvalidConfig { field: "original_max_position_embeddings", reason: "must be > 0" });
+        }
+        return Ok(LayerRopeScaling::LongRope {
+            short_factor: factors("short_factor")?,
+            long_factor: factors("long_factor")?,
+            original_max_position,
+            factor: opt("factor")?,
+            attention_factor: opt("attention_factor")?,
+        });
+    }
+    Ok(LayerRopeScaling::Fixed(match kind {
         "default" => RopeScaling::Default,
         "linear" => RopeScaling::Linear { factor: num("factor")? },
         "dynamic" => RopeScaling::DynamicNtk { factor: num("factor")?, original_max_position: original(max_pos)? },
@@ -376,8 +529,9 @@ fn parse_scaling(r: &Json, max_pos: usize) -> Result<LayerRopeScaling, Error> {
             RopeScaling::Yarn {
                 factor: opt("factor")?.unwrap_or(max_pos as f64 / l0.max(1) as f64),
                 original_max_position: l0,
-                beta_fast: opt("beta_fast")?.unwrap_or(32.0),
-                beta_slow: opt("beta_slow")?.unwrap_or(1.0),
+                // transformers: `get("beta_fast") or 32`, so an explicit 0 also means the default.
+                beta_fast: opt("beta_fast")?.filter(|&b| b != 0.0).unwrap_or(32.0),
+                beta_slow: opt("beta_slow")?.filter(|&b| b != 0.0).unwrap_or(1.0),
                 mscale: opt("mscale")?,
                 mscale_all_dim: opt("mscale_all_dim")?,
                 attention_factor: opt("attention_factor")?,
@@ -393,11 +547,6 @@ fn parse_scaling(r: &Json, max_pos: usize) -> Result<LayerRopeScaling, Error> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position: original(max_pos)?,
         },
-        _ => {
-            return Err(Error::InvalidConfig {
-                field: "rope_type",
-                reason: "unsupported (longrope: build the RopeTable directly)",
-            })
-        }
-    })
+        _ => return Err(Error::InvalidConfig { field: "rope_type", reason: "unsupported" }),
+    }))
 }

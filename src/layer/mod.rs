@@ -32,9 +32,11 @@ pub use weights::load_weights;
 
 pub use config::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GateSource, GatedAttentionConfig, LayerRopeScaling, QkNorm,
+    MAX_LAYER_PARAMETERS,
 };
 pub use linear::Linear;
 
+use alloc::borrow::Cow;
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -68,6 +70,16 @@ pub struct GatedAttentionWeights {
 }
 
 /// A gated attention layer: configuration, weights and its RoPE table.
+///
+/// The table covers positions `0..max_position_embeddings` with the frequencies transformers'
+/// rotary module starts with. A call whose positions reach further, or whose length changes the
+/// frequencies (dynamic NTK past its original context, LongRoPE's switch to its long factors past
+/// `original_max_position_embeddings`), rotates with a table built for that call: frequencies for
+/// a sequence of `max(position) + 1` tokens, as transformers' `dynamic_rope_update` recomputes
+/// them. transformers also keeps the longest length seen until a call falls back below the
+/// original context; the layer is shared and immutable, so it uses each call's own length (the
+/// same frequencies whenever lengths grow call by call, as in decoding). Keys keep the rotation
+/// of the call that appended them, as in transformers' cache.
 #[derive(Clone, Debug)]
 pub struct GatedAttention {
     config: GatedAttentionConfig,
@@ -92,6 +104,25 @@ struct Projected {
     k: Vec<f32>,
     v: Vec<f32>,
     gate_logits: Option<Vec<f32>>,
+}
+
+/// The smallest position and the largest + 1 (`(0, 0)` for none).
+fn position_range(positions: &[usize]) -> Result<(usize, usize), Error> {
+    let (Some(&lo), Some(&hi)) = (positions.iter().min(), positions.iter().max()) else { return Ok((0, 0)) };
+    let end = hi.checked_add(1).ok_or(Error::InvalidOption { option: "positions", reason: "overflow" })?;
+    Ok((lo, end))
+}
+
+fn alloc_err(name: &str, n: usize) -> Error {
+    Error::Weight { name: name.into(), reason: alloc::format!("cannot allocate {n} values") }
+}
+
+/// `n` values from `f`, reserved fallibly (an `Err` naming the tensor, never an abort).
+pub(crate) fn filled(name: &str, n: usize, f: impl FnMut() -> f32) -> Result<Vec<f32>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| alloc_err(name, n))?;
+    v.extend(core::iter::repeat_with(f).take(n));
+    Ok(v)
 }
 
 struct SplitRng(u64);
@@ -172,43 +203,51 @@ impl GatedAttention {
                 }
             }
         }
-        let rope = RopeTable::new(&config.rope(), config.max_position_embeddings)?;
+        // seq_len 0: the frequencies before any call (transformers' `seq_len=None`): dynamic NTK
+        // at its original base, LongRoPE with its short factors.
+        let rope = RopeTable::with_range(&config.rope(), 0, 0..config.max_position_embeddings)?;
         Ok(GatedAttention { config, weights, rope })
     }
 
     /// A layer with seeded uniform weights (±1/sqrt(fan_in)) and norm weights near their identity.
+    ///
+    /// Every buffer is reserved fallibly: a configuration whose weights the allocator refuses is
+    /// an [`Error::Weight`] naming the tensor, not an abort (and
+    /// [`GatedAttentionConfig::validate`] bounds the total at [`MAX_LAYER_PARAMETERS`]).
     pub fn seeded(config: GatedAttentionConfig, seed: u64) -> Result<GatedAttention, Error> {
         config.validate()?;
         let c = &config;
         let mut rng = SplitRng(seed);
-        let mut lin = |out: usize, inp: usize, bias: bool| {
+        let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, Error> {
             let a = 1.0 / libm::sqrtf(inp as f32);
-            Linear {
-                weight: (0..out * inp).map(|_| rng.next() * a).collect(),
-                bias: bias.then(|| (0..out).map(|_| rng.next() * a).collect()),
-                in_features: inp,
-                out_features: out,
-            }
+            let n = out.checked_mul(inp).ok_or_else(|| alloc_err(name, usize::MAX))?;
+            let weight = filled(name, n, || rng.next() * a)?;
+            let bias = if bias { Some(filled(name, out, || rng.next() * a)?) } else { None };
+            Ok(Linear { weight, bias, in_features: inp, out_features: out })
         };
         let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let q_proj = lin(c.q_proj_out(), c.hidden_size, c.qkv_bias);
-        let k_proj = lin(kvd, c.hidden_size, c.qkv_bias);
-        let v_proj = lin(kvd, c.hidden_size, c.qkv_bias);
-        let o_proj = lin(c.hidden_size, hd, c.o_bias);
+        let q_proj = lin("q_proj.weight", c.q_proj_out(), c.hidden_size, c.qkv_bias)?;
+        let k_proj = lin("k_proj.weight", kvd, c.hidden_size, c.qkv_bias)?;
+        let v_proj = lin("v_proj.weight", kvd, c.hidden_size, c.qkv_bias)?;
+        let o_proj = lin("o_proj.weight", c.hidden_size, hd, c.o_bias)?;
         let gate_proj = match c.gate {
             Some(g) if g.source == config::GateSource::Separate => {
-                Some(lin(c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, true))
+                Some(lin("gate_proj.weight", c.gate_heads(&g) * c.gate_width(&g), c.hidden_size, true)?)
             }
-            Some(g) if g.source == config::GateSource::RotatedQuery => Some(lin(c.head_dim, c.head_dim, true)),
+            Some(g) if g.source == config::GateSource::RotatedQuery => {
+                Some(lin("gatedSDPA.gate_proj.weight", c.head_dim, c.head_dim, true)?)
+            }
             _ => None,
         };
-        let norm = |rng: &mut SplitRng| match c.qk_norm {
-            QkNorm::None => None,
-            QkNorm::Qwen3 => Some((0..c.head_dim).map(|_| 1.0 + 0.1 * rng.next()).collect()),
-            QkNorm::Qwen3Next => Some((0..c.head_dim).map(|_| 0.1 * rng.next()).collect()),
+        let norm = |rng: &mut SplitRng, name: &str| -> Result<Option<Vec<f32>>, Error> {
+            Ok(match c.qk_norm {
+                QkNorm::None => None,
+                QkNorm::Qwen3 => Some(filled(name, c.head_dim, || 1.0 + 0.1 * rng.next())?),
+                QkNorm::Qwen3Next => Some(filled(name, c.head_dim, || 0.1 * rng.next())?),
+            })
         };
-        let q_norm = norm(&mut rng);
-        let k_norm = norm(&mut rng);
+        let q_norm = norm(&mut rng, "q_norm.weight")?;
+        let k_norm = norm(&mut rng, "k_norm.weight")?;
         Self::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })
     }
 
@@ -220,9 +259,65 @@ impl GatedAttention {
     pub fn weights(&self) -> &GatedAttentionWeights {
         &self.weights
     }
-    /// The RoPE table.
+    /// The layer's own RoPE table: positions `0..max_position_embeddings` with the frequencies
+    /// before any call; [`GatedAttention::rope_for_positions`] gives the table a call uses.
     pub fn rope(&self) -> &RopeTable {
         &self.rope
+    }
+
+    /// The RoPE table a forward call whose tokens sit at `positions` rotates with: frequencies for
+    /// a sequence of `max(positions) + 1` tokens (transformers' rule), covering every position
+    /// given. The layer's own table when that serves; otherwise one built for that range.
+    ///
+    /// ```
+    /// use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    /// use gated_attention::rope::RopeScaling;
+    /// let mut cfg = GatedAttentionConfig::new(32, 2, 2, 16);
+    /// cfg.max_position_embeddings = 64;
+    /// cfg.rope_scaling = RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 64 }.into();
+    /// let layer = GatedAttention::seeded(cfg, 1).unwrap();
+    /// let within = layer.rope_for_positions(&[10, 63]).unwrap();
+    /// let beyond = layer.rope_for_positions(&[10, 99]).unwrap();
+    /// assert_eq!(within.inv_freq(), layer.rope().inv_freq()); // the layer's own table
+    /// assert!(beyond.inv_freq()[1] < within.inv_freq()[1]); // the base grew for 100 tokens
+    /// ```
+    pub fn rope_for_positions(&self, positions: &[usize]) -> Result<Cow<'_, RopeTable>, Error> {
+        let (lo, end) = position_range(positions)?;
+        self.rope_table(end, lo..end)
+    }
+
+    /// Every buffer a forward over `n` tokens allocates holds `n` rows of at most the widest
+    /// projection: checked once, so an input too long for them is an `Err`, not a
+    /// capacity-overflow panic.
+    fn check_buffers(&self, n: usize) -> Result<(), Error> {
+        let c = &self.config;
+        let gate = c.gate.map_or(0, |g| c.gate_heads(&g) * c.gate_width(&g));
+        let widest = [c.q_proj_out(), c.num_heads * c.head_dim, c.hidden_size, gate].into_iter().max().unwrap_or(0);
+        let bytes = n.checked_mul(widest).and_then(|e| e.checked_mul(core::mem::size_of::<f32>()));
+        if bytes.is_none_or(|b| b > isize::MAX as usize) {
+            return Err(Error::ShapeOverflow { operand: crate::error::Operand::Query });
+        }
+        Ok(())
+    }
+
+    /// The table for a call of sequence length `seq_len` that rotates the positions in `cover`.
+    fn rope_table(&self, seq_len: usize, cover: core::ops::Range<usize>) -> Result<Cow<'_, RopeTable>, Error> {
+        let cfg = self.config.rope();
+        let half = cfg.rotary_dim / 2;
+        let mut inv = vec![0.0f64; half];
+        let factor = cfg.frequencies(seq_len, &mut inv)?;
+        let base = &self.rope;
+        let same = inv == base.inv_freq() && factor == base.attention_factor();
+        if same && cover.start >= base.first_position() && cover.end <= base.positions() {
+            return Ok(Cow::Borrowed(base));
+        }
+        if cover.end.saturating_sub(cover.start).saturating_mul(half) > config::MAX_ROPE_ENTRIES {
+            return Err(Error::InvalidConfig {
+                field: "positions",
+                reason: "one call's positions span a RoPE table larger than 2^28 entries",
+            });
+        }
+        Ok(Cow::Owned(RopeTable::with_range(&cfg, seq_len, cover)?))
     }
 
     /// A cache sized for this layer (sliding-window policy when the config has a window).
@@ -271,14 +366,14 @@ impl GatedAttention {
     ) -> Result<Vec<f32>, Error> {
         let c = &self.config;
         let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
-        if batch == 0 || x.len() % (batch * dm) != 0 {
-            return Err(Error::InvalidConfig {
-                field: "hidden_size",
-                reason: "input length is not batch · L · hidden_size",
-            });
-        }
-        let l = x.len() / (batch * dm);
+        // Checked: a huge batch must be an Err, not an overflow.
+        let row = batch.checked_mul(dm).filter(|&r| r > 0 && x.len() % r == 0).ok_or(Error::InvalidConfig {
+            field: "hidden_size",
+            reason: "input length is not batch · L · hidden_size",
+        })?;
+        let l = x.len() / row;
         let n = batch * l;
+        self.check_buffers(n)?;
         let cc = cache.config();
         if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
             return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
@@ -290,12 +385,16 @@ impl GatedAttention {
                 (0..batch).flat_map(|b| (0..l).map(move |i| (b, i))).map(|(b, i)| cache.next_position(b) + i).collect()
             }
         };
-        if pos.iter().any(|&p| p >= self.rope.positions()) {
-            return Err(Error::InvalidConfig {
-                field: "max_position_embeddings",
-                reason: "a position is beyond the RoPE table",
-            });
-        }
+        let streaming = matches!(cache.config().policy, CachePolicy::StreamingLlm { .. });
+        // Frequencies for this call's length; StreamingLLM rotates by cache index instead, so its
+        // table covers the indices a row can hold.
+        let (lo, end) = position_range(&pos)?;
+        let cover = match cache.config().policy {
+            CachePolicy::StreamingLlm { sink_tokens, recent } => 0..cc.capacity.min(sink_tokens.saturating_add(recent)),
+            _ => lo..end,
+        };
+        let rope = self.rope_table(end, cover)?;
+        let rope = &*rope;
         let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l)?;
         let w = &self.weights;
         let gate_cfg = c.gate;
@@ -305,12 +404,9 @@ impl GatedAttention {
         let fused = positions.is_none()
             && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery)
             && stats.is_none();
-        let streaming = matches!(cache.config().policy, CachePolicy::StreamingLlm { .. });
         if !fused && !streaming {
-            self.rope.rotate(TensorMut::bshd(&mut q[..], batch, l, h, d), Positions::Explicit(&pos))?;
-        }
-        if !fused && !streaming {
-            self.rope.rotate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), Positions::Explicit(&pos))?;
+            rope.rotate(TensorMut::bshd(&mut q[..], batch, l, h, d), Positions::Explicit(&pos))?;
+            rope.rotate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), Positions::Explicit(&pos))?;
         }
         if let (Some(g), Some(gp)) = (gate_cfg, &w.gate_proj) {
             if g.source == config::GateSource::RotatedQuery {
@@ -320,7 +416,7 @@ impl GatedAttention {
         cache.append(
             &Tensor::bshd(&k[..], batch, l, hkv, d),
             &Tensor::bshd(&v[..], batch, l, hkv, d),
-            (fused || streaming).then_some(&self.rope),
+            (fused || streaming).then_some(rope),
         )?;
         let mut o = vec![0.0f32; n * h * d];
         let mut lse = vec![0.0f32; batch * h * l];
@@ -334,7 +430,7 @@ impl GatedAttention {
                 mode: g.mode,
             });
         }
-        let rope_for_attend = (fused || streaming).then_some(&self.rope);
+        let rope_for_attend = (fused || streaming).then_some(rope);
         cache.attend_with_rope(
             &Tensor::bshd(&q[..], batch, l, h, d),
             TensorMut::bshd(&mut o[..], batch, l, h, d),
@@ -412,20 +508,19 @@ impl GatedAttention {
         positions: &[usize],
     ) -> Result<(Vec<f32>, Vec<f32>), Error> {
         let c = &self.config;
-        let l = x.len() / (batch * c.hidden_size).max(1);
-        if batch == 0 || x.len() != batch * l * c.hidden_size || positions.len() != batch * l {
+        let row = batch.checked_mul(c.hidden_size).filter(|&r| r > 0);
+        let l = row.map_or(0, |r| x.len() / r);
+        if row.is_none_or(|r| x.len() != r * l) || positions.len() != batch * l {
             return Err(Error::InvalidConfig {
                 field: "hidden_size",
                 reason: "input or positions do not match batch · L",
             });
         }
+        self.check_buffers(batch * l)?;
+        let rope = self.rope_for_positions(positions)?;
         let Projected { mut q, mut k, .. } = self.project(x, batch, l)?;
-        self.rope
-            .rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
-        self.rope.rotate(
-            TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim),
-            Positions::Explicit(positions),
-        )?;
+        rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
+        rope.rotate(TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim), Positions::Explicit(positions))?;
         Ok((q, k))
     }
 

@@ -6,8 +6,9 @@ use alloc::vec::Vec;
 use super::config::{GatePosition, GateSource, QkNorm};
 use super::norm::rms_norm_rows_f64;
 use super::GatedAttention;
+use crate::error::Error;
 use crate::gate::{GateActivation, GateMode};
-use crate::reference::rope_f64;
+use crate::rope::RopePairing;
 
 fn act(a: GateActivation, x: f64) -> f64 {
     let s = 1.0 / (1.0 + libm::exp(-x));
@@ -18,13 +19,55 @@ fn act(a: GateActivation, x: f64) -> f64 {
     }
 }
 
+/// Rotates `row` at position `pos` by the frequencies `inv` (cos and sin times `factor`), in f64.
+fn rotate_f64(pairing: RopePairing, inv: &[f64], factor: f64, pos: usize, row: &mut [f64]) {
+    let half = inv.len();
+    for (i, &f) in inv.iter().enumerate() {
+        let theta = pos as f64 * f;
+        let (c, s) = (libm::cos(theta) * factor, libm::sin(theta) * factor);
+        let (a, b) = match pairing {
+            RopePairing::NeoxHalf => (i, i + half),
+            RopePairing::GptjInterleaved => (2 * i, 2 * i + 1),
+        };
+        let (x, y) = (row[a], row[b]);
+        row[a] = x * c - y * s;
+        row[b] = y * c + x * s;
+    }
+}
+
 impl GatedAttention {
     /// Causal attention of the whole sequence `x` (`[batch, L, hidden]`, positions `0..L`) in f64,
-    /// with explicit masks and materialised scores; returns `[batch, L, hidden]`.
-    pub fn reference_forward(&self, x: &[f32], batch: usize) -> Vec<f64> {
+    /// with explicit masks and materialised scores; returns `[batch, L, hidden]`. RoPE uses the
+    /// frequencies of a sequence of `L` tokens (one forward call over the whole sequence).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `batch == 0` or `x.len()` is not a multiple of
+    /// `batch · hidden_size`.
+    pub fn reference_forward(&self, x: &[f32], batch: usize) -> Result<Vec<f64>, Error> {
+        let l = if batch == 0 { 0 } else { x.len() / batch.saturating_mul(self.config.hidden_size) };
+        self.reference_forward_chunked(x, batch, &[l])
+    }
+
+    /// [`GatedAttention::reference_forward`] of a sequence fed in consecutive chunks of the given
+    /// lengths (a prefill and decode steps, say): each chunk's queries and keys are rotated with
+    /// the frequencies of a sequence ending at that chunk, as transformers' dynamic NTK and
+    /// LongRoPE recompute them per call, and keys keep that rotation (the cache's semantics).
+    /// For scalings whose frequencies do not depend on the length this equals the one-chunk form.
+    ///
+    /// # Errors
+    /// As [`GatedAttention::reference_forward`], and [`Error::InvalidConfig`] when the chunk
+    /// lengths do not add up to the sequence length `L`.
+    pub fn reference_forward_chunked(&self, x: &[f32], batch: usize, chunks: &[usize]) -> Result<Vec<f64>, Error> {
         let c = &self.config;
         let (dm, h, hkv, d, g) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.group());
-        let l = x.len() / (batch * dm);
+        let row = batch.checked_mul(dm).filter(|&r| r > 0 && x.len() % r == 0).ok_or(Error::InvalidConfig {
+            field: "hidden_size",
+            reason: "input length is not batch · L · hidden_size with batch > 0",
+        })?;
+        let l = x.len() / row;
+        if chunks.iter().try_fold(0usize, |a, &n| a.checked_add(n)) != Some(l) {
+            return Err(Error::InvalidConfig { field: "chunks", reason: "chunk lengths must add up to L" });
+        }
         let n = batch * l;
         let w = &self.weights;
         let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
@@ -96,16 +139,23 @@ impl GatedAttention {
             rms_norm_rows_f64(c.qk_norm, &mut q, w.q_norm.as_deref().unwrap_or(&[]), c.rms_norm_eps, d);
             rms_norm_rows_f64(c.qk_norm, &mut k, w.k_norm.as_deref().unwrap_or(&[]), c.rms_norm_eps, d);
         }
-        for b in 0..batch {
-            for i in 0..l {
-                let t = b * l + i;
-                for hh in 0..h {
-                    rope_f64(&self.rope, i, &mut q[(t * h + hh) * d..(t * h + hh + 1) * d]);
-                }
-                for hh in 0..hkv {
-                    rope_f64(&self.rope, i, &mut k[(t * hkv + hh) * d..(t * hkv + hh + 1) * d]);
+        let rope = c.rope();
+        let mut inv = vec![0.0f64; c.rotary_dim / 2];
+        let mut start = 0;
+        for &len in chunks {
+            let factor = rope.frequencies(start + len, &mut inv)?;
+            for b in 0..batch {
+                for i in start..start + len {
+                    let t = b * l + i;
+                    for hh in 0..h {
+                        rotate_f64(c.rope_pairing, &inv, factor, i, &mut q[(t * h + hh) * d..(t * h + hh + 1) * d]);
+                    }
+                    for hh in 0..hkv {
+                        rotate_f64(c.rope_pairing, &inv, factor, i, &mut k[(t * hkv + hh) * d..(t * hkv + hh + 1) * d]);
+                    }
                 }
             }
+            start += len;
         }
         if gate.map(|gc| gc.source) == Some(GateSource::RotatedQuery) {
             logits = w.gate_proj.as_ref().map(|gp| gp.forward_f64(&q, n * h));
@@ -148,6 +198,6 @@ impl GatedAttention {
                 apply(&mut out, 1, dm, lg);
             }
         }
-        out
+        Ok(out)
     }
 }

@@ -21,14 +21,23 @@ fn read(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, E
         return Err(weight_err(name, format!("shape {:?}, expected {:?}", t.shape(), shape)));
     }
     let bytes = t.data();
-    let values: Vec<f32> = match t.dtype() {
-        Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    let width = match t.dtype() {
+        Dtype::F32 => 4,
+        Dtype::BF16 | Dtype::F16 => 2,
         other => return Err(weight_err(name, format!("dtype {other:?} (f32, f16 or bf16 expected)"))),
     };
-    let n: usize = shape.iter().product();
-    if values.len() != n {
+    // Reserved fallibly: the count comes from the file, and a refused allocation is an Err.
+    let mut values: Vec<f32> = Vec::new();
+    values
+        .try_reserve_exact(bytes.len() / width)
+        .map_err(|_| weight_err(name, format!("cannot allocate {} values", bytes.len() / width)))?;
+    match t.dtype() {
+        Dtype::F32 => values.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        Dtype::BF16 => values.extend(bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+        _ => values.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+    }
+    let n = shape.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+    if n != Some(values.len()) {
         return Err(weight_err(name, "data length does not match the shape"));
     }
     Ok(values)
@@ -44,7 +53,8 @@ fn linear(st: &SafeTensors<'_>, prefix: &str, name: &str, out: usize, inp: usize
 /// other Hugging Face names (`k_proj`, `v_proj`, `o_proj`, `q_norm`, `k_norm`, `gate_proj` for
 /// separate gates, `gatedSDPA.gate_proj` for the rotated-query gate). Weights in f32, f16 or bf16
 /// are widened to f32. A missing tensor, a wrong shape or dtype, or a malformed file is an
-/// [`Error::Weight`] naming the tensor.
+/// [`Error::Weight`] naming the tensor. Sizes come from the validated configuration (at most
+/// [`super::MAX_LAYER_PARAMETERS`] weights) and every buffer is reserved fallibly.
 pub fn load_weights(config: GatedAttentionConfig, bytes: &[u8], prefix: &str) -> Result<GatedAttention, Error> {
     config.validate()?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| weight_err("", format!("not a safetensors file: {e}")))?;

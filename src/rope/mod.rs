@@ -150,7 +150,16 @@ impl Positions<'_> {
     }
 
     /// Checks the ids against `[batch, seq]` and returns the largest position + 1.
+    ///
+    /// `batch · seq` (explicit ids) and `offset + seq - 1` are computed with checked arithmetic: a
+    /// product that overflows is an [`Error::ShapeOverflow`] on [`Operand::Positions`].
     pub fn check(&self, batch: usize, seq: usize) -> Result<usize, Error> {
+        Ok(self.range(batch, seq)?.map_or(0, |(_, end)| end))
+    }
+
+    /// The smallest position and the largest position + 1 of a `[batch, seq]` call (`None` when it
+    /// has no token), after the same checks as [`Positions::check`].
+    pub fn range(&self, batch: usize, seq: usize) -> Result<Option<(usize, usize)>, Error> {
         let too_short = |needed: usize, len: usize| Error::ShapeMismatch {
             operand: Operand::Positions,
             dim: "entries",
@@ -158,24 +167,29 @@ impl Positions<'_> {
             found: len,
         };
         if batch == 0 || seq == 0 {
-            return Ok(0);
+            return Ok(None);
         }
-        let max = match *self {
-            Positions::Offset(o) => o.checked_add(seq - 1),
+        let overflow = Error::InvalidOption { option: "positions", reason: "overflow" };
+        let (min, max) = match *self {
+            Positions::Offset(o) => (o, o.checked_add(seq - 1).ok_or(overflow.clone())?),
             Positions::PerBatch(o) => {
                 if o.len() != batch {
                     return Err(too_short(batch, o.len()));
                 }
-                o.iter().try_fold(0usize, |m, &x| Some(m.max(x.checked_add(seq - 1)?)))
+                let min = o.iter().copied().min().unwrap_or(0);
+                let max = o.iter().try_fold(0usize, |m, &x| Some(m.max(x.checked_add(seq - 1)?)));
+                (min, max.ok_or(overflow.clone())?)
             }
             Positions::Explicit(ids) => {
-                if ids.len() != batch * seq {
-                    return Err(too_short(batch * seq, ids.len()));
+                let n = batch.checked_mul(seq).ok_or(Error::ShapeOverflow { operand: Operand::Positions })?;
+                if ids.len() != n {
+                    return Err(too_short(n, ids.len()));
                 }
-                ids.iter().copied().max()
+                (ids.iter().copied().min().unwrap_or(0), ids.iter().copied().max().unwrap_or(0))
             }
         };
-        max.and_then(|m| m.checked_add(1)).ok_or(Error::InvalidOption { option: "positions", reason: "overflow" })
+        let end = max.checked_add(1).ok_or(overflow)?;
+        Ok(Some((min, end)))
     }
 }
 
@@ -213,6 +227,7 @@ pub struct RopeTable {
     head_dim: usize,
     rotary_dim: usize,
     pairing: RopePairing,
+    first: usize,
     positions: usize,
     attention_factor: f64,
     inv_freq: alloc::vec::Vec<f64>,
@@ -225,14 +240,42 @@ impl RopeTable {
     /// Tables for positions `0..positions`. Dynamic NTK and LongRoPE choose their frequencies for
     /// a sequence of `positions` tokens.
     pub fn new(config: &RopeConfig<'_>, positions: usize) -> Result<RopeTable, Error> {
+        Self::with_range(config, positions, 0..positions)
+    }
+
+    /// Tables for the positions `range` only, with the frequencies of a sequence of `seq_len`
+    /// tokens (what dynamic NTK and LongRoPE choose by; the other scalings ignore it).
+    ///
+    /// This is how a layer serves positions past `max_position_embeddings` (transformers recomputes
+    /// the frequencies for the current length) without tabulating every earlier position. The
+    /// storage is reserved fallibly: a table the allocator refuses is an `Err`, not an abort.
+    ///
+    /// ```
+    /// use gated_attention::rope::{RopeConfig, RopeScaling, RopeTable};
+    /// let cfg = RopeConfig::new(8, 10_000.0)
+    ///     .scaling(RopeScaling::DynamicNtk { factor: 2.0, original_max_position: 64 });
+    /// let t = RopeTable::with_range(&cfg, 100, 90..100).unwrap();
+    /// assert_eq!((t.first_position(), t.positions()), (90, 100));
+    /// assert!(t.inv_freq()[1] < RopeTable::new(&cfg, 64).unwrap().inv_freq()[1]); // the base grew
+    /// ```
+    pub fn with_range(
+        config: &RopeConfig<'_>,
+        seq_len: usize,
+        range: core::ops::Range<usize>,
+    ) -> Result<RopeTable, Error> {
         let half = config.rotary_dim / 2;
-        let mut inv = alloc::vec![0.0f64; half];
-        let attention_factor = config.frequencies(positions, &mut inv)?;
-        let len =
-            positions.checked_mul(half).ok_or(Error::InvalidOption { option: "rope", reason: "table too large" })?;
-        let mut cos = alloc::vec::Vec::with_capacity(len);
-        let mut sin = alloc::vec::Vec::with_capacity(len);
-        for p in 0..positions {
+        let mut inv = alloc::vec::Vec::new();
+        let too_large = Error::InvalidOption { option: "rope", reason: "table too large" };
+        inv.try_reserve_exact(half).map_err(|_| too_large.clone())?;
+        inv.resize(half, 0.0f64);
+        let attention_factor = config.frequencies(seq_len, &mut inv)?;
+        let (first, positions) = (range.start, range.end.max(range.start));
+        let len = (positions - first).checked_mul(half).ok_or(too_large.clone())?;
+        let mut cos = alloc::vec::Vec::new();
+        let mut sin = alloc::vec::Vec::new();
+        cos.try_reserve_exact(len).map_err(|_| too_large.clone())?;
+        sin.try_reserve_exact(len).map_err(|_| too_large)?;
+        for p in first..positions {
             for &f in inv.iter() {
                 let theta = p as f64 * f;
                 cos.push((libm::cos(theta) * attention_factor) as f32);
@@ -243,6 +286,7 @@ impl RopeTable {
             head_dim: config.head_dim,
             rotary_dim: config.rotary_dim,
             pairing: config.pairing,
+            first,
             positions,
             attention_factor,
             inv_freq: inv,
@@ -251,9 +295,13 @@ impl RopeTable {
         })
     }
 
-    /// Positions covered.
+    /// One past the last position covered (the table covers `first_position()..positions()`).
     pub fn positions(&self) -> usize {
         self.positions
+    }
+    /// The first position covered (0 unless built by [`RopeTable::with_range`]).
+    pub fn first_position(&self) -> usize {
+        self.first
     }
     /// Rotated channels.
     pub fn rotary_dim(&self) -> usize {
@@ -276,17 +324,23 @@ impl RopeTable {
         self.attention_factor
     }
     /// `cos(θ)·factor` for position `p`, `rotary_dim / 2` entries.
+    ///
+    /// # Panics
+    /// If `p` is outside `first_position()..positions()`.
     pub fn cos(&self, p: usize) -> &[f32] {
-        let h = self.rotary_dim / 2;
-        &self.cos[p * h..(p + 1) * h]
+        let (h, i) = (self.rotary_dim / 2, p - self.first);
+        &self.cos[i * h..(i + 1) * h]
     }
     /// `sin(θ)·factor` for position `p`.
+    ///
+    /// # Panics
+    /// If `p` is outside `first_position()..positions()`.
     pub fn sin(&self, p: usize) -> &[f32] {
-        let h = self.rotary_dim / 2;
-        &self.sin[p * h..(p + 1) * h]
+        let (h, i) = (self.rotary_dim / 2, p - self.first);
+        &self.sin[i * h..(i + 1) * h]
     }
 
-    /// Rotates one f32 head row at position `p` (`p < positions`, `row.len() >= rotary_dim`).
+    /// Rotates one f32 head row at position `p` (covered by the table, `row.len() >= rotary_dim`).
     #[inline]
     pub(crate) fn rotate_row(&self, row: &mut [f32], p: usize) {
         rotate_f32(self.pairing, row, self.cos(p), self.sin(p));
@@ -297,9 +351,10 @@ impl RopeTable {
         if shape[3] != self.head_dim {
             return Err(Error::ShapeMismatch { operand, dim: "head_dim", expected: self.head_dim, found: shape[3] });
         }
-        let end = positions.check(shape[0], shape[1])?;
-        if end > self.positions {
-            return Err(Error::InvalidOption { option: "positions", reason: "beyond the RoPE table" });
+        if let Some((min, end)) = positions.range(shape[0], shape[1])? {
+            if min < self.first || end > self.positions {
+                return Err(Error::InvalidOption { option: "positions", reason: "beyond the RoPE table" });
+            }
         }
         Ok(())
     }

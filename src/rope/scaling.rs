@@ -106,8 +106,26 @@ fn yarn_mscale(scale: f64, m: f64) -> f64 {
 /// Fills `inv_freq[..dim/2]` and returns the attention factor.
 ///
 /// `seq_len` is the longest sequence the table serves (used by dynamic NTK and LongRoPE) and
-/// `max_position_embeddings` the model's configured context.
+/// `max_position_embeddings` the model's configured context. Parameters that would give a NaN or
+/// infinite frequency or attention factor (a zero LongRoPE factor, an original context of 1 with
+/// a LongRoPE factor above 1, a YaRN beta <= 0, ...) are an error, so no table holds NaN.
 pub(crate) fn inverse_frequencies(
+    scaling: &RopeScaling<'_>,
+    base: f64,
+    dim: usize,
+    seq_len: usize,
+    max_position_embeddings: usize,
+    inv_freq: &mut [f64],
+) -> Result<f64, Error> {
+    let factor = frequencies_unchecked(scaling, base, dim, seq_len, max_position_embeddings, inv_freq)?;
+    let finite = inv_freq[..dim / 2].iter().all(|f| f.is_finite() && *f >= 0.0);
+    if !(finite && factor.is_finite() && factor > 0.0) {
+        return Err(invalid("the parameters give a non-finite frequency or attention factor"));
+    }
+    Ok(factor)
+}
+
+fn frequencies_unchecked(
     scaling: &RopeScaling<'_>,
     base: f64,
     dim: usize,
@@ -158,8 +176,9 @@ pub(crate) fn inverse_frequencies(
             attention_factor,
             truncate,
         } => {
-            if !positive(factor) || original_max_position == 0 || !beta_fast.is_finite() || !beta_slow.is_finite() {
-                return Err(invalid("yarn needs finite betas, factor > 0 and an original context"));
+            // ln(L0 / (2π·beta)) needs beta > 0 (transformers' math.log raises otherwise).
+            if !positive(factor) || original_max_position == 0 || !positive(beta_fast) || !positive(beta_slow) {
+                return Err(invalid("yarn needs finite betas > 0, factor > 0 and an original context"));
             }
             let attention_factor = match (attention_factor, mscale, mscale_all_dim) {
                 (Some(a), _, _) => a,
