@@ -2,12 +2,13 @@
 //! once per planted fault, each build behind its own symbol prefix.
 
 /// (symbol prefix, fault macro)
-const VARIANTS: [(&str, Option<&str>); 5] = [
+const VARIANTS: [(&str, Option<&str>); 6] = [
     ("ga_emu", None),
     ("ga_emu_nosync", Some("GA_FAULT_NO_SYNC")),
     ("ga_emu_mask", Some("GA_FAULT_MASK_OFF_BY_ONE")),
     ("ga_emu_tile", Some("GA_FAULT_TILE_END")),
     ("ga_emu_divergent", Some("GA_FAULT_DIVERGENT_SYNC")),
+    ("ga_emu_rope", Some("GA_FAULT_APPEND_ROPE")),
 ];
 
 fn main() {

@@ -10,6 +10,9 @@ struct GaParams {
     ga_u64 q, k, v, out, lse, bias, alibi, sinks, gate, work;
     // Fused query RoPE: cos and sin (attention factor included) per query row, [batch, q_len, rope_half].
     ga_u64 rope_cos, rope_sin;
+    // kv_append only: source and destination sequence index per (batch, token), i64 [batch, q_len]
+    // (src_rows 0: the token index itself).
+    ga_u64 src_rows, dst_rows;
     // Element strides of [batch, seq, head] (dim is contiguous); bias: [batch, head, q, k].
     ga_i64 q_str[3], k_str[3], v_str[3], o_str[3], gate_str[3], bias_str[4];
     // Absolute position of query row 0; window: keys a query sees (<= 0: none); right window (< 0: none).

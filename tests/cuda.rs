@@ -6,7 +6,7 @@
 mod common;
 
 use common::{check, make_inputs, Buf, Case};
-use gated_attention::cuda::launch::{attn_smem_bytes, HeadClass, KernelId, KernelKind, THREADS};
+use gated_attention::cuda::launch::{attn_smem_bytes, HeadClass, KernelId, KernelKind, APPEND_THREADS, THREADS};
 use gated_attention::cuda::launch::{MAX_SMEM_SM80, MAX_SMEM_SM90};
 use gated_attention::cuda::{nvrtc, CudaDevice};
 use gated_attention::{AttentionOptions, Error, Tensor, TensorMut};
@@ -30,7 +30,7 @@ fn no_driver_is_an_error() {
 /// (65536 registers) and leaves no room for spills to hide.
 fn register_budget(k: KernelId) -> u32 {
     match k.kind {
-        KernelKind::Combine => 64,
+        KernelKind::Combine | KernelKind::KvAppend => 64,
         KernelKind::Fwd | KernelKind::Split => 128,
     }
 }
@@ -69,6 +69,7 @@ fn nvrtc_compiles_every_kernel_within_budget() {
                 .unwrap_or_else(|| panic!("{arch}: no ptxas report for {}:\n{}", k.name(), compiled.log));
             let (threads, dyn_smem) = match k.kind {
                 KernelKind::Combine => (32, 0),
+                KernelKind::KvAppend => (APPEND_THREADS, 0),
                 _ => (THREADS, attn_smem_bytes(k.class.max_dim(), k.class.max_dim())),
             };
             assert_eq!(r.spill_bytes, 0, "{arch} {}: spills\n{}", k.name(), compiled.log);

@@ -56,6 +56,7 @@ variants! {
     FaultMaskOffByOne => ga_emu_mask_launch, ga_emu_mask_params_size, ga_emu_mask_params_offset_scale, ga_emu_mask_params_offset_batch, ga_emu_mask_params_offset_q_offset;
     FaultTileEnd => ga_emu_tile_launch, ga_emu_tile_params_size, ga_emu_tile_params_offset_scale, ga_emu_tile_params_offset_batch, ga_emu_tile_params_offset_q_offset;
     FaultDivergentSync => ga_emu_divergent_launch, ga_emu_divergent_params_size, ga_emu_divergent_params_offset_scale, ga_emu_divergent_params_offset_batch, ga_emu_divergent_params_offset_q_offset;
+    FaultAppendRope => ga_emu_rope_launch, ga_emu_rope_params_size, ga_emu_rope_params_offset_scale, ga_emu_rope_params_offset_batch, ga_emu_rope_params_offset_q_offset;
 }
 
 /// The emulated device: host allocations (16-byte aligned) and launches on the calling thread.

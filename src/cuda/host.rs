@@ -41,7 +41,7 @@ pub struct LaunchOptions {
     pub splits: Splits,
 }
 
-fn bytes<'a>(e: &Elems<'a>) -> &'a [u8] {
+pub(crate) fn bytes<'a>(e: &Elems<'a>) -> &'a [u8] {
     match e {
         Elems::F32(s) => f32s(s),
         // SAFETY: f16/bf16 are 2-byte plain-old-data; the byte view covers exactly the slice.
@@ -51,7 +51,7 @@ fn bytes<'a>(e: &Elems<'a>) -> &'a [u8] {
     }
 }
 
-fn f32s(s: &[f32]) -> &[u8] {
+pub(crate) fn f32s(s: &[f32]) -> &[u8] {
     // SAFETY: f32 is 4-byte plain-old-data; the byte view covers exactly the slice.
     unsafe { core::slice::from_raw_parts(s.as_ptr() as *const u8, core::mem::size_of_val(s)) }
 }
@@ -96,31 +96,112 @@ pub fn attention_on<B: Backend>(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    check_supported(opts)?;
+    let lp = checked_launch_plan(backend, &plan, launch)?;
     let dims = plan.dims;
-    let lp = LaunchPlan::new(&dims, launch.splits)?;
-    let attn_geo = lp.attn(&dims);
-    attn_geo.check(backend.smem_limit())?;
-    let combine_geo = lp.combine(&dims);
-    if lp.n_splits > 1 {
-        combine_geo.check(backend.smem_limit())?;
-    }
     if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {
         return Ok(()); // nothing to compute
     }
 
-    // Every allocation at least one element, so empty operands still have an address.
-    let up = |b: &mut B, data: &[u8]| if data.is_empty() { b.alloc_zeroed(4) } else { b.upload(data) };
-    let q_buf = up(backend, bytes(&q.data))?;
-    let k_buf = up(backend, bytes(&k.data))?;
-    let v_buf = up(backend, bytes(&v.data))?;
+    let q_buf = upload_or_empty(backend, bytes(&q.data))?;
+    let k_buf = upload_or_empty(backend, bytes(&k.data))?;
+    let v_buf = upload_or_empty(backend, bytes(&v.data))?;
     // The output buffer goes up with its current contents: the kernels write only the logical
     // elements, so the gaps of a strided output come back unchanged.
-    let o_buf = up(backend, bytes(&out.data.as_elems()))?;
+    let o_buf = upload_or_empty(backend, bytes(&out.data.as_elems()))?;
     let lse_buf = match &lse {
         Some(l) => Some(backend.alloc_zeroed(4 * l.len().max(1))?),
         None => None,
     };
+    let lse_addr = lse_buf.as_ref().map_or(0, |b| backend.address(b));
+    let args = DeviceArgs {
+        q: DeviceOperand { addr: backend.address(&q_buf), layout: q.layout, dtype: q.dtype() },
+        k: DeviceOperand { addr: backend.address(&k_buf), layout: k.layout, dtype: k.dtype() },
+        v: DeviceOperand { addr: backend.address(&v_buf), layout: v.layout, dtype: v.dtype() },
+        out: DeviceOperand { addr: backend.address(&o_buf), layout: out.layout, dtype: out.dtype() },
+        lse: lse_addr,
+    };
+    launch_attention(backend, &plan, &lp, &args)?;
+
+    // Download everything before writing anything to the caller's buffers.
+    let mut o_host = vec![0u8; bytes(&out.data.as_elems()).len()];
+    if !o_host.is_empty() {
+        backend.download(&o_buf, &mut o_host)?;
+    }
+    let lse_host = match (&lse, &lse_buf) {
+        (Some(l), Some(buf)) => {
+            let mut h = vec![0u8; 4 * l.len().max(1)];
+            backend.download(buf, &mut h)?;
+            Some(h)
+        }
+        _ => None,
+    };
+    write_back(out.data, &o_host);
+    if let (Some(l), Some(h)) = (lse, lse_host) {
+        write_back_f32(l, &h);
+    }
+    Ok(())
+}
+
+/// Uploads `data`, or allocates one word for an empty operand so that it still has an address.
+pub(crate) fn upload_or_empty<B: Backend>(b: &mut B, data: &[u8]) -> Result<B::Buffer, Error> {
+    if data.is_empty() {
+        b.alloc_zeroed(4)
+    } else {
+        b.upload(data)
+    }
+}
+
+/// The launch plan of a validated call, with every launch's geometry checked against the device
+/// (an `Err` here comes before any allocation or launch).
+pub(crate) fn checked_launch_plan<B: Backend>(
+    backend: &B,
+    plan: &Plan<'_>,
+    launch: &LaunchOptions,
+) -> Result<LaunchPlan, Error> {
+    check_supported(&plan.opts)?;
+    let lp = LaunchPlan::new(&plan.dims, launch.splits)?;
+    lp.attn(&plan.dims).check(backend.smem_limit())?;
+    if lp.n_splits > 1 {
+        lp.combine(&plan.dims).check(backend.smem_limit())?;
+    }
+    Ok(lp)
+}
+
+/// One tensor already in device memory: its address (element 0 of the layout), layout and type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceOperand {
+    pub(crate) addr: u64,
+    pub(crate) layout: Layout,
+    pub(crate) dtype: crate::DType,
+}
+
+/// The tensors of one attention call in device memory; `lse` is an f32 address or 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceArgs {
+    pub(crate) q: DeviceOperand,
+    pub(crate) k: DeviceOperand,
+    pub(crate) v: DeviceOperand,
+    pub(crate) out: DeviceOperand,
+    pub(crate) lse: u64,
+}
+
+/// Uploads the options' arrays (bias, ALiBi, sinks, gate, query RoPE rows), packs [`GaParams`]
+/// and launches the attention kernel (and the combine kernel after a split). `plan` and `lp` are
+/// validated ([`Plan::new`], [`checked_launch_plan`]) and `args` matches `plan.dims`. The option
+/// buffers live until the function returns; launches on one stream are ordered, and a device
+/// buffer is freed stream-ordered (cudarc), so a later download sees the results.
+pub(crate) fn launch_attention<B: Backend>(
+    backend: &mut B,
+    plan: &Plan<'_>,
+    lp: &LaunchPlan,
+    args: &DeviceArgs,
+) -> Result<(), Error> {
+    let dims = plan.dims;
+    let opts = &plan.opts;
+    if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {
+        return Ok(());
+    }
+    let up = upload_or_empty::<B>;
     let bias_buf = match &opts.bias {
         Some(b) => Some(up(backend, f32s(b.data))?),
         None => None,
@@ -150,11 +231,11 @@ pub fn attention_on<B: Backend>(
     let addr = |b: &mut B, buf: Option<&B::Buffer>| buf.map_or(0, |x| b.address(x));
     let m = plan.mask;
     let mut p = GaParams {
-        q: addr(backend, Some(&q_buf)),
-        k: addr(backend, Some(&k_buf)),
-        v: addr(backend, Some(&v_buf)),
-        out: addr(backend, Some(&o_buf)),
-        lse: addr(backend, lse_buf.as_ref()),
+        q: args.q.addr,
+        k: args.k.addr,
+        v: args.v.addr,
+        out: args.out.addr,
+        lse: args.lse,
         bias: addr(backend, bias_buf.as_ref()),
         alibi: addr(backend, alibi_buf.as_ref()),
         sinks: addr(backend, sinks_buf.as_ref()),
@@ -162,10 +243,10 @@ pub fn attention_on<B: Backend>(
         work: addr(backend, work_buf.as_ref()),
         rope_cos: addr(backend, rope_cos.as_ref()),
         rope_sin: addr(backend, rope_sin.as_ref()),
-        q_str: strides3(&q.layout),
-        k_str: strides3(&k.layout),
-        v_str: strides3(&v.layout),
-        o_str: strides3(&out.layout),
+        q_str: strides3(&args.q.layout),
+        k_str: strides3(&args.k.layout),
+        v_str: strides3(&args.v.layout),
+        o_str: strides3(&args.out.layout),
         q_offset: m.q_offset,
         window: m.window.map_or(0, |w| w as i64),
         right_window: m.right_window.map_or(-1, |r| r as i64),
@@ -178,10 +259,10 @@ pub fn attention_on<B: Backend>(
         head_dim: dims.head_dim as i32,
         v_head_dim: dims.v_head_dim as i32,
         group: dims.group() as i32,
-        q_dt: dtype_code(q.dtype()),
-        k_dt: dtype_code(k.dtype()),
-        v_dt: dtype_code(v.dtype()),
-        o_dt: dtype_code(out.dtype()),
+        q_dt: dtype_code(args.q.dtype),
+        k_dt: dtype_code(args.k.dtype),
+        v_dt: dtype_code(args.v.dtype),
+        o_dt: dtype_code(args.out.dtype),
         causal: m.causal as i32,
         n_splits: lp.n_splits as i32,
         split_len: lp.split_len as i32,
@@ -214,35 +295,22 @@ pub fn attention_on<B: Backend>(
     }
 
     if lp.row_tiles > 0 && dims.kv_heads > 0 {
-        backend.launch(lp.attn_kernel(), &attn_geo, &p)?;
+        backend.launch(lp.attn_kernel(), &lp.attn(&dims), &p)?;
         if lp.n_splits > 1 {
-            backend.launch(KernelId { kind: super::launch::KernelKind::Combine, class: lp.class }, &combine_geo, &p)?;
-        }
-    }
-
-    // Download everything before writing anything to the caller's buffers.
-    let mut o_host = vec![0u8; bytes(&out.data.as_elems()).len()];
-    if !o_host.is_empty() {
-        backend.download(&o_buf, &mut o_host)?;
-    }
-    let lse_host = match (&lse, &lse_buf) {
-        (Some(l), Some(buf)) => {
-            let mut h = vec![0u8; 4 * l.len().max(1)];
-            backend.download(buf, &mut h)?;
-            Some(h)
-        }
-        _ => None,
-    };
-    write_back(out.data, &o_host);
-    if let (Some(l), Some(h)) = (lse, lse_host) {
-        for (dst, src) in l.iter_mut().zip(h.chunks_exact(4)) {
-            *dst = f32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+            let combine = KernelId { kind: super::launch::KernelKind::Combine, class: lp.class };
+            backend.launch(combine, &lp.combine(&dims), &p)?;
         }
     }
     Ok(())
 }
 
-fn write_back(out: ElemsMut<'_>, bytes: &[u8]) {
+pub(crate) fn write_back_f32(l: &mut [f32], h: &[u8]) {
+    for (dst, src) in l.iter_mut().zip(h.chunks_exact(4)) {
+        *dst = f32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+    }
+}
+
+pub(crate) fn write_back(out: ElemsMut<'_>, bytes: &[u8]) {
     let words = |n: usize| bytes.chunks_exact(n);
     match out {
         ElemsMut::F32(o) => {

@@ -67,6 +67,9 @@ pub enum KernelKind {
     Split,
     /// Merges the splits in fixed order and finishes the rows.
     Combine,
+    /// Copies head rows into (or out of) a device KV cache with fused RoPE; one entry point for
+    /// every head dim (the class is ignored).
+    KvAppend,
 }
 
 /// One kernel entry point: kind and head class.
@@ -84,7 +87,11 @@ impl KernelId {
         [KernelKind::Fwd, KernelKind::Split, KernelKind::Combine]
             .into_iter()
             .flat_map(|kind| HeadClass::ALL.into_iter().map(move |class| KernelId { kind, class }))
+            .chain(core::iter::once(KernelId::KV_APPEND))
     }
+
+    /// The RoPE-append kernel.
+    pub const KV_APPEND: KernelId = KernelId { kind: KernelKind::KvAppend, class: HeadClass::D64 };
 
     /// The `extern "C"` name.
     pub fn name(self) -> &'static str {
@@ -100,6 +107,7 @@ impl KernelId {
             (Combine, D64) => "attn_combine_d64",
             (Combine, D128) => "attn_combine_d128",
             (Combine, D256) => "attn_combine_d256",
+            (KvAppend, _) => "kv_append",
         }
     }
 }
@@ -139,6 +147,15 @@ impl Geometry {
     pub fn blocks(&self) -> u64 {
         self.grid.iter().map(|&g| g as u64).product()
     }
+}
+
+/// Threads per block of `kv_append`.
+pub const APPEND_THREADS: u32 = 64;
+
+/// `kv_append`'s geometry for `tokens` rows of `heads` heads in each of `batch` rows: one block
+/// per head row.
+pub fn append_geometry(batch: usize, tokens: usize, heads: usize) -> Geometry {
+    Geometry { grid: [sat_u32(tokens), sat_u32(heads), sat_u32(batch)], block: [APPEND_THREADS, 1, 1], smem_bytes: 0 }
 }
 
 /// Dynamic shared memory of an attention block: sQ, sK (padded), sV and the per-warp P row, f32.
@@ -296,6 +313,6 @@ mod tests {
         assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
         assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 10);
     }
 }

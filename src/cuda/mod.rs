@@ -21,12 +21,14 @@
 
 mod device;
 mod host;
+mod kv_cache;
 pub mod launch;
 pub mod nvrtc;
 mod params;
 
 pub use device::{probe, CudaDevice};
 pub use host::{attention_on, Backend, LaunchOptions};
+pub use kv_cache::DeviceKvCache;
 pub use launch::Splits;
 pub use params::GaParams;
 

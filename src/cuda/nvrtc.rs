@@ -16,6 +16,7 @@ pub fn source() -> String {
         include_str!("../../kernels/attn_common.cuh"),
         include_str!("../../kernels/attn_fwd.cu"),
         include_str!("../../kernels/attn_combine.cu"),
+        include_str!("../../kernels/kv_append.cu"),
     ]
     .concat()
 }

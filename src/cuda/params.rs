@@ -41,6 +41,11 @@ pub struct GaParams {
     pub rope_cos: u64,
     /// Query RoPE sin, same layout.
     pub rope_sin: u64,
+    /// `kv_append`: source sequence index per (batch, token), i64 `[batch, q_len]`, or 0 (the
+    /// token index itself).
+    pub src_rows: u64,
+    /// `kv_append`: destination sequence index (cache slot) per (batch, token), i64.
+    pub dst_rows: u64,
     /// Query strides `[batch, seq, head]` in elements.
     pub q_str: [i64; 3],
     /// Key strides.
@@ -126,9 +131,9 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        // 35 eight-byte fields and 24 four-byte fields.
-        assert_eq!(core::mem::size_of::<GaParams>(), 35 * 8 + 24 * 4);
+        // 37 eight-byte fields and 24 four-byte fields.
+        assert_eq!(core::mem::size_of::<GaParams>(), 37 * 8 + 24 * 4);
         assert_eq!(core::mem::align_of::<GaParams>(), 8);
-        assert_eq!(core::mem::offset_of!(GaParams, batch), 35 * 8);
+        assert_eq!(core::mem::offset_of!(GaParams, batch), 37 * 8);
     }
 }
