@@ -15,6 +15,7 @@ use super::host::Backend;
 use super::launch::{Geometry, KernelId, DEFAULT_SMEM_LIMIT, MAX_SMEM_SM80, MAX_SMEM_SM90};
 use super::nvrtc;
 use super::params::GaParams;
+use super::{DeviceTensor, DeviceTensorMut};
 use crate::error::Error;
 
 // SAFETY: GaParams is repr(C) plain data without padding or pointers the driver would follow;
@@ -131,6 +132,44 @@ impl CudaDevice {
     /// The stream every launch of this handle goes to (for timing with events).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// A read-only [`DeviceTensor`] view of a cudarc allocation of this device, with `layout`
+    /// (checked against the allocation's length by the attention call, like a host tensor).
+    pub fn view<'a, T: crate::Element + cudarc::driver::DeviceRepr>(
+        &self,
+        s: &'a CudaSlice<T>,
+        layout: crate::Layout,
+    ) -> DeviceTensor<'a> {
+        use cudarc::driver::DevicePtr;
+        let (addr, _sync) = s.device_ptr(&self.stream);
+        // SAFETY: `addr` is the start of `s`, which holds `s.len()` elements of `T` and is
+        // borrowed for 'a; this handle's single stream orders every use (event tracking is off).
+        unsafe { DeviceTensor::from_raw(addr, s.len(), T::DTYPE, layout) }
+    }
+    /// A writable [`DeviceTensorMut`] view of a cudarc allocation of this device.
+    pub fn view_mut<'a, T: crate::Element + cudarc::driver::DeviceRepr>(
+        &self,
+        s: &'a mut CudaSlice<T>,
+        layout: crate::Layout,
+    ) -> DeviceTensorMut<'a> {
+        use cudarc::driver::DevicePtrMut;
+        let len = s.len();
+        let (addr, _sync) = s.device_ptr_mut(&self.stream);
+        // SAFETY: as in `view`, with `s` borrowed exclusively for 'a.
+        unsafe { DeviceTensorMut::from_raw(addr, len, T::DTYPE, layout) }
+    }
+    /// Attention on device buffers (see [`super::attention_device`]); asynchronous on
+    /// [`CudaDevice::stream`].
+    pub fn attention_device(
+        &mut self,
+        q: &DeviceTensor<'_>,
+        k: &DeviceTensor<'_>,
+        v: &DeviceTensor<'_>,
+        out: &mut DeviceTensorMut<'_>,
+        lse: Option<&mut DeviceTensorMut<'_>>,
+        opts: &crate::AttentionOptions<'_>,
+    ) -> Result<(), Error> {
+        super::attention_device(self, q, k, v, out, lse, opts, &super::LaunchOptions::default())
     }
     /// Waits for every launch.
     pub fn synchronize(&self) -> Result<(), Error> {

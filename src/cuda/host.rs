@@ -5,6 +5,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::device_tensor::{validate, Desc};
 use super::launch::{Geometry, KernelId, LaunchPlan, Splits};
 use super::params::{dtype_code, GaParams};
 use crate::element::{Elems, ElemsMut};
@@ -94,8 +95,15 @@ pub fn attention_on<B: Backend>(
     opts: &AttentionOptions<'_>,
     launch: &LaunchOptions,
 ) -> Result<(), Error> {
-    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
-    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
+    let desc = |l: Layout, len: usize| Desc { layout: l, len };
+    let plan = validate(
+        desc(q.layout, q.data.len()),
+        desc(k.layout, k.data.len()),
+        desc(v.layout, v.data.len()),
+        desc(out.layout, out.data.len()),
+        lse.as_deref().map(|l| l.len()),
+        opts,
+    )?;
     let lp = checked_launch_plan(backend, &plan, launch)?;
     let dims = plan.dims;
     if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {

@@ -10,8 +10,12 @@
 //!   tables as the CPU), f32/f16/bf16 storage with f32 accumulation.
 //!   Prefill runs in FlashAttention-2 order; short query blocks against long keys run as
 //!   flash-decoding (split-KV blocks plus a fixed-order combine kernel, so results are
-//!   deterministic). Not yet on the GPU: a device KV cache with RoPE-append, attention on
-//!   caller-owned device buffers.
+//!   deterministic).
+//! * [`attention_device`] runs the same on caller-owned device buffers ([`DeviceTensor`] views,
+//!   e.g. [`CudaDevice::view`] of a cudarc `CudaSlice`), with the same validation code as the
+//!   host entry point.
+//! * [`DeviceKvCache`]: the CPU [`crate::cache::KvCache`]'s policies and errors with device
+//!   storage, a RoPE-append kernel and split-KV decode against it.
 //! * The kernels are written in a portable subset that also compiles as C++ against a CPU
 //!   emulator (the `cuda-emu` crate of this repository, tests only), through the same
 //!   [`Backend`] code path, geometry ([`launch`]) and argument block ([`GaParams`]).
@@ -20,6 +24,7 @@
 //! the crate's tolerance table.
 
 mod device;
+mod device_tensor;
 mod host;
 mod kv_cache;
 pub mod launch;
@@ -27,6 +32,7 @@ pub mod nvrtc;
 mod params;
 
 pub use device::{probe, CudaDevice};
+pub use device_tensor::{attention_device, DeviceTensor, DeviceTensorMut};
 pub use host::{attention_on, Backend, LaunchOptions};
 pub use kv_cache::DeviceKvCache;
 pub use launch::Splits;
