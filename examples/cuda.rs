@@ -7,9 +7,11 @@
 use std::time::Instant;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
+use gated_attention::cache::KvCacheConfig;
 use gated_attention::cuda::launch::{Geometry, KernelId};
-use gated_attention::cuda::{attention_on, Backend, CudaDevice, GaParams, LaunchOptions};
-use gated_attention::{attention, bf16, AttentionOptions, Error, Tensor, TensorMut};
+use gated_attention::cuda::{attention_on, Backend, CudaDevice, DeviceKvCache, GaParams, LaunchOptions};
+use gated_attention::rope::{RopeConfig, RopeTable};
+use gated_attention::{attention, bf16, AttentionOptions, DType, Error, Tensor, TensorMut};
 
 /// Runs every launch `reps` times after one warm-up and records the mean time per launch.
 struct Timed<'a> {
@@ -143,6 +145,54 @@ fn main() -> Result<(), Error> {
         let gbs = bytes / (ms * 1e-3) / 1e9;
         println!(
             "decode bf16 batch={batch} kv={lk} Hq=32 Hkv=8 D=128: {ms:.3} ms (split + combine), {gbs:.0} GB/s of K/V ({:.0}% of peak)",
+            100.0 * gbs / mem_peak
+        );
+    }
+    // Decode against the device KV cache: RoPE-append of one token, then attention over the
+    // cache in place (split-KV + combine). GB/s counts the K/V bytes the attention reads.
+    for (batch, lk) in [(8usize, 4096usize), (32, 4096)] {
+        let (hkv, hq, d) = (8, 32, 128);
+        let cfg = KvCacheConfig::new(batch, hkv, d, lk + 1, DType::BF16);
+        let rope = RopeTable::new(&RopeConfig::new(d, 10_000.0), lk + 1)?;
+        let mut timed = Timed { dev: &mut dev, reps: 10, ms: 0.0 };
+        let mut cache = DeviceKvCache::new(&mut timed, cfg)?;
+        let (k, v) = (data(batch * lk * hkv * d, 2), data(batch * lk * hkv * d, 3));
+        cache.append(
+            &mut timed,
+            &Tensor::bshd(&k[..], batch, lk, hkv, d),
+            &Tensor::bshd(&v[..], batch, lk, hkv, d),
+            Some(&rope),
+        )?;
+        let prefill_ms = timed.ms as f64;
+        let (k1, v1) = (data(batch * hkv * d, 4), data(batch * hkv * d, 5));
+        timed.ms = 0.0;
+        cache.append(
+            &mut timed,
+            &Tensor::bshd(&k1[..], batch, 1, hkv, d),
+            &Tensor::bshd(&v1[..], batch, 1, hkv, d),
+            Some(&rope),
+        )?;
+        let token_ms = timed.ms as f64;
+        let q = data(batch * hq * d, 6);
+        let mut o = vec![bf16::ZERO; batch * hq * d];
+        timed.ms = 0.0;
+        let qt = Tensor::bshd(&q[..], batch, 1, hq, d);
+        cache.attend(
+            &mut timed,
+            &qt,
+            TensorMut::bshd(&mut o[..], batch, 1, hq, d),
+            None,
+            &AttentionOptions::new(),
+            Some(&rope),
+        )?;
+        let ms = timed.ms as f64;
+        let bytes = (batch * (lk + 1) * hkv * d * 2 * 2) as f64;
+        let gbs = bytes / (ms * 1e-3) / 1e9;
+        let append_gbs = (batch * lk * hkv * d * 2 * 2 * 2) as f64 / (prefill_ms * 1e-3) / 1e9;
+        println!(
+            "device KV cache bf16 batch={batch} kv={} Hq=32 Hkv=8 D=128: decode {ms:.3} ms, {gbs:.0} GB/s of K/V ({:.0}% of peak); \
+             append 1 token (RoPE) {token_ms:.3} ms; prefill append {prefill_ms:.3} ms ({append_gbs:.0} GB/s read + write)",
+            lk + 1,
             100.0 * gbs / mem_peak
         );
     }

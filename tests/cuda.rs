@@ -186,3 +186,71 @@ fn gpu_decode_is_deterministic() {
     let (a, b) = (run(&mut dev), run(&mut dev));
     assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
+
+/// The device KV cache on the GPU: a sliding window with sinks driven past its capacity (so it
+/// compacts), bf16 storage, RoPE on append, decode after each step, against the CPU cache.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_kv_cache_decode() {
+    use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
+    use gated_attention::cuda::DeviceKvCache;
+    use gated_attention::rope::{RopeConfig, RopeTable};
+    use gated_attention::DType;
+    let mut dev = gpu();
+    let (b, hkv, hq, d) = (2, 2, 8, 64);
+    let cfg = KvCacheConfig::new(b, hkv, d, 40, DType::BF16)
+        .policy(CachePolicy::SlidingWindow { window: 16, sink_tokens: 4 });
+    let rope = RopeTable::new(&RopeConfig::new(d, 10_000.0), 256).unwrap();
+    let mut cpu = KvCache::new(cfg).unwrap();
+    let mut gpu_cache = DeviceKvCache::new(&mut dev, cfg).unwrap();
+    let mut rng = common::Rng::new(11);
+    let mut rand = |n: usize| (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect::<Vec<f32>>();
+    for (step, t) in [30usize].into_iter().chain(std::iter::repeat_n(1, 30)).enumerate() {
+        let (k, v) = (rand(b * t * hkv * d), rand(b * t * hkv * d));
+        let (kt, vt) = (Tensor::bshd(&k[..], b, t, hkv, d), Tensor::bshd(&v[..], b, t, hkv, d));
+        cpu.append(&kt, &vt, Some(&rope)).unwrap();
+        gpu_cache.append(&mut dev, &kt, &vt, Some(&rope)).unwrap();
+        let q = rand(b * hq * d);
+        let qt = Tensor::bshd(&q[..], b, 1, hq, d);
+        let (mut oc, mut og) = (vec![0f32; b * hq * d], vec![0f32; b * hq * d]);
+        let opts = AttentionOptions::new();
+        cpu.attend_with_rope(&qt, TensorMut::bshd(&mut oc[..], b, 1, hq, d), None, &opts, Some(&rope)).unwrap();
+        gpu_cache.attend(&mut dev, &qt, TensorMut::bshd(&mut og[..], b, 1, hq, d), None, &opts, Some(&rope)).unwrap();
+        for (i, (x, r)) in og.iter().zip(&oc).enumerate() {
+            assert!(
+                common::close(*x as f64, *r as f64, common::tolerance(DType::F32)),
+                "step {step}: out[{i}] {x} vs {r}"
+            );
+        }
+    }
+    assert_eq!(gpu_cache.get_positions(0).unwrap(), cpu.positions(0).collect::<Vec<_>>());
+}
+
+/// Attention on caller-owned cudarc buffers (`CudaDevice::view`), against the reference.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_device_buffers() {
+    let mut dev = gpu();
+    let c = Case::new(2, 33, 300, 8, 2, 128).seed(12);
+    let inp = make_inputs(&c);
+    let opts = AttentionOptions::new().causal();
+    let f = |b: &Buf| (0..b.len()).map(|i| b.get(i)).collect::<Vec<f32>>();
+    let stream = dev.stream().clone();
+    let (qd, kd, vd) = (
+        stream.clone_htod(&f(&inp.q)).unwrap(),
+        stream.clone_htod(&f(&inp.k)).unwrap(),
+        stream.clone_htod(&f(&inp.v)).unwrap(),
+    );
+    let mut od = stream.clone_htod(&vec![f32::NAN; common::buffer_len(&inp.ol)]).unwrap();
+    let mut ld = stream.clone_htod(&vec![f32::NAN; c.dims.lse_len()]).unwrap();
+    let lse_layout = gated_attention::Layout::bshd(1, 1, 1, c.dims.lse_len());
+    {
+        let (q, k, v) = (dev.view(&qd, inp.ql), dev.view(&kd, inp.kl), dev.view(&vd, inp.vl));
+        let mut o = dev.view_mut(&mut od, inp.ol);
+        let mut l = dev.view_mut(&mut ld, lse_layout);
+        dev.attention_device(&q, &k, &v, &mut o, Some(&mut l), &opts).unwrap();
+    }
+    let out = Buf::from_f32(&stream.clone_dtoh(&od).unwrap(), gated_attention::DType::F32);
+    let lse = stream.clone_dtoh(&ld).unwrap();
+    check(&inp, &c, &opts, &out, &lse, "device buffers");
+}
