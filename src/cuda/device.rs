@@ -92,6 +92,11 @@ impl core::fmt::Debug for CudaDevice {
 impl CudaDevice {
     /// Opens device `ordinal` and compiles the kernels for its `sm_XY` (once per process and
     /// architecture). No driver, no such device or no NVRTC is [`Error::CudaUnavailable`].
+    ///
+    /// The kernels exist only as source: there is no embedded PTX or CUBIN to fall back on, so
+    /// NVRTC is required at run time. Without a loadable `libnvrtc` (`libnvrtc.so`, `.so.13` or
+    /// `.so.12`, through the library path), the error is `CudaUnavailable { missing: "nvrtc
+    /// (libnvrtc.so)" }`, checked after the driver and the device and before any NVRTC call.
     pub fn new(ordinal: usize) -> Result<CudaDevice, Error> {
         probe(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| driver_err("cuCtxCreate", e))?;

@@ -2,7 +2,8 @@
 //! time by NVRTC to CUBIN for the device's `sm_XY`, launched with cudarc.
 //!
 //! * [`CudaDevice::new`] never panics: no driver, no device or no NVRTC is
-//!   [`Error::CudaUnavailable`] naming which.
+//!   [`Error::CudaUnavailable`] naming which. NVRTC is required at run time (no embedded PTX or
+//!   CUBIN fallback).
 //! * [`CudaDevice::attention`] takes host buffers, validates exactly as [`crate::attention`]
 //!   (same checks, same errors), and computes the same function on the GPU: GQA packing, causal
 //!   (bottom-right and top-left), window, right window, sink tokens, learned sinks, softcap,
