@@ -1,5 +1,5 @@
 // Sanitizer driver for the emulated kernels (scripts/cuda_sanitizers.sh): one multi-tile shape
-// per kernel (prefill; split-KV decode + combine), built in thread mode under ThreadSanitizer
+// per kernel (prefill; split-KV decode + combine; RoPE-append into a cache), built in thread mode under ThreadSanitizer
 // and in fiber mode under AddressSanitizer. The geometry below is what src/cuda/launch.rs
 // computes for these shapes (16-row tiles, 32-key tiles, 128 threads, combine: one warp per row);
 // the Rust emulator tests cover correctness, this program only has to run clean.
@@ -89,6 +89,37 @@ int main() {
         launch("attn_split_d64", splits * ((q * hq / hkv + 15) / 16), hkv, b, 128, smem_bytes(d, d), p);
         launch("attn_combine_d64", q, hq, b, 32, 0, p);
         rc |= check(O, "attn_split_d64 + attn_combine_d64");
+    }
+    {  // kv_append: 2 rows x 5 tokens x 2 heads of 64 into a bf16 cache of 12 slots, NeoX RoPE on 32 dims
+        const int b = 2, t = 5, h = 2, d = 64, cap = 12, half = 16;
+        auto K = fill((size_t)b * t * h * d, 7), cs = fill((size_t)b * t * half, 8), sn = fill((size_t)b * t * half, 9);
+        std::vector<unsigned short> cache((size_t)b * h * cap * d, 0xffffu);
+        std::vector<long long> dst((size_t)b * t);
+        for (int i = 0; i < b * t; ++i) dst[i] = 7 + i % t;  // the last 5 slots of each row
+        GaParams p;
+        memset(&p, 0, sizeof p);
+        p.q = (ga_u64)K.data();
+        p.out = (ga_u64)cache.data();
+        p.dst_rows = (ga_u64)dst.data();
+        p.rope_cos = (ga_u64)cs.data();
+        p.rope_sin = (ga_u64)sn.data();
+        ga_i64 ks[3] = {(ga_i64)t * h * d, (ga_i64)h * d, d}, cstr[3] = {(ga_i64)h * cap * d, d, (ga_i64)cap * d};
+        memcpy(p.q_str, ks, sizeof ks);
+        memcpy(p.o_str, cstr, sizeof cstr);
+        p.q_dt = GA_DT_F32;
+        p.o_dt = GA_DT_BF16;
+        p.batch = b;
+        p.q_len = t;
+        p.kv_heads = h;
+        p.head_dim = d;
+        p.rope_half = half;
+        launch("kv_append", t, h, b, 64, 0, p);
+        std::vector<float> got;
+        for (int r = 0; r < b; ++r)
+            for (int hh = 0; hh < h; ++hh)
+                for (int s = 7; s < cap; ++s)
+                    for (int e = 0; e < d; ++e) got.push_back(ga_bf2f(cache[((size_t)(r * h + hh) * cap + s) * d + e]));
+        rc |= check(got, "kv_append");
     }
     return rc;
 }
