@@ -11,13 +11,15 @@ use cuda_emu::{Emulator, Variant};
 use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
 use gated_attention::cuda::{DeviceKvCache, LaunchOptions, Splits};
 use gated_attention::reference;
-use gated_attention::rope::{Positions, RopeConfig, RopePairing, RopeTable};
+use gated_attention::rope::{Positions, RopeConfig, RopePairing, RopeScaling, RopeTable};
 use gated_attention::{Alignment, AttentionOptions, DType, QueryRope, Tensor, TensorMut};
 
 const B: usize = 2;
 const HKV: usize = 2;
 const HQ: usize = 4;
 const D: usize = 32;
+/// Value head dim of the sequences: different from `D` and not a multiple of the warp.
+const DV: usize = 24;
 
 fn rand(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
@@ -69,7 +71,7 @@ fn kept_kv(cpu: &KvCache, b: usize, rope: &RopeTable) -> (Vec<f32>, Vec<f32>, us
             let ko = s * k.layout.strides[1] + h * k.layout.strides[2];
             let vo = s * v.layout.strides[1] + h * v.layout.strides[2];
             kk.extend((0..D).map(|e| k.data.get_f32(ko + e)));
-            vv.extend((0..D).map(|e| v.data.get_f32(vo + e)));
+            vv.extend((0..DV).map(|e| v.data.get_f32(vo + e)));
         }
     }
     let n = slots.len();
@@ -107,6 +109,7 @@ fn run_sequence_on(
     splits: Splits,
     label: &str,
 ) -> Vec<&'static str> {
+    let cfg = cfg.v_head_dim(DV); // every sequence: value head dim != key head dim
     let mut rng = Rng::new(0x5eed ^ cfg.capacity as u64);
     let mut cpu = KvCache::new(cfg).unwrap();
     let mut emu = Emulator::new(variant);
@@ -118,7 +121,7 @@ fn run_sequence_on(
             Step::All { t, .. } | Step::Row { t, .. } => {
                 let rows = if matches!(step, Step::All { .. }) { B } else { 1 };
                 let kx = rand(&mut rng, rows * t * HKV * D);
-                let vx = rand(&mut rng, rows * t * HKV * D);
+                let vx = rand(&mut rng, rows * t * HKV * DV);
                 // Inputs in f16 for half the steps: the kernel widens any source type.
                 let k16: Vec<gated_attention::f16> = kx.iter().map(|&x| gated_attention::f16::from_f32(x)).collect();
                 let k = if i % 2 == 0 {
@@ -126,7 +129,7 @@ fn run_sequence_on(
                 } else {
                     Tensor::bshd(&k16[..], rows, t, HKV, D)
                 };
-                let v = Tensor::bshd(&vx[..], rows, t, HKV, D);
+                let v = Tensor::bshd(&vx[..], rows, t, HKV, DV);
                 match step {
                     Step::Row { b, .. } => {
                         (cpu.append_row(b, &k, &v, Some(rope)), dev.append_row(&mut emu, b, &k, &v, Some(rope)))
@@ -146,11 +149,12 @@ fn run_sequence_on(
             for keys in [true, false] {
                 let got = dev.read_row(&mut emu, keys, b).unwrap();
                 let want = if keys { cpu.keys(b) } else { cpu.values(b) };
-                let mut n = 0;
+                let (mut n, dim) = (0, if keys { D } else { DV });
+                assert_eq!(got.len(), cpu.len(b) * HKV * dim, "{label}: keys={keys} b={b}: stored elements");
                 for s in 0..cpu.len(b) {
                     for h in 0..HKV {
                         let off = s * want.layout.strides[1] + h * want.layout.strides[2];
-                        for e in 0..D {
+                        for e in 0..dim {
                             let (x, r) = (got[n] as f64, want.data.get_f32(off + e) as f64);
                             assert!(
                                 close(x, r, storage_tol(cfg.dtype)),
@@ -185,14 +189,14 @@ fn attend_and_compare(
     let qx = rand(rng, B * t * HQ * D);
     let q = Tensor::bshd(&qx[..], B, t, HQ, D);
     let opts = AttentionOptions::new();
-    let n = B * t * HQ * D;
+    let n = B * t * HQ * DV;
     let (mut oc, mut od) = (vec![f32::NAN; n], vec![f32::NAN; n]);
     let (mut lc, mut ld) = (vec![f32::NAN; B * HQ * t], vec![f32::NAN; B * HQ * t]);
-    cpu.attend_with_rope(&q, TensorMut::bshd(&mut oc[..], B, t, HQ, D), Some(&mut lc), &opts, Some(rope)).unwrap();
+    cpu.attend_with_rope(&q, TensorMut::bshd(&mut oc[..], B, t, HQ, DV), Some(&mut lc), &opts, Some(rope)).unwrap();
     dev.attend_with(
         emu,
         &q,
-        TensorMut::bshd(&mut od[..], B, t, HQ, D),
+        TensorMut::bshd(&mut od[..], B, t, HQ, DV),
         Some(&mut ld),
         &opts,
         Some(rope),
@@ -224,14 +228,14 @@ fn attend_and_compare(
         let r = reference::attention(
             &Tensor::bshd(qb, 1, t, HQ, D),
             &Tensor::bshd(&kk[..], 1, nk, HKV, D),
-            &Tensor::bshd(&vv[..], 1, nk, HKV, D),
+            &Tensor::bshd(&vv[..], 1, nk, HKV, DV),
             &o,
         )
         .unwrap();
         for i in 0..t {
             for h in 0..HQ {
-                for e in 0..D {
-                    let x = od[((b * t + i) * HQ + h) * D + e] as f64;
+                for e in 0..DV {
+                    let x = od[((b * t + i) * HQ + h) * DV + e] as f64;
                     assert!(close(x, r.out_at(0, i, h, e), tol), "{label}: b={b} i={i} h={h} e={e}: {x} vs reference");
                 }
                 let xl = ld[(b * HQ + h) * t + i] as f64;
@@ -290,7 +294,14 @@ fn device_cache_with_rollback_history_and_sinks() {
     let cfg = KvCacheConfig::new(B, HKV, D, 16, DType::F16)
         .policy(CachePolicy::SlidingWindow { window: 4, sink_tokens: 7 })
         .max_rollback(2);
-    run_sequence(cfg, &table(RopePairing::GptjInterleaved, D), &steps(), Splits::Auto, "sliding, 7 sinks, rollback 2");
+    // A YaRN-scaled table (attention factor != 1): the kernel takes the table's values as they are.
+    let yarn = RopeTable::new(
+        &RopeConfig::new(D, 10_000.0).pairing(RopePairing::GptjInterleaved).scaling(RopeScaling::yarn(4.0, 64)),
+        256,
+    )
+    .unwrap();
+    assert!(yarn.attention_factor() != 1.0);
+    run_sequence(cfg, &yarn, &steps(), Splits::Auto, "sliding, 7 sinks, rollback 2, YaRN");
 }
 
 #[test]
