@@ -762,7 +762,7 @@ impl KvCache {
     }
 
     /// StreamingLLM's visible slots of row `b`: the sinks and the last `recent` tokens.
-    fn streaming_slots(&self, b: usize) -> Vec<usize> {
+    pub(crate) fn streaming_slots(&self, b: usize) -> Vec<usize> {
         let row = self.rows[b];
         let CachePolicy::StreamingLlm { sink_tokens, recent } = self.cfg.policy else {
             return (0..row.len).collect();

@@ -183,6 +183,28 @@ pub enum Error {
         /// The repeated key.
         index: usize,
     },
+    /// A backend does not (yet) implement this option or size; nothing falls back silently.
+    Unsupported {
+        /// The backend (`"cuda"`).
+        backend: &'static str,
+        /// What is not supported.
+        what: &'static str,
+    },
+    /// The CUDA backend cannot start: `"driver (libcuda.so)"`, `"device"` or `"nvrtc (libnvrtc.so)"`
+    /// is missing.
+    #[cfg(feature = "cuda")]
+    CudaUnavailable {
+        /// What is missing.
+        missing: &'static str,
+    },
+    /// A CUDA driver or NVRTC call failed.
+    #[cfg(feature = "cuda")]
+    Cuda {
+        /// The operation.
+        op: &'static str,
+        /// The driver's or compiler's message.
+        detail: alloc::string::String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -231,6 +253,11 @@ impl fmt::Display for Error {
                 write!(f, "sparse indices: key {index} is outside 0..{kv_len} (and not the padding -1)")
             }
             Error::DuplicateIndex { index } => write!(f, "sparse indices: key {index} is listed twice in one row"),
+            Error::Unsupported { backend, what } => write!(f, "{backend} backend: not supported: {what}"),
+            #[cfg(feature = "cuda")]
+            Error::CudaUnavailable { missing } => write!(f, "CUDA unavailable: no {missing}"),
+            #[cfg(feature = "cuda")]
+            Error::Cuda { op, detail } => write!(f, "CUDA {op} failed: {detail}"),
         }
     }
 }

@@ -132,6 +132,8 @@ extern crate alloc;
 mod attention;
 #[cfg(feature = "alloc")]
 pub mod cache;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod driver;
 mod element;
 mod error;

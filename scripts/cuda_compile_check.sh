@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Compiles every CUDA kernel with NVIDIA's own compiler on a machine without a GPU or toolkit:
+# NVRTC from pinned PyPI wheels (CUDA 12.8 and 13.0, installed into the ignored .cache/), each
+# for sm_80 and sm_90 to CUBIN through the crate's own compile path (src/cuda/nvrtc.rs), with
+# ptxas' -v report parsed by tests/cuda.rs: the run fails on a compile error, any spill,
+# registers above the per-kernel budget, shared memory above the per-block limit, or a resource
+# table that differs from the committed kernels/ptxas/cudaXY.txt (GA_BLESS=1 rewrites them).
+#
+# NVRTC runs ptxas internally for a CUBIN, so no separate ptxas wheel is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# (wheel==version, library directory inside the install)
+wheels=(
+    "nvidia-cuda-nvrtc-cu12==12.8.93 nvidia/cuda_nvrtc/lib"
+    "nvidia-cuda-nvrtc==13.0.48 nvidia/cu13/lib"
+)
+for entry in "${wheels[@]}"; do
+    read -r wheel libdir <<<"$entry"
+    version=${wheel#*==}
+    dest=.cache/cuda-nvrtc-${version%.*}
+    if [ ! -d "$dest/$libdir" ]; then
+        echo "==> pip install $wheel into $dest"
+        python3 -m pip install -q --disable-pip-version-check --no-deps --target "$dest" "$wheel"
+    fi
+    echo "==> NVRTC $version: every kernel for sm_80 and sm_90"
+    LD_LIBRARY_PATH="$PWD/$dest/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GA_REQUIRE_NVRTC=1 \
+        cargo test --release --features cuda --test cuda nvrtc -- --nocapture
+done

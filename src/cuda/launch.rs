@@ -1,0 +1,318 @@
+//! Launch geometry and shared-memory layout of the kernels, in plain Rust (no cudarc), shared
+//! by the GPU path and the CPU emulator so both run exactly the same grids.
+
+use crate::error::Error;
+use crate::Dims;
+
+/// Query rows (packed query row × head of a KV group) per block (`GA_BM`).
+pub const BLOCK_M: usize = 16;
+/// Keys per K/V tile (`GA_BN`).
+pub const BLOCK_N: usize = 32;
+/// Threads per block of the attention kernels (`GA_THREADS`).
+pub const THREADS: u32 = 128;
+/// Largest head dimension the kernels take (q/k and v).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Dynamic shared memory a block may use on sm_90 (227 KiB).
+pub const MAX_SMEM_SM90: usize = 232_448;
+/// Dynamic shared memory a block may use on sm_80 (163 KiB).
+pub const MAX_SMEM_SM80: usize = 166_912;
+/// Above this a kernel needs `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+pub const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+/// Keys per split-KV block when the split is chosen automatically.
+pub const SPLIT_LEN: usize = 512;
+
+/// The head-dimension class of a kernel: accumulator registers per row and lane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeadClass {
+    /// Head dims up to 64.
+    D64,
+    /// Up to 128.
+    D128,
+    /// Up to 256.
+    D256,
+}
+
+impl HeadClass {
+    /// Every class.
+    pub const ALL: [HeadClass; 3] = [HeadClass::D64, HeadClass::D128, HeadClass::D256];
+
+    /// The smallest class that holds `dv` output dims, or `None` above [`MAX_HEAD_DIM`].
+    pub fn for_dims(d: usize, dv: usize) -> Option<HeadClass> {
+        if d > MAX_HEAD_DIM {
+            return None;
+        }
+        match dv {
+            0..=64 => Some(HeadClass::D64),
+            65..=128 => Some(HeadClass::D128),
+            129..=256 => Some(HeadClass::D256),
+            _ => None,
+        }
+    }
+    /// The largest head dim of the class.
+    pub fn max_dim(self) -> usize {
+        match self {
+            HeadClass::D64 => 64,
+            HeadClass::D128 => 128,
+            HeadClass::D256 => 256,
+        }
+    }
+}
+
+/// The kernels in `kernels/*.cu`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    /// Prefill: whole key range per block, rows finished in place.
+    Fwd,
+    /// Flash-decoding: one split of the key range per block, partial state to the workspace.
+    Split,
+    /// Merges the splits in fixed order and finishes the rows.
+    Combine,
+    /// Copies head rows into (or out of) a device KV cache with fused RoPE; one entry point for
+    /// every head dim (the class is ignored).
+    KvAppend,
+}
+
+/// One kernel entry point: kind and head class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KernelId {
+    /// Which kernel.
+    pub kind: KernelKind,
+    /// Which head-dim class.
+    pub class: HeadClass,
+}
+
+impl KernelId {
+    /// Every entry point of the kernel source.
+    pub fn all() -> impl Iterator<Item = KernelId> {
+        [KernelKind::Fwd, KernelKind::Split, KernelKind::Combine]
+            .into_iter()
+            .flat_map(|kind| HeadClass::ALL.into_iter().map(move |class| KernelId { kind, class }))
+            .chain(core::iter::once(KernelId::KV_APPEND))
+    }
+
+    /// The RoPE-append kernel.
+    pub const KV_APPEND: KernelId = KernelId { kind: KernelKind::KvAppend, class: HeadClass::D64 };
+
+    /// The `extern "C"` name.
+    pub fn name(self) -> &'static str {
+        use HeadClass::*;
+        use KernelKind::*;
+        match (self.kind, self.class) {
+            (Fwd, D64) => "attn_fwd_d64",
+            (Fwd, D128) => "attn_fwd_d128",
+            (Fwd, D256) => "attn_fwd_d256",
+            (Split, D64) => "attn_split_d64",
+            (Split, D128) => "attn_split_d128",
+            (Split, D256) => "attn_split_d256",
+            (Combine, D64) => "attn_combine_d64",
+            (Combine, D128) => "attn_combine_d128",
+            (Combine, D256) => "attn_combine_d256",
+            (KvAppend, _) => "kv_append",
+        }
+    }
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory in bytes.
+    pub smem_bytes: usize,
+}
+
+impl Geometry {
+    /// Checks the CUDA limits: grid.x < 2^31, grid.y/z <= 65535, block <= 1024 threads and a
+    /// multiple of 32, shared memory within `smem_limit`.
+    pub fn check(&self, smem_limit: usize) -> Result<(), Error> {
+        let threads = self.block.iter().map(|&b| b as u64).product::<u64>();
+        let fits = self.grid[0] < (1 << 31) && self.grid[1] <= 65_535 && self.grid[2] <= 65_535;
+        if !fits {
+            return Err(Error::Unsupported { backend: "cuda", what: "grid too large (batch or heads above 65535)" });
+        }
+        if threads == 0 || threads > 1024 || threads % 32 != 0 {
+            return Err(Error::Unsupported { backend: "cuda", what: "block size" });
+        }
+        if self.smem_bytes > smem_limit {
+            return Err(Error::Unsupported {
+                backend: "cuda",
+                what: "head dims need more shared memory than a block has",
+            });
+        }
+        Ok(())
+    }
+    /// Blocks in the grid.
+    pub fn blocks(&self) -> u64 {
+        self.grid.iter().map(|&g| g as u64).product()
+    }
+}
+
+/// Threads per block of `kv_append`.
+pub const APPEND_THREADS: u32 = 64;
+
+/// `kv_append`'s geometry for `tokens` rows of `heads` heads in each of `batch` rows: one block
+/// per head row.
+pub fn append_geometry(batch: usize, tokens: usize, heads: usize) -> Geometry {
+    Geometry { grid: [sat_u32(tokens), sat_u32(heads), sat_u32(batch)], block: [APPEND_THREADS, 1, 1], smem_bytes: 0 }
+}
+
+/// Dynamic shared memory of an attention block: sQ, sK (padded), sV and the per-warp P row, f32.
+pub fn attn_smem_bytes(head_dim: usize, v_head_dim: usize) -> usize {
+    let warps = THREADS as usize / 32;
+    4 * (BLOCK_M * head_dim + BLOCK_N * (head_dim + 1) + BLOCK_N * v_head_dim + warps * BLOCK_N)
+}
+
+/// `n` as a grid extent; anything above `u32::MAX` saturates, which [`Geometry::check`] rejects.
+fn sat_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How a call is split into launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// The head-dim class.
+    pub class: HeadClass,
+    /// Row tiles per (KV head, batch).
+    pub row_tiles: usize,
+    /// Split-KV blocks per row tile; 1 means the prefill kernel alone.
+    pub n_splits: usize,
+    /// Keys per split (a multiple of [`BLOCK_N`]).
+    pub split_len: usize,
+}
+
+/// How to split the keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Splits {
+    /// Split long key ranges when the row tiles alone leave the device idle.
+    #[default]
+    Auto,
+    /// Exactly this many splits (clamped to the key tiles; 1 = no split).
+    Fixed(usize),
+}
+
+/// Streaming multiprocessors the automatic split aims to fill (H100/H200 have 132).
+const TARGET_BLOCKS: usize = 2 * 132;
+
+impl LaunchPlan {
+    /// The launches for `dims`.
+    pub fn new(dims: &Dims, splits: Splits) -> Result<LaunchPlan, Error> {
+        let class = HeadClass::for_dims(dims.head_dim, dims.v_head_dim)
+            .ok_or(Error::Unsupported { backend: "cuda", what: "head dims above 256" })?;
+        let rows =
+            dims.q_len.checked_mul(dims.group()).ok_or(Error::ShapeOverflow { operand: crate::Operand::Query })?;
+        let row_tiles = rows.div_ceil(BLOCK_M);
+        let key_tiles = dims.kv_len.div_ceil(BLOCK_N).max(1);
+        let wanted = match splits {
+            Splits::Fixed(n) => n.max(1),
+            Splits::Auto => {
+                let blocks = (row_tiles * dims.kv_heads * dims.batch).max(1);
+                if blocks >= TARGET_BLOCKS || dims.kv_len < 2 * SPLIT_LEN {
+                    1
+                } else {
+                    TARGET_BLOCKS.div_ceil(blocks).min(dims.kv_len.div_ceil(SPLIT_LEN))
+                }
+            }
+        };
+        let wanted = wanted.min(key_tiles);
+        let split_len = key_tiles.div_ceil(wanted) * BLOCK_N;
+        let n_splits = dims.kv_len.div_ceil(split_len).max(1);
+        for n in [dims.q_len, dims.kv_len, dims.batch, dims.q_heads, rows, split_len] {
+            if n > i32::MAX as usize {
+                return Err(Error::Unsupported { backend: "cuda", what: "a size above i32::MAX" });
+            }
+        }
+        Ok(LaunchPlan { class, row_tiles, n_splits, split_len })
+    }
+
+    /// The attention kernel's geometry: (row tiles × splits, KV heads, batch).
+    pub fn attn(&self, dims: &Dims) -> Geometry {
+        let x = self.row_tiles.saturating_mul(self.n_splits);
+        Geometry {
+            grid: [sat_u32(x), sat_u32(dims.kv_heads), sat_u32(dims.batch)],
+            block: [THREADS, 1, 1],
+            smem_bytes: attn_smem_bytes(dims.head_dim, dims.v_head_dim),
+        }
+    }
+
+    /// The combine kernel's geometry: one warp per (query row, query head, batch).
+    pub fn combine(&self, dims: &Dims) -> Geometry {
+        Geometry {
+            grid: [sat_u32(dims.q_len), sat_u32(dims.q_heads), sat_u32(dims.batch)],
+            block: [32, 1, 1],
+            smem_bytes: 0,
+        }
+    }
+
+    /// The attention kernel to launch.
+    pub fn attn_kernel(&self) -> KernelId {
+        let kind = if self.n_splits > 1 { KernelKind::Split } else { KernelKind::Fwd };
+        KernelId { kind, class: self.class }
+    }
+
+    /// f32 elements of the split-KV workspace `[batch, q_heads, q_len, n_splits, v_head_dim + 2]`.
+    pub fn workspace_len(&self, dims: &Dims) -> usize {
+        if self.n_splits == 1 {
+            return 0;
+        }
+        dims.batch * dims.q_heads * dims.q_len * self.n_splits * (dims.v_head_dim + 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims(q_len: usize, kv_len: usize, hq: usize, hkv: usize, d: usize) -> Dims {
+        Dims { batch: 1, q_len, kv_len, q_heads: hq, kv_heads: hkv, head_dim: d, v_head_dim: d }
+    }
+
+    #[test]
+    fn shared_memory_fits_every_class_on_sm80_and_sm90() {
+        for class in HeadClass::ALL {
+            let d = class.max_dim();
+            let smem = attn_smem_bytes(d, d);
+            assert!(smem <= MAX_SMEM_SM80, "{class:?}: {smem}");
+            let g = LaunchPlan::new(&dims(1, 1, 1, 1, d), Splits::Auto).unwrap().attn(&dims(1, 1, 1, 1, d));
+            g.check(MAX_SMEM_SM80).unwrap();
+        }
+    }
+
+    #[test]
+    fn decode_splits_long_keys_and_prefill_does_not() {
+        let p = LaunchPlan::new(&dims(1, 8192, 32, 8, 128), Splits::Auto).unwrap();
+        assert!(p.n_splits > 1 && p.split_len % BLOCK_N == 0);
+        assert!(p.n_splits * p.split_len >= 8192 && (p.n_splits - 1) * p.split_len < 8192);
+        let p = LaunchPlan::new(&dims(4096, 4096, 32, 8, 128), Splits::Auto).unwrap();
+        assert_eq!(p.n_splits, 1);
+        assert_eq!(p.attn_kernel().kind, KernelKind::Fwd);
+    }
+
+    #[test]
+    fn fixed_splits_cover_the_keys_exactly() {
+        for kv in [1, 31, 32, 33, 100, 1000] {
+            for n in 1..6 {
+                let p = LaunchPlan::new(&dims(1, kv, 4, 1, 64), Splits::Fixed(n)).unwrap();
+                assert!(p.n_splits <= n.max(1));
+                assert!(p.n_splits * p.split_len >= kv && (p.n_splits - 1) * p.split_len < kv.max(1));
+            }
+        }
+    }
+
+    #[test]
+    fn limits_are_errors() {
+        assert!(LaunchPlan::new(&dims(1, 1, 1, 1, 512), Splits::Auto).is_err());
+        let mut d = dims(1, 1, 70_000, 70_000, 64);
+        let p = LaunchPlan::new(&d, Splits::Auto).unwrap();
+        assert!(p.attn(&d).check(MAX_SMEM_SM90).is_err());
+        d.kv_heads = 1;
+        assert!(p.combine(&d).check(MAX_SMEM_SM90).is_err());
+        // A grid.x beyond u32 saturates instead of wrapping, and is rejected.
+        let huge = LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32 };
+        assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
+        assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
+        let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
+        assert_eq!(names.len(), 10);
+    }
+}
