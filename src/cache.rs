@@ -751,6 +751,11 @@ impl KvCache {
                 }
                 // Keys are re-indexed 0..n; the queries are the last t of them.
                 let n = self.streaming_slots(b).len();
+                if let Some(r) = q_rope {
+                    // The gather rotates the keys at cache indices 0..n: the table must cover them
+                    // (a table built with `RopeTable::with_range` may start later).
+                    r.check([1, n, c.kv_heads, c.head_dim], &Positions::Offset(0), Operand::Key)?;
+                }
                 (n, n - t)
             }
             _ => (row.len, row.next_pos - t),

@@ -321,3 +321,33 @@ fn finding11_huge_layers_are_errors() {
         + w.k_norm.as_ref().map_or(0, Vec::len);
     assert_eq!(cfg.parameter_count(), Some(held));
 }
+
+/// StreamingLLM rotates its gathered keys at cache indices 0..n: a query table that covers the
+/// queries' positions but starts later (`RopeTable::with_range`) is an Err with nothing written,
+/// not a panic in the gather (found by the CUDA backend's device-cache tests).
+#[test]
+fn streaming_keys_need_a_table_from_position_zero() {
+    let policy = CachePolicy::StreamingLlm { sink_tokens: 2, recent: 6 };
+    let cache = cache_with([5, 7], policy, None);
+    let config = RopeConfig::new(D, 10_000.0);
+    let (t, q) = (1, values(2 * HQ * D, 3));
+    let late = RopeTable::with_range(&config, 64, 4..64).unwrap();
+    let mut out = vec![f32::NAN; 2 * t * HQ * D];
+    let qt = Tensor::bshd(&q[..], 2, t, HQ, D);
+    let r = cache.attend_with_rope(
+        &qt,
+        TensorMut::bshd(&mut out[..], 2, t, HQ, D),
+        None,
+        &AttentionOptions::new(),
+        Some(&late),
+    );
+    assert!(matches!(r, Err(Error::InvalidOption { option: "positions", .. })), "{r:?}");
+    assert_untouched(&out, "late table");
+    // The same call with a table from position 0 is fine.
+    let full = RopeTable::with_range(&config, 64, 0..64).unwrap();
+    let qt = Tensor::bshd(&q[..], 2, t, HQ, D);
+    cache
+        .attend_with_rope(&qt, TensorMut::bshd(&mut out[..], 2, t, HQ, D), None, &AttentionOptions::new(), Some(&full))
+        .unwrap();
+    assert!(out.iter().all(|x| x.is_finite()));
+}
