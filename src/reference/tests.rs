@@ -111,7 +111,11 @@ fn args(b: usize, lq: usize, lk: usize, hq: usize, hkv: usize, d: usize, dv: usi
     let k = Layout::bshd(b, lk, hkv, d);
     let v = Layout::bshd(b, lk, hkv, dv);
     let out = Layout::bshd(b, lq, hq, dv);
-    Args { q, k, v, out, lens: [b * lq * hq * d, b * lk * hkv * d, b * lk * hkv * dv, b * lq * hq * dv], lse: None }
+    // Saturating: the size-contract cases pass extents whose products overflow (their buffers are
+    // stride-0 views over a few elements, and they set `lens` themselves).
+    let n = |x: [usize; 4]| x.iter().fold(1usize, |a, &e| a.saturating_mul(e));
+    let lens = [n([b, lq, hq, d]), n([b, lk, hkv, d]), n([b, lk, hkv, dv]), n([b, lq, hq, dv])];
+    Args { q, k, v, out, lens, lse: None }
 }
 
 /// The kernel's and the reference's verdicts on one call.
