@@ -408,3 +408,40 @@ fn reference_scores_check_their_arguments() {
     let wrong = Dims { kv_len: 3, ..dims };
     assert!(matches!(reference::scores(&q, &k, &opts, &wrong, 0, 0), Err(Error::ShapeMismatch { dim: "kv_len", .. })));
 }
+
+/// The reference checks index lists on its own: it must give the kernel's error for every bad list
+/// (out of range either side, repeated, both in one list, a bad list after a good one, bad shapes).
+#[test]
+fn reference_and_kernel_agree_on_bad_index_lists() {
+    let (b, lq, lk, h, d, k) = (1, 2, 6, 2, 4, 3);
+    let data: Vec<f32> = (0..64).map(|e| e as f32 / 64.0).collect();
+    let q = Tensor::new(&data[..lq * h * d], Layout::bshd(b, lq, h, d));
+    let kv = Tensor::new(&data[..lk * h * d], Layout::bshd(b, lk, h, d));
+    let lists: [&[i32]; 9] = [
+        &[0, 1, -1, 2, 3, 4],
+        &[0, 6, -1, 2, 3, 4],
+        &[0, 1, -2, 2, 3, 4],
+        &[9, 1, 1, 2, 3, 4],
+        &[0, 1, -1, 5, 5, -7],
+        &[0, 1, -1, 7, 7, 3],
+        &[-1, -1, -1, 2, 2, 2],
+        &[0, 1, 2, 3],
+        &[0, 1, -1, 2, 3, 4, 5, 0, 1, 2, 3, 4],
+    ];
+    for list in lists {
+        let per_head = list.len() == 2 * lq * k;
+        let idx = if per_head {
+            SparseIndices::per_kv_head(list, b, lq, h, k)
+        } else {
+            SparseIndices::shared(list, b, lq, k)
+        };
+        let mut out = vec![f32::NAN; lq * h * d];
+        let opts = AttentionOptions::new();
+        let kernel = sparse_attention(&q, &kv, &kv, &idx, TensorMut::bshd(&mut out[..], b, lq, h, d), None, &opts);
+        let oracle = reference::sparse::sparse_attention(&q, &kv, &kv, &idx, &opts);
+        let valid = list == lists[0] || list == lists[8];
+        assert_eq!(kernel.is_ok(), valid, "list {list:?}: {kernel:?}");
+        assert_eq!(kernel.err(), oracle.err(), "list {list:?}");
+        assert!(out.iter().all(|x| if valid { x.is_finite() } else { x.is_nan() }), "list {list:?}");
+    }
+}

@@ -5,7 +5,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::{compute, math, validate, Reference};
-use crate::error::Error;
+use crate::error::{Error, Operand};
 use crate::options::AttentionOptions;
 use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
 use crate::tensor::Tensor;
@@ -20,13 +20,64 @@ pub fn sparse_attention(
     opts: &AttentionOptions<'_>,
 ) -> Result<Reference, Error> {
     let dims = validate(q, k, v, opts, None)?;
-    indices.validate(&dims)?;
+    let (data, [batch, q_len, heads, slots]) = indices.raw();
+    check_lists(data, [batch, q_len, heads, slots], &dims)?;
+    let list = |b: usize, i: usize, kvh: usize| {
+        let start = ((b * q_len + i) * heads + if heads == 1 { 0 } else { kvh }) * slots;
+        &data[start..start + slots]
+    };
     let listed =
-        |b: usize, kvh: usize, i: usize, j: usize| indices.row(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
+        |b: usize, kvh: usize, i: usize, j: usize| list(b, i, kvh).iter().any(|&e| e != PAD && e as usize == j);
     let mut stats = super::Stats::default();
     let mut r = compute(q, k, v, opts, dims, Some(&listed), Some(&mut stats))?;
     r.stats = Some(stats);
     Ok(r)
+}
+
+/// The index lists' contract, checked again independently of `SparseIndices::validate`: the shape
+/// `[batch, q_len, 1 or kv_heads, k]` against the call, then the lists in order; the first bad list
+/// decides, and within it the smallest offending entry (a negative non-padding entry, else the
+/// smallest repeated key, else the smallest entry `>= kv_len`).
+fn check_lists(data: &[i32], [batch, q_len, heads, k]: [usize; 4], dims: &crate::Dims) -> Result<(), Error> {
+    let mismatch = |dim, expected, found| Error::ShapeMismatch { operand: Operand::Indices, dim, expected, found };
+    if batch != dims.batch {
+        return Err(mismatch("batch", dims.batch, batch));
+    }
+    if q_len != dims.q_len {
+        return Err(mismatch("q_len", dims.q_len, q_len));
+    }
+    if heads != 1 && heads != dims.kv_heads {
+        return Err(mismatch("heads (1 or kv_heads)", dims.kv_heads, heads));
+    }
+    let len = batch
+        .checked_mul(q_len)
+        .and_then(|n| n.checked_mul(heads))
+        .and_then(|n| n.checked_mul(k))
+        .ok_or(Error::ShapeOverflow { operand: Operand::Indices })?;
+    if data.len() != len {
+        return Err(mismatch("batch * q_len * heads * k", len, data.len()));
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    let kv_len = dims.kv_len;
+    for list in data.chunks_exact(k) {
+        let mut counts = alloc::collections::BTreeMap::new();
+        for &e in list.iter().filter(|&&e| e != PAD) {
+            *counts.entry(e).or_insert(0usize) += 1;
+        }
+        let out_of_range = |e: i32| Error::IndexOutOfRange { index: e as i64, kv_len };
+        if let Some((&e, _)) = counts.iter().find(|(&e, _)| e < 0) {
+            return Err(out_of_range(e));
+        }
+        if let Some((&e, _)) = counts.iter().find(|(&e, &n)| (e as usize) < kv_len && n > 1) {
+            return Err(Error::DuplicateIndex { index: e as usize });
+        }
+        if let Some((&e, _)) = counts.iter().find(|(&e, _)| e as usize >= kv_len) {
+            return Err(out_of_range(e));
+        }
+    }
+    Ok(())
 }
 
 fn elem(t: &Tensor<'_>, b: usize, s: usize, h: usize, d: usize) -> f64 {

@@ -41,6 +41,12 @@ impl<'a> SparseIndices<'a> {
         self.k
     }
 
+    /// The entries and their sizes `[batch, q_len, heads, k]` (heads 1 when shared), as given,
+    /// unchecked: for the reference, which checks them its own way.
+    pub(crate) fn raw(&self) -> (&'a [i32], [usize; 4]) {
+        (self.data, [self.batch, self.q_len, self.heads, self.k])
+    }
+
     /// True when one list serves every head.
     pub fn is_shared(&self) -> bool {
         self.heads == 1
