@@ -4,7 +4,9 @@
 use alloc::vec;
 
 use crate::error::Error;
-use crate::sparse::indexer::{check_indexer, check_indices_out, for_each_row, select_top, Indexer, RowOps};
+use crate::sparse::indexer::{
+    check_indexer, check_indices_out, for_each_row, probe_row_scratch, select_top, Indexer, RowOps,
+};
 use crate::tensor::Tensor;
 
 /// The parameters of the variance rule
@@ -117,6 +119,7 @@ pub fn adaptive_top_k_indices(
         }
         return Ok(());
     }
+    probe_row_scratch(&d)?;
     let ops = RowOps { q, k, w, indexer, dims: d };
     let mut variance = vec![0.0f64; d.rows()];
     for_each_row(&ops, &mut variance, 1, &|_, scores, _, v| v[0] = row_variance(scores));

@@ -188,6 +188,7 @@ pub fn indexer_scores(
         });
     }
     crate::kernel::check_isa_env()?;
+    probe_row_scratch(&d)?;
     let ops = RowOps { q, k, w, indexer, dims: d };
     for_each_row(&ops, out, d.kv_len, &|_, scores, _, dst| dst.copy_from_slice(scores));
     Ok(())
@@ -231,6 +232,7 @@ pub fn top_k_indices(
     let d = check_indexer(q, k, w, indexer)?;
     check_indices_out(&d, top_k, out.len())?;
     crate::kernel::check_isa_env()?;
+    probe_row_scratch(&d)?;
     let ops = RowOps { q, k, w, indexer, dims: d };
     for_each_row(&ops, out, top_k, &|row, scores, spare, dst| {
         let visible = d.visible(indexer, row % d.q_len);
@@ -424,6 +426,22 @@ fn score_row<K: Kernel, KE: Element>(
             }
         }
     }
+}
+
+/// Reserves (and releases) the row scratch of every thread [`for_each_row`] may run, so that a
+/// size no allocator can give (a stride-0 key view makes `kv_len` as large as the size contract
+/// allows) is [`Error::AllocationFailed`] before any row is written rather than an abort inside a
+/// worker.
+pub(crate) fn probe_row_scratch(d: &IndexerDims) -> Result<(), Error> {
+    #[cfg(feature = "rayon")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    let threads = 1;
+    let n = row_scratch_len(d).saturating_mul(threads);
+    let mut probe: alloc::vec::Vec<f32> = alloc::vec::Vec::new();
+    probe
+        .try_reserve_exact(n)
+        .map_err(|_| Error::AllocationFailed { operand: Operand::Scratch, bytes: n.saturating_mul(4) })
 }
 
 /// f32 scratch of one thread of [`for_each_row`] (checked not to overflow by [`check_indexer`]).
