@@ -1,6 +1,9 @@
 //! The CUDA backend (feature `cuda`): the attention kernels of `kernels/*.cu`, compiled at run
 //! time by NVRTC to CUBIN for the device's `sm_XY`, launched with cudarc.
 //!
+//! **Not stable**: verified on a CPU emulator and by NVRTC/ptxas, never yet run on a GPU; its API
+//! may change once it has been.
+//!
 //! * [`CudaDevice::new`] never panics: no driver, no device or no NVRTC is
 //!   [`Error::CudaUnavailable`] naming which. NVRTC is required at run time (no embedded PTX or
 //!   CUBIN fallback).

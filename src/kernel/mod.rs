@@ -104,12 +104,16 @@ pub(crate) fn check_isa_env() -> Result<(), crate::Error> {
 
 /// Forces every later call onto `isa` (for tests and benchmarks); `None` restores the automatic
 /// choice. Returns false, changing nothing, when `isa` is not available.
+///
+/// **Not stable**: process-wide state, to be replaced by a per-call ISA option.
 pub fn set_forced_isa(isa: Option<Isa>) -> bool {
     detect::force(isa)
 }
 
 /// The ISA that ran the most recent attention call on any thread (for tests that check a forced
 /// ISA really ran).
+///
+/// **Not stable**: process-wide state, to be replaced by the ISA reported with each call.
 pub fn last_used_isa() -> Option<Isa> {
     detect::last_used()
 }

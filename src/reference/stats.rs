@@ -58,6 +58,8 @@ pub struct ElemStats {
 }
 
 /// Everything [`attention_with_stats`](super::attention_with_stats) reports besides the result.
+///
+/// **Not stable**: the quantities follow the error model of the tests and may change with it.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     /// Per row, laid out like the LSE: `[batch, q_heads, q_len]`.
