@@ -92,11 +92,16 @@ impl Dims {
     }
 }
 
-/// The product of `extents` when every extent and the product are at most `isize::MAX`.
+/// The product of `extents` when every extent and the product are at most `isize::MAX`. A zero
+/// extent makes the product 0 wherever it stands (an empty LSE `[batch, q_heads, 0]` is empty
+/// even when `batch · q_heads` alone would overflow).
 pub(crate) fn checked_count(extents: &[usize]) -> Option<usize> {
     const MAX: usize = isize::MAX as usize;
     if extents.iter().any(|&x| x > MAX) {
         return None;
+    }
+    if extents.contains(&0) {
+        return Some(0);
     }
     extents.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)).filter(|&n| n <= MAX)
 }

@@ -445,3 +445,23 @@ fn reference_and_kernel_agree_on_bad_index_lists() {
         assert!(out.iter().all(|x| if valid { x.is_finite() } else { x.is_nan() }), "list {list:?}");
     }
 }
+
+/// An operand with a zero extent has no elements wherever the zero stands: an LSE
+/// `[batch, q_heads, 0]` whose `batch · q_heads` alone overflows is empty, not an overflow, and the
+/// kernel and the reference agree (found by `size_arithmetic` after the two sides were merged).
+#[test]
+fn zero_extent_operands_are_empty_wherever_the_zero_stands() {
+    let data = [0.5f32; 8];
+    let (batch, q_heads) = (1usize << 40, 1usize << 30);
+    let q = Tensor::new(&data[..0], Layout { shape: [batch, 0, q_heads, 8], strides: [0, 0, 8] });
+    let kv = Tensor::new(&data[..], Layout { shape: [batch, 1, 1, 8], strides: [0, 0, 8] });
+    let dims = Dims::from_tensors(&q, &kv, &kv).unwrap();
+    assert_eq!(dims.validate(), Ok(()));
+    let mut lse: [f32; 0] = [];
+    let mut out: [f32; 0] = [];
+    let o = TensorMut::new(&mut out[..], Layout { shape: [batch, 0, q_heads, 8], strides: [0, 0, 8] });
+    let opts = AttentionOptions::new();
+    assert_eq!(attention(&q, &kv, &kv, o, Some(&mut lse), &opts), Ok(()));
+    let r = reference::attention(&q, &kv, &kv, &opts).expect("reference");
+    assert!(r.out.is_empty() && r.lse.is_empty());
+}

@@ -99,8 +99,9 @@ pub fn validate(
         check_buffer(&o.layout, o.len, Operand::Output)?;
         check_no_overlap(&o.layout)?;
         if let Some(n) = o.lse_len {
-            // Cannot overflow: bounded by size contract (a) above.
-            mismatch(Operand::Lse, "batch * q_heads * q_len", qb * qh * ql, n)?;
+            // Cannot overflow: bounded by size contract (a) above (batch and q_len, the only
+            // extents that may be 0, multiplied first).
+            mismatch(Operand::Lse, "batch * q_heads * q_len", qb * ql * qh, n)?;
         }
     }
     Ok(dims)

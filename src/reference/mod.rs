@@ -314,7 +314,9 @@ fn compute(
     // The size contract bounds every count by isize::MAX elements, but a legal call (a stride-0
     // buffer under a huge kv_len) can still ask for more memory than there is: every buffer is
     // reserved fallibly, and the per-row ones only when there is a row to score.
-    let rows = d.batch * d.q_heads * d.q_len;
+    // batch and q_len are the only extents that may be 0 (heads and dims are not), so multiplying
+    // them first keeps every partial product within the size contract.
+    let rows = d.batch * d.q_len * d.q_heads;
     let (n, dv) = (d.kv_len, d.v_head_dim);
     let mut out = filled(d.batch * d.q_len * d.q_heads * d.v_head_dim, 0.0f64, Operand::Output)?;
     let mut lse = filled(rows, f64::NEG_INFINITY, Operand::Lse)?;
