@@ -465,3 +465,50 @@ fn zero_extent_operands_are_empty_wherever_the_zero_stands() {
     let r = reference::attention(&q, &kv, &kv, &opts).expect("reference");
     assert!(r.out.is_empty() && r.lse.is_empty());
 }
+
+/// The reference checks indexer calls on its own (`reference::check_indexer`): for every malformed
+/// call it gives the kernel's error, and a well-formed call is Ok on both sides.
+#[test]
+fn reference_and_kernel_agree_on_bad_indexer_calls() {
+    use gated_attention::sparse::{indexer_scores, Indexer};
+    let data: Vec<f32> = (0..256).map(|e| e as f32 / 256.0).collect();
+    let bias = [0.5f32, -0.5];
+    let (b, lq, lk, hi, di) = (1, 3, 5, 2, 4);
+    let good = || (Layout::bshd(b, lq, hi, di), Layout::bshd(b, lk, 1, di), Layout::bshd(b, lq, 1, hi));
+    let (gq, gk, gw) = good();
+    let huge = isize::MAX as usize;
+    #[allow(clippy::type_complexity)]
+    let cases: [(&str, (Layout, Layout, Layout), Indexer<'_>, usize); 14] = [
+        ("valid lightning", good(), Indexer::lightning().causal(), 256),
+        ("valid gated", good(), Indexer::gated(&bias), 256),
+        ("key batch", (gq, Layout::bshd(2, lk, 1, di), gw), Indexer::lightning(), 256),
+        ("key heads", (gq, Layout::bshd(b, lk, 2, di), gw), Indexer::lightning(), 256),
+        ("key dim", (gq, Layout::bshd(b, lk, 1, di + 1), gw), Indexer::lightning(), 256),
+        ("weight q_len", (gq, gk, Layout::bshd(b, lq + 1, 1, hi)), Indexer::lightning(), 256),
+        ("weight heads", (gq, gk, Layout::bshd(b, lq, 1, hi + 1)), Indexer::lightning(), 256),
+        ("zero heads", (Layout::bshd(b, lq, 0, di), gk, Layout::bshd(b, lq, 1, 0)), Indexer::lightning(), 256),
+        ("zero dim", (Layout::bshd(b, lq, hi, 0), Layout::bshd(b, lk, 1, 0), gw), Indexer::lightning(), 256),
+        ("short key buffer", good(), Indexer::lightning(), lk * di - 1),
+        ("gated bias length", good(), Indexer::gated(&bias[..1]), 256),
+        ("scale zero", good(), Indexer::lightning().scale(0.0), 256),
+        ("scale nan", good(), Indexer::gated(&bias).scale(f32::NAN), 256),
+        (
+            "huge query count",
+            (stride0(huge, 2, hi, di), stride0(huge, lk, 1, di), stride0(huge, 2, 1, hi)),
+            Indexer::lightning(),
+            256,
+        ),
+    ];
+    for (label, (ql, kl, wl), ix, k_len) in cases {
+        let (q, k, w) = (Tensor::new(&data[..], ql), Tensor::new(&data[..k_len], kl), Tensor::new(&data[..], wl));
+        let oracle = reference::sparse::indexer_scores(&q, &k, &w, &ix).map(|_| ());
+        // The kernel's scores buffer is sized for the call when that is small, so only the
+        // operands' checks can fail.
+        let n = ql.shape[0].saturating_mul(ql.shape[1]).saturating_mul(kl.shape[1]);
+        let mut out = vec![f32::NAN; if n <= 4096 { n } else { 0 }];
+        let kernel = indexer_scores(&q, &k, &w, &ix, &mut out);
+        assert_eq!(kernel, oracle, "{label}");
+        assert_eq!(kernel.is_ok(), label.starts_with("valid"), "{label}: {kernel:?}");
+        assert!(out.iter().all(|x| x.is_nan() != kernel.is_ok()), "{label}: written on Err, or not on Ok");
+    }
+}

@@ -241,3 +241,62 @@ fn positions_end(positions: &Positions<'_>, batch: usize, seq: usize) -> Result<
     };
     last.and_then(|l| l.checked_add(1)).ok_or(overflow)
 }
+
+/// The sizes of an indexer call, as the reference's own checks found them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexerSizes {
+    /// Batch size.
+    pub batch: usize,
+    /// Query rows per batch element.
+    pub q_len: usize,
+    /// Keys per batch element.
+    pub kv_len: usize,
+    /// Indexer heads `H_I`.
+    pub heads: usize,
+    /// Indexer head dimension `d_I`.
+    pub dim: usize,
+}
+
+/// Checks an indexer call from its documented contract (`sparse::top_k_indices`, "Errors"):
+/// queries `[batch, q_len, H_I, d_I]`, one key head `[batch, kv_len, 1, d_I]`, weights
+/// `[batch, q_len, 1, H_I]`; then `H_I` and `d_I` nonzero; the size contract on the three
+/// operands; their buffers; the gated indexer's bias length; and the scale's domain, in that order.
+pub fn check_indexer(
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    w: &Tensor<'_>,
+    indexer: &crate::sparse::Indexer<'_>,
+) -> Result<IndexerSizes, Error> {
+    use crate::sparse::IndexerKind;
+    let [batch, q_len, heads, dim] = q.layout.shape;
+    let [kb, kv_len, kh, kd] = k.layout.shape;
+    let [wb, wl, wh, wd] = w.layout.shape;
+    mismatch(Operand::Key, "batch", batch, kb)?;
+    mismatch(Operand::Key, "heads (one shared key head)", 1, kh)?;
+    mismatch(Operand::Key, "head_dim", dim, kd)?;
+    mismatch(Operand::IndexerWeights, "batch", batch, wb)?;
+    mismatch(Operand::IndexerWeights, "q_len", q_len, wl)?;
+    mismatch(Operand::IndexerWeights, "heads", 1, wh)?;
+    mismatch(Operand::IndexerWeights, "dim (indexer heads)", heads, wd)?;
+    if heads == 0 {
+        return Err(Error::ZeroHeadDim { operand: Operand::IndexerWeights });
+    }
+    if dim == 0 {
+        return Err(Error::ZeroHeadDim { operand: Operand::Query });
+    }
+    for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
+        element_count(t.layout.shape).ok_or(Error::ShapeOverflow { operand })?;
+    }
+    for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
+        check_buffer(&t.layout, t.data.len(), operand)?;
+    }
+    if let IndexerKind::Gated { bias } = indexer.kind {
+        mismatch(Operand::Bias, "len (indexer heads)", heads, bias.len())?;
+    }
+    if let Some(s) = indexer.scale {
+        if !(s.is_finite() && s > 0.0) {
+            invalid("indexer scale", "must be finite and > 0")?;
+        }
+    }
+    Ok(IndexerSizes { batch, q_len, kv_len, heads, dim })
+}

@@ -1,13 +1,13 @@
 //! The f64 oracle of [`crate::sparse`]: sparse attention as dense attention with every unlisted
 //! key masked, and the indexers' scores as the textbook double sum.
 
-use alloc::vec;
 use alloc::vec::Vec;
 
+use super::check::check_indexer;
 use super::{compute, math, validate, Reference};
 use crate::error::{Error, Operand};
 use crate::options::AttentionOptions;
-use crate::sparse::{check_indexer, AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
+use crate::sparse::{AdaptiveTopK, Indexer, IndexerKind, SparseIndices, PAD};
 use crate::tensor::Tensor;
 
 /// [`sparse_attention`](crate::sparse::sparse_attention) in f64: [`attention`](super::attention)
@@ -99,7 +99,12 @@ pub fn indexer_scores(
         (None, IndexerKind::Gated { .. }) => 1.0 / math::sqrt(d.dim as f64),
     };
     let sigmoid = |x: f64| 1.0 / (1.0 + math::exp(-x));
-    let mut out = vec![f64::NEG_INFINITY; d.batch * d.q_len * d.kv_len];
+    // `batch` and `q_len` may be 0 and are multiplied first; a count beyond memory is an Error.
+    let n = (d.batch * d.q_len).checked_mul(d.kv_len).filter(|&n| n <= isize::MAX as usize / 8);
+    let bytes = n.map_or(usize::MAX, |n| n * 8);
+    let mut out = Vec::new();
+    n.and_then(|n| out.try_reserve_exact(n).ok()).ok_or(Error::AllocationFailed { operand: Operand::Output, bytes })?;
+    out.resize(n.unwrap_or(0), f64::NEG_INFINITY);
     for b in 0..d.batch {
         for t in 0..d.q_len {
             let position = d.kv_len as i64 - d.q_len as i64 + t as i64;
