@@ -292,7 +292,9 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     let hr = g * span.tq;
     sc.state.reset(u.nh * hr, dv);
     let (k_begin, k_end) = (chunk * t.chunk_len, ((chunk + 1) * t.chunk_len).min(d.kv_len));
-    if k_begin >= k_end {
+    // A chunk that no row of the unit can see leaves the reset state (m = -inf, l = 0): with a
+    // sliding window over a long split-KV sequence that is most chunks, so skip even the queries.
+    if !span.ranges.iter().any(|&(r0, r1)| r0.max(k_begin) < r1.min(k_end)) {
         return;
     }
     load_queries(kernel, plan, &inp.q, u, &span, sc.qs);
