@@ -1,11 +1,13 @@
 //! The checked entry points.
 
-use crate::driver::{finish_unit, merge_unit, run_unit, Inputs, Scratch, Sink, Tiling, Unit};
+use crate::driver::{finish_into, run_unit, Inputs, Scratch, Tiling, Unit};
 use crate::element::Element;
 use crate::error::{Error, Operand};
+use crate::exec::{run_split, SplitWork, StateShape, Workers};
 use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
+use crate::sink::Sink;
 use crate::tensor::{Tensor, TensorMut};
 use crate::Dims;
 
@@ -65,8 +67,9 @@ pub fn attention_with_scratch(
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
     }
     crate::kernel::check_isa_env()?;
-    let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
+    let sink = Sink::new(out.data, out.layout, lse);
+    let workers = Workers::Calling(scratch);
+    run(Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers });
     Ok(())
 }
 
@@ -108,39 +111,70 @@ pub fn attention(
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     let tiling = Tiling::new(&plan)?;
     crate::kernel::check_isa_env()?;
-    let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    match opts.parallelism {
-        #[cfg(feature = "rayon")]
-        crate::Parallelism::Rayon => run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Rayon { sink } }),
-        crate::Parallelism::Sequential => {
-            let mut scratch = alloc::vec![0.0f32; tiling.scratch];
-            run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch: &mut scratch, sink } });
-        }
-    }
+    let sink = Sink::new(out.data, out.layout, lse);
+    let len = if tiling.units(&plan) == 0 { 0 } else { tiling.scratch };
+    Workers::with(opts.parallelism, len, |workers| {
+        run(Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers })
+    });
     Ok(())
 }
 
-enum Exec<'s, 'o> {
-    Sequential {
-        scratch: &'s mut [f32],
-        sink: Sink<'o>,
-    },
-    #[cfg(feature = "rayon")]
-    Rayon {
-        sink: Sink<'o>,
-    },
+/// A dense attention call on the scheduler: [`Tiling`]'s units, each run by the driver.
+struct Dense<'c, K: Kernel, KE: Element, VE: Element> {
+    kernel: K,
+    plan: &'c Plan<'c>,
+    tiling: &'c Tiling,
+    inp: Inputs<'c, KE, VE>,
+    sink: &'c Sink<'c>,
 }
 
-struct Call<'p, 'a, 't, 's, 'o> {
-    plan: &'p Plan<'a>,
-    tiling: Tiling,
-    q: &'t Tensor<'t>,
-    k: &'t Tensor<'t>,
-    v: &'t Tensor<'t>,
-    exec: Exec<'s, 'o>,
+impl<K: Kernel, KE: Element, VE: Element> SplitWork for Dense<'_, K, KE, VE> {
+    fn units(&self) -> usize {
+        self.tiling.units(self.plan)
+    }
+
+    fn chunks(&self) -> usize {
+        self.tiling.chunks
+    }
+
+    fn state(&self) -> StateShape {
+        self.tiling.state(self.plan)
+    }
+
+    fn rows(&self, u: usize) -> usize {
+        Unit::from_index(u, self.plan, self.tiling).rows(self.plan, self.tiling)
+    }
+
+    fn scratch_len(&self) -> usize {
+        self.tiling.unit_scratch
+    }
+
+    fn run(&self, u: usize, c: usize, state: &mut [f32], scratch: &mut [f32]) {
+        let (plan, t) = (self.plan, self.tiling);
+        let mut sc = Scratch::carve(plan, t, scratch, state);
+        run_unit(self.kernel, plan, t, &self.inp, &Unit::from_index(u, plan, t), c, &mut sc);
+    }
+
+    fn finish(&self, u: usize, state: &mut [f32]) {
+        let (plan, t) = (self.plan, self.tiling);
+        // SAFETY: each unit owns its rows (its batch, query tile and KV heads' query heads), and
+        // the scheduler finishes each unit once.
+        unsafe { finish_into(plan, t, &Unit::from_index(u, plan, t), state, self.sink) }
+    }
 }
 
-fn run(call: Call<'_, '_, '_, '_, '_>) {
+/// One checked call, its K and V not yet typed.
+struct Call<'c, 's> {
+    plan: &'c Plan<'c>,
+    tiling: &'c Tiling,
+    q: &'c Tensor<'c>,
+    k: &'c Tensor<'c>,
+    v: &'c Tensor<'c>,
+    sink: &'c Sink<'c>,
+    workers: Workers<'s>,
+}
+
+fn run(call: Call<'_, '_>) {
     if call.tiling.units(call.plan) == 0 {
         // No query row: nothing to write (and no scratch to carve).
         return;
@@ -149,33 +183,10 @@ fn run(call: Call<'_, '_, '_, '_, '_>) {
     dispatch_kv(call, k, v);
 }
 
-impl KvVisitor for Call<'_, '_, '_, '_, '_> {
+impl KvVisitor for Call<'_, '_> {
     fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
         let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
-        let (plan, t) = (self.plan, &self.tiling);
-        match self.exec {
-            Exec::Sequential { scratch, mut sink } => {
-                let mut sc = Scratch::carve(plan, t, scratch);
-                let dv = plan.dims.v_head_dim;
-                for idx in 0..t.units(plan) {
-                    let u = Unit::from_index(idx, plan, t);
-                    let rows = u.rows(plan, t);
-                    let state = if t.chunks == 1 {
-                        run_unit(kernel, plan, t, &inp, &u, 0, &mut sc);
-                        &mut sc.state
-                    } else {
-                        sc.total.reset(rows, dv);
-                        for c in 0..t.chunks {
-                            run_unit(kernel, plan, t, &inp, &u, c, &mut sc);
-                            merge_unit(rows, dv, &mut sc.total, sc.state.m, sc.state.l, sc.state.acc);
-                        }
-                        &mut sc.total
-                    };
-                    finish_unit(plan, t, &u, state, |b, i, h, row, lse| sink.write(plan, b, i, h, row, lse));
-                }
-            }
-            #[cfg(feature = "rayon")]
-            Exec::Rayon { sink } => crate::parallel::run(kernel, plan, t, &inp, sink),
-        }
+        let work = Dense { kernel, plan: self.plan, tiling: self.tiling, inp, sink: self.sink };
+        run_split(self.workers, &work);
     }
 }

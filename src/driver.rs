@@ -12,12 +12,14 @@
 //! states are merged in chunk order. Nothing here depends on the number of threads, so results
 //! are bit-identical for every thread count.
 
-use crate::element::{Element, Elems, ElemsMut};
+use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
+use crate::exec::StateShape;
 use crate::kernel::Kernel;
 use crate::mask::RowKeys;
 use crate::plan::Plan;
-use crate::softmax::{add_sink, finish_row, merge_row};
+use crate::sink::Sink;
+use crate::softmax::{add_sink, finish_row};
 use crate::tensor::{Layout, Tensor};
 
 /// Keys per KV tile (prefill): the rows of the scores' gemm (`Sᵀ = K·Qᵀ`), a multiple of its
@@ -31,6 +33,9 @@ const ROWS_TARGET: usize = 96;
 const DOT_ROWS_MAX: usize = 8;
 /// Keys per KV tile of decode units (16, 32 and 48 measured up to 10% slower on D2, 72 the same).
 const DECODE_BC: usize = 64;
+/// Keys per gathered tile (sparse attention).
+#[cfg(feature = "alloc")]
+const GATHER_BC: usize = 64;
 /// Most keys per chunk when a single query tile splits the KV range (flash decoding).
 pub(crate) const SPLIT_CHUNK: usize = 1024;
 /// Fewest keys per chunk.
@@ -62,7 +67,11 @@ pub(crate) struct Tiling {
     pub rows: usize,
     /// Keys per KV tile (`BC`, or `DECODE_BC` when the rows score keys from memory).
     pub bc: usize,
-    /// f32 elements of one worker's scratch (0 when the call has no unit).
+    /// f32 elements of one unit's scratch, besides its online-softmax state (0 when the call
+    /// has no unit).
+    pub unit_scratch: usize,
+    /// f32 elements of the calling thread's scratch: `unit_scratch` and two states (a chunk's and
+    /// the merged one; see [`crate::exec::split_scratch_len`]).
     pub scratch: usize,
 }
 
@@ -89,9 +98,14 @@ impl Tiling {
                 (chunks, chunk_len) = (d.kv_len.div_ceil(len), len);
             }
         }
-        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows: hb * head_rows, bc, scratch: 0 };
+        let rows = hb * head_rows;
+        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, unit_scratch: 0, scratch: 0 };
         if t.units(plan) > 0 {
-            t.scratch = worker_scratch_len(plan, &t).ok_or(Error::ShapeOverflow { operand: Operand::Scratch })?;
+            let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
+            t.unit_scratch = unit_scratch_len(plan, &t).ok_or(overflow.clone())?;
+            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
+                .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
+                .ok_or(overflow)?;
         }
         Ok(t)
     }
@@ -104,6 +118,40 @@ impl Tiling {
             return 0;
         }
         plan.dims.batch * self.blocks * self.q_tiles
+    }
+
+    /// Units of one query row and one KV head (rows: the head's GQA group), visiting keys from a
+    /// list `GATHER_BC` at a time: sparse attention's cut. Never split.
+    #[cfg(feature = "alloc")]
+    pub fn per_query(plan: &Plan<'_>) -> Result<Tiling, Error> {
+        let d = &plan.dims;
+        let g = d.group();
+        let (q_tiles, bc) = (d.q_len, GATHER_BC);
+        let mut t = Tiling {
+            tq: 1,
+            q_tiles,
+            hb: 1,
+            blocks: d.kv_heads,
+            chunks: 1,
+            chunk_len: d.kv_len.max(1),
+            rows: g,
+            bc,
+            unit_scratch: 0,
+            scratch: 0,
+        };
+        if t.units(plan) > 0 {
+            let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
+            t.unit_scratch = unit_scratch_len(plan, &t).ok_or(overflow.clone())?;
+            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
+                .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
+                .ok_or(overflow)?;
+        }
+        Ok(t)
+    }
+
+    /// The layout of a unit's online-softmax state.
+    pub fn state(&self, plan: &Plan<'_>) -> StateShape {
+        StateShape { rows: self.rows, dv: plan.dims.v_head_dim }
     }
 }
 
@@ -120,8 +168,7 @@ pub(crate) struct Scratch<'s> {
     tmp: &'s mut [f32],
     vs: &'s mut [f32],
     alpha: &'s mut [f32],
-    pub state: RowState<'s>,
-    pub total: RowState<'s>,
+    state: RowState<'s>,
 }
 
 /// `(m, l, acc)` of the rows of one unit.
@@ -131,7 +178,13 @@ pub(crate) struct RowState<'s> {
     pub acc: &'s mut [f32],
 }
 
-impl RowState<'_> {
+impl<'s> RowState<'s> {
+    /// The state laid out as `shape` in `flat`.
+    pub fn of(shape: StateShape, flat: &'s mut [f32]) -> RowState<'s> {
+        let (m, l, acc) = shape.split(flat);
+        RowState { m, l, acc }
+    }
+
     pub fn reset(&mut self, rows: usize, dv: usize) {
         self.m[..rows].fill(f32::NEG_INFINITY);
         self.l[..rows].fill(0.0);
@@ -139,10 +192,10 @@ impl RowState<'_> {
     }
 }
 
-/// f32 elements of one worker's scratch (the slices [`Scratch::carve`] takes), or `None` when
-/// the count overflows or the bytes would exceed `isize::MAX`. The head dimensions are bounded
-/// only by `isize::MAX` here (a call without queries may name any), so every step is checked.
-fn worker_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
+/// f32 elements of one unit's scratch (the slices [`Scratch::carve`] takes from it), or `None`
+/// when the count overflows or the bytes would exceed `isize::MAX`. The head dimensions are
+/// bounded only by `isize::MAX` here (a call without queries may name any), so every step is checked.
+fn unit_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
     let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
     let terms = [
         2usize.checked_mul(rows)?.checked_mul(dk)?,
@@ -150,7 +203,6 @@ fn worker_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
         2usize.checked_mul(rows)?.checked_mul(BC)?,
         2usize.checked_mul(BC)?.checked_mul(dv)?,
         rows,
-        2usize.checked_mul(rows)?.checked_mul(dv.checked_add(2)?)?,
     ];
     let n = terms.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
     (n <= isize::MAX as usize / core::mem::size_of::<f32>()).then_some(n)
@@ -163,7 +215,8 @@ fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
 }
 
 impl<'s> Scratch<'s> {
-    pub fn carve(plan: &Plan<'_>, t: &Tiling, mut buf: &'s mut [f32]) -> Scratch<'s> {
+    /// Carves a unit's scratch from `buf`, with `state` (of [`Tiling::state`]'s layout) as its state.
+    pub fn carve(plan: &Plan<'_>, t: &Tiling, mut buf: &'s mut [f32], state: &'s mut [f32]) -> Scratch<'s> {
         let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
         let qs = split(&mut buf, rows * dk);
         let qt = split(&mut buf, dk * rows);
@@ -172,11 +225,8 @@ impl<'s> Scratch<'s> {
         let tmp = split(&mut buf, rows * BC + BC * dv);
         let vs = split(&mut buf, BC * dv);
         let alpha = split(&mut buf, rows);
-        let mut state =
-            || RowState { m: split(&mut buf, rows), l: split(&mut buf, rows), acc: split(&mut buf, rows * dv) };
-        let state_a = state();
-        let total = state();
-        Scratch { qs, qt, ks, s, tmp, vs, alpha, state: state_a, total }
+        let state = RowState::of(t.state(plan), state);
+        Scratch { qs, qt, ks, s, tmp, vs, alpha, state }
     }
 }
 
@@ -252,14 +302,22 @@ fn unit_span(plan: &Plan<'_>, t: &Tiling, u: &Unit) -> UnitSpan {
     UnitSpan { q0, tq, keys, ranges }
 }
 
-/// Widens the unit's queries into `qs` (head-major rows), multiplied by the scale.
-fn load_queries<K: Kernel>(kernel: K, plan: &Plan<'_>, q: &Tensor<'_>, u: &Unit, span: &UnitSpan, qs: &mut [f32]) {
+/// Widens the unit's queries `q0..q0 + tq` into `qs` (head-major rows), rotated when the options
+/// ask, multiplied by the scale.
+pub(crate) fn load_queries<K: Kernel>(
+    kernel: K,
+    plan: &Plan<'_>,
+    q: &Tensor<'_>,
+    u: &Unit,
+    (q0, tq): (usize, usize),
+    qs: &mut [f32],
+) {
     let (g, dk) = (plan.dims.group(), plan.dims.head_dim);
     for hu in 0..u.nh * g {
         let h = u.kvh * g + hu;
-        for i in 0..span.tq {
-            let r = hu * span.tq + i;
-            let off = q.layout.offset(u.b, span.q0 + i, h);
+        for i in 0..tq {
+            let r = hu * tq + i;
+            let off = q.layout.offset(u.b, q0 + i, h);
             let dst = &mut qs[r * dk..(r + 1) * dk];
             match q.data {
                 Elems::F32(d) => kernel.widen(&d[off..off + dk], dst),
@@ -268,7 +326,7 @@ fn load_queries<K: Kernel>(kernel: K, plan: &Plan<'_>, q: &Tensor<'_>, u: &Unit,
             }
             #[cfg(feature = "alloc")]
             if let Some(rope) = &plan.opts.rope_q {
-                let p = rope.positions.get(u.b, span.q0 + i, plan.dims.q_len);
+                let p = rope.positions.get(u.b, q0 + i, plan.dims.q_len);
                 rope.table.rotate_row(dst, p);
             }
             kernel.scale(dst, plan.scale);
@@ -297,9 +355,8 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     if !span.ranges.iter().any(|&(r0, r1)| r0.max(k_begin) < r1.min(k_end)) {
         return;
     }
-    load_queries(kernel, plan, &inp.q, u, &span, sc.qs);
-    let o = &plan.opts;
-    let adjust = o.softcap.is_some() || o.alibi_slopes.is_some() || o.bias.is_some();
+    load_queries(kernel, plan, &inp.q, u, (span.q0, span.tq), sc.qs);
+    let adjust = adjusts_scores(plan);
     // The KV tiles: the (at most two) key ranges the unit's rows can see, clipped to the chunk,
     // cut every `t.bc` keys.
     let tiles = span.ranges.iter().flat_map(|&(r0, r1)| {
@@ -379,7 +436,7 @@ fn epilogue_t(
                 for (jj, x) in row.iter_mut().enumerate() {
                     *x = st[jj * ld + r];
                 }
-                adjust_scores(plan, u.b, h, span.q0 + i, j0, row);
+                adjust_scores(plan, u.b, h, span.q0 + i, Keys::Run(j0), row);
                 for (jj, &x) in row.iter().enumerate() {
                     st[jj * ld + r] = x;
                 }
@@ -459,6 +516,86 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     }
 }
 
+/// Computes a [`Tiling::per_query`] unit over the keys `list` names into `sc.state` (reset
+/// first). The listed keys its row may see (the mask options still apply; [`PAD`] entries and
+/// hidden keys are skipped) are gathered `t.bc` at a time into contiguous f32 tiles, so no masking
+/// happens inside a tile and a hidden key's non-finite value never reaches a row.
+///
+/// [`PAD`]: crate::sparse::PAD
+#[cfg(feature = "alloc")]
+pub(crate) fn run_gathered_unit<K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    t: &Tiling,
+    inp: &Inputs<'_, KE, VE>,
+    u: &Unit,
+    list: &[i32],
+    sc: &mut Scratch<'_>,
+) {
+    let d = &plan.dims;
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let i = u.q_tile;
+    sc.state.reset(g, dv);
+    load_queries(kernel, plan, &inp.q, u, (i, 1), sc.qs);
+    let rk = plan.mask.row(i);
+    let visible = |e: i32| {
+        let j = e as usize;
+        e != crate::sparse::PAD && (j < rk.sinks_end || (rk.lo <= j && j < rk.hi))
+    };
+    let mut keys = [0usize; GATHER_BC];
+    let mut n = 0;
+    for (slot, &e) in list.iter().enumerate() {
+        if visible(e) {
+            keys[n] = e as usize;
+            n += 1;
+        }
+        if n == t.bc || (slot + 1 == list.len() && n > 0) {
+            // The next tile's rows are scattered beyond the hardware prefetchers' reach: request
+            // them now, to arrive while this tile is computed (faster in 4 of 5 alternating runs of
+            // sparse_bench at L 4096, by about 8%).
+            for &e in list[slot + 1..].iter().take(t.bc).filter(|&&e| visible(e)) {
+                kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, e as usize, u.kvh)..], 1, dk, 0);
+                kernel.prefetch(&inp.v[inp.v_layout.offset(u.b, e as usize, u.kvh)..], 1, dv, 0);
+            }
+            gathered_tile(kernel, plan, inp, u, &keys[..n], sc);
+            n = 0;
+        }
+    }
+}
+
+/// Folds one tile of gathered keys into the state of a [`Tiling::per_query`] unit.
+#[cfg(feature = "alloc")]
+fn gathered_tile<K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    inp: &Inputs<'_, KE, VE>,
+    u: &Unit,
+    keys: &[usize],
+    sc: &mut Scratch<'_>,
+) {
+    let d = &plan.dims;
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let n = keys.len();
+    for (&j, dst) in keys.iter().zip(sc.ks.chunks_exact_mut(dk)) {
+        let off = inp.k_layout.offset(u.b, j, u.kvh);
+        kernel.widen(&inp.k[off..off + dk], dst);
+    }
+    for (&j, dst) in keys.iter().zip(sc.vs.chunks_exact_mut(dv)) {
+        let off = inp.v_layout.offset(u.b, j, u.kvh);
+        kernel.widen(&inp.v[off..off + dv], dst);
+    }
+    let s = &mut sc.s[..g * n];
+    kernel.dot_rows(g, n, dk, &sc.qs[..g * dk], dk, &sc.ks[..n * dk], dk, s, n);
+    if adjusts_scores(plan) {
+        for (r, row) in s.chunks_exact_mut(n).enumerate() {
+            adjust_scores(plan, u.b, u.kvh * g + r, u.q_tile, Keys::Listed(keys), row);
+        }
+    }
+    let st = &mut sc.state;
+    kernel.softmax_rows(s, n, g, n, &mut st.m[..g], &mut st.l[..g], &mut sc.alpha[..g]);
+    kernel.gemm_rescale(g, dv, n, s, n, &sc.vs[..n * dv], dv, &mut st.acc[..g * dv], dv, &sc.alpha[..g]);
+}
+
 /// A block of P·V: keys `[j, j + w)`, the first `w` rows of the transposed scores.
 struct PvBlock<'a> {
     j: usize,
@@ -528,13 +665,42 @@ fn visible_segments(rk: &RowKeys, j0: usize, j1: usize) -> impl Iterator<Item = 
 /// every result stays in `[-c, c]` like the exact one, so the error is at most `2c` (< 2.4e-38).
 /// For normal `c` the reciprocal is unchanged.
 #[inline]
-pub(crate) fn softcap_reciprocal(c: f32) -> f32 {
+fn softcap_reciprocal(c: f32) -> f32 {
     (1.0 / c).min(f32::MAX)
 }
 
-/// Softcap, ALiBi and bias on one row of scores for query `i`, keys `j0..`.
+/// The keys of a row of scores: a run of consecutive keys (dense tiles) or the keys a list names
+/// (gathered tiles).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Keys<'k> {
+    /// Keys `j0, j0 + 1, ...`.
+    Run(usize),
+    /// These keys, in order.
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+    Listed(&'k [usize]),
+}
+
+impl Keys<'_> {
+    /// The `jj`-th key.
+    #[inline]
+    fn key(self, jj: usize) -> usize {
+        match self {
+            Keys::Run(j0) => j0 + jj,
+            Keys::Listed(keys) => keys[jj],
+        }
+    }
+}
+
+/// True when the options change scores ([`adjust_scores`] has work).
+fn adjusts_scores(plan: &Plan<'_>) -> bool {
+    let o = &plan.opts;
+    o.softcap.is_some() || o.alibi_slopes.is_some() || o.bias.is_some()
+}
+
+/// Softcap, ALiBi and bias on one row of scores of query `i` and head `h` against `keys`: the
+/// one place the score options are applied (dense tiles, gathered tiles and the measurements).
 #[inline]
-fn adjust_scores(plan: &Plan<'_>, b: usize, h: usize, i: usize, j0: usize, row: &mut [f32]) {
+pub(crate) fn adjust_scores(plan: &Plan<'_>, b: usize, h: usize, i: usize, keys: Keys<'_>, row: &mut [f32]) {
     let o = &plan.opts;
     if let Some(c) = o.softcap {
         let inv = softcap_reciprocal(c);
@@ -548,22 +714,28 @@ fn adjust_scores(plan: &Plan<'_>, b: usize, h: usize, i: usize, j0: usize, row: 
         // and `abs_diff` cannot overflow.
         let pos = plan.mask.q_offset + i as i64;
         for (jj, x) in row.iter_mut().enumerate() {
-            let dist = pos.abs_diff((j0 + jj) as i64) as f32;
+            let dist = pos.abs_diff(keys.key(jj) as i64) as f32;
             *x -= slope * dist;
         }
     }
     if let Some(bias) = &o.bias {
         for (jj, x) in row.iter_mut().enumerate() {
-            *x += bias.data[bias.offset(b, h, i, j0 + jj)];
+            *x += bias.data[bias.offset(b, h, i, keys.key(jj))];
         }
     }
 }
 
-/// Destination of finished rows: the output tensor and the optional LSE.
-pub(crate) struct Sink<'o> {
-    pub out: ElemsMut<'o>,
-    pub out_layout: Layout,
-    pub lse: Option<&'o mut [f32]>,
+/// [`finish_unit`] into `sink`.
+///
+/// # Safety
+/// No other thread writes unit `u`'s rows during the call (the schedulers run each unit's finish
+/// once, and units own disjoint rows).
+pub(crate) unsafe fn finish_into(plan: &Plan<'_>, t: &Tiling, u: &Unit, state: &mut [f32], sink: &Sink<'_>) {
+    let mut st = RowState::of(t.state(plan), state);
+    finish_unit(plan, t, u, &mut st, |b, i, h, row, lse| {
+        // SAFETY: row (b, i, h) is one of unit `u`'s, which no other thread writes (the contract).
+        unsafe { sink.write(plan, b, i, h, row, lse) }
+    });
 }
 
 /// Applies learned sinks, normalises the unit's rows in `st` and hands each to `write`.
@@ -591,45 +763,6 @@ pub(crate) fn finish_unit(
                 gate.apply_row(u.b, q0 + i, h, acc);
             }
             write(u.b, q0 + i, h, acc, lse);
-        }
-    }
-}
-
-/// Merges a chunk's partial rows `(m, l, acc)` into `total`, row by row.
-pub(crate) fn merge_unit(rows: usize, dv: usize, total: &mut RowState<'_>, m: &[f32], l: &[f32], acc: &[f32]) {
-    for r in 0..rows {
-        merge_row(
-            &mut total.m[r],
-            &mut total.l[r],
-            &mut total.acc[r * dv..(r + 1) * dv],
-            m[r],
-            l[r],
-            &acc[r * dv..(r + 1) * dv],
-        );
-    }
-}
-
-impl Sink<'_> {
-    /// Writes one finished row.
-    pub fn write(&mut self, plan: &Plan<'_>, b: usize, i: usize, h: usize, row: &[f32], lse: f32) {
-        let off = self.out_layout.offset(b, i, h);
-        let dv = row.len();
-        match &mut self.out {
-            ElemsMut::F32(o) => o[off..off + dv].copy_from_slice(row),
-            ElemsMut::F16(o) => {
-                for (d, &x) in o[off..off + dv].iter_mut().zip(row) {
-                    *d = half::f16::from_f32(x);
-                }
-            }
-            ElemsMut::BF16(o) => {
-                for (d, &x) in o[off..off + dv].iter_mut().zip(row) {
-                    *d = half::bf16::from_f32(x);
-                }
-            }
-        }
-        if let Some(l) = self.lse.as_deref_mut() {
-            let d = &plan.dims;
-            l[(b * d.q_heads + h) * d.q_len + i] = lse;
         }
     }
 }

@@ -151,6 +151,7 @@ pub mod cuda;
 mod driver;
 mod element;
 mod error;
+mod exec;
 pub mod gate;
 pub mod kernel;
 #[cfg(feature = "alloc")]
@@ -161,12 +162,11 @@ pub mod measure;
 #[cfg(feature = "ndarray")]
 mod ndarray;
 mod options;
-#[cfg(feature = "rayon")]
-mod parallel;
 mod plan;
 #[cfg(feature = "alloc")]
 pub mod reference;
 pub mod rope;
+mod sink;
 mod softmax;
 #[cfg(feature = "alloc")]
 pub mod sparse;

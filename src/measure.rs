@@ -158,19 +158,10 @@ pub fn first_token_probabilities(
                 if let Some(rope) = &opts.rope_q {
                     rope.table.rotate_row(&mut row, rope.positions.get(b, i, dims.q_len));
                 }
-                let mut s: f32 = row.iter().enumerate().map(|(e, &x)| x * plan.scale * k.data.get_f32(k_off + e)).sum();
-                if let Some(c) = opts.softcap {
-                    // As the kernels score: c·tanh(s·(1/c)), the reciprocal clamped so that a
-                    // subnormal c (1/c overflowing f32) still gives the limit ±c, never NaN.
-                    let inv = (1.0 / c).min(f32::MAX);
-                    s = c * libm::tanhf(s * inv);
-                }
-                if let Some(sl) = opts.alibi_slopes {
-                    s -= sl[h] * (plan.mask.q_offset + i as i64).unsigned_abs() as f32;
-                }
-                if let Some(bias) = &opts.bias {
-                    s += bias.data[bias.offset(b, h, i, 0)];
-                }
+                let s: f32 = row.iter().enumerate().map(|(e, &x)| x * plan.scale * k.data.get_f32(k_off + e)).sum();
+                let mut s = [s];
+                crate::driver::adjust_scores(&plan, b, h, i, crate::driver::Keys::Run(0), &mut s);
+                let s = s[0];
                 let idx = (b * dims.q_heads + h) * dims.q_len + i;
                 p[idx] = libm::exp(s as f64 - lse[idx] as f64);
             }

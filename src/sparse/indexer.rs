@@ -6,7 +6,9 @@
 
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
+use crate::exec::{for_each_unit, Workers};
 use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::sink::SharedOut;
 use crate::sparse::indices::PAD;
 use crate::tensor::Tensor;
 
@@ -342,28 +344,22 @@ impl<O: Send> RowVisitor<'_, '_, O> {
     fn typed<K: Kernel, KE: Element>(self, kernel: K, k: &[KE]) {
         let d = self.ops.dims;
         let len = row_scratch_len(&d);
-        let (ops, f) = (self.ops, self.f);
-        let row = |(r, dst): (usize, &mut [O]), buf: &mut [f32]| {
+        let (ops, f, width) = (self.ops, self.f, self.width);
+        let out = SharedOut::new(self.out);
+        #[cfg(feature = "rayon")]
+        let workers = Workers::Pool;
+        #[cfg(not(feature = "rayon"))]
+        let mut buf = alloc::vec![0.0f32; len];
+        #[cfg(not(feature = "rayon"))]
+        let workers = Workers::Calling(&mut buf);
+        for_each_unit(workers, d.rows(), len, |r, buf| {
             let (scores, rest) = buf.split_at_mut(d.kv_len);
             let (spare, tmp) = rest.split_at_mut(d.kv_len);
             score_row(kernel, ops, k, r, scores, tmp);
+            // SAFETY: row r's `width` outputs belong to unit r alone, run once.
+            let dst = unsafe { out.slice(r * width, width) };
             f(r, scores, spare, dst);
-        };
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            self.out
-                .par_chunks_mut(self.width)
-                .enumerate()
-                .for_each(|item| crate::parallel::with_scratch(len, |buf| row(item, buf)));
-        }
-        #[cfg(not(feature = "rayon"))]
-        {
-            let mut buf = alloc::vec![0.0f32; len];
-            for item in self.out.chunks_mut(self.width).enumerate() {
-                row(item, &mut buf);
-            }
-        }
+        });
     }
 }
 
