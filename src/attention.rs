@@ -4,7 +4,7 @@ use crate::driver::{finish_into, run_unit, Inputs, Scratch, Tiling, Unit};
 use crate::element::Element;
 use crate::error::{Error, Operand};
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
-use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
+use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::sink::Sink;
@@ -22,7 +22,7 @@ use crate::Dims;
 /// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    Ok(Tiling::new(&plan)?.scratch)
+    Ok(Tiling::new(&plan, Isa::selected().geometry())?.scratch)
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.
@@ -61,7 +61,7 @@ pub fn attention_with_scratch(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan)?;
+    let tiling = Tiling::new(&plan, Isa::selected().geometry())?;
     let needed = tiling.scratch;
     if scratch.len() < needed {
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
@@ -109,7 +109,7 @@ pub fn attention(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan)?;
+    let tiling = Tiling::new(&plan, Isa::selected().geometry())?;
     crate::kernel::check_isa_env()?;
     let sink = Sink::new(out.data, out.layout, lse);
     let len = if tiling.units(&plan) == 0 { 0 } else { tiling.scratch };
@@ -185,6 +185,7 @@ fn run(call: Call<'_, '_>) {
 
 impl KvVisitor for Call<'_, '_> {
     fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
+        debug_assert_eq!(K::GEOMETRY, self.tiling.geo, "the call was cut for another kernel");
         let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
         let work = Dense { kernel, plan: self.plan, tiling: self.tiling, inp, sink: self.sink };
         run_split(self.workers, &work);

@@ -15,27 +15,14 @@
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
 use crate::exec::StateShape;
-use crate::kernel::Kernel;
+use crate::kernel::geometry::{MAX_GATHER_BC, MAX_ROWS_TARGET};
+use crate::kernel::{Geometry, Kernel};
 use crate::mask::RowKeys;
 use crate::plan::Plan;
 use crate::sink::Sink;
 use crate::softmax::{add_sink, finish_row};
 use crate::tensor::{Layout, Tensor};
 
-/// Keys per KV tile (prefill): the rows of the scores' gemm (`Sᵀ = K·Qᵀ`), a multiple of its
-/// microkernel's 6 rows; measured a few per cent faster than 60, 64 or 96 on P1.
-pub(crate) const BC: usize = 72;
-/// Rows (query heads × queries) a unit aims for: a multiple of the gemm microkernel's 6 rows
-/// and of the usual GQA group sizes (144 and 192 measured no faster).
-const ROWS_TARGET: usize = 96;
-/// At most this many rows per KV head score keys straight from memory, key by key (decode);
-/// more rows score a tile of keys with a gemm.
-const DOT_ROWS_MAX: usize = 8;
-/// Keys per KV tile of decode units (16, 32 and 48 measured up to 10% slower on D2, 72 the same).
-const DECODE_BC: usize = 64;
-/// Keys per gathered tile (sparse attention).
-#[cfg(feature = "alloc")]
-const GATHER_BC: usize = 64;
 /// Most keys per chunk when a single query tile splits the KV range (flash decoding).
 pub(crate) const SPLIT_CHUNK: usize = 1024;
 /// Fewest keys per chunk.
@@ -65,8 +52,11 @@ pub(crate) struct Tiling {
     pub chunk_len: usize,
     /// Rows of the largest unit (`hb · g · tq`).
     pub rows: usize,
-    /// Keys per KV tile (`BC`, or `DECODE_BC` when the rows score keys from memory).
+    /// Keys per KV tile (`geo.bc`, or `geo.decode_bc` when the rows score keys from memory,
+    /// `geo.gather_bc` for gathered keys).
     pub bc: usize,
+    /// The tiles of the kernel that runs the call.
+    pub geo: Geometry,
     /// f32 elements of one unit's scratch, besides its online-softmax state (0 when the call
     /// has no unit).
     pub unit_scratch: usize,
@@ -78,15 +68,16 @@ pub(crate) struct Tiling {
 impl Tiling {
     /// Cuts a validated plan into units; [`Error::ShapeOverflow`] for the scratch when one
     /// worker's scratch cannot be counted in `usize` (or allocated as f32s).
-    pub fn new(plan: &Plan<'_>) -> Result<Tiling, Error> {
+    pub fn new(plan: &Plan<'_>, geo: Geometry) -> Result<Tiling, Error> {
         let d = &plan.dims;
         let g = d.group();
-        let tq = (ROWS_TARGET / g).max(1).min(d.q_len.max(1));
+        let tq = (geo.rows_target / g).max(1).min(d.q_len.max(1));
         let q_tiles = d.q_len.div_ceil(tq);
         let head_rows = tq * g;
-        let hb = if head_rows <= DOT_ROWS_MAX { (ROWS_TARGET / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
+        let decode = head_rows <= geo.dot_rows_max;
+        let hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
         let blocks = d.kv_heads.div_ceil(hb);
-        let bc = if head_rows <= DOT_ROWS_MAX { DECODE_BC } else { BC };
+        let bc = if decode { geo.decode_bc } else { geo.bc };
         let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
         if q_tiles == 1 && d.kv_len > SPLIT_MIN {
             // With q_len ≥ 1, batch · blocks ≤ batch · q_heads ≤ Q's element count ≤ isize::MAX.
@@ -99,7 +90,7 @@ impl Tiling {
             }
         }
         let rows = hb * head_rows;
-        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, unit_scratch: 0, scratch: 0 };
+        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, geo, unit_scratch: 0, scratch: 0 };
         if t.units(plan) > 0 {
             let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
             t.unit_scratch = unit_scratch_len(plan, &t).ok_or(overflow.clone())?;
@@ -121,12 +112,12 @@ impl Tiling {
     }
 
     /// Units of one query row and one KV head (rows: the head's GQA group), visiting keys from a
-    /// list `GATHER_BC` at a time: sparse attention's cut. Never split.
+    /// list `geo.gather_bc` at a time: sparse attention's cut. Never split.
     #[cfg(feature = "alloc")]
-    pub fn per_query(plan: &Plan<'_>) -> Result<Tiling, Error> {
+    pub fn per_query(plan: &Plan<'_>, geo: Geometry) -> Result<Tiling, Error> {
         let d = &plan.dims;
         let g = d.group();
-        let (q_tiles, bc) = (d.q_len, GATHER_BC);
+        let (q_tiles, bc) = (d.q_len, geo.gather_bc);
         let mut t = Tiling {
             tq: 1,
             q_tiles,
@@ -136,6 +127,7 @@ impl Tiling {
             chunk_len: d.kv_len.max(1),
             rows: g,
             bc,
+            geo,
             unit_scratch: 0,
             scratch: 0,
         };
@@ -196,12 +188,12 @@ impl<'s> RowState<'s> {
 /// when the count overflows or the bytes would exceed `isize::MAX`. The head dimensions are
 /// bounded only by `isize::MAX` here (a call without queries may name any), so every step is checked.
 fn unit_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
-    let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
+    let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.geo.bc);
     let terms = [
         2usize.checked_mul(rows)?.checked_mul(dk)?,
-        BC.checked_mul(dk)?,
-        2usize.checked_mul(rows)?.checked_mul(BC)?,
-        2usize.checked_mul(BC)?.checked_mul(dv)?,
+        bc.checked_mul(dk)?,
+        2usize.checked_mul(rows)?.checked_mul(bc)?,
+        2usize.checked_mul(bc)?.checked_mul(dv)?,
         rows,
     ];
     let n = terms.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
@@ -217,13 +209,13 @@ fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
 impl<'s> Scratch<'s> {
     /// Carves a unit's scratch from `buf`, with `state` (of [`Tiling::state`]'s layout) as its state.
     pub fn carve(plan: &Plan<'_>, t: &Tiling, mut buf: &'s mut [f32], state: &'s mut [f32]) -> Scratch<'s> {
-        let (dk, dv, rows) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows);
+        let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.geo.bc);
         let qs = split(&mut buf, rows * dk);
         let qt = split(&mut buf, dk * rows);
-        let ks = split(&mut buf, BC * dk);
-        let s = split(&mut buf, rows * BC);
-        let tmp = split(&mut buf, rows * BC + BC * dv);
-        let vs = split(&mut buf, BC * dv);
+        let ks = split(&mut buf, bc * dk);
+        let s = split(&mut buf, rows * bc);
+        let tmp = split(&mut buf, rows * bc + bc * dv);
+        let vs = split(&mut buf, bc * dv);
         let alpha = split(&mut buf, rows);
         let state = RowState::of(t.state(plan), state);
         Scratch { qs, qt, ks, s, tmp, vs, alpha, state }
@@ -274,7 +266,7 @@ struct UnitSpan {
     q0: usize,
     tq: usize,
     /// Visible keys per query of the tile.
-    keys: [RowKeys; ROWS_TARGET],
+    keys: [RowKeys; MAX_ROWS_TARGET],
     /// Ranges of keys to visit, in order, as `[start, end)`.
     ranges: [(usize, usize); 2],
 }
@@ -282,7 +274,7 @@ struct UnitSpan {
 fn unit_span(plan: &Plan<'_>, t: &Tiling, u: &Unit) -> UnitSpan {
     let q0 = u.q_tile * t.tq;
     let tq = u.tq(plan, t);
-    let mut keys = [RowKeys { sinks_end: 0, lo: 0, hi: 0 }; ROWS_TARGET];
+    let mut keys = [RowKeys { sinks_end: 0, lo: 0, hi: 0 }; MAX_ROWS_TARGET];
     let (mut sinks_end, mut lo, mut hi) = (0usize, usize::MAX, 0usize);
     for (i, key) in keys.iter_mut().enumerate().take(tq) {
         *key = plan.mask.row(q0 + i);
@@ -363,7 +355,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         let (r0, r1) = (r0.max(k_begin), r1.min(k_end));
         (r0..r1).step_by(t.bc).map(move |j0| (j0, (j0 + t.bc).min(r1), r1))
     });
-    if hr <= DOT_ROWS_MAX {
+    if hr <= t.geo.dot_rows_max {
         for (j0, j1, _) in tiles {
             let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
             decode_tile(kernel, plan, inp, u, &span, sc, j0, j1, boundary, adjust);
@@ -380,7 +372,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     for (j0, j1, r1) in tiles {
         let n = j1 - j0;
         let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
-        let st = &mut sc.s[..BC * hr];
+        let st = &mut sc.s[..t.bc * hr];
         let k_tile = &inp.k[inp.k_layout.offset(u.b, j0, kvh)..];
         let v_tile = &inp.v[inp.v_layout.offset(u.b, j0, kvh)..];
         // This tile's V arrives during the scores, the next tile's K after them.
@@ -392,7 +384,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         }
         kernel.gemm(n, hr, dk, sc.ks, dk, sc.qt, hr, st, hr, false);
         if j1 < r1 {
-            let nn = (j1 + BC).min(r1) - j1;
+            let nn = (j1 + t.bc).min(r1) - j1;
             kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, j1, kvh)..], nn, dk, k_ld);
         }
         // Score epilogue (only with options, or on tiles some row cannot fully see).
@@ -542,7 +534,7 @@ pub(crate) fn run_gathered_unit<K: Kernel, KE: Element, VE: Element>(
         let j = e as usize;
         e != crate::sparse::PAD && (j < rk.sinks_end || (rk.lo <= j && j < rk.hi))
     };
-    let mut keys = [0usize; GATHER_BC];
+    let mut keys = [0usize; MAX_GATHER_BC];
     let mut n = 0;
     for (slot, &e) in list.iter().enumerate() {
         if visible(e) {

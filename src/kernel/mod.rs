@@ -13,8 +13,10 @@
 //! [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "GATED_ATTENTION_ISA"`
 //! before writing anything. [`set_forced_isa`] overrides the variable's choice but not its error.
 
+pub(crate) mod bounds;
 pub(crate) mod detect;
 pub(crate) mod exp;
+pub(crate) mod geometry;
 pub(crate) mod portable;
 pub(crate) mod scalar;
 #[cfg(test)]
@@ -23,7 +25,8 @@ mod tests;
 pub(crate) mod x86;
 
 use crate::element::{Element, Elems};
-use scalar::{assert_fits, assert_fits_read};
+use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
+pub(crate) use geometry::Geometry;
 
 /// The instruction sets the kernels are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -86,6 +89,18 @@ impl Isa {
         }
     }
 
+    /// The tiles of this ISA's kernel.
+    pub(crate) fn geometry(self) -> Geometry {
+        match self {
+            Isa::Scalar => <scalar::Scalar as Kernel>::GEOMETRY,
+            Isa::Portable => <portable::Portable as Kernel>::GEOMETRY,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => <x86::Avx2Fma as Kernel>::GEOMETRY,
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2Fma => Geometry::TUNED,
+        }
+    }
+
     /// The fastest ISA available, or the one forced through [`set_forced_isa`] (or, with `std`,
     /// the `GATED_ATTENTION_ISA` environment variable read at first use). An invalid variable
     /// selects automatically here; the attention entry points report it as an error.
@@ -124,6 +139,10 @@ pub fn last_used_isa() -> Option<Isa> {
 /// slice's first element. Every method panics if a slice is too short for its arguments; the
 /// driver sizes them from a checked plan, so that panic is unreachable from the public API.
 pub(crate) trait Kernel: Copy + Send + Sync + 'static {
+    /// The tiles the driver cuts calls into for this kernel, checked at compile time
+    /// (`Geometry::check` in the constant).
+    const GEOMETRY: Geometry;
+
     /// Which ISA this is.
     fn isa(self) -> Isa;
 
@@ -351,15 +370,6 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// `b` are skipped). Changes no result.
     fn prefetch<E: Element>(self, b: &[E], rows: usize, len: usize, ld: usize) {
         let _ = (b, rows, len, ld);
-    }
-}
-
-/// Panics unless the rows `b[j·ldb + h·ldh ..][..k]`, `j < n`, `h < heads`, fit in `len`.
-#[inline(always)]
-pub(crate) fn assert_heads_fit(len: usize, n: usize, heads: usize, k: usize, ldb: usize, ldh: usize) {
-    if n > 0 && heads > 0 && k > 0 {
-        let last = (n - 1).checked_mul(ldb).and_then(|x| x.checked_add((heads - 1).checked_mul(ldh)?));
-        assert!(last.and_then(|x| x.checked_add(k)).is_some_and(|end| end <= len), "rows do not fit their slice");
     }
 }
 

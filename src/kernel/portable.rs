@@ -9,9 +9,9 @@
 use half::f16;
 use wide::{f32x8, i32x8, CmpGt, CmpLt};
 
+use super::bounds::{assert_fits, assert_fits_read, dot_rows_prologue};
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E, P, ROUND_MAGIC};
-use super::scalar::{assert_fits, assert_fits_read, dot_rows_prologue};
-use super::{Isa, Kernel};
+use super::{Geometry, Isa, Kernel};
 use crate::element::{DType, Element};
 
 /// `wide` vectors; always available.
@@ -90,6 +90,8 @@ pub(crate) fn exp8(x: f32x8) -> f32x8 {
 }
 
 impl Kernel for Portable {
+    const GEOMETRY: Geometry = Geometry::TUNED.with_gemm_mr(MR).check();
+
     fn isa(self) -> Isa {
         Isa::Portable
     }

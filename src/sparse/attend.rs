@@ -10,7 +10,7 @@ use crate::driver::{finish_into, run_gathered_unit, Inputs, Scratch, Tiling, Uni
 use crate::element::Element;
 use crate::error::Error;
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
-use crate::kernel::{dispatch_kv, Kernel, KvVisitor};
+use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::sink::Sink;
@@ -70,7 +70,7 @@ pub fn sparse_attention(
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     indices.validate(&plan.dims)?;
-    let tiling = Tiling::per_query(&plan)?;
+    let tiling = Tiling::per_query(&plan, Isa::selected().geometry())?;
     crate::kernel::check_isa_env()?;
     if tiling.units(&plan) == 0 {
         return Ok(());

@@ -18,8 +18,8 @@ const KEY_CHUNK: usize = 8;
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `a` holds an `m × k` matrix (`lda`) and `b` an `n × k`
-/// one (`ldb`) in the sense of [`crate::kernel::scalar::assert_fits_read`] (rows may overlap),
-/// `out` an `m × n` one (`ldo`) in the sense of [`crate::kernel::scalar::assert_fits`].
+/// one (`ldb`) in the sense of [`crate::kernel::bounds::assert_fits_read`] (rows may overlap),
+/// `out` an `m × n` one (`ldo`) in the sense of [`crate::kernel::bounds::assert_fits`].
 #[inline(always)]
 pub(super) unsafe fn dot_rows<E: Element>(
     m: usize,

@@ -14,7 +14,7 @@ use super::convert::{lane_mask, load8, load_partial};
 use crate::element::{DType, Element};
 
 /// Rows per full microkernel.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 /// Rows of B packed per 16-column strip: 16 KiB of stack.
 const KC: usize = 256;
 /// B strips whose row stride is a multiple of this many bytes (4 KiB) are packed when more than
@@ -50,10 +50,11 @@ impl Acc {
 /// See [`crate::kernel::Kernel::gemm`] and [`crate::kernel::Kernel::gemm_rescale`].
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA; `a` holds an `m × k` matrix with leading dimension `lda` and
-/// `b` a `k × n` one (`ldb`) in the sense of [`crate::kernel::scalar::assert_fits_read`] (rows
+/// The CPU supports AVX2, FMA and F16C (B's elements are widened by `load8`, which needs F16C
+/// for f16); `a` holds an `m × k` matrix with leading dimension `lda` and
+/// `b` a `k × n` one (`ldb`) in the sense of [`crate::kernel::bounds::assert_fits_read`] (rows
 /// may overlap; B's elements are widened as they are loaded), `c` an `m × n` one (`ldc`) in the
-/// sense of [`crate::kernel::scalar::assert_fits`]; with
+/// sense of [`crate::kernel::bounds::assert_fits`]; with
 /// [`Acc::Rescale`], its pointer holds `m` floats. With `AT`, A is stored transposed: element
 /// `(i, p)` is `a[p·lda + i]` and `a` holds a `k × m` matrix.
 #[inline(always)]

@@ -11,8 +11,8 @@ mod gemm;
 mod reduce;
 
 use super::{
-    scalar::{assert_fits, assert_fits_read},
-    Isa, Kernel,
+    bounds::{assert_fits, assert_fits_read},
+    Geometry, Isa, Kernel,
 };
 use crate::element::Element;
 
@@ -37,6 +37,8 @@ impl Avx2Fma {
 }
 
 impl Kernel for Avx2Fma {
+    const GEOMETRY: Geometry = Geometry::TUNED.with_gemm_mr(gemm::MR).check();
+
     fn isa(self) -> Isa {
         Isa::Avx2Fma
     }
@@ -122,9 +124,9 @@ impl Kernel for Avx2Fma {
     ) {
         assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
-        super::assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
+        super::bounds::assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
         let (pf_s, pf_ld, pf_lh, pf_len) = pf;
-        super::assert_heads_fit(pf_s.len(), n, heads, pf_len, pf_ld, pf_lh);
+        super::bounds::assert_heads_fit(pf_s.len(), n, heads, pf_len, pf_ld, pf_lh);
         let pf = (pf_s.as_ptr(), pf_ld, pf_lh, pf_len);
         // SAFETY: the token proves the features; every matrix fits its slice (checked above).
         unsafe { dot_heads_avx2_fma(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo, pf) }
@@ -325,7 +327,7 @@ unsafe fn widen_avx2_fma<E: Element>(src: *const E, dst: *mut f32, len: usize) {
 }
 
 /// # Safety
-/// The CPU supports AVX2 and FMA.
+/// The CPU supports AVX2, FMA and F16C (the features this function enables).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn exp_sum_avx2_fma(x: &mut [f32], max: f32) -> f32 {
     // SAFETY: forwarded from this function's contract.
@@ -333,7 +335,7 @@ unsafe fn exp_sum_avx2_fma(x: &mut [f32], max: f32) -> f32 {
 }
 
 /// # Safety
-/// The CPU supports AVX2.
+/// The CPU supports AVX2, FMA and F16C (the features this function enables).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn max_avx2_fma(x: &[f32]) -> f32 {
     // SAFETY: forwarded from this function's contract.
@@ -341,7 +343,7 @@ unsafe fn max_avx2_fma(x: &[f32]) -> f32 {
 }
 
 /// # Safety
-/// The CPU supports AVX2.
+/// The CPU supports AVX2, FMA and F16C (the features this function enables).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scale_avx2_fma(x: &mut [f32], alpha: f32) {
     // SAFETY: forwarded from this function's contract.

@@ -191,7 +191,7 @@ pub(super) unsafe fn scale(x: &mut [f32], alpha: f32) {
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `s` holds `rows` rows of `n` floats with stride `ld` (in the
-/// sense of [`crate::kernel::scalar::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
+/// sense of [`crate::kernel::bounds::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
 #[inline(always)]
 pub(super) unsafe fn softmax_rows(
     s: *mut f32,
@@ -265,7 +265,7 @@ pub(super) unsafe fn softmax_rows(
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `s` holds `n` rows of `rows` floats with stride `ld` (in the
-/// sense of [`crate::kernel::scalar::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
+/// sense of [`crate::kernel::bounds::assert_fits`]), and `m`, `l`, `alpha` hold `rows` floats.
 #[inline(always)]
 pub(super) unsafe fn softmax_cols(
     s: *mut f32,
