@@ -148,6 +148,7 @@ mod attention;
 pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod dims;
 mod driver;
 mod element;
 mod error;
@@ -176,6 +177,7 @@ mod tensor;
 pub use attention::attention;
 pub use attention::{attention_with_scratch, scratch_len};
 
+pub use dims::Dims;
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};
 pub use half::{bf16, f16};
@@ -189,22 +191,3 @@ pub use tensor::{Layout, Tensor, TensorMut};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-/// The sizes of one attention call; [`Dims::validate`] states the size contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Dims {
-    /// Batch size.
-    pub batch: usize,
-    /// Query rows per batch element.
-    pub q_len: usize,
-    /// Keys (and values) per batch element.
-    pub kv_len: usize,
-    /// Query heads.
-    pub q_heads: usize,
-    /// Key/value heads; divides `q_heads`.
-    pub kv_heads: usize,
-    /// Head dimension of queries and keys.
-    pub head_dim: usize,
-    /// Head dimension of values and of the output.
-    pub v_head_dim: usize,
-}
