@@ -171,6 +171,8 @@ pub mod rope;
 mod softmax;
 #[cfg(feature = "alloc")]
 pub mod sparse;
+#[cfg(any(test, feature = "alloc"))]
+mod splitmix;
 mod tensor;
 
 #[cfg(feature = "alloc")]
