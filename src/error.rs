@@ -117,14 +117,6 @@ pub enum Error {
         /// The offending tensor.
         operand: Operand,
     },
-    /// More queries than keys with bottom-right causal alignment, which leaves no position for the
-    /// first queries.
-    QueryLongerThanKeys {
-        /// Query rows.
-        q_len: usize,
-        /// Keys.
-        kv_len: usize,
-    },
     /// An option has a value outside its domain.
     InvalidOption {
         /// The option's name.
@@ -231,11 +223,6 @@ impl fmt::Display for Error {
                  (need kv_heads > 0 and q_heads % kv_heads == 0)"
             ),
             Error::ZeroHeadDim { operand } => write!(f, "{operand}: head dimension is 0"),
-            Error::QueryLongerThanKeys { q_len, kv_len } => write!(
-                f,
-                "{q_len} queries against {kv_len} keys: bottom-right causal alignment needs \
-                 q_len <= kv_len"
-            ),
             Error::InvalidOption { option, reason } => write!(f, "option {option}: {reason}"),
             Error::CacheFull { batch_row, needed, capacity } => {
                 write!(f, "kv cache row {batch_row}: append needs {needed} slots, capacity is {capacity}")

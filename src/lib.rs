@@ -16,13 +16,13 @@
 //!   (gpt-oss).
 //! * **Storage**: Q, K, V and O each f32, f16 or bf16; accumulation is always f32.
 //! * **LSE** per `(batch, head, row)` in natural log, on request.
-//! * **Around the kernel** (feature `alloc`): [`rope`], the KV [`cache`], output [`gate`]s and the
-//!   [`layer::GatedAttention`] layer, gated [`sparse`] attention (DSA and GSA indexers, top-k,
-//!   the sparse kernel), and the papers' [`measure`]ments.
+//! * **Around the kernel** (feature `alloc`): [`rope`], the KV [`cache`], output [`gate`]s, gated
+//!   [`sparse`] attention (DSA and GSA indexers, top-k, the sparse kernel); with feature `layer`
+//!   the [`layer::GatedAttention`] layer and the papers' [`measure`]ments.
 //! * **Kernels**: prefill (FlashAttention-2 order, register-blocked GEMM microkernel on a
 //!   transposed K tile), decode (dot products straight from the cache) and split-KV decode with a
 //!   fixed-order merge. SIMD is chosen at run time ([`Isa`]); a plain `cargo build --release`
-//!   takes the AVX2+FMA path on CPUs that have it.
+//!   takes the AVX2 path on CPUs that have AVX2, FMA and F16C (it needs all three).
 //!
 //! ## Example
 //! ```
@@ -114,17 +114,21 @@
 //!   runs a kernel (see [`kernel`]).
 //!
 //! ## Features
-//! | feature | default | what it adds |
-//! |---|---|---|
-//! | `std` | yes | run-time CPU feature detection (`alloc` included) |
-//! | `alloc` | via `std` | [`attention`], [`reference`](mod@reference), [`sparse`], [`cache`], [`layer`], [`measure`] |
-//! | `rayon` | yes | multi-threaded [`attention`] ([`Parallelism::Rayon`]) |
-//! | `safetensors` | yes | `layer::load_weights` (safetensors files by Hugging Face names) |
-//! | `ndarray` | no | `Tensor::from_ndarray` / `TensorMut::from_ndarray` |
-//! | `cuda` | no | `cuda`: the CUDA backend (cudarc + NVRTC, loaded at run time; builds without CUDA) |
+//! | feature | default | what it adds | dependencies it adds |
+//! |---|---|---|---|
+//! | none | | the kernel ([`attention_with_scratch`], [`scratch_len`]), `#![no_std]`, no allocator | `half`, `libm`, `wide` |
+//! | `std` | yes | run-time CPU feature detection (`alloc` included) | none |
+//! | `alloc` | via `std` | [`attention`], [`reference`](mod@reference), [`sparse`], [`cache`] | none |
+//! | `layer` | yes | [`layer`] (the `config.json` reader included), [`measure`] (`alloc` included) | `matrixmultiply` |
+//! | `rayon` | yes | multi-threaded [`attention`] ([`Parallelism::Rayon`]) | `rayon` |
+//! | `safetensors` | yes | `layer::load_weights` (safetensors files by Hugging Face names; `layer` included) | `safetensors`, `serde_json` |
+//! | `ndarray` | no | `Tensor::from_ndarray` / `TensorMut::from_ndarray` | `ndarray` |
+//! | `cuda` | no | `cuda`: the CUDA backend (cudarc + NVRTC, loaded at run time; builds without CUDA) | `cudarc` |
 //!
 //! Without default features the crate is `#![no_std]` and chooses SIMD with
-//! `cfg!(target_feature)` only.
+//! `cfg!(target_feature)` only. `default-features = false, features = ["alloc"]` (or `"std"`,
+//! `"rayon"`) is the kernel with its allocating conveniences and without the layer: its only
+//! dependencies are `half`, `libm` and `wide`.
 //!
 //! ## Hardware
 //! | ISA | selected when | notes |
@@ -148,16 +152,17 @@ mod attention;
 pub mod cache;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod dims;
 mod driver;
 mod element;
 mod error;
 mod exec;
 pub mod gate;
 pub mod kernel;
-#[cfg(feature = "alloc")]
+#[cfg(feature = "layer")]
 pub mod layer;
 mod mask;
-#[cfg(feature = "alloc")]
+#[cfg(feature = "layer")]
 pub mod measure;
 #[cfg(feature = "ndarray")]
 mod ndarray;
@@ -170,12 +175,15 @@ mod sink;
 mod softmax;
 #[cfg(feature = "alloc")]
 pub mod sparse;
+#[cfg(any(test, feature = "layer"))]
+mod splitmix;
 mod tensor;
 
 #[cfg(feature = "alloc")]
 pub use attention::attention;
 pub use attention::{attention_with_scratch, scratch_len};
 
+pub use dims::Dims;
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};
 pub use half::{bf16, f16};
@@ -185,26 +193,7 @@ pub use options::QueryRope;
 pub use options::{Alignment, AttentionOptions, Bias, Parallelism};
 pub use tensor::{Layout, Tensor, TensorMut};
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (one is the layer's).
+#[cfg(all(doctest, feature = "layer"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
-/// The sizes of one attention call; [`Dims::validate`] states the size contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Dims {
-    /// Batch size.
-    pub batch: usize,
-    /// Query rows per batch element.
-    pub q_len: usize,
-    /// Keys (and values) per batch element.
-    pub kv_len: usize,
-    /// Query heads.
-    pub q_heads: usize,
-    /// Key/value heads; divides `q_heads`.
-    pub kv_heads: usize,
-    /// Head dimension of queries and keys.
-    pub head_dim: usize,
-    /// Head dimension of values and of the output.
-    pub v_head_dim: usize,
-}

@@ -48,7 +48,8 @@ pub extern "C" fn ensure_no_std_attention(seed: f32) -> f32 {
     }
 }
 
-/// The allocating entry point and the reference oracle also build without `std`.
+/// The allocating entry point and the reference oracle also build without `std` (and with
+/// `layer`, the code below uses this module's allocator).
 #[cfg(feature = "alloc")]
 mod with_alloc {
     extern crate alloc;
@@ -88,6 +89,36 @@ mod with_alloc {
             Ok(r) => (out[0] as f64 - r.out[0]) as f32,
             Err(_) => f32::NAN,
         }
+    }
+}
+
+/// The layer (matrixmultiply projections, the config.json reader) and a measurement also build
+/// without `std`.
+#[cfg(feature = "layer")]
+mod with_layer {
+    use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    use gated_attention::measure::sink_share_per_head;
+    use gated_attention::DType;
+
+    /// Parses a config, runs one token through a seeded layer and measures a sink share; returns
+    /// the sum of the two results, NaN on any `Err`.
+    #[no_mangle]
+    pub extern "C" fn ensure_no_std_layer(seed: f32) -> f32 {
+        let Ok(config) = GatedAttentionConfig::from_json(
+            r#"{"model_type": "qwen3", "hidden_size": 32, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 8}"#,
+        ) else {
+            return f32::NAN;
+        };
+        let Ok(layer) = GatedAttention::seeded(config, seed.to_bits() as u64) else { return f32::NAN };
+        let Ok(mut cache) = layer.new_cache(1, 8, DType::F32) else { return f32::NAN };
+        let x = [seed; 32];
+        let (Ok(y), Ok(share)) =
+            (layer.forward(&x[..], 1, &mut cache, None), sink_share_per_head(&[seed as f64; 4], 1, 2, 2, 0))
+        else {
+            return f32::NAN;
+        };
+        y.iter().sum::<f32>() + share.iter().sum::<f64>() as f32
     }
 }
 

@@ -143,30 +143,16 @@ impl Workload {
     }
 }
 
-/// SplitMix64 (Steele, Lea, Flood 2014): a fixed-seed generator, so every run sees the same data.
-pub struct SplitMix64(pub u64);
+/// SplitMix64: a fixed-seed generator, so every run sees the same data (the repository's one
+/// copy, `src/splitmix.rs`).
+#[path = "../../src/splitmix.rs"]
+mod splitmix;
+pub use splitmix::SplitMix64;
 
-impl SplitMix64 {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1] (24 random bits, so the f32 is exact).
-    pub fn next_f32(&mut self) -> f32 {
-        let u = (self.next_u64() >> 40) as f32 * (1.0 / (1u64 << 24) as f32); // [0, 1)
-        2.0 * u - 1.0
-    }
-}
-
-/// `n` values in [-1, 1] from `seed`.
+/// `n` values in [-1, 1) from `seed`.
 pub fn random_f32(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64(seed);
-    (0..n).map(|_| rng.next_f32()).collect()
+    (0..n).map(|_| rng.uniform()).collect()
 }
 
 /// A K or V buffer in its storage type.

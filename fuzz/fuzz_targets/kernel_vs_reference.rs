@@ -112,17 +112,10 @@ fn round_to(dtype: DType, x: f32) -> f32 {
     }
 }
 
-/// SplitMix64, for the values once the input bytes run out.
-struct SplitMix(u64);
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+/// SplitMix64, for the values once the input bytes run out: the repository's one copy.
+#[path = "../../src/splitmix.rs"]
+mod splitmix;
+use splitmix::SplitMix64;
 
 impl Case {
     fn decode(u: &mut Unstructured<'_>) -> arbitrary::Result<Case> {
@@ -218,14 +211,14 @@ impl Case {
         let seed = u.arbitrary::<u64>()?;
         // Chosen from a hash of the seed, so that it consumes no input bytes (inputs keep their
         // former meaning): one input in sixteen.
-        let roll = SplitMix(seed ^ 0x5eed_c0de).next();
+        let roll = SplitMix64(seed ^ 0x5eed_c0de).next_u64();
         let corruption = match roll % 48 {
             0 => Corruption::ShortValues,
             1 => Corruption::LseLength,
             2 => Corruption::AlibiCount,
             _ => Corruption::None,
         };
-        let mut rng = SplitMix(seed);
+        let mut rng = SplitMix64(seed);
 
         let lens = [
             batch * q_len * q_heads * head_dim,
@@ -236,7 +229,7 @@ impl Case {
         for t in 0..3 {
             let mut vals = Vec::with_capacity(lens[t]);
             for i in 0..lens[t] {
-                let byte = if u.is_empty() { rng.next() as u8 } else { u.arbitrary::<u8>()? };
+                let byte = if u.is_empty() { rng.next_u64() as u8 } else { u.arbitrary::<u8>()? };
                 let mut x = byte as i8 as f32 / 32.0;
                 x *= match magnitude[t] {
                     5 if (i as u64 ^ rng.0) & 7 == 0 => 2500.0,

@@ -14,6 +14,7 @@ use super::portable::{self, Portable};
 use super::scalar::Scalar;
 use super::Kernel;
 use crate::element::Element;
+use crate::splitmix::SplitMix64 as Rng;
 
 /// gemm: `|c − c_scalar| ≤ GEMM_RTOL · √k · (Σₚ |a·b| + |c₀|)`.
 const GEMM_RTOL: f64 = 1e-5;
@@ -26,23 +27,6 @@ const SUM_RTOL: f64 = 1e-6;
 
 /// The sizes every m/n/k sweep covers: 0, 1, the tile edges and their neighbours.
 const SIZES: [usize; 15] = [0, 1, 5, 6, 7, 8, 15, 16, 17, 63, 64, 65, 127, 128, 129];
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 /// Elements a `rows × cols` matrix with leading dimension `ld` needs.
 fn fit_len(rows: usize, cols: usize, ld: usize) -> usize {

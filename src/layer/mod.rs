@@ -47,6 +47,7 @@ use crate::gate::{apply_gate, Gate};
 use crate::measure::{GateStats, LayerProbes};
 use crate::options::AttentionOptions;
 use crate::rope::{Positions, RopeTable};
+use crate::splitmix::SplitMix64;
 use crate::tensor::{Tensor, TensorMut};
 use norm::rms_norm_rows;
 
@@ -123,18 +124,6 @@ pub(crate) fn filled(name: &str, n: usize, f: impl FnMut() -> f32) -> Result<Vec
     v.try_reserve_exact(n).map_err(|_| alloc_err(name, n))?;
     v.extend(core::iter::repeat_with(f).take(n));
     Ok(v)
-}
-
-struct SplitRng(u64);
-impl SplitRng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 }
 
 impl GatedAttention {
@@ -217,12 +206,12 @@ impl GatedAttention {
     pub fn seeded(config: GatedAttentionConfig, seed: u64) -> Result<GatedAttention, Error> {
         config.validate()?;
         let c = &config;
-        let mut rng = SplitRng(seed);
+        let mut rng = SplitMix64(seed);
         let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, Error> {
             let a = 1.0 / libm::sqrtf(inp as f32);
             let n = out.checked_mul(inp).ok_or_else(|| alloc_err(name, usize::MAX))?;
-            let weight = filled(name, n, || rng.next() * a)?;
-            let bias = if bias { Some(filled(name, out, || rng.next() * a)?) } else { None };
+            let weight = filled(name, n, || rng.uniform() * a)?;
+            let bias = if bias { Some(filled(name, out, || rng.uniform() * a)?) } else { None };
             Ok(Linear { weight, bias, in_features: inp, out_features: out })
         };
         let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
@@ -239,11 +228,11 @@ impl GatedAttention {
             }
             _ => None,
         };
-        let norm = |rng: &mut SplitRng, name: &str| -> Result<Option<Vec<f32>>, Error> {
+        let norm = |rng: &mut SplitMix64, name: &str| -> Result<Option<Vec<f32>>, Error> {
             Ok(match c.qk_norm {
                 QkNorm::None => None,
-                QkNorm::Qwen3 => Some(filled(name, c.head_dim, || 1.0 + 0.1 * rng.next())?),
-                QkNorm::Qwen3Next => Some(filled(name, c.head_dim, || 0.1 * rng.next())?),
+                QkNorm::Qwen3 => Some(filled(name, c.head_dim, || 1.0 + 0.1 * rng.uniform())?),
+                QkNorm::Qwen3Next => Some(filled(name, c.head_dim, || 0.1 * rng.uniform())?),
             })
         };
         let q_norm = norm(&mut rng, "q_norm.weight")?;

@@ -9,28 +9,10 @@ use gated_attention::{
     ElemsMut, Layout, Parallelism, Tensor, TensorMut,
 };
 
-/// SplitMix64: a tiny seeded generator, enough for test inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+#[path = "../../src/splitmix.rs"]
+mod splitmix;
+/// The seeded generator of every test input: the library's own SplitMix64 (`src/splitmix.rs`).
+pub use splitmix::SplitMix64 as Rng;
 
 /// The fixed tolerance table: `|x - r| <= atol + rtol·|r|`, chosen by the output's storage type.
 /// Inputs in f16/bf16 are widened exactly, so only the output's rounding changes the budget.

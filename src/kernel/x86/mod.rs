@@ -25,15 +25,6 @@ impl Avx2Fma {
     pub(crate) fn try_new() -> Option<Self> {
         (super::detect::has_avx2_fma() && super::detect::has_f16c()).then_some(Avx2Fma(()))
     }
-
-    /// The token, without checking.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[allow(dead_code)] // for callers that detected the features themselves
-    pub(crate) const unsafe fn new_unchecked() -> Self {
-        Avx2Fma(())
-    }
 }
 
 impl Kernel for Avx2Fma {
