@@ -46,8 +46,10 @@ pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Er
 ///   [`Error::BufferTooSmall`] / [`Error::ShapeOverflow`], the output's shape and
 ///   [`Error::AliasedOutput`], and the LSE length;
 /// * [`Error::ShapeOverflow`] or [`Error::BufferTooSmall`] with `operand: Operand::Scratch`;
-/// * with `std`, [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` when that
-///   environment variable names no ISA or one this CPU cannot run (see [`kernel`](crate::kernel)).
+/// * [`Error::InvalidOption`] with `option: "isa"` when [`AttentionOptions::isa`] names an ISA
+///   this CPU cannot run, then, with `std`, with `option: "GATED_ATTENTION_ISA"` when that
+///   environment variable names no ISA or one this CPU cannot run (see
+///   [`AttentionOptions::resolved_isa`], which is the ISA the call runs).
 pub fn attention_with_scratch(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -64,9 +66,9 @@ pub fn attention_with_scratch(
     if scratch.len() < needed {
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
     }
-    crate::kernel::check_isa_env()?;
+    let isa = opts.resolved_isa()?;
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
+    run(isa, Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch, sink } });
     Ok(())
 }
 
@@ -107,14 +109,14 @@ pub fn attention(
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     let tiling = Tiling::new(&plan)?;
-    crate::kernel::check_isa_env()?;
+    let isa = opts.resolved_isa()?;
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
     match opts.parallelism {
         #[cfg(feature = "rayon")]
-        crate::Parallelism::Rayon => run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Rayon { sink } }),
+        crate::Parallelism::Rayon => run(isa, Call { plan: &plan, tiling, q, k, v, exec: Exec::Rayon { sink } }),
         crate::Parallelism::Sequential => {
             let mut scratch = alloc::vec![0.0f32; tiling.scratch];
-            run(Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch: &mut scratch, sink } });
+            run(isa, Call { plan: &plan, tiling, q, k, v, exec: Exec::Sequential { scratch: &mut scratch, sink } });
         }
     }
     Ok(())
@@ -140,13 +142,13 @@ struct Call<'p, 'a, 't, 's, 'o> {
     exec: Exec<'s, 'o>,
 }
 
-fn run(call: Call<'_, '_, '_, '_, '_>) {
+fn run(isa: crate::Isa, call: Call<'_, '_, '_, '_, '_>) {
     if call.tiling.units(call.plan) == 0 {
         // No query row: nothing to write (and no scratch to carve).
         return;
     }
     let (k, v) = (call.k.data, call.v.data);
-    dispatch_kv(call, k, v);
+    dispatch_kv(isa, call, k, v);
 }
 
 impl KvVisitor for Call<'_, '_, '_, '_, '_> {

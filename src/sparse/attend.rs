@@ -37,8 +37,8 @@ const BC: usize = 64;
 /// [`Dims::validate`] included: a stride-0 K/V of any logical `kv_len` up to `isize::MAX` is
 /// accepted and costs only the listed keys), then the index list's [`Error::ShapeMismatch`],
 /// [`Error::ShapeOverflow`], [`Error::IndexOutOfRange`] and [`Error::DuplicateIndex`],
-/// [`Error::ShapeOverflow`] for a worker scratch that cannot be counted, and the
-/// `GATED_ATTENTION_ISA` error.
+/// [`Error::ShapeOverflow`] for a worker scratch that cannot be counted, and the ISA errors of
+/// [`AttentionOptions::resolved_isa`] (the ISA the call runs).
 ///
 /// ```
 /// use gated_attention::sparse::{sparse_attention, SparseIndices, PAD};
@@ -79,12 +79,12 @@ pub fn sparse_attention(
     let units = if d.q_len == 0 { 0 } else { d.batch * d.q_len * d.kv_heads };
     let scratch =
         if units == 0 { 0 } else { scratch_len(d).ok_or(Error::ShapeOverflow { operand: Operand::Scratch })? };
-    crate::kernel::check_isa_env()?;
+    let isa = opts.resolved_isa()?;
     if units == 0 {
         return Ok(());
     }
     let sink = Sink { out_layout: out.layout, out: out.data, lse };
-    dispatch_kv(Call { plan: &plan, q, k, v, indices, sink, units, scratch }, k.data, v.data);
+    dispatch_kv(isa, Call { plan: &plan, q, k, v, indices, sink, units, scratch }, k.data, v.data);
     Ok(())
 }
 
