@@ -179,3 +179,29 @@ fn overlapping_key_and_value_rows_are_read_as_given() {
         }
     }
 }
+
+/// The layer (`GatedAttention::with_isa`, through the KV cache's `attend`) runs the ISA it is
+/// given: each ISA's output matches the f64 reference, and the ISAs' outputs differ in their bits
+/// (a layer that dropped the option would give every ISA the same bits).
+#[test]
+fn the_layer_runs_the_requested_isa() {
+    use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    let (batch, l, dm) = (2, 24, 48);
+    let base = GatedAttention::seeded(GatedAttentionConfig::new(dm, 4, 2, 12), 11).unwrap();
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..batch * l * dm).map(|_| rng.uniform()).collect();
+    let want = base.reference_forward(&x, batch).unwrap();
+    let (atol, rtol) = tolerance(DType::F32);
+    let mut outs = Vec::new();
+    for isa in ALL.into_iter().filter(|isa| isa.is_available()) {
+        let layer = base.clone().with_isa(isa);
+        assert_eq!(layer.resolved_isa(), Ok(isa));
+        let mut cache = layer.new_cache(batch, l, DType::F32).unwrap();
+        let y = layer.forward(&x, batch, &mut cache, None).unwrap();
+        for (i, (&g, &w)) in y.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{isa:?}: element {i}: {g} vs reference {w}");
+        }
+        outs.push(y.iter().map(|x| x.to_bits()).collect::<Vec<u32>>());
+    }
+    assert!(outs.windows(2).any(|w| w[0] != w[1]), "every ISA gave the same bits: the option did not reach the kernel");
+}
