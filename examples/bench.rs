@@ -312,7 +312,7 @@ fn main() -> ExitCode {
     let isa = match isa_opts.resolved_isa() {
         Ok(isa) => isa.name(),
         Err(e) => {
-            eprintln!("error: {e} (--isa or GATED_ATTENTION_ISA)");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
