@@ -24,8 +24,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use gated_attention::kernel::{last_used_isa, set_forced_isa, Isa};
-use gated_attention::{reference, Tensor};
+use gated_attention::{reference, AttentionOptions, Isa, Tensor};
 use limits::BwBuffer;
 use workloads::{workload, Inputs, KvDtype, Workload, WORKLOADS};
 
@@ -306,12 +305,17 @@ fn main() -> ExitCode {
         eprintln!("error: cannot build the rayon pool: {e}");
         return ExitCode::FAILURE;
     }
-    if let Some(isa) = args.isa {
-        if !set_forced_isa(Some(isa)) {
-            eprintln!("error: ISA {} is not available on this machine/build", isa.name());
+    // The ISA every call runs (`--isa`, else GATED_ATTENTION_ISA, else the CPU's best), or the
+    // error every call would return.
+    let mut isa_opts = AttentionOptions::new();
+    isa_opts.isa = args.isa;
+    let isa = match isa_opts.resolved_isa() {
+        Ok(isa) => isa.name(),
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
 
     let bw_mib = args.bw_mib.unwrap_or(match limits::mem_available_mib() {
         Some(m) if m < 4096 => 512,
@@ -334,6 +338,7 @@ fn main() -> ExitCode {
         for dt in dts {
             eprint!("  {} kv {} ...", w.name, dt.name());
             let mut inp = Inputs::new(w, dt);
+            inp.isa = args.isa;
             let modes: Vec<Option<CacheMode>> =
                 if w.is_decode() { args.cache.iter().map(|&m| Some(m)).collect() } else { vec![None] };
             let mut max_abs_err = None;
@@ -384,7 +389,6 @@ fn main() -> ExitCode {
 
     eprintln!("  re-measuring limits ...");
     let end = Limits::measure("end", threads, &buf);
-    let isa = last_used_isa().unwrap_or_else(Isa::selected).name();
     // The machine's limit is the best measurement of the run (at the start, between workloads,
     // at the end): other processes only ever lower a measurement.
     let peak = between.iter().fold(start.fma_at(threads).max(end.fma_at(threads)), |m, b| m.max(b.0));

@@ -22,7 +22,7 @@ use crate::Dims;
 /// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    Ok(Tiling::new(&plan, Isa::selected().geometry())?.scratch)
+    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa))?.scratch)
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.
@@ -48,8 +48,10 @@ pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Er
 ///   [`Error::BufferTooSmall`] / [`Error::ShapeOverflow`], the output's shape and
 ///   [`Error::AliasedOutput`], and the LSE length;
 /// * [`Error::ShapeOverflow`] or [`Error::BufferTooSmall`] with `operand: Operand::Scratch`;
-/// * with `std`, [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` when that
-///   environment variable names no ISA or one this CPU cannot run (see [`kernel`](crate::kernel)).
+/// * [`Error::InvalidOption`] with `option: "isa"` when [`AttentionOptions::isa`] names an ISA
+///   this CPU cannot run, then, with `std`, with `option: "GATED_ATTENTION_ISA"` when that
+///   environment variable names no ISA or one this CPU cannot run (see
+///   [`AttentionOptions::resolved_isa`], which is the ISA the call runs).
 pub fn attention_with_scratch(
     q: &Tensor<'_>,
     k: &Tensor<'_>,
@@ -61,15 +63,15 @@ pub fn attention_with_scratch(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan, Isa::selected().geometry())?;
+    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
     let needed = tiling.scratch;
     if scratch.len() < needed {
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
     }
-    crate::kernel::check_isa_env()?;
+    let isa = opts.resolved_isa()?;
     let sink = Sink::new(out.data, out.layout, lse);
     let workers = Workers::Calling(scratch);
-    run(Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers });
+    run(isa, Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers });
     Ok(())
 }
 
@@ -109,12 +111,11 @@ pub fn attention(
 ) -> Result<(), Error> {
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan, Isa::selected().geometry())?;
-    crate::kernel::check_isa_env()?;
+    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
+    let isa = opts.resolved_isa()?;
     let sink = Sink::new(out.data, out.layout, lse);
-    let len = if tiling.units(&plan) == 0 { 0 } else { tiling.scratch };
-    Workers::with(opts.parallelism, len, |workers| {
-        run(Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers })
+    Workers::with(opts.parallelism, tiling.scratch, |workers| {
+        run(isa, Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers })
     });
     Ok(())
 }
@@ -174,13 +175,13 @@ struct Call<'c, 's> {
     workers: Workers<'s>,
 }
 
-fn run(call: Call<'_, '_>) {
+fn run(isa: Isa, call: Call<'_, '_>) {
     if call.tiling.units(call.plan) == 0 {
         // No query row: nothing to write (and no scratch to carve).
         return;
     }
     let (k, v) = (call.k.data, call.v.data);
-    dispatch_kv(call, k, v);
+    dispatch_kv(isa, call, k, v);
 }
 
 impl KvVisitor for Call<'_, '_> {

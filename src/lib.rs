@@ -109,9 +109,10 @@
 //!   `right_window` with `causal`, are [`Error::InvalidOption`].
 //! * **Softcap**: any finite `c > 0`, subnormals included; where `1/c` overflows f32 the kernels
 //!   use `f32::MAX`, so zero scores stay 0 and capped scores stay within `[-c, c]`.
-//! * **`GATED_ATTENTION_ISA`**: an unknown name, or an ISA the CPU cannot run, is
-//!   [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` from every entry point that
-//!   runs a kernel (see [`kernel`]).
+//! * **ISA**: an ISA option ([`AttentionOptions::isa`]) the CPU cannot run is
+//!   [`Error::InvalidOption`] with `option: "isa"`; an unknown `GATED_ATTENTION_ISA`, or one the
+//!   CPU cannot run, is [`Error::InvalidOption`] with `option: "GATED_ATTENTION_ISA"` from every
+//!   entry point that runs a kernel (see [`kernel`]).
 //!
 //! ## Features
 //! | feature | default | what it adds | dependencies it adds |
@@ -135,10 +136,12 @@
 //! |---|---|---|
 //! | [`Isa::Avx2Fma`] | x86_64 with AVX2, FMA and F16C (run time with `std`) | 6×16 register-blocked GEMM, F16C widening |
 //! | [`Isa::Portable`] | everything else | `wide` 8-lane vectors, chosen at compile time (SSE2 or NEON) |
-//! | [`Isa::Scalar`] | forced only | the baseline for tests |
+//! | [`Isa::Scalar`] | requested only | the baseline for tests |
 //!
-//! `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`; any ASCII case) or
-//! [`kernel::set_forced_isa`] pins the choice. An unknown name is an error, not a fallback.
+//! A call's [`AttentionOptions::isa`] (`sparse::Indexer::isa` for the indexers) pins its kernel;
+//! otherwise `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`; any ASCII
+//! case) pins every call's. An unknown or unavailable name is an error, not a fallback;
+//! [`AttentionOptions::resolved_isa`] is the ISA a call runs (see [`kernel`]).
 #![cfg_attr(not(feature = "std"), no_std)]
 #![doc(test(attr(deny(warnings))))]
 #![deny(unsafe_op_in_unsafe_fn)]

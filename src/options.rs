@@ -1,6 +1,7 @@
 //! What an attention call computes: scale, masks, sinks, softcap, ALiBi and bias.
 
 use crate::error::{Error, Operand};
+use crate::kernel::Isa;
 
 /// How query rows are placed against the keys when `q_len != kv_len`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +103,11 @@ pub struct AttentionOptions<'a> {
     pub bias: Option<Bias<'a>>,
     /// Threads for the allocating entry points.
     pub parallelism: Parallelism,
+    /// The ISA whose kernel runs the call; `None` (the default) chooses automatically. See
+    /// [`AttentionOptions::resolved_isa`] for the one a call runs; an unavailable ISA is
+    /// [`Error::InvalidOption`] with `option: "isa"`. The f64 reference and the `cuda` backend
+    /// ignore it.
+    pub isa: Option<Isa>,
     /// The G1 output gate, applied to each normalised output row in the kernel's epilogue
     /// (logits `[batch, q_len, q_heads | 1, v_head_dim | 1]`; LSE is not gated).
     pub output_gate: Option<crate::gate::Gate<'a>>,
@@ -194,6 +200,39 @@ impl<'a> AttentionOptions<'a> {
     pub fn parallelism(mut self, parallelism: Parallelism) -> Self {
         self.parallelism = parallelism;
         self
+    }
+    /// Runs the call on `isa`'s kernel (for tests, benchmarks and embedders that pin a kernel;
+    /// results of different ISAs may differ in the last bits).
+    ///
+    /// ```
+    /// use gated_attention::{AttentionOptions, Isa};
+    /// let opts = AttentionOptions::new().causal().isa(Isa::Portable);
+    /// assert_eq!(opts.isa, Some(Isa::Portable));
+    /// ```
+    pub fn isa(mut self, isa: Isa) -> Self {
+        self.isa = Some(isa);
+        self
+    }
+
+    /// The ISA a call with these options runs: [`Isa::resolve`] of [`AttentionOptions::isa`],
+    /// which every entry point that runs a kernel calls once, after checking its other
+    /// arguments, and then runs exactly. The order of its errors, and how the option and the
+    /// environment variable `GATED_ATTENTION_ISA` combine, are in the
+    /// [`kernel`](crate::kernel#which-isa-a-call-runs) documentation.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] with `option: "isa"` when the option names an ISA this CPU or
+    /// build cannot run, then with `option: "GATED_ATTENTION_ISA"` when that variable is invalid.
+    ///
+    /// ```
+    /// use gated_attention::{AttentionOptions, Isa};
+    /// if std::env::var_os("GATED_ATTENTION_ISA").is_none() {
+    ///     assert_eq!(AttentionOptions::new().isa(Isa::Scalar).resolved_isa(), Ok(Isa::Scalar));
+    ///     assert_eq!(AttentionOptions::new().resolved_isa(), Ok(Isa::selected()));
+    /// }
+    /// ```
+    pub fn resolved_isa(&self) -> Result<Isa, Error> {
+        Isa::resolve(self.isa)
     }
 
     /// Checks the options that do not depend on tensor shapes, plus those that depend on `dims`.

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{check_against, make_inputs, run_kernel, Case, Entry};
-use gated_attention::sparse::{sparse_attention, SparseIndices};
+use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIndices};
 use gated_attention::{
-    attention, attention_with_scratch, reference, scratch_len, Alignment, AttentionOptions, Dims, Error, Layout,
+    attention, attention_with_scratch, reference, scratch_len, Alignment, AttentionOptions, Dims, Error, Isa, Layout,
     Operand, Parallelism, Tensor, TensorMut,
 };
 
@@ -274,8 +274,9 @@ fn subnormal_softcap_gives_the_limit() {
     }
 }
 
-// Finding 10: an unknown GATED_ATTENTION_ISA is an error; names match case-insensitively. The
-// variable is read once per process, so each setting runs this binary again as a child.
+// Finding 10: an unknown GATED_ATTENTION_ISA is an error; names match case-insensitively; the
+// per-call ISA option wins over the variable's choice but not over its error. The variable is
+// read once per process, so each setting runs this binary again as a child.
 
 fn small_call(opts: &AttentionOptions<'_>) -> Result<(), Error> {
     let (q, k, v) = ([0.5f32; 8], [0.25f32; 8], [1.0f32; 8]);
@@ -301,40 +302,59 @@ fn isa_env_child() {
         // Run directly (`--include-ignored`): nothing to check without the parent's setting.
         return;
     };
-    let opts = AttentionOptions::new();
-    let mut results = vec![small_call(&opts), small_call(&opts.parallelism(Parallelism::Sequential))];
-    let mut scratch = vec![0.0f32; 1 << 12];
-    let (q, k, v) = ([0.5f32; 8], [0.25f32; 8], [1.0f32; 8]);
-    let mut o = [f32::NAN; 8];
-    results.push(attention_with_scratch(
-        &Tensor::bshd(&q[..], 1, 2, 1, 4),
-        &Tensor::bshd(&k[..], 1, 2, 1, 4),
-        &Tensor::bshd(&v[..], 1, 2, 1, 4),
-        TensorMut::bshd(&mut o[..], 1, 2, 1, 4),
-        None,
-        &opts,
-        &mut scratch,
-    ));
-    let idx = [0, 1, 0, 1];
-    results.push(sparse_attention(
-        &Tensor::bshd(&q[..], 1, 2, 1, 4),
-        &Tensor::bshd(&k[..], 1, 2, 1, 4),
-        &Tensor::bshd(&v[..], 1, 2, 1, 4),
-        &SparseIndices::shared(&idx, 1, 2, 2),
-        TensorMut::bshd(&mut o[..], 1, 2, 1, 4),
-        None,
-        &opts,
-    ));
-    for r in results {
-        match expect.as_str() {
-            "invalid" => match r {
-                Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", reason }) => assert!(!reason.is_empty()),
-                other => panic!("expected the ISA error, got {other:?}"),
-            },
-            name => {
-                r.expect("a valid ISA name");
-                let ran = gated_attention::kernel::last_used_isa().expect("an ISA ran");
-                assert_eq!(ran.name(), name);
+    // Every entry point, without the ISA option and with it: the option wins over the
+    // variable's choice, never over its error.
+    for option in [None, Some(Isa::Scalar)] {
+        let mut opts = AttentionOptions::new();
+        opts.isa = option;
+        let ix = Indexer { isa: option, ..Indexer::lightning() };
+        let mut results = vec![small_call(&opts), small_call(&opts.parallelism(Parallelism::Sequential))];
+        let mut scratch = vec![0.0f32; 1 << 12];
+        let (q, k, v) = ([0.5f32; 8], [0.25f32; 8], [1.0f32; 8]);
+        let mut o = [f32::NAN; 8];
+        results.push(attention_with_scratch(
+            &Tensor::bshd(&q[..], 1, 2, 1, 4),
+            &Tensor::bshd(&k[..], 1, 2, 1, 4),
+            &Tensor::bshd(&v[..], 1, 2, 1, 4),
+            TensorMut::bshd(&mut o[..], 1, 2, 1, 4),
+            None,
+            &opts,
+            &mut scratch,
+        ));
+        let idx = [0, 1, 0, 1];
+        results.push(sparse_attention(
+            &Tensor::bshd(&q[..], 1, 2, 1, 4),
+            &Tensor::bshd(&k[..], 1, 2, 1, 4),
+            &Tensor::bshd(&v[..], 1, 2, 1, 4),
+            &SparseIndices::shared(&idx, 1, 2, 2),
+            TensorMut::bshd(&mut o[..], 1, 2, 1, 4),
+            None,
+            &opts,
+        ));
+        let mut top = [7i32; 2];
+        let r = top_k_indices(
+            &Tensor::bshd(&q[..], 1, 2, 1, 4),
+            &Tensor::bshd(&k[..], 1, 2, 1, 4),
+            &Tensor::bshd(&v[..2], 1, 2, 1, 1),
+            &ix,
+            1,
+            &mut top,
+        );
+        assert!(r.is_ok() || top == [7, 7], "indexer wrote despite {r:?}");
+        results.push(r);
+        for r in results {
+            match expect.as_str() {
+                "invalid" => match r {
+                    Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", reason }) => assert!(!reason.is_empty()),
+                    other => panic!("option {option:?}: expected the ISA error, got {other:?}"),
+                },
+                name => {
+                    r.expect("a valid ISA name");
+                    // The ISA the calls ran: the option's if set, else the variable's.
+                    let ran = option.map_or(name, |i| i.name());
+                    assert_eq!(opts.resolved_isa().map(|i| i.name() == ran), Ok(true), "option {option:?}");
+                    assert_eq!(ix.resolved_isa().map(|i| i.name() == ran), Ok(true), "option {option:?} (indexer)");
+                }
             }
         }
     }
@@ -364,7 +384,7 @@ fn isa_env_unknown_name_is_an_error() {
 fn isa_env_names_match_case_insensitively() {
     run_child("SCALAR", "scalar");
     run_child(" Portable ", "portable");
-    if gated_attention::Isa::Avx2Fma.is_available() {
+    if Isa::Avx2Fma.is_available() {
         run_child("AVX2-FMA", "avx2-fma");
         run_child("Avx2", "avx2-fma");
     }
@@ -372,7 +392,7 @@ fn isa_env_names_match_case_insensitively() {
 
 #[test]
 fn isa_env_unset_or_empty_is_automatic() {
-    run_child("", gated_attention::Isa::selected().name());
+    run_child("", Isa::selected().name());
 }
 
 // The reference is safe API too: a legal call whose memory does not exist is an error, not an

@@ -1,26 +1,21 @@
-//! Each ISA forced in turn against the reference. The forced ISA is process-wide state, so every
-//! test that forces one holds `ISA_LOCK` (another test of this binary that ran while an ISA was
-//! forced would run on that ISA, not the one it asked for).
+//! Each ISA in turn, chosen per call (`AttentionOptions::isa`, `Indexer::isa`), against the
+//! reference. The choice is an argument of the call, not process state, so these tests run
+//! concurrently with each other and with calls on other ISAs (`isas_run_side_by_side` checks that).
 
 mod common;
 use common::*;
-use gated_attention::kernel::{last_used_isa, set_forced_isa};
-use gated_attention::{attention, reference, AttentionOptions, DType, Isa, Layout, Tensor, TensorMut};
+use gated_attention::{attention, reference, AttentionOptions, DType, Error, Isa, Layout, Tensor, TensorMut};
 
 const ALL: [Isa; 3] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
 
-static ISA_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn every_isa_matches_the_reference() {
-    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut ran = Vec::new();
     for isa in ALL {
         if !isa.is_available() {
             println!("note: skipping {} (not available on this CPU)", isa.name());
             continue;
         }
-        assert!(set_forced_isa(Some(isa)));
         let cases = [
             (Case::new(1, 130, 130, 8, 2, 64), AttentionOptions::new().causal()),
             (Case::new(1, 67, 200, 4, 4, 128), AttentionOptions::new().causal().window(70).softcap(3.0)),
@@ -35,14 +30,15 @@ fn every_isa_matches_the_reference() {
             (Case::new(1, 19, 19, 2, 1, 7).v_dim(13).mem(Mem::Padded, Mem::Bhsd), AttentionOptions::new()),
         ];
         for (c, opts) in &cases {
-            check_case(c, opts);
-            assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran", isa.name());
+            let opts = opts.isa(isa);
+            // The ISA the call runs (the dispatch runs exactly the resolved one; see the unit
+            // test `dispatch_runs_the_given_isa`).
+            assert_eq!(opts.resolved_isa(), Ok(isa), "asked for {} but another ISA runs", isa.name());
+            check_case(c, &opts);
         }
         check_sparse_paths(isa);
-        assert_eq!(last_used_isa(), Some(isa), "forced {} but another ISA ran (sparse)", isa.name());
         ran.push(isa);
     }
-    set_forced_isa(None);
     // CI pins the ISAs it expects this machine to have: fail if one of them did not run.
     if let Ok(expect) = std::env::var("GATED_ATTENTION_ENSURE_ISA") {
         for name in expect.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -54,7 +50,7 @@ fn every_isa_matches_the_reference() {
 
 /// Sparse attention over random lists (GQA 4, f16 K/V, more keys than one tile) and the gated
 /// indexer's scores, against the reference.
-fn check_sparse_paths(forced: Isa) {
+fn check_sparse_paths(isa: Isa) {
     use gated_attention::reference::sparse as rsparse;
     use gated_attention::sparse::{indexer_scores, sparse_attention, Indexer, SparseIndices, PAD};
     use gated_attention::{Tensor, TensorMut};
@@ -68,13 +64,13 @@ fn check_sparse_paths(forced: Isa) {
     let indices = SparseIndices::shared(&idx, 1, lq, k);
     let (q, kk, v) =
         (Tensor::new(inp.q.elems(), inp.ql), Tensor::new(inp.k.elems(), inp.kl), Tensor::new(inp.v.elems(), inp.vl));
-    let opts = AttentionOptions::new().causal();
+    let opts = AttentionOptions::new().causal().isa(isa);
     let r = rsparse::sparse_attention(&q, &kk, &v, &indices, &opts).unwrap();
     let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, DType::F32);
     let mut lse = vec![f32::NAN; c.dims.lse_len()];
     sparse_attention(&q, &kk, &v, &indices, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), &opts).unwrap();
     check_against(&r, &inp, &c, &out, &lse, "sparse");
-    assert_eq!(last_used_isa(), Some(forced), "forced {} but another ISA ran (sparse attention)", forced.name());
+    assert_eq!(opts.resolved_isa(), Ok(isa), "asked for {} but another ISA runs (sparse attention)", isa.name());
     let (hi, di) = (4, 32);
     let gen = |n: usize, rng: &mut Rng| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
     let (qi, ki, wi, bias) =
@@ -84,7 +80,8 @@ fn check_sparse_paths(forced: Isa) {
         Tensor::bshd(&ki[..], 1, lk, 1, di),
         Tensor::bshd(&wi[..], 1, lq, 1, hi),
     );
-    let ix = Indexer::gated(&bias).causal();
+    let ix = Indexer::gated(&bias).causal().isa(isa);
+    assert_eq!(ix.resolved_isa(), Ok(isa), "asked for {} but another ISA runs (indexer)", isa.name());
     let rs = rsparse::indexer_scores(&qt, &kt, &wt, &ix).unwrap();
     let mut s = vec![f32::NAN; rs.len()];
     indexer_scores(&qt, &kt, &wt, &ix, &mut s).unwrap();
@@ -100,13 +97,56 @@ fn dedup(list: &[i32]) -> Vec<i32> {
 }
 
 #[test]
-fn unavailable_isa_cannot_be_forced() {
-    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+fn unavailable_isa_is_an_error() {
     for isa in ALL {
         if !isa.is_available() {
-            assert!(!set_forced_isa(Some(isa)));
+            let opts = AttentionOptions::new().isa(isa);
+            assert!(matches!(opts.resolved_isa(), Err(Error::InvalidOption { option: "isa", .. })));
+            let (q, k, v) = ([0.5f32; 8], [0.25f32; 8], [1.0f32; 8]);
+            let mut o = [f32::NAN; 8];
+            let r = attention(
+                &Tensor::bshd(&q[..], 1, 2, 1, 4),
+                &Tensor::bshd(&k[..], 1, 2, 1, 4),
+                &Tensor::bshd(&v[..], 1, 2, 1, 4),
+                TensorMut::bshd(&mut o[..], 1, 2, 1, 4),
+                None,
+                &opts,
+            );
+            assert_eq!(r, opts.resolved_isa().map(|_| ()), "{isa:?}");
+            assert!(o.iter().all(|x| x.is_nan()), "{isa:?}: written despite {r:?}");
         }
     }
+}
+
+/// Calls on different ISAs at the same time on different threads each run their own ISA: every
+/// result is bit-identical to the same ISA's result computed alone, and the ISAs' results differ
+/// (so a call that ran another thread's ISA would be seen).
+#[test]
+fn isas_run_side_by_side() {
+    let c = Case::new(1, 33, 150, 4, 2, 64);
+    let inp = make_inputs(&c);
+    let isas: Vec<Isa> = ALL.into_iter().filter(|isa| isa.is_available()).collect();
+    let run = |isa: Isa| {
+        let opts = AttentionOptions::new().causal().isa(isa);
+        let (out, lse) = run_kernel(&inp, &c, &opts, Entry::Sequential);
+        let bits: Vec<u32> = (0..out.len()).map(|e| out.get(e).to_bits()).collect();
+        (bits, lse.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+    };
+    let alone: Vec<_> = isas.iter().map(|&isa| run(isa)).collect();
+    assert!(isas.len() >= 2, "scalar and portable are always available");
+    assert!(
+        alone.windows(2).any(|w| w[0] != w[1]),
+        "every ISA gave the same bits: this test could not tell them apart"
+    );
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .flat_map(|_| isas.iter().enumerate())
+            .map(|(n, &isa)| (n, s.spawn(move || run(isa))))
+            .collect::<Vec<_>>();
+        for (n, h) in handles {
+            assert!(h.join().expect("thread") == alone[n], "{:?} run beside other ISAs gave other bits", isas[n]);
+        }
+    });
 }
 
 #[test]
@@ -114,20 +154,16 @@ fn overlapping_key_and_value_rows_are_read_as_given() {
     // Read-only views may overlap: a key/value row broadcast over the sequence (seq stride 0)
     // or a sliding window over one buffer (seq stride 1 < head_dim). Every path must read them
     // as laid out, not panic: prefill, decode and split-KV decode, per ISA.
-    let _isa = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let d = 16;
     let base: Vec<f32> = (0..1000).map(|e| ((e * 37 % 101) as f32 / 50.0) - 1.0).collect();
-    for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma] {
-        if !set_forced_isa(Some(isa)) {
-            continue;
-        }
+    for isa in ALL.into_iter().filter(|isa| isa.is_available()) {
         for (lq, lk) in [(40, 40), (1, 700), (3, 90)] {
             for strides in [[0, 0, 0], [0, 1, 0], [0, 1, 3]] {
                 let kl = Layout { shape: [1, lk, 2, d], strides };
                 let q: Vec<f32> = (0..lq * 4 * d).map(|e| ((e * 13 % 29) as f32 / 14.0) - 1.0).collect();
                 let (qt, kt, vt) =
                     (Tensor::bshd(&q[..], 1, lq, 4, d), Tensor::new(&base[..], kl), Tensor::new(&base[..], kl));
-                let opts = AttentionOptions::new().causal();
+                let opts = AttentionOptions::new().causal().isa(isa);
                 let r = reference::attention(&qt, &kt, &vt, &opts).unwrap();
                 let mut o = vec![f32::NAN; lq * 4 * d];
                 attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, 4, d), None, &opts).unwrap();
@@ -142,5 +178,30 @@ fn overlapping_key_and_value_rows_are_read_as_given() {
             }
         }
     }
-    set_forced_isa(None);
+}
+
+/// The layer (`GatedAttention::with_isa`, through the KV cache's `attend`) runs the ISA it is
+/// given: each ISA's output matches the f64 reference, and the ISAs' outputs differ in their bits
+/// (a layer that dropped the option would give every ISA the same bits).
+#[test]
+fn the_layer_runs_the_requested_isa() {
+    use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    let (batch, l, dm) = (2, 24, 48);
+    let base = GatedAttention::seeded(GatedAttentionConfig::new(dm, 4, 2, 12), 11).unwrap();
+    let mut rng = Rng::new(5);
+    let x: Vec<f32> = (0..batch * l * dm).map(|_| rng.uniform()).collect();
+    let want = base.reference_forward(&x, batch).unwrap();
+    let (atol, rtol) = tolerance(DType::F32);
+    let mut outs = Vec::new();
+    for isa in ALL.into_iter().filter(|isa| isa.is_available()) {
+        let layer = base.clone().with_isa(isa);
+        assert_eq!(layer.resolved_isa(), Ok(isa));
+        let mut cache = layer.new_cache(batch, l, DType::F32).unwrap();
+        let y = layer.forward(&x, batch, &mut cache, None).unwrap();
+        for (i, (&g, &w)) in y.iter().zip(&want).enumerate() {
+            assert!((g as f64 - w).abs() <= atol + rtol * w.abs(), "{isa:?}: element {i}: {g} vs reference {w}");
+        }
+        outs.push(y.iter().map(|x| x.to_bits()).collect::<Vec<u32>>());
+    }
+    assert!(outs.windows(2).any(|w| w[0] != w[1]), "every ISA gave the same bits: the option did not reach the kernel");
 }

@@ -2,7 +2,7 @@
 //! inputs. Shared by `examples/bench.rs` and `benches/attention.rs` (through `#[path]`).
 #![allow(dead_code)] // shared by several targets (bench, decode_sweep, benches/attention), each using a part
 
-use gated_attention::{attention, bf16, f16, AttentionOptions, Error, Tensor, TensorMut};
+use gated_attention::{attention, bf16, f16, AttentionOptions, Error, Isa, Tensor, TensorMut};
 
 /// Storage type of the keys and values (queries and outputs are always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +201,8 @@ pub struct Inputs {
     pub v: KvBuf,
     /// Output, `[1, lq, hq, d]`.
     pub o: Vec<f32>,
+    /// The ISA option of every call (`None`: automatic, `GATED_ATTENTION_ISA` applies).
+    pub isa: Option<Isa>,
 }
 
 impl Inputs {
@@ -213,19 +215,22 @@ impl Inputs {
             k: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0002),
             v: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0003),
             o: vec![0.0; w.lq * w.hq * w.d],
+            isa: None,
         }
     }
 
     /// One attention call over the whole workload, on the current rayon pool.
     pub fn run(&mut self) -> Result<(), Error> {
         let w = self.w;
+        let mut opts = w.options();
+        opts.isa = self.isa;
         attention(
             &Tensor::bshd(&self.q[..], 1, w.lq, w.hq, w.d),
             &self.k.tensor(w.lk, w.hkv, w.d),
             &self.v.tensor(w.lk, w.hkv, w.d),
             TensorMut::bshd(&mut self.o[..], 1, w.lq, w.hq, w.d),
             None,
-            &w.options(),
+            &opts,
         )
     }
 }

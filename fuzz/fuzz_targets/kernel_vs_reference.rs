@@ -24,7 +24,7 @@
 
 use std::fmt::Write as _;
 
-use gated_attention::kernel::{set_forced_isa, Isa};
+use gated_attention::kernel::Isa;
 use gated_attention::reference::{self, OutputDesc, Reference};
 use gated_attention::{
     bf16, f16, Alignment, AttentionOptions, DType, Dims, Elems, Layout, Parallelism, Tensor, TensorMut,
@@ -422,7 +422,7 @@ fn run(case: &Case) {
 
     let isas = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
     for isa in isas.into_iter().filter(|isa| isa.is_available()) {
-        assert!(set_forced_isa(Some(isa)));
+        let opts = opts.isa(isa);
         out.fill(canary);
         lse.fill(canary);
         let got = gated_attention::attention(
@@ -455,7 +455,6 @@ fn run(case: &Case) {
             }
         }
     }
-    set_forced_isa(None);
 }
 
 /// Checks a kernel result against the reference `r` within the error model's `bounds`.

@@ -13,7 +13,7 @@
 //! indexer's f32 rounding.
 #![no_main]
 
-use gated_attention::kernel::{set_forced_isa, Isa};
+use gated_attention::kernel::Isa;
 use gated_attention::reference::sparse as rsparse;
 use gated_attention::sparse::{sparse_attention, top_k_indices, Indexer, SparseIndices, PAD};
 use gated_attention::{AttentionOptions, Dims, Parallelism, Tensor, TensorMut};
@@ -157,10 +157,8 @@ impl Case {
         opts.parallelism = if self.rayon { Parallelism::Rayon } else { Parallelism::Sequential };
         let reference = rsparse::sparse_attention(&q, &k, &v, &idx, &opts);
         let bounds = reference.as_ref().ok().map(|r| error_model::bounds(r, gated_attention::DType::F32));
-        for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma] {
-            if !set_forced_isa(Some(isa)) {
-                continue;
-            }
+        for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma].into_iter().filter(|isa| isa.is_available()) {
+            let opts = opts.isa(isa);
             let canary = 12345.0f32;
             let mut out = vec![canary; d.batch * d.q_len * d.q_heads * d.v_head_dim];
             let mut lse = vec![canary; d.lse_len()];
@@ -207,7 +205,6 @@ impl Case {
                 }
             }
         }
-        set_forced_isa(None);
     }
 
     /// The indexer reads the queries as `[batch, q_len, H_I, head_dim]` (the first elements of q),

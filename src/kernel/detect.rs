@@ -1,27 +1,26 @@
-//! Run-time ISA selection: detected once under `std`, `cfg!(target_feature)` without it, and
-//! overridable for tests.
+//! Which ISA a call runs: the CPU's best (detected once under `std`, `cfg!(target_feature)`
+//! without it), `GATED_ATTENTION_ISA` (read once under `std`) and the call's own option.
+//!
+//! Nothing here is mutable process state: the two caches below are written once, with the value
+//! every later read would compute anyway (the CPU and the environment variable do not change
+//! their answer within a process as far as this crate is concerned), so a race only computes the
+//! same value twice.
 
 use super::Isa;
 use crate::error::Error;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+/// A cache not yet filled.
 const UNSET: u8 = u8::MAX;
 /// `GATED_ATTENTION_ISA` unset, empty or blank: automatic selection.
 const ENV_AUTO: u8 = 100;
 /// `GATED_ATTENTION_ISA` names no ISA (or is not Unicode).
 const ENV_UNKNOWN: u8 = 101;
-/// `GATED_ATTENTION_ISA` names an ISA this CPU or build cannot run.
-const ENV_UNAVAILABLE: u8 = 102;
 
-/// What `GATED_ATTENTION_ISA` said, read once: an encoded ISA or one of the `ENV_*` codes.
+/// What `GATED_ATTENTION_ISA` says, read once: an encoded ISA, `ENV_AUTO` or `ENV_UNKNOWN`.
 static ENV: AtomicU8 = AtomicU8::new(UNSET);
-
-/// The forced ISA (`UNSET` = automatic).
-static FORCED: AtomicU8 = AtomicU8::new(UNSET);
-/// The automatic choice, cached after the first detection.
-static DETECTED: AtomicU8 = AtomicU8::new(UNSET);
-/// The ISA of the most recent call.
-static LAST: AtomicU8 = AtomicU8::new(UNSET);
+/// The fastest available ISA, detected once.
+static BEST: AtomicU8 = AtomicU8::new(UNSET);
 
 fn encode(isa: Isa) -> u8 {
     match isa {
@@ -81,6 +80,27 @@ fn detect() -> Isa {
     Isa::Portable
 }
 
+/// The fastest ISA this CPU and build can run (cached after the first detection).
+pub(crate) fn best() -> Isa {
+    if let Some(isa) = decode(BEST.load(Ordering::Relaxed)) {
+        return isa;
+    }
+    let isa = detect();
+    BEST.store(encode(isa), Ordering::Relaxed);
+    isa
+}
+
+/// What `GATED_ATTENTION_ISA` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EnvIsa {
+    /// Unset, empty or blank (and always without `std`).
+    Auto,
+    /// A name [`Isa::from_name`] knows (available or not).
+    Named(Isa),
+    /// Any other value, or one that is not Unicode.
+    Unknown,
+}
+
 /// Reads `GATED_ATTENTION_ISA` (names match as [`Isa::from_name`] does: trimmed, any case).
 fn read_env() -> u8 {
     #[cfg(feature = "std")]
@@ -89,11 +109,7 @@ fn read_env() -> u8 {
             Err(std::env::VarError::NotPresent) => ENV_AUTO,
             Err(std::env::VarError::NotUnicode(_)) => ENV_UNKNOWN,
             Ok(name) if name.trim().is_empty() => ENV_AUTO,
-            Ok(name) => match Isa::from_name(&name) {
-                None => ENV_UNKNOWN,
-                Some(isa) if !isa.is_available() => ENV_UNAVAILABLE,
-                Some(isa) => encode(isa),
-            },
+            Ok(name) => Isa::from_name(&name).map_or(ENV_UNKNOWN, encode),
         }
     }
     #[cfg(not(feature = "std"))]
@@ -102,59 +118,136 @@ fn read_env() -> u8 {
     }
 }
 
-/// The variable's reading, cached after the first (a race reads it twice, to the same value).
-fn env_status() -> u8 {
-    let v = ENV.load(Ordering::Relaxed);
-    if v != UNSET {
-        return v;
+/// The variable's reading, cached after the first.
+pub(crate) fn env() -> EnvIsa {
+    let mut v = ENV.load(Ordering::Relaxed);
+    if v == UNSET {
+        v = read_env();
+        ENV.store(v, Ordering::Relaxed);
     }
-    let v = read_env();
-    ENV.store(v, Ordering::Relaxed);
-    v
+    match v {
+        ENV_AUTO => EnvIsa::Auto,
+        ENV_UNKNOWN => EnvIsa::Unknown,
+        v => decode(v).map_or(EnvIsa::Unknown, EnvIsa::Named),
+    }
 }
 
-/// `Err` when `GATED_ATTENTION_ISA` is set to a name that is not an ISA, or to one this CPU
-/// (or build) cannot run; the entry points that run a kernel return it before writing.
-pub(crate) fn check_env() -> Result<(), Error> {
-    let reason = match env_status() {
-        ENV_UNKNOWN => "names no ISA (expected scalar, portable, avx2-fma or avx2, in any case)",
-        ENV_UNAVAILABLE => "names an ISA this CPU or build cannot run",
-        _ => return Ok(()),
+/// The ISA a call runs, from its option `requested`, the variable's reading `env`, the CPU's
+/// `available` ISAs and its `best` one. Checked in this order:
+///
+/// 1. `requested` not available: `InvalidOption { option: "isa" }`;
+/// 2. `env` unknown, or naming an ISA that is not available: `InvalidOption { option:
+///    "GATED_ATTENTION_ISA" }`, also when `requested` is set (a misspelt variable in a CI job is
+///    reported by every call, not only by those that happen not to choose an ISA);
+/// 3. `requested`, else the ISA `env` names, else `best`.
+pub(crate) fn resolve_with(
+    requested: Option<Isa>,
+    env: EnvIsa,
+    available: impl Fn(Isa) -> bool,
+    best: Isa,
+) -> Result<Isa, Error> {
+    if let Some(isa) = requested {
+        if !available(isa) {
+            return Err(Error::InvalidOption { option: "isa", reason: "names an ISA this CPU or build cannot run" });
+        }
+    }
+    let pinned = match env {
+        EnvIsa::Auto => None,
+        EnvIsa::Named(isa) if available(isa) => Some(isa),
+        EnvIsa::Named(_) => {
+            return Err(Error::InvalidOption {
+                option: "GATED_ATTENTION_ISA",
+                reason: "names an ISA this CPU or build cannot run",
+            })
+        }
+        EnvIsa::Unknown => {
+            return Err(Error::InvalidOption {
+                option: "GATED_ATTENTION_ISA",
+                reason: "names no ISA (expected scalar, portable, avx2-fma or avx2, in any case)",
+            })
+        }
     };
-    Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", reason })
+    Ok(requested.or(pinned).unwrap_or(best))
 }
 
-pub(crate) fn selected() -> Isa {
-    if let Some(isa) = decode(FORCED.load(Ordering::Relaxed)) {
-        return isa;
-    }
-    if let Some(isa) = decode(DETECTED.load(Ordering::Relaxed)) {
-        return isa;
-    }
-    // An invalid variable selects automatically here; `check_env` reports it to the caller.
-    let isa = decode(env_status()).unwrap_or_else(detect);
-    DETECTED.store(encode(isa), Ordering::Relaxed);
-    isa
+/// [`resolve_with`] on this process's variable and CPU.
+pub(crate) fn resolve(requested: Option<Isa>) -> Result<Isa, Error> {
+    resolve_with(requested, env(), Isa::is_available, best())
 }
 
-pub(crate) fn force(isa: Option<Isa>) -> bool {
-    match isa {
-        Some(isa) if !isa.is_available() => false,
-        Some(isa) => {
-            FORCED.store(encode(isa), Ordering::Relaxed);
-            true
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use std::format;
+
+    const ALL: [Isa; 3] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
+
+    fn invalid(option: &'static str) -> impl Fn(Result<Isa, Error>) -> bool {
+        move |r| matches!(r, Err(Error::InvalidOption { option: o, reason }) if o == option && !reason.is_empty())
+    }
+
+    /// Every combination of option, variable and availability against the documented order.
+    #[test]
+    fn resolution_follows_the_documented_order() {
+        let envs = [EnvIsa::Auto, EnvIsa::Unknown, EnvIsa::Named(Isa::Scalar), EnvIsa::Named(Isa::Avx2Fma)];
+        // A CPU with AVX2 and one without (the best ISA follows).
+        for has_avx2 in [true, false] {
+            let available = |isa: Isa| has_avx2 || isa != Isa::Avx2Fma;
+            let best = if has_avx2 { Isa::Avx2Fma } else { Isa::Portable };
+            for requested in core::iter::once(None).chain(ALL.map(Some)) {
+                for env in envs {
+                    let got = resolve_with(requested, env, available, best);
+                    let env_bad = env == EnvIsa::Unknown || env == EnvIsa::Named(Isa::Avx2Fma) && !has_avx2;
+                    let case = format!("requested {requested:?}, env {env:?}, avx2 {has_avx2}: {got:?}");
+                    if requested.is_some_and(|isa| !available(isa)) {
+                        assert!(invalid("isa")(got), "{case}");
+                    } else if env_bad {
+                        assert!(invalid("GATED_ATTENTION_ISA")(got), "{case}");
+                    } else {
+                        let pinned = match env {
+                            EnvIsa::Named(isa) => Some(isa),
+                            _ => None,
+                        };
+                        assert_eq!(got, Ok(requested.or(pinned).unwrap_or(best)), "{case}");
+                    }
+                }
+            }
         }
-        None => {
-            FORCED.store(UNSET, Ordering::Relaxed);
-            true
+    }
+
+    /// This process: every available ISA requested resolves to itself (the variable is unset
+    /// under `cargo test` unless CI pins one, and then it names an available ISA), every
+    /// unavailable one is the `isa` error.
+    #[test]
+    fn requested_isas_resolve_to_themselves() {
+        if env() != EnvIsa::Auto && resolve(None).is_err() {
+            return; // an invalid variable fails every call; hostile_inputs.rs covers that
+        }
+        for isa in ALL {
+            if isa.is_available() {
+                assert_eq!(resolve(Some(isa)), Ok(isa));
+            } else {
+                assert!(invalid("isa")(resolve(Some(isa))));
+            }
+        }
+        assert!(best().is_available());
+    }
+
+    /// The dispatch runs the kernel of exactly the ISA it is given: what `resolved_isa` reports is
+    /// what runs.
+    #[test]
+    fn dispatch_runs_the_given_isa() {
+        struct WhichIsa;
+        impl crate::kernel::KernelVisitor for WhichIsa {
+            type Output = Isa;
+            fn visit<K: crate::kernel::Kernel>(self, kernel: K) -> Isa {
+                kernel.isa()
+            }
+        }
+        for isa in ALL.into_iter().filter(|isa| isa.is_available()) {
+            assert_eq!(crate::kernel::dispatch(isa, WhichIsa), isa);
         }
     }
-}
-
-pub(crate) fn record(isa: Isa) {
-    LAST.store(encode(isa), Ordering::Relaxed);
-}
-
-pub(crate) fn last_used() -> Option<Isa> {
-    decode(LAST.load(Ordering::Relaxed))
 }

@@ -4,14 +4,39 @@
 //! A kernel is a zero-sized token whose existence proves the CPU supports its instructions, so
 //! its methods are safe; each checks its slice bounds once per call and then runs unchecked.
 //!
-//! With `std`, the environment variable `GATED_ATTENTION_ISA` (read once, at the first call)
-//! pins the choice: `scalar`, `portable`, `avx2-fma` or `avx2`, matched ignoring ASCII case and
-//! surrounding whitespace; unset or blank means automatic. Any other value, or an ISA this CPU
-//! or build cannot run, is not silently replaced: every entry point that runs a kernel
-//! ([`attention`](crate::attention), [`attention_with_scratch`](crate::attention_with_scratch),
-//! and with `alloc` the sparse entry points and indexers) returns
-//! [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "GATED_ATTENTION_ISA"`
-//! before writing anything. [`set_forced_isa`] overrides the variable's choice but not its error.
+//! # Which ISA a call runs
+//!
+//! Each call chooses its ISA; there is no process-wide setting to change. The choice is
+//! [`Isa::resolve`] of the call's option ([`AttentionOptions::isa`](crate::AttentionOptions::isa)
+//! for [`attention`](crate::attention), [`attention_with_scratch`](crate::attention_with_scratch),
+//! `sparse_attention` and the KV cache's `attend`; `Indexer::isa` for the indexers), checked
+//! in this order after the call's other arguments and before anything is written:
+//!
+//! 1. an option naming an ISA this CPU or build cannot run is
+//!    [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "isa"`;
+//! 2. with `std`, the environment variable `GATED_ATTENTION_ISA`, read once at the first call:
+//!    `scalar`, `portable`, `avx2-fma` or `avx2`, matched ignoring ASCII case and surrounding
+//!    whitespace; unset or blank means automatic. Any other value, or an ISA this CPU or build
+//!    cannot run, is not silently replaced: it is [`Error::InvalidOption`](crate::Error::InvalidOption)
+//!    with `option: "GATED_ATTENTION_ISA"` from every call, also from one that sets the option
+//!    (so a misspelt variable in a CI job cannot go unnoticed);
+//! 3. the option's ISA if set, else the variable's, else the fastest available
+//!    ([`Isa::selected`]).
+//!
+//! The call then runs exactly that ISA's kernel, so
+//! [`AttentionOptions::resolved_isa`](crate::AttentionOptions::resolved_isa) (or `Isa::resolve`
+//! of the option) says which ISA a call ran, or will run, without any global state. The f64
+//! `reference` and the `cuda` backend run no CPU kernel and ignore the option.
+//!
+//! ```
+//! use gated_attention::{AttentionOptions, Isa};
+//! let opts = AttentionOptions::new().causal().isa(Isa::Scalar);
+//! // Scalar is always available, so this fails only for an invalid GATED_ATTENTION_ISA.
+//! if std::env::var_os("GATED_ATTENTION_ISA").is_none() {
+//!     assert_eq!(opts.resolved_isa(), Ok(Isa::Scalar));
+//!     assert_eq!(AttentionOptions::new().resolved_isa(), Ok(Isa::selected()));
+//! }
+//! ```
 
 pub(crate) mod bounds;
 pub(crate) mod detect;
@@ -101,36 +126,44 @@ impl Isa {
         }
     }
 
-    /// The fastest ISA available, or the one forced through [`set_forced_isa`] (or, with `std`,
-    /// the `GATED_ATTENTION_ISA` environment variable read at first use). An invalid variable
-    /// selects automatically here; the attention entry points report it as an error.
-    pub fn selected() -> Isa {
-        detect::selected()
+    /// The tiles a call with ISA option `choice` is cut into: those of the ISA it runs whenever
+    /// [`Isa::resolve`] accepts the call (the option's ISA, else [`Isa::selected`]). Computed
+    /// before the ISA errors are reported, so that those keep their place in the documented
+    /// order of errors.
+    pub(crate) fn tiles_for(choice: Option<Isa>) -> Geometry {
+        choice.unwrap_or_else(Isa::selected).geometry()
     }
-}
 
-/// With `std`: `Err(Error::InvalidOption { option: "GATED_ATTENTION_ISA", .. })` when the
-/// variable is set (not blank) to a name [`Isa::from_name`] does not know, or to an ISA this CPU
-/// or build cannot run. Every entry point that runs a kernel calls this after validating its
-/// arguments and before writing anything.
-pub(crate) fn check_isa_env() -> Result<(), crate::Error> {
-    detect::check_env()
-}
+    /// The ISA a call without an ISA option runs: the one `GATED_ATTENTION_ISA` names (with
+    /// `std`), else the fastest this CPU and build can run. When the variable is invalid (which
+    /// such a call reports as an error, see [`Isa::resolve`]) this is the fastest available.
+    pub fn selected() -> Isa {
+        detect::resolve(None).unwrap_or_else(|_| detect::best())
+    }
 
-/// Forces every later call onto `isa` (for tests and benchmarks); `None` restores the automatic
-/// choice. Returns false, changing nothing, when `isa` is not available.
-///
-/// **Not stable**: process-wide state, to be replaced by a per-call ISA option.
-pub fn set_forced_isa(isa: Option<Isa>) -> bool {
-    detect::force(isa)
-}
-
-/// The ISA that ran the most recent attention call on any thread (for tests that check a forced
-/// ISA really ran).
-///
-/// **Not stable**: process-wide state, to be replaced by the ISA reported with each call.
-pub fn last_used_isa() -> Option<Isa> {
-    detect::last_used()
+    /// The ISA a call whose ISA option is `requested` runs (`None`: automatic), or the error it
+    /// returns instead; see the [module documentation](self) for the order. A pure function of
+    /// `requested`, `GATED_ATTENTION_ISA` (read once) and the CPU: every entry point that runs a
+    /// kernel calls it once and runs exactly the ISA it returns.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "isa"` when
+    /// `requested` is not available, then with `option: "GATED_ATTENTION_ISA"` when the
+    /// variable names no ISA or one that is not available.
+    ///
+    /// ```
+    /// use gated_attention::{Error, Isa};
+    /// if std::env::var_os("GATED_ATTENTION_ISA").is_none() {
+    ///     assert_eq!(Isa::resolve(Some(Isa::Portable)), Ok(Isa::Portable));
+    ///     assert_eq!(Isa::resolve(None), Ok(Isa::selected()));
+    ///     if !Isa::Avx2Fma.is_available() {
+    ///         assert!(matches!(Isa::resolve(Some(Isa::Avx2Fma)), Err(Error::InvalidOption { option: "isa", .. })));
+    ///     }
+    /// }
+    /// ```
+    pub fn resolve(requested: Option<Isa>) -> Result<Isa, crate::Error> {
+        detect::resolve(requested)
+    }
 }
 
 /// Operations the attention loop nest needs from an ISA.
@@ -379,20 +412,26 @@ pub(crate) trait KernelVisitor {
     fn visit<K: Kernel>(self, kernel: K) -> Self::Output;
 }
 
-/// Runs `visitor` on the kernel of the selected ISA and records which one ran.
-pub(crate) fn dispatch<V: KernelVisitor>(visitor: V) -> V::Output {
-    fn run<K: Kernel, V: KernelVisitor>(kernel: K, visitor: V) -> V::Output {
-        detect::record(kernel.isa());
+/// Runs `visitor` on the kernel of `isa`, which the caller has resolved ([`Isa::resolve`]), so
+/// it is available.
+pub(crate) fn dispatch<V: KernelVisitor>(isa: Isa, visitor: V) -> V::Output {
+    fn run<K: Kernel, V: KernelVisitor>(isa: Isa, kernel: K, visitor: V) -> V::Output {
+        debug_assert_eq!(kernel.isa(), isa, "dispatch ran another ISA than the call resolved");
         visitor.visit(kernel)
     }
-    match Isa::selected() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => match x86::Avx2Fma::try_new() {
-            Some(k) => run(k, visitor),
-            None => run(portable::Portable, visitor),
-        },
-        Isa::Portable => run(portable::Portable, visitor),
-        _ => run(scalar::Scalar, visitor),
+    match isa {
+        Isa::Scalar => run(isa, scalar::Scalar, visitor),
+        Isa::Portable => run(isa, portable::Portable, visitor),
+        Isa::Avx2Fma => {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = x86::Avx2Fma::try_new() {
+                return run(isa, k, visitor);
+            }
+            // Unreachable: a resolved ISA is available, and availability does not change within a
+            // process. The portable kernel keeps a release build memory-safe if it ever did.
+            debug_assert!(false, "dispatch: {isa:?} was resolved but is not available");
+            visitor.visit(portable::Portable)
+        }
     }
 }
 
@@ -401,9 +440,9 @@ pub(crate) trait KvVisitor {
     fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]);
 }
 
-/// Runs `visitor` on the selected kernel with `k` and `v` as slices of their element types
-/// (one instantiation per ISA and pair of types).
-pub(crate) fn dispatch_kv<V: KvVisitor>(visitor: V, k: Elems<'_>, v: Elems<'_>) {
+/// Runs `visitor` on the kernel of the resolved `isa` with `k` and `v` as slices of their
+/// element types (one instantiation per ISA and pair of types).
+pub(crate) fn dispatch_kv<V: KvVisitor>(isa: Isa, visitor: V, k: Elems<'_>, v: Elems<'_>) {
     struct Typed<'a, V> {
         visitor: V,
         k: Elems<'a>,
@@ -426,5 +465,5 @@ pub(crate) fn dispatch_kv<V: KvVisitor>(visitor: V, k: Elems<'_>, v: Elems<'_>) 
             }
         }
     }
-    dispatch(Typed { visitor, k, v })
+    dispatch(isa, Typed { visitor, k, v })
 }

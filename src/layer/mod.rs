@@ -86,6 +86,8 @@ pub struct GatedAttention {
     config: GatedAttentionConfig,
     weights: GatedAttentionWeights,
     rope: RopeTable,
+    /// The attention kernel's ISA option (`None`: automatic).
+    isa: Option<crate::Isa>,
 }
 
 /// Statistics a forward pass can record (the papers' measurements).
@@ -195,7 +197,7 @@ impl GatedAttention {
         // seq_len 0: the frequencies before any call (transformers' `seq_len=None`): dynamic NTK
         // at its original base, LongRoPE with its short factors.
         let rope = RopeTable::with_range(&config.rope(), 0, 0..config.max_position_embeddings)?;
-        Ok(GatedAttention { config, weights, rope })
+        Ok(GatedAttention { config, weights, rope, isa: None })
     }
 
     /// A layer with seeded uniform weights (±1/sqrt(fan_in)) and norm weights near their identity.
@@ -238,6 +240,18 @@ impl GatedAttention {
         let q_norm = norm(&mut rng, "q_norm.weight")?;
         let k_norm = norm(&mut rng, "k_norm.weight")?;
         Self::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })
+    }
+
+    /// The same layer with its attention on `isa`'s kernel ([`AttentionOptions::isa`]; the
+    /// projections do not depend on it). [`GatedAttention::resolved_isa`] is the ISA it runs.
+    pub fn with_isa(self, isa: crate::Isa) -> Self {
+        GatedAttention { isa: Some(isa), ..self }
+    }
+
+    /// The ISA the layer's attention runs: [`AttentionOptions::resolved_isa`] of its option.
+    /// A forward pass returns its error before changing the cache.
+    pub fn resolved_isa(&self) -> Result<crate::Isa, Error> {
+        crate::Isa::resolve(self.isa)
     }
 
     /// The configuration.
@@ -367,6 +381,7 @@ impl GatedAttention {
         if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
             return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
         }
+        self.resolved_isa()?;
         let pos: Vec<usize> = match positions {
             Some(p) if p.len() == n => p.to_vec(),
             Some(_) => return Err(Error::InvalidConfig { field: "positions", reason: "need batch · L entries" }),
@@ -409,7 +424,7 @@ impl GatedAttention {
         )?;
         let mut o = vec![0.0f32; n * h * d];
         let mut lse = vec![0.0f32; batch * h * l];
-        let mut opts = AttentionOptions::new();
+        let mut opts = AttentionOptions { isa: self.isa, ..AttentionOptions::new() };
         let g1 = gate_cfg.filter(|g| g.position == GatePosition::Output);
         if let (Some(g), Some(logits)) = (g1, gate_logits.as_deref()) {
             let (gh, gw) = gate_shape(&g);

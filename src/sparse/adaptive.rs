@@ -111,7 +111,7 @@ pub fn adaptive_top_k_indices(
             });
         }
     }
-    crate::kernel::check_isa_env()?;
+    let isa = indexer.resolved_isa()?;
     if width == 0 {
         // No key to keep (kv_len or k_max is 0): every k_t is 0, no variance is needed.
         if let Some(c) = counts {
@@ -120,7 +120,7 @@ pub fn adaptive_top_k_indices(
         return Ok(());
     }
     probe_row_scratch(&d)?;
-    let ops = RowOps { q, k, w, indexer, dims: d };
+    let ops = RowOps { q, k, w, indexer, dims: d, isa };
     let mut variance = vec![0.0f64; d.rows()];
     for_each_row(&ops, &mut variance, 1, &|_, scores, _, v| v[0] = row_variance(scores));
     let mean = finite_mean(&variance);

@@ -33,8 +33,8 @@ use crate::Dims;
 /// [`Dims::validate`] included: a stride-0 K/V of any logical `kv_len` up to `isize::MAX` is
 /// accepted and costs only the listed keys), then the index list's [`Error::ShapeMismatch`],
 /// [`Error::ShapeOverflow`], [`Error::IndexOutOfRange`] and [`Error::DuplicateIndex`],
-/// [`Error::ShapeOverflow`] for a worker scratch that cannot be counted, and the
-/// `GATED_ATTENTION_ISA` error.
+/// [`Error::ShapeOverflow`] for a worker scratch that cannot be counted, and the ISA errors of
+/// [`AttentionOptions::resolved_isa`] (the ISA the call runs).
 ///
 /// ```
 /// use gated_attention::sparse::{sparse_attention, SparseIndices, PAD};
@@ -70,15 +70,15 @@ pub fn sparse_attention(
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     indices.validate(&plan.dims)?;
-    let tiling = Tiling::per_query(&plan, Isa::selected().geometry())?;
-    crate::kernel::check_isa_env()?;
+    let tiling = Tiling::per_query(&plan, Isa::tiles_for(opts.isa))?;
+    let isa = opts.resolved_isa()?;
     if tiling.units(&plan) == 0 {
         return Ok(());
     }
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
         let call = Call { plan: &plan, tiling: &tiling, q, k, v, indices, sink: &sink, workers };
-        dispatch_kv(call, k.data, v.data)
+        dispatch_kv(isa, call, k.data, v.data)
     });
     Ok(())
 }

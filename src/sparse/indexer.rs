@@ -7,7 +7,7 @@
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
 use crate::exec::{for_each_unit, Workers};
-use crate::kernel::{dispatch, Kernel, KernelVisitor};
+use crate::kernel::{dispatch, Isa, Kernel, KernelVisitor};
 use crate::sink::SharedOut;
 use crate::sparse::indices::PAD;
 use crate::tensor::Tensor;
@@ -41,17 +41,21 @@ pub struct Indexer<'a> {
     pub scale: Option<f32>,
     /// Hide the keys after each query's position.
     pub causal: bool,
+    /// The ISA whose kernel computes the scores; `None` chooses automatically, as
+    /// [`AttentionOptions::isa`](crate::AttentionOptions::isa) does (see
+    /// [`Indexer::resolved_isa`]).
+    pub isa: Option<Isa>,
 }
 
 impl<'a> Indexer<'a> {
     /// DeepSeek-V3.2's lightning indexer, unmasked, default scale.
     pub fn lightning() -> Self {
-        Indexer { kind: IndexerKind::Lightning, scale: None, causal: false }
+        Indexer { kind: IndexerKind::Lightning, scale: None, causal: false, isa: None }
     }
 
     /// GSA's gated indexer with `bias` (`[H_I]`), unmasked, default scale.
     pub fn gated(bias: &'a [f32]) -> Self {
-        Indexer { kind: IndexerKind::Gated { bias }, scale: None, causal: false }
+        Indexer { kind: IndexerKind::Gated { bias }, scale: None, causal: false, isa: None }
     }
 
     /// The same indexer with a causal mask.
@@ -62,6 +66,22 @@ impl<'a> Indexer<'a> {
     /// The same indexer with `scale` on `q · k` (finite and > 0).
     pub fn scale(self, scale: f32) -> Self {
         Indexer { scale: Some(scale), ..self }
+    }
+
+    /// The same indexer on `isa`'s kernel.
+    pub fn isa(self, isa: Isa) -> Self {
+        Indexer { isa: Some(isa), ..self }
+    }
+
+    /// The ISA an indexer call ([`indexer_scores`], [`top_k_indices`],
+    /// [`adaptive_top_k_indices`](crate::sparse::adaptive_top_k_indices)) runs:
+    /// [`Isa::resolve`] of [`Indexer::isa`], with the errors and the `GATED_ATTENTION_ISA` rule of
+    /// [`AttentionOptions::resolved_isa`](crate::AttentionOptions::resolved_isa).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] with `option: "isa"`, then `"GATED_ATTENTION_ISA"`.
+    pub fn resolved_isa(&self) -> Result<Isa, Error> {
+        Isa::resolve(self.isa)
     }
 
     /// The scale in effect for head dimension `d` and `heads` indexer heads.
@@ -189,9 +209,9 @@ pub fn indexer_scores(
             found: out.len(),
         });
     }
-    crate::kernel::check_isa_env()?;
+    let isa = indexer.resolved_isa()?;
     probe_row_scratch(&d)?;
-    let ops = RowOps { q, k, w, indexer, dims: d };
+    let ops = RowOps { q, k, w, indexer, dims: d, isa };
     for_each_row(&ops, out, d.kv_len, &|_, scores, _, dst| dst.copy_from_slice(scores));
     Ok(())
 }
@@ -233,9 +253,9 @@ pub fn top_k_indices(
 ) -> Result<(), Error> {
     let d = check_indexer(q, k, w, indexer)?;
     check_indices_out(&d, top_k, out.len())?;
-    crate::kernel::check_isa_env()?;
+    let isa = indexer.resolved_isa()?;
     probe_row_scratch(&d)?;
-    let ops = RowOps { q, k, w, indexer, dims: d };
+    let ops = RowOps { q, k, w, indexer, dims: d, isa };
     for_each_row(&ops, out, top_k, &|row, scores, spare, dst| {
         let visible = d.visible(indexer, row % d.q_len);
         select_top(&mut scores[..visible], top_k.min(visible), spare, dst);
@@ -304,6 +324,8 @@ pub(crate) struct RowOps<'a> {
     pub w: &'a Tensor<'a>,
     pub indexer: &'a Indexer<'a>,
     pub dims: IndexerDims,
+    /// The call's resolved ISA.
+    pub isa: Isa,
 }
 
 /// What [`for_each_row`] does with one row: `(row, scores, spare, out)`.
@@ -319,7 +341,7 @@ pub(crate) fn for_each_row<O: Send>(ops: &RowOps<'_>, out: &mut [O], width: usiz
     if width == 0 || ops.dims.rows() == 0 {
         return;
     }
-    dispatch(RowVisitor { ops, out, width, f });
+    dispatch(ops.isa, RowVisitor { ops, out, width, f });
 }
 
 struct RowVisitor<'a, 'o, O> {
