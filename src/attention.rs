@@ -12,7 +12,9 @@ use crate::tensor::{Tensor, TensorMut};
 use crate::Dims;
 
 /// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options
-/// (0 for a call without queries).
+/// (0 for a call without queries), on the ISA the options select ([`AttentionOptions::isa`], else
+/// `GATED_ATTENTION_ISA`, else the CPU's best): each kernel states its own tiles (today all
+/// kernels use the same, so the value does not depend on the ISA).
 ///
 /// # Errors
 /// The size and option errors of [`attention_with_scratch`] that do not need buffers:
