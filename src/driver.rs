@@ -15,7 +15,9 @@
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
 use crate::exec::StateShape;
-use crate::kernel::geometry::{MAX_GATHER_BC, MAX_ROWS_TARGET};
+#[cfg(feature = "alloc")]
+use crate::kernel::geometry::MAX_GATHER_BC;
+use crate::kernel::geometry::MAX_ROWS_TARGET;
 use crate::kernel::{Geometry, Kernel};
 use crate::mask::RowKeys;
 use crate::plan::Plan;
