@@ -273,6 +273,21 @@ struct UnitSpan {
     ranges: [(usize, usize); 2],
 }
 
+impl UnitSpan {
+    /// The queries, for the tiles.
+    fn queries(&self) -> TileQueries<'_> {
+        TileQueries { q0: self.q0, tq: self.tq, keys: &self.keys[..self.tq] }
+    }
+}
+
+/// The queries of a unit as its tiles see them: `tq` queries from `q0`, and the keys each may see.
+#[derive(Clone, Copy)]
+struct TileQueries<'a> {
+    q0: usize,
+    tq: usize,
+    keys: &'a [RowKeys],
+}
+
 fn unit_span(plan: &Plan<'_>, t: &Tiling, u: &Unit) -> UnitSpan {
     let q0 = u.q_tile * t.tq;
     let tq = u.tq(plan, t);
@@ -360,7 +375,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     if hr <= t.geo.dot_rows_max {
         for (j0, j1, _) in tiles {
             let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
-            decode_tile(kernel, plan, inp, u, &span, sc, j0, j1, boundary, adjust);
+            decode_tile(kernel, plan, inp, u, &span.queries(), sc, Keys::Run(j0), j1 - j0, boundary, adjust);
         }
         return;
     }
@@ -391,7 +406,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         }
         // Score epilogue (only with options, or on tiles some row cannot fully see).
         if adjust || boundary {
-            epilogue_t(plan, u, &span, st, hr, j0, n, boundary, adjust, sc.tmp);
+            epilogue_t(plan, u, &span.queries(), st, hr, Keys::Run(j0), n, boundary, adjust, sc.tmp);
         }
         // Online softmax: P = exp(S - m_new), alpha = exp(m_old - m_new), l updated.
         let (m, l) = (&mut sc.state.m[..hr], &mut sc.state.l[..hr]);
@@ -402,19 +417,20 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         }
         let acc = &mut sc.state.acc[..hr * dv];
         let pv = PvBlock { j: j0, w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
-        pv_block(kernel, &span, g, dv, st, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
+        pv_block(kernel, &span.queries(), g, dv, st, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
     }
 }
 
-/// [`epilogue`] on transposed scores (`n × hr`, row `r` of the unit is column `r`).
+/// The score options and, on a boundary tile (of a run of keys), the mask, on transposed
+/// scores (`n × ld`, row `r` of the unit is column `r`).
 #[allow(clippy::too_many_arguments)]
 fn epilogue_t(
     plan: &Plan<'_>,
     u: &Unit,
-    span: &UnitSpan,
+    span: &TileQueries<'_>,
     st: &mut [f32],
     ld: usize,
-    j0: usize,
+    keys: Keys<'_>,
     n: usize,
     boundary: bool,
     adjust: bool,
@@ -430,12 +446,12 @@ fn epilogue_t(
                 for (jj, x) in row.iter_mut().enumerate() {
                     *x = st[jj * ld + r];
                 }
-                adjust_scores(plan, u.b, h, span.q0 + i, Keys::Run(j0), row);
+                adjust_scores(plan, u.b, h, span.q0 + i, keys, row);
                 for (jj, &x) in row.iter().enumerate() {
                     st[jj * ld + r] = x;
                 }
             }
-            if boundary {
+            if let (true, Keys::Run(j0)) = (boundary, keys) {
                 // Hidden keys: everything outside the row's visible segments.
                 let mut next = 0;
                 let segs = visible_segments(&span.keys[i], j0, j0 + n).chain(core::iter::once((j0 + n, j0 + n)));
@@ -450,21 +466,102 @@ fn epilogue_t(
     }
 }
 
-/// One KV tile `[j0, j1)` of a decode unit (a few rows per KV head, every head of the block).
-///
-/// The scores of all heads are computed key by key, so a BSHD cache is read in address order
-/// (the hardware prefetchers then stream it at full bandwidth), and the same keys' V rows are
-/// requested alongside; P·V then reads those V rows per head from cache.
+/// The K and V rows of a decode tile: row `jj` of KV head `hl` of the unit is
+/// `k[jj·k_ld + hl·k_hs..][..dk]` (V likewise).
+struct TileRows<'a, KT: Element, VT: Element> {
+    k: &'a [KT],
+    k_ld: usize,
+    k_hs: usize,
+    v: &'a [VT],
+    v_ld: usize,
+    v_hs: usize,
+}
+
+/// The scratch a decode tile's body writes (the staged K/V rows of a gathered tile are its
+/// inputs, so they are borrowed apart).
+struct TileScratch<'a, 's> {
+    qs: &'a [f32],
+    s: &'a mut [f32],
+    tmp: &'a mut [f32],
+    alpha: &'a mut [f32],
+    state: &'a mut RowState<'s>,
+    /// V rows staged for a boundary tile's NaN containment (unused by gathered tiles).
+    vs: &'a mut [f32],
+}
+
+/// One tile of `n` keys of a decode unit (a few rows per KV head, every head of the block): the
+/// tile body that dense decode and sparse attention share. `keys` says where the rows come from:
+/// [`Keys::Run`] reads the keys `j0..j0 + n` of the call's K/V in place; [`Keys::Listed`] (a
+/// [`Tiling::per_query`] unit, one KV head) first gathers the listed rows, widened, into the
+/// unit's K/V scratch. The scores, their options, the online softmax and P·V are then the same.
+/// Listed keys are the row's visible keys only, so their tiles have no boundary.
 #[allow(clippy::too_many_arguments)]
 fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     kernel: K,
     plan: &Plan<'_>,
     inp: &Inputs<'_, KE, VE>,
     u: &Unit,
-    span: &UnitSpan,
+    span: &TileQueries<'_>,
     sc: &mut Scratch<'_>,
-    j0: usize,
-    j1: usize,
+    keys: Keys<'_>,
+    n: usize,
+    boundary: bool,
+    adjust: bool,
+) {
+    let (dk, dv) = (plan.dims.head_dim, plan.dims.v_head_dim);
+    let (kl, vl) = (&inp.k_layout, &inp.v_layout);
+    let body = TileScratch { qs: sc.qs, s: sc.s, tmp: sc.tmp, alpha: sc.alpha, state: &mut sc.state, vs: sc.vs };
+    match keys {
+        Keys::Run(j0) => {
+            let rows = TileRows {
+                k: &inp.k[kl.offset(u.b, j0, u.kvh)..],
+                k_ld: kl.strides[1],
+                k_hs: kl.strides[2],
+                v: &inp.v[vl.offset(u.b, j0, u.kvh)..],
+                v_ld: vl.strides[1],
+                v_hs: vl.strides[2],
+            };
+            tile_body(kernel, plan, u, span, body, keys, n, &rows, boundary, adjust);
+        }
+        Keys::Listed(list) => {
+            debug_assert!(u.nh == 1 && !boundary && list.len() == n);
+            // Scattered rows: widened once into contiguous tiles, which the hardware
+            // prefetchers and the microkernels then stream like a dense tile.
+            for (&j, dst) in list.iter().zip(sc.ks.chunks_exact_mut(dk)) {
+                let off = kl.offset(u.b, j, u.kvh);
+                kernel.widen(&inp.k[off..off + dk], dst);
+            }
+            for (&j, dst) in list.iter().zip(body.vs.chunks_exact_mut(dv)) {
+                let off = vl.offset(u.b, j, u.kvh);
+                kernel.widen(&inp.v[off..off + dv], dst);
+            }
+            let (staged, body) = body.with_staged_v(n * dv);
+            let rows = TileRows { k: &sc.ks[..n * dk], k_ld: dk, k_hs: 0, v: staged, v_ld: dv, v_hs: 0 };
+            tile_body(kernel, plan, u, span, body, keys, n, &rows, false, adjust);
+        }
+    }
+}
+
+impl<'a, 's> TileScratch<'a, 's> {
+    /// Splits off the first `len` floats of the V staging area as a gathered tile's (read-only)
+    /// V rows.
+    fn with_staged_v(self, len: usize) -> (&'a [f32], TileScratch<'a, 's>) {
+        let (staged, rest) = self.vs.split_at_mut(len);
+        (staged, TileScratch { vs: rest, ..self })
+    }
+}
+
+/// [`decode_tile`] once its rows are located.
+#[allow(clippy::too_many_arguments)]
+fn tile_body<K: Kernel, KT: Element, VT: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    u: &Unit,
+    span: &TileQueries<'_>,
+    sc: TileScratch<'_, '_>,
+    keys: Keys<'_>,
+    n: usize,
+    kv: &TileRows<'_, KT, VT>,
     boundary: bool,
     adjust: bool,
 ) {
@@ -472,21 +569,17 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
     let hr = g * span.tq;
     let rows = u.nh * hr;
-    let n = j1 - j0;
-    let (kl, vl) = (&inp.k_layout, &inp.v_layout);
     // Transposed scores `n × rows`: a block of 8 scores of one key is one store, and the softmax
     // runs down the columns.
     let st = &mut sc.s[..n * rows];
-    let k_tile = &inp.k[kl.offset(u.b, j0, u.kvh)..];
-    let v_tile = &inp.v[vl.offset(u.b, j0, u.kvh)..];
     // The same keys' V rows are requested alongside the K rows: interleaved with the K stream
     // they arrive by P·V (requested apart from it, during the previous tile's P·V, measured
     // 25% slower from DRAM).
-    let pf = (v_tile, vl.strides[1], vl.strides[2], dv);
+    let pf = (kv.v, kv.v_ld, kv.v_hs, dv);
     let qs = &sc.qs[..rows * dk];
-    kernel.dot_heads(u.nh, hr, n, dk, qs, dk, k_tile, kl.strides[1], kl.strides[2], st, rows, pf, sc.tmp);
+    kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, sc.tmp);
     if adjust || boundary {
-        epilogue_t(plan, u, span, st, rows, j0, n, boundary, adjust, sc.tmp);
+        epilogue_t(plan, u, span, st, rows, keys, n, boundary, adjust, sc.tmp);
     }
     let (m, l) = (&mut sc.state.m[..rows], &mut sc.state.l[..rows]);
     kernel.softmax_cols(st, rows, n, rows, m, l, sc.alpha, sc.tmp);
@@ -495,24 +588,24 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
         let p_h = &st[r0..];
         let acc = &mut sc.state.acc[r0 * dv..r1 * dv];
         let alpha = &sc.alpha[r0..r1];
-        let v_h = &inp.v[vl.offset(u.b, j0, u.kvh + hl)..];
-        if boundary {
+        let v_h = &kv.v[hl * kv.v_hs..];
+        if let (true, Keys::Run(j0)) = (boundary, keys) {
             // Staged, for the NaN containment of `pv_block`.
             for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
-                kernel.widen(&v_h[t * vl.strides[1]..t * vl.strides[1] + dv], dst);
+                kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
             }
             let pv = PvBlock { j: j0, w: n, rescale: Some(alpha), ld: rows };
             pv_block(kernel, span, g, dv, p_h, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
         } else {
             // V in place: one row block reads each element once.
-            kernel.gemm_at(hr, dv, n, p_h, rows, v_h, vl.strides[1], acc, dv, Some(alpha), sc.tmp);
+            kernel.gemm_at(hr, dv, n, p_h, rows, v_h, kv.v_ld, acc, dv, Some(alpha), sc.tmp);
         }
     }
 }
 
 /// Computes a [`Tiling::per_query`] unit over the keys `list` names into `sc.state` (reset
 /// first). The listed keys its row may see (the mask options still apply; [`PAD`] entries and
-/// hidden keys are skipped) are gathered `t.bc` at a time into contiguous f32 tiles, so no masking
+/// hidden keys are skipped) are gathered `t.bc` at a time into [`decode_tile`]s, so no masking
 /// happens inside a tile and a hidden key's non-finite value never reaches a row.
 ///
 /// [`PAD`]: crate::sparse::PAD
@@ -527,11 +620,12 @@ pub(crate) fn run_gathered_unit<K: Kernel, KE: Element, VE: Element>(
     sc: &mut Scratch<'_>,
 ) {
     let d = &plan.dims;
-    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
-    let i = u.q_tile;
-    sc.state.reset(g, dv);
-    load_queries(kernel, plan, &inp.q, u, (i, 1), sc.qs);
-    let rk = plan.mask.row(i);
+    let (dk, dv) = (d.head_dim, d.v_head_dim);
+    let rk = plan.mask.row(u.q_tile);
+    let span = TileQueries { q0: u.q_tile, tq: 1, keys: core::slice::from_ref(&rk) };
+    sc.state.reset(t.rows, dv);
+    load_queries(kernel, plan, &inp.q, u, (span.q0, span.tq), sc.qs);
+    let adjust = adjusts_scores(plan);
     let visible = |e: i32| {
         let j = e as usize;
         e != crate::sparse::PAD && (j < rk.sinks_end || (rk.lo <= j && j < rk.hi))
@@ -551,43 +645,10 @@ pub(crate) fn run_gathered_unit<K: Kernel, KE: Element, VE: Element>(
                 kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, e as usize, u.kvh)..], 1, dk, 0);
                 kernel.prefetch(&inp.v[inp.v_layout.offset(u.b, e as usize, u.kvh)..], 1, dv, 0);
             }
-            gathered_tile(kernel, plan, inp, u, &keys[..n], sc);
+            decode_tile(kernel, plan, inp, u, &span, sc, Keys::Listed(&keys[..n]), n, false, adjust);
             n = 0;
         }
     }
-}
-
-/// Folds one tile of gathered keys into the state of a [`Tiling::per_query`] unit.
-#[cfg(feature = "alloc")]
-fn gathered_tile<K: Kernel, KE: Element, VE: Element>(
-    kernel: K,
-    plan: &Plan<'_>,
-    inp: &Inputs<'_, KE, VE>,
-    u: &Unit,
-    keys: &[usize],
-    sc: &mut Scratch<'_>,
-) {
-    let d = &plan.dims;
-    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
-    let n = keys.len();
-    for (&j, dst) in keys.iter().zip(sc.ks.chunks_exact_mut(dk)) {
-        let off = inp.k_layout.offset(u.b, j, u.kvh);
-        kernel.widen(&inp.k[off..off + dk], dst);
-    }
-    for (&j, dst) in keys.iter().zip(sc.vs.chunks_exact_mut(dv)) {
-        let off = inp.v_layout.offset(u.b, j, u.kvh);
-        kernel.widen(&inp.v[off..off + dv], dst);
-    }
-    let s = &mut sc.s[..g * n];
-    kernel.dot_rows(g, n, dk, &sc.qs[..g * dk], dk, &sc.ks[..n * dk], dk, s, n);
-    if adjusts_scores(plan) {
-        for (r, row) in s.chunks_exact_mut(n).enumerate() {
-            adjust_scores(plan, u.b, u.kvh * g + r, u.q_tile, Keys::Listed(keys), row);
-        }
-    }
-    let st = &mut sc.state;
-    kernel.softmax_rows(s, n, g, n, &mut st.m[..g], &mut st.l[..g], &mut sc.alpha[..g]);
-    kernel.gemm_rescale(g, dv, n, s, n, &sc.vs[..n * dv], dv, &mut st.acc[..g * dv], dv, &sc.alpha[..g]);
 }
 
 /// A block of P·V: keys `[j, j + w)`, the first `w` rows of the transposed scores.
@@ -605,7 +666,7 @@ struct PvBlock<'a> {
 #[allow(clippy::too_many_arguments)]
 fn pv_block<K: Kernel>(
     kernel: K,
-    span: &UnitSpan,
+    span: &TileQueries<'_>,
     g: usize,
     dv: usize,
     s: &[f32],

@@ -347,10 +347,12 @@ fn softmax_row_f64(row: &[f32], m_old: f32, l_old: f32) -> (Vec<f64>, f64, f64, 
     (p.clone(), alpha, l_old as f64 * alpha + p.iter().sum::<f64>(), m_new)
 }
 
-fn check_softmax<K: Kernel>(kern: K, rng: &mut Rng, rows: usize, n: usize, transposed: bool) {
+/// `softmax_rows`, or `softmax_cols` when `transposed` with `pad` floats between the columns'
+/// rows (0: the packed layout of a gathered tile).
+fn check_softmax<K: Kernel>(kern: K, rng: &mut Rng, rows: usize, n: usize, transposed: bool, pad: usize) {
     // Rows: random scores with some masked (-inf) keys, some fully masked rows, and states
     // that are fresh (m = -inf), below, or above the tile's maximum.
-    let ld = if transposed { rows + 3 } else { n + 2 };
+    let ld = if transposed { rows + pad } else { n + 2 };
     let mut s = vec![f32::NAN; if transposed { fit_len(n, rows, ld) } else { fit_len(rows, n, ld) }];
     let at = |r: usize, j: usize| if transposed { j * ld + r } else { r * ld + j };
     for r in 0..rows {
@@ -398,10 +400,11 @@ fn check_softmax<K: Kernel>(kern: K, rng: &mut Rng, rows: usize, n: usize, trans
 
 fn softmax_matches_scalar<K: Kernel>(kern: K) {
     let mut rng = Rng(13);
-    for &rows in &[1, 3, 8, 9, 17, 96] {
-        for &n in &[1, 2, 7, 8, 31, 32, 64, 72] {
-            check_softmax(kern, &mut rng, rows, n, false);
-            check_softmax(kern, &mut rng, rows, n, true);
+    for &rows in &[1, 2, 3, 4, 5, 8, 9, 17, 96] {
+        for &n in &[1, 2, 3, 7, 8, 31, 32, 64, 72] {
+            check_softmax(kern, &mut rng, rows, n, false, 0);
+            check_softmax(kern, &mut rng, rows, n, true, 3);
+            check_softmax(kern, &mut rng, rows, n, true, 0);
         }
     }
 }

@@ -262,6 +262,29 @@ unsafe fn heads_rows<E: Element, F: Element, const M: usize, const HB: usize>(
     let (pf_p, pf_ld, pf_lh, pf_len) = pf;
     let pf_bytes = pf_len * size_of::<F>();
     let a_hs = g.m * lda;
+    if heads == 1 && HB > 1 {
+        // One head (a gathered tile): blocks of `HB` keys take the heads' place, so the
+        // accumulators and the horizontal sums are as full as with `HB` heads.
+        let mut j = 0;
+        while j < n {
+            let kb = if j + HB <= n { HB } else { 1 };
+            let (bj, o) = (b.wrapping_add(j * ldb), g.out.wrapping_add(j * ldo));
+            // SAFETY: keys `j..j + kb` exist (rows `ldb` apart, outputs `ldo` apart); the queries
+            // are the same rows for each (stride 0); see `head_block`.
+            unsafe {
+                if kb == HB {
+                    head_block::<E, M, HB>(k, g.a, lda, 0, bj, ldb, o, ldo);
+                } else {
+                    head_block::<E, M, 1>(k, g.a, lda, 0, bj, ldb, o, ldo);
+                }
+            }
+            for t in 0..kb {
+                prefetch_row(pf_p.wrapping_add((j + t) * pf_ld).cast::<i8>(), pf_bytes);
+            }
+            j += kb;
+        }
+        return;
+    }
     for j in 0..n {
         let mut h = 0;
         // LOOP: the heads of key `j`, in address order.
@@ -278,17 +301,22 @@ unsafe fn heads_rows<E: Element, F: Element, const M: usize, const HB: usize>(
                 }
             }
             for t in 0..hb {
-                let p = pf_p.wrapping_add(j * pf_ld + (h + t) * pf_lh).cast::<i8>();
-                let mut off = 0;
-                while off < pf_bytes {
-                    // SAFETY: `off < pf_bytes`, inside row `(j, h + t)` of `pf`; a prefetch
-                    // has no architectural effect.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
-                    off += 64;
-                }
+                prefetch_row(pf_p.wrapping_add(j * pf_ld + (h + t) * pf_lh).cast::<i8>(), pf_bytes);
             }
             h += hb;
         }
+    }
+}
+
+/// Requests the `bytes` bytes at `p` (one row of `pf`) into L1.
+#[inline(always)]
+fn prefetch_row(p: *const i8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: a prefetch has no architectural effect and never faults, whatever the address
+        // (`wrapping_add` keeps the pointer arithmetic defined).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+        off += 64;
     }
 }
 

@@ -276,6 +276,10 @@ pub(super) unsafe fn softmax_cols(
     l: *mut f32,
     alpha: *mut f32,
 ) {
+    if ld == rows && matches!(rows, 1 | 2 | 4) {
+        // SAFETY: forwarded from this function's contract (`ld == rows`).
+        return unsafe { softmax_cols_packed(s, n, rows, m, l, alpha) };
+    }
     let mut c0 = 0;
     while c0 < rows {
         let w = (rows - c0).min(8);
@@ -346,6 +350,152 @@ pub(super) unsafe fn softmax_cols(
             st8(alpha.add(c0), a, w, mask);
         }
         c0 += w;
+    }
+}
+
+/// [`softmax_cols`] for 1, 2 or 4 columns stored without a gap (`ld == rows`, a gathered or
+/// single-head decode tile's GQA group): the `n × rows` scores are one run of floats, read
+/// `8 / rows` keys per vector, so no lane idles (column by column, 4 of 8 lanes would, and
+/// the exponentials would cost twice as much).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA; `s` holds `n · rows` floats, and `m`, `l`, `alpha` hold
+/// `rows` floats; `rows` is 1, 2 or 4.
+#[inline(always)]
+unsafe fn softmax_cols_packed(s: *mut f32, n: usize, rows: usize, m: *mut f32, l: *mut f32, alpha: *mut f32) {
+    let len = n * rows;
+    let full = len & !7;
+    let tail = len - full;
+    // (No closures here: they would not inherit the caller's target features, and every
+    // intrinsic in them would become a call.)
+    // SAFETY: the caller guarantees AVX2 and FMA; loads and stores touch the first `len` floats
+    // of `s` (the tail masked to its `tail` lanes) and the first `rows` of the state.
+    unsafe {
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        let tail_mask = lane_mask(tail);
+        let (mut mx, mut my) = (neg_inf, neg_inf);
+        let mut i = 0;
+        while i + 16 <= full {
+            mx = _mm256_max_ps(_mm256_loadu_ps(s.add(i)), mx);
+            my = _mm256_max_ps(_mm256_loadu_ps(s.add(i + 8)), my);
+            i += 16;
+        }
+        if i < full {
+            mx = _mm256_max_ps(_mm256_loadu_ps(s.add(i)), mx);
+        }
+        if tail > 0 {
+            let t = _mm256_maskload_ps(s.add(full), tail_mask);
+            my = _mm256_max_ps(_mm256_blendv_ps(neg_inf, t, _mm256_castsi256_ps(tail_mask)), my);
+        }
+        // Neither holds a NaN: `max(x, m)` keeps `m` where `x` is NaN.
+        let mx = fold_max(_mm256_max_ps(my, mx), rows);
+        let m_old = column_pattern(m, rows);
+        let mut m_new = _mm256_max_ps(mx, m_old);
+        let mut empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, neg_inf);
+        if _mm256_movemask_ps(empty) != 0 {
+            // Rare path, as in `softmax_cols`: a column of NaN and -inf poisons its row's state.
+            let mut mv = [0.0f32; 8];
+            _mm256_storeu_ps(mv.as_mut_ptr(), m_new);
+            for (lane, v) in mv.iter_mut().enumerate() {
+                let c = lane % rows;
+                if *v == f32::NEG_INFINITY && (0..n).any(|j| (*s.add(j * rows + c)).is_nan()) {
+                    *v = f32::NAN;
+                }
+            }
+            m_new = _mm256_loadu_ps(mv.as_ptr());
+            empty = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, neg_inf);
+        }
+        // Columns that have seen nothing (m_new = -inf) keep their state: p = 0, alpha = 1.
+        let base = _mm256_andnot_ps(empty, m_new);
+        let a = _mm256_blendv_ps(exp8(_mm256_sub_ps(m_old, m_new)), _mm256_set1_ps(1.0), empty);
+        // Four vectors per step: independent exp chains side by side (see `exp_sum_with`).
+        let mut sums = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= full {
+            for (t, sum) in sums.iter_mut().enumerate() {
+                let q = s.add(i + 8 * t);
+                let e = _mm256_andnot_ps(empty, exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(q), base)));
+                _mm256_storeu_ps(q, e);
+                *sum = _mm256_add_ps(*sum, e);
+            }
+            i += 32;
+        }
+        while i < full {
+            let e = _mm256_andnot_ps(empty, exp8_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s.add(i)), base)));
+            _mm256_storeu_ps(s.add(i), e);
+            sums[0] = _mm256_add_ps(sums[0], e);
+            i += 8;
+        }
+        if tail > 0 {
+            let x = _mm256_maskload_ps(s.add(full), tail_mask);
+            let e = _mm256_andnot_ps(empty, exp8_nonpos(_mm256_sub_ps(x, base)));
+            let e = _mm256_and_ps(e, _mm256_castsi256_ps(tail_mask));
+            _mm256_maskstore_ps(s.add(full), tail_mask, e);
+            sums[1] = _mm256_add_ps(sums[1], e);
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3]));
+        let l_new = _mm256_fmadd_ps(column_pattern(l, rows), a, fold_add(sum, rows));
+        let mut out = [[0.0f32; 8]; 3];
+        _mm256_storeu_ps(out[0].as_mut_ptr(), m_new);
+        _mm256_storeu_ps(out[1].as_mut_ptr(), l_new);
+        _mm256_storeu_ps(out[2].as_mut_ptr(), a);
+        core::ptr::copy_nonoverlapping(out[0].as_ptr(), m, rows);
+        core::ptr::copy_nonoverlapping(out[1].as_ptr(), l, rows);
+        core::ptr::copy_nonoverlapping(out[2].as_ptr(), alpha, rows);
+    }
+}
+
+/// `v[i % rows]` in lane `i`.
+///
+/// # Safety
+/// The CPU supports AVX; `v` holds `rows` floats.
+#[inline(always)]
+unsafe fn column_pattern(v: *const f32, rows: usize) -> __m256 {
+    let mut x = [0.0f32; 8];
+    for (i, x) in x.iter_mut().enumerate() {
+        // SAFETY: `i % rows < rows` (the caller).
+        *x = unsafe { *v.add(i % rows) };
+    }
+    // SAFETY: AVX (the caller); `x` holds 8 floats.
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// The maximum of the lanes of `v` that hold the same column (lanes `i` and `i + rows`, for
+/// `rows` 1, 2 or 4), in each of them.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[inline(always)]
+unsafe fn fold_max(v: __m256, rows: usize) -> __m256 {
+    // SAFETY: the caller guarantees AVX; no memory is touched.
+    unsafe {
+        let mut v = _mm256_max_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+        if rows <= 2 {
+            v = _mm256_max_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
+        }
+        if rows == 1 {
+            v = _mm256_max_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v));
+        }
+        v
+    }
+}
+
+/// [`fold_max`] with sums.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[inline(always)]
+unsafe fn fold_add(v: __m256, rows: usize) -> __m256 {
+    // SAFETY: the caller guarantees AVX; no memory is touched.
+    unsafe {
+        let mut v = _mm256_add_ps(v, _mm256_permute2f128_ps::<1>(v, v));
+        if rows <= 2 {
+            v = _mm256_add_ps(v, _mm256_permute_ps::<0b01_00_11_10>(v));
+        }
+        if rows == 1 {
+            v = _mm256_add_ps(v, _mm256_permute_ps::<0b10_11_00_01>(v));
+        }
+        v
     }
 }
 
