@@ -92,15 +92,19 @@ impl Tiling {
             }
         }
         let rows = hb * head_rows;
-        let mut t = Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, geo, unit_scratch: 0, scratch: 0 };
-        if t.units(plan) > 0 {
+        Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, geo, unit_scratch: 0, scratch: 0 }.sized(plan)
+    }
+
+    /// Fills in the scratch sizes of a call that has units.
+    fn sized(mut self, plan: &Plan<'_>) -> Result<Tiling, Error> {
+        if self.units(plan) > 0 {
             let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
-            t.unit_scratch = unit_scratch_len(plan, &t).ok_or(overflow.clone())?;
-            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
+            self.unit_scratch = unit_scratch_len(plan, &self).ok_or(overflow.clone())?;
+            self.scratch = crate::exec::split_scratch_len(self.state(plan), self.unit_scratch)
                 .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
                 .ok_or(overflow)?;
         }
-        Ok(t)
+        Ok(self)
     }
 
     /// Units that produce output rows: `(batch, kv-head block, q_tile)`. With a query, the
@@ -120,7 +124,7 @@ impl Tiling {
         let d = &plan.dims;
         let g = d.group();
         let (q_tiles, bc) = (d.q_len, geo.gather_bc);
-        let mut t = Tiling {
+        let t = Tiling {
             tq: 1,
             q_tiles,
             hb: 1,
@@ -133,14 +137,7 @@ impl Tiling {
             unit_scratch: 0,
             scratch: 0,
         };
-        if t.units(plan) > 0 {
-            let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
-            t.unit_scratch = unit_scratch_len(plan, &t).ok_or(overflow.clone())?;
-            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
-                .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
-                .ok_or(overflow)?;
-        }
-        Ok(t)
+        t.sized(plan)
     }
 
     /// The layout of a unit's online-softmax state.
