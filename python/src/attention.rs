@@ -1,0 +1,146 @@
+//! `attention`, `reference_attention` and the oracle-plus-bounds behind `assert_attention_close`.
+
+use gated_attention::reference;
+use gated_attention::{DType, Operand};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::arrays::{parse_dtype, value_error, Axes, View};
+use crate::error_model;
+use crate::options::{Kwargs, Parsed, KEYWORDS};
+use crate::output::{count, numpy_of, OutBuf};
+
+/// The three tensor arguments and the options of one call.
+struct Call<'py> {
+    axes: Axes,
+    q: View<'py>,
+    k: View<'py>,
+    v: View<'py>,
+    opts: Parsed<'py>,
+}
+
+impl<'py> Call<'py> {
+    fn parse(
+        py: Python<'py>,
+        q: &Bound<'py, PyAny>,
+        k: &Bound<'py, PyAny>,
+        v: &Bound<'py, PyAny>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+        extra: &[&str],
+    ) -> PyResult<Self> {
+        let kw = Kwargs::new(kwargs, &[KEYWORDS, extra])?;
+        let (axes, dtype) = kw.axes_and_dtype()?;
+        let q = View::tensor(q, axes, dtype, Operand::Query)?;
+        let k = View::tensor(k, axes, dtype, Operand::Key)?;
+        let v = View::tensor(v, axes, dtype, Operand::Value)?;
+        let opts = Parsed::parse(py, &kw, axes, &q, &k)?;
+        Ok(Call { axes, q, k, v, opts })
+    }
+
+    /// `[batch, q_len, q_heads, v_head_dim]` and the LSE's `[batch, q_heads, q_len]`, once the
+    /// crate accepts the sizes.
+    fn shapes(&self) -> PyResult<([usize; 4], [usize; 3])> {
+        let d =
+            gated_attention::Dims::from_tensors(&self.q.get(), &self.k.get(), &self.v.get()).map_err(value_error)?;
+        Ok(([d.batch, d.q_len, d.q_heads, d.v_head_dim], [d.batch, d.q_heads, d.q_len]))
+    }
+}
+
+/// The flash kernels: `(out, lse)`.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, **kwargs))]
+pub fn attention<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
+    let (out_shape, lse_shape) = call.shapes()?;
+    let mut out = OutBuf::new(call.q.dtype, count(&out_shape)?)?;
+    let mut lse = crate::output::zeros::<f32>(count(&lse_shape)?)?;
+    let layout = call.axes.contiguous(out_shape);
+    {
+        let (qt, kt, vt, o) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get());
+        let ov = out.view(layout);
+        py.detach(|| gated_attention::attention(&qt, &kt, &vt, ov, Some(&mut lse), &o)).map_err(value_error)?;
+    }
+    let out = out.into_numpy(py, call.axes, out_shape, &call.q.descr())?;
+    let lse = numpy_of(py, lse, &lse_shape)?;
+    PyTuple::new(py, [out, lse])
+}
+
+/// The f64 oracle: `(out, lse)` as float64.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, **kwargs))]
+pub fn reference_attention<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
+    let r = {
+        let (qt, kt, vt, o) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get());
+        py.detach(|| reference::attention(&qt, &kt, &vt, &o)).map_err(value_error)?
+    };
+    let d = r.dims;
+    let out = numpy_of(py, r.out, &[d.batch, d.q_len, d.q_heads, d.v_head_dim])?;
+    let out = match call.axes {
+        Axes::Bshd => out,
+        Axes::Bhsd => out.call_method1("transpose", ((0, 2, 1, 3),))?,
+    };
+    let lse = numpy_of(py, r.lse, &[d.batch, d.q_heads, d.q_len])?;
+    PyTuple::new(py, [out, lse])
+}
+
+/// The fixed tolerance table of the crate's tests (`tests/common/mod.rs`: `tolerance`, `LSE_TOL`)
+/// that caps the error model's bound, as the tests do: `atol + rtol·|r|`.
+fn table(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F32 => (2e-5, 2e-5),
+        DType::F16 => (1e-3, 1e-3),
+        DType::BF16 => (8e-3, 8e-3),
+    }
+}
+const LSE_TABLE: (f64, f64) = (2e-5, 2e-5);
+
+/// The oracle and the bound of every output element and LSE entry for outputs stored as
+/// `out_dtype`: `(ref_out, ref_lse, bound_out, bound_lse)`, float64, `ref_out`/`bound_out` as
+/// `[batch, q_len, q_heads, v_head_dim]` whatever the layout, the LSE ones `[batch, q_heads, q_len]`.
+#[pyfunction]
+#[pyo3(signature = (out_dtype, q, k, v, **kwargs))]
+pub fn reference_bounds<'py>(
+    py: Python<'py>,
+    out_dtype: &str,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let out_dtype = parse_dtype(Some(out_dtype))?.unwrap_or(DType::F32);
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
+    let (r, b) = {
+        let (qt, kt, vt, o) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get());
+        py.detach(|| {
+            let r = reference::attention_with_stats(&qt, &kt, &vt, &o)?;
+            let mut b = error_model::bounds(&r, out_dtype);
+            let (atol, rtol) = table(out_dtype);
+            for (bound, x) in b.out.iter_mut().zip(&r.out) {
+                *bound = bound.min(atol + rtol * x.abs());
+            }
+            for (bound, x) in b.lse.iter_mut().zip(&r.lse) {
+                *bound = bound.min(LSE_TABLE.0 + LSE_TABLE.1 * x.abs());
+            }
+            Ok::<_, gated_attention::Error>((r, b))
+        })
+        .map_err(value_error)?
+    };
+    let d = r.dims;
+    let (os, ls) = ([d.batch, d.q_len, d.q_heads, d.v_head_dim], [d.batch, d.q_heads, d.q_len]);
+    let items =
+        [numpy_of(py, r.out, &os)?, numpy_of(py, r.lse, &ls)?, numpy_of(py, b.out, &os)?, numpy_of(py, b.lse, &ls)?];
+    PyTuple::new(py, items)
+}
