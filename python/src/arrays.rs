@@ -56,36 +56,51 @@ impl Axes {
 }
 
 /// The storage type of an array: its dtype, or uint16 bit patterns declared as bf16/f16.
+///
+/// Decided from the descriptor's type number and size (no Python attribute lookups on the hot
+/// path: `dtype.name` is computed in Python); only a user-defined dtype (ml_dtypes' bfloat16)
+/// asks for its name.
 fn storage_dtype(arr: &Bound<'_, PyUntypedArray>, declared: Option<DType>, what: &str) -> PyResult<DType> {
+    use numpy::npyffi::NPY_TYPES;
+    use numpy::PyArrayDescrMethods;
     let descr = arr.dtype();
-    let name: String = descr.getattr("name")?.extract()?;
-    let itemsize: usize = descr.getattr("itemsize")?.extract()?;
-    if !descr.getattr("isnative")?.extract::<bool>()? {
+    let (num, itemsize) = (descr.num(), descr.itemsize());
+    if descr.is_native_byteorder() == Some(false) {
         return Err(PyTypeError::new_err(format!(
             "{what}: byte-swapped dtype {}; convert with .astype(x.dtype.newbyteorder('='))",
             descr.str()?
         )));
     }
-    let found = match (name.as_str(), itemsize) {
-        ("float32", 4) => Some(DType::F32),
-        ("float16", 2) => Some(DType::F16),
-        ("bfloat16", 2) => Some(DType::BF16),
-        _ => None,
+    let found = if num == NPY_TYPES::NPY_FLOAT as i32 && itemsize == 4 {
+        Some(DType::F32)
+    } else if num == NPY_TYPES::NPY_HALF as i32 && itemsize == 2 {
+        Some(DType::F16)
+    } else if num >= NPY_TYPES::NPY_USERDEF as i32
+        && itemsize == 2
+        && descr.getattr("name")?.extract::<String>()? == "bfloat16"
+    {
+        Some(DType::BF16)
+    } else {
+        None
     };
+    let uint16 = num == NPY_TYPES::NPY_USHORT as i32 && itemsize == 2;
+    let name = || descr.getattr("name").and_then(|n| n.extract::<String>()).unwrap_or_else(|_| "?".into());
     match (found, declared) {
         (Some(t), None) => Ok(t),
         (Some(t), Some(d)) if t == d => Ok(t),
         (Some(_), Some(d)) => Err(PyTypeError::new_err(format!(
-            "{what}: dtype {name} contradicts dtype={:?} (declared only for uint16 bit patterns)",
+            "{what}: dtype {} contradicts dtype={:?} (declared only for uint16 bit patterns)",
+            name(),
             dtype_name(d)
         ))),
-        (None, Some(d)) if name == "uint16" && d != DType::F32 => Ok(d),
-        (None, _) if name == "uint16" => Err(PyTypeError::new_err(format!(
+        (None, Some(d)) if uint16 && d != DType::F32 => Ok(d),
+        (None, _) if uint16 => Err(PyTypeError::new_err(format!(
             "{what}: uint16 arrays are read as bit patterns only with dtype='bfloat16' or dtype='float16'"
         ))),
         (None, _) => Err(PyTypeError::new_err(format!(
-            "{what}: dtype {name} is not a storage type (float32, float16, bfloat16 from ml_dtypes, or uint16 \
-             bit patterns with dtype='bfloat16'); convert with .astype(np.float32)"
+            "{what}: dtype {} is not a storage type (float32, float16, bfloat16 from ml_dtypes, or uint16 \
+             bit patterns with dtype='bfloat16'); convert with .astype(np.float32)",
+            name()
         ))),
     }
 }

@@ -144,3 +144,32 @@ pub fn reference_bounds<'py>(
         [numpy_of(py, r.out, &os)?, numpy_of(py, r.lse, &ls)?, numpy_of(py, b.out, &os)?, numpy_of(py, b.lse, &ls)?];
     PyTuple::new(py, items)
 }
+
+/// Seconds per call of the crate's `attention` on these arguments, timed inside Rust over
+/// `iters` calls (outputs allocated once): the baseline `bench_overhead.py` subtracts from a
+/// Python call's time to get the binding's overhead.
+#[pyfunction]
+#[pyo3(signature = (iters, q, k, v, **kwargs))]
+pub fn _bench_rust_attention<'py>(
+    py: Python<'py>,
+    iters: usize,
+    q: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    v: &Bound<'py, PyAny>,
+    kwargs: Option<&Bound<'py, PyDict>>,
+) -> PyResult<f64> {
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
+    let (out_shape, lse_shape) = call.shapes()?;
+    let mut out = OutBuf::new(call.q.dtype, count(&out_shape)?)?;
+    let mut lse = crate::output::zeros::<f32>(count(&lse_shape)?)?;
+    let layout = call.axes.contiguous(out_shape);
+    let (qt, kt, vt, o) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get());
+    py.detach(|| {
+        let start = std::time::Instant::now();
+        for _ in 0..iters.max(1) {
+            gated_attention::attention(&qt, &kt, &vt, out.view(layout), Some(&mut lse), &o)?;
+        }
+        Ok(start.elapsed().as_secs_f64() / iters.max(1) as f64)
+    })
+    .map_err(value_error)
+}

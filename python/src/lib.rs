@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention::attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention::reference_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention::reference_bounds, m)?)?;
+    m.add_function(wrap_pyfunction!(attention::_bench_rust_attention, m)?)?;
     m.add_class::<rope::PyRopeTable>()?;
     m.add_class::<cache::PyKvCache>()?;
     m.add_class::<layer::PyGatedAttention>()?;

@@ -38,29 +38,31 @@ pub const KEYWORDS: &[&str] = &[
     "parallel",
 ];
 
-/// The keywords a call passed, looked up by name.
-pub struct Kwargs<'a, 'py>(Option<&'a Bound<'py, PyDict>>);
+/// The keywords a call passed, collected once (a call passes a few of the many names, so a
+/// scan of them costs less than a dict lookup per name).
+pub struct Kwargs<'py>(Vec<(String, Bound<'py, PyAny>)>);
 
-impl<'a, 'py> Kwargs<'a, 'py> {
-    /// Wraps `kwargs`, rejecting names outside `allowed`.
-    pub fn new(kwargs: Option<&'a Bound<'py, PyDict>>, allowed: &[&[&str]]) -> PyResult<Self> {
+impl<'py> Kwargs<'py> {
+    /// Collects `kwargs`, rejecting names outside `allowed`.
+    pub fn new(kwargs: Option<&Bound<'py, PyDict>>, allowed: &[&[&str]]) -> PyResult<Self> {
+        let mut items = Vec::new();
         if let Some(d) = kwargs {
-            for key in d.keys() {
+            for (key, value) in d.iter() {
                 let key: String = key.extract()?;
                 if !allowed.iter().any(|list| list.contains(&key.as_str())) {
                     return Err(PyTypeError::new_err(format!("unexpected keyword argument {key:?}")));
                 }
+                if !value.is_none() {
+                    items.push((key, value));
+                }
             }
         }
-        Ok(Kwargs(kwargs))
+        Ok(Kwargs(items))
     }
 
     /// The value of `name`, `None` when absent or `None`.
     pub fn get(&self, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.0 {
-            None => Ok(None),
-            Some(d) => Ok(d.get_item(name)?.filter(|v| !v.is_none())),
-        }
+        Ok(self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
     }
 
     pub fn string(&self, name: &str) -> PyResult<Option<String>> {
@@ -121,6 +123,10 @@ pub fn to_usize(v: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
 
 /// A small 1-d float vector (ALiBi slopes, sink logits), converted to f32.
 pub fn f32_vector(py: Python<'_>, v: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<f32>> {
+    // Fast path: a float32 1-d array (what a caller keeps around) is copied without numpy calls.
+    if let Ok(a) = v.extract::<numpy::PyReadonlyArray1<'_, f32>>() {
+        return Ok(a.as_array().iter().copied().collect());
+    }
     let np = py.import("numpy")?;
     let a = np.call_method1("asarray", (v,))?;
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
@@ -226,7 +232,7 @@ pub struct Parsed<'py> {
 
 impl<'py> Parsed<'py> {
     /// Parses the options of a call whose queries and keys are `q` and `k`.
-    pub fn parse(py: Python<'py>, kw: &Kwargs<'_, 'py>, axes: Axes, q: &View<'py>, k: &View<'py>) -> PyResult<Self> {
+    pub fn parse(py: Python<'py>, kw: &Kwargs<'py>, axes: Axes, q: &View<'py>, k: &View<'py>) -> PyResult<Self> {
         let [batch, q_len, q_heads, _] = q.layout.shape;
         let kv_len = k.layout.shape[1];
         let alignment = match kw.string("alignment")?.as_deref() {
