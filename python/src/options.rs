@@ -155,7 +155,12 @@ impl OwnedPositions {
     /// An int (`offset + s`), a `[batch]` array (per-row offsets) or a `[batch, seq]` array of ids.
     pub fn parse(py: Python<'_>, v: Option<&Bound<'_, PyAny>>, batch: usize, seq: usize) -> PyResult<Self> {
         let Some(v) = v else { return Ok(OwnedPositions::Offset(0)) };
-        if v.cast::<PyInt>().is_ok() || (v.hasattr("__index__")? && v.getattr("ndim").is_err()) {
+        // An int, a numpy integer scalar or a 0-d integer array: one offset for every row.
+        let scalar = match v.getattr("ndim") {
+            Ok(n) => n.extract::<usize>().map(|n| n == 0).unwrap_or(false),
+            Err(_) => true,
+        };
+        if v.cast::<PyBool>().is_err() && v.hasattr("__index__")? && scalar {
             return Ok(OwnedPositions::Offset(to_usize(v, "positions")?));
         }
         let np = py.import("numpy")?;

@@ -122,3 +122,11 @@ def test_threads_release_the_gil(rng):
         threaded = list(pool.map(lambda c: ga.attention(*c, causal=True)[0], cases))
     for a, b in zip(serial, threaded):
         np.testing.assert_array_equal(a, b)
+
+
+def test_numpy_integer_options(rng):
+    q, k, v = naive.random_qkv(rng)
+    table = ga.RopeTable(16, 10000.0, 64)
+    a, _ = ga.attention(q, k, v, causal=True, window=np.int64(3), rope=table, rope_positions=np.int32(2))
+    b, _ = ga.attention(q, k, v, causal=True, window=3, rope=table, rope_positions=2)
+    np.testing.assert_array_equal(a, b)
