@@ -130,3 +130,30 @@ def test_numpy_integer_options(rng):
     a, _ = ga.attention(q, k, v, causal=True, window=np.int64(3), rope=table, rope_positions=np.int32(2))
     b, _ = ga.attention(q, k, v, causal=True, window=3, rope=table, rope_positions=2)
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_gil_is_released_during_a_call():
+    """While one thread computes, another keeps running Python code."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(5)
+    q, k, v = naive.random_qkv(rng, 1, 256, 256, 8, 2, 64)
+    done = threading.Event()
+
+    def work():
+        ga.reference_attention(q, k, v, causal=True)
+        done.set()
+
+    t0 = time.perf_counter()
+    ga.reference_attention(q, k, v, causal=True)
+    alone = time.perf_counter() - t0
+    worker = threading.Thread(target=work)
+    worker.start()
+    spins = 0
+    while not done.is_set():
+        spins += 1
+    worker.join()
+    # A held GIL would stall this loop for the whole call; released, it spins all along.
+    assert alone > 0.01
+    assert spins > 1000

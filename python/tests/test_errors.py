@@ -121,3 +121,18 @@ def test_nothing_crashes_on_hostile_values(qkv):
         ga.attention(q, k, v, window=w, sink_tokens=w)
         ga.attention(q, k, v, right_window=w)
     ga.attention(q, k, v, softcap=1e-45)  # subnormal softcap
+
+
+def test_hostile_sizes_are_errors_not_aborts():
+    with pytest.raises(ValueError):
+        ga.KvCache(1, 1, 8, 2**60)  # storage overflows: the crate's error, no allocation
+    with pytest.raises(ValueError):
+        ga.KvCache(2**40, 2**40, 2**40, 2**40)
+    with pytest.raises(ValueError):
+        ga.RopeTable(64, 10000.0, 2**62)  # a table the allocator cannot give
+    with pytest.raises(ValueError, match="config"):
+        ga.GatedAttention.seeded({"hidden_size": 2**40, "num_attention_heads": 1})
+    q = np.ones((1, 1, 1, 8), np.float32)
+    k = np.broadcast_to(np.ones((1, 1, 1, 8), np.float32), (1, 2**40, 1, 8))  # stride 0, no memory
+    out, lse = ga.attention(q, k, k, causal=True, window=4)  # the window shows 4 keys: cheap
+    np.testing.assert_allclose(out, 1.0)
