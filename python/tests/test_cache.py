@@ -85,3 +85,35 @@ def test_storage_types(rng):
         if got is not None:
             np.testing.assert_allclose(got[0], k[0], rtol=8e-3, atol=8e-3)
         assert cache.dtype == dtype
+
+
+def test_streaming_llm_policy_rotates_by_cache_index(rng):
+    q, k, v = naive.random_qkv(rng, 1, 12, 12, 2, 1, 16)
+    table = ga.RopeTable(16, 10000.0, 64)
+    inv = naive.rope_frequencies(16)
+    cache = ga.KvCache(1, 1, 16, 7, policy="streaming_llm", sink_tokens=2, recent=4)
+    for t in range(12):
+        cache.append(k[:, t : t + 1], v[:, t : t + 1], table)
+        out, _ = cache.attend(q[:, t : t + 1], table)
+        # attended: the 2 sink tokens and the 4 most recent, rotated by their index in that list
+        kept = sorted(set(range(min(2, t + 1))) | set(range(max(0, t - 3), t + 1)))
+        assert set(kept) <= set(cache.positions(0)) and cache.len(0) <= 7
+        n = len(kept)
+        kr = naive.rope_rotate(k[:, kept], np.arange(n)[None, :], inv)  # keys at their cache slots
+        want, _ = naive.attention(q[:, t : t + 1], kr, v[:, kept], rope_q=(inv, np.array([[n - 1]]), "neox"))
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5, err_msg=f"token {t}")
+
+
+def test_value_gate_and_single_rows(rng):
+    q, k, v = naive.random_qkv(rng, 2, 3, 3, 2, 2, 8)
+    g = rng.uniform(-2, 2, (2, 3, 2, 1)).astype(np.float32)  # head-wise value gate
+    cache = ga.KvCache(2, 2, 8, 8)
+    cache.append(k, v, value_gate=g)
+    np.testing.assert_allclose(cache.values(1)[0], v[1] * naive.sigmoid(g[1].astype(np.float64)), rtol=1e-6)
+    out, _ = cache.attend(q)
+    want, _ = naive.attention(q, k, v * naive.sigmoid(g.astype(np.float64)), causal=True)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    cache.append(k[1:, :2], v[1:, :2], row=1)  # rows may hold different lengths
+    assert (cache.len(0), cache.len(1)) == (3, 5)
+    with pytest.raises(ValueError, match="outside"):
+        cache.append(k[:1], v[:1], row=2)

@@ -103,3 +103,20 @@ def test_first_token_share_and_gate_statistics(rng):
     assert st["min"] == g.min() and st["max"] == g.max()
     assert st["fraction_below_0_5"] == pytest.approx((g < 0.5).mean())
     assert st["fraction_below_0_1"] == pytest.approx((g < 0.1).mean())
+
+
+def test_per_kv_head_lists(rng):
+    q, k, v = naive.random_qkv(rng, 1, 4, 6, 4, 2, 8)
+    idx = np.full((1, 4, 2, 3), ga.PAD, np.int32)
+    for i in range(4):
+        idx[0, i, 0, : 1 + (i > 0)] = [0, i][: 1 + (i > 0)]  # KV head 0: key 0 and the diagonal
+        idx[0, i, 1, : min(3, i + 1)] = np.arange(min(3, i + 1))[::-1]
+    listed = lambda b, kvh, i, j: j in idx[b, i, kvh]  # noqa: E731
+    want, want_lse = naive.attention(q, k, v, keep=listed)
+    ref, _ = ga.reference_sparse_attention(q, k, v, idx)
+    np.testing.assert_allclose(ref, want, rtol=1e-12, atol=1e-12)
+    out, lse = ga.sparse_attention(q, k, v, idx)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="listed twice"):
+        ga.sparse_attention(q, k, v, np.zeros((1, 4, 2, 2), np.int32))
