@@ -46,9 +46,29 @@ impl<'py> Call<'py> {
     }
 }
 
-/// The flash kernels: `(out, lse)`.
+/// Flash attention on the CPU: `(out, lse)`.
+///
+/// q `[batch, q_len, heads, dim]`, k and v `[batch, kv_len, kv_heads, dim | v_dim]` (or
+/// `[batch, heads, seq, dim]` with `layout="bhsd"`), float32, float16, ml_dtypes.bfloat16 or uint16
+/// bits with `dtype="bfloat16"`; read in place. `out` has q's storage type and layout; `lse` is
+/// float32 `[batch, heads, q_len]`, natural log, `-inf` for a row that sees no key.
+///
+/// Options: `scale` (default 1/sqrt(dim)); `causal` and `alignment` ("bottom_right": the last
+/// query at the last key; "top_left": SDPA's is_causal); `window` (keys a query sees, its own
+/// included), `right_window`, `sink_tokens`; `softcap`; `alibi_slopes`, `sinks` (learned sink
+/// logits), one per query head; `bias` (float32, broadcastable to `[batch, heads, q_len,
+/// kv_len]`); `rope` (a RopeTable) with `rope_positions` (int offset, `[batch]` offsets or
+/// `[batch, q_len]` ids) rotating the queries; `gate` (output-gate logits `[batch, q_len,
+/// heads | 1, v_dim | 1]`) with `gate_activation` and `gate_mode`; `isa`; `parallel`.
+/// The crate's errors are ValueError with its text.
+///
+/// >>> import numpy as np, gated_attention as ga
+/// >>> x = np.ones((1, 3, 2, 8), np.float32)
+/// >>> out, lse = ga.attention(x, x, x, causal=True, window=2)
+/// >>> out.shape, lse.shape
+/// ((1, 3, 2, 8), (1, 2, 3))
 #[pyfunction]
-#[pyo3(signature = (q, k, v, **kwargs))]
+#[pyo3(signature = (q, k, v, **kwargs), text_signature = "(q, k, v, *, layout='bshd', dtype=None, scale=None, causal=False, alignment='bottom_right', window=None, right_window=None, sink_tokens=0, softcap=None, alibi_slopes=None, sinks=None, bias=None, rope=None, rope_positions=None, gate=None, gate_activation='sigmoid', gate_mode='multiplicative', isa=None, parallel=True)")]
 pub fn attention<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
@@ -71,9 +91,17 @@ pub fn attention<'py>(
     PyTuple::new(py, [out, lse])
 }
 
-/// The f64 oracle: `(out, lse)` as float64.
+/// The f64 oracle: `(out, lse)` as float64, same arguments and options as `attention`.
+///
+/// A naive attention in f64 with the mask as an explicit predicate, sharing no code with the
+/// kernels; its argument checks give the kernels' errors for the same input.
+///
+/// >>> import numpy as np, gated_attention as ga
+/// >>> q = np.ones((1, 1, 1, 4), np.float32); v = np.full((1, 2, 1, 4), 2.0, np.float32)
+/// >>> float(ga.reference_attention(q, q.repeat(2, 1), v)[0][0, 0, 0, 0])
+/// 2.0
 #[pyfunction]
-#[pyo3(signature = (q, k, v, **kwargs))]
+#[pyo3(signature = (q, k, v, **kwargs), text_signature = "(q, k, v, *, layout='bshd', dtype=None, scale=None, causal=False, alignment='bottom_right', window=None, right_window=None, sink_tokens=0, softcap=None, alibi_slopes=None, sinks=None, bias=None, rope=None, rope_positions=None, gate=None, gate_activation='sigmoid', gate_mode='multiplicative', isa=None, parallel=True)")]
 pub fn reference_attention<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,

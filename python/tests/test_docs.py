@@ -24,3 +24,13 @@ def test_stub_examples():
                 examples += len(test.examples)
                 runner.run(test)
     assert examples >= 8 and runner.failures == 0
+
+
+def test_native_docstrings():
+    """The extension's own docstrings (help(ga.attention)) and their examples."""
+    assert "window" in ga.attention.__doc__ and "(q, k, v, *, layout='bshd'" in ga.attention.__text_signature__
+    for f in (ga.attention, ga.reference_attention):
+        test = doctest.DocTestParser().get_doctest(f.__doc__, {}, f.__name__, None, 0)
+        runner = doctest.DocTestRunner()
+        runner.run(test)
+        assert test.examples and runner.failures == 0
