@@ -9,8 +9,10 @@
 //! `Sᵀ = K·(scale·Q)ᵀ`, with K as it lies (widened) and Qᵀ made once per unit. Decode units (a few
 //! rows per KV head) hold a block of KV heads and score every head of the block key by key, so a
 //! BSHD cache is read in address order; their KV range is cut into fixed chunks whose partial
-//! states are merged in chunk order. Nothing here depends on the number of threads, so results
-//! are bit-identical for every thread count.
+//! states are merged in chunk order. Sparse attention's units (one query row, one KV head) run
+//! the same decode tile body on gathered keys: a tile's key source is either a run of keys read
+//! in place or a list of keys staged contiguous ([`Keys`]). Nothing here depends on the number
+//! of threads, so results are bit-identical for every thread count.
 
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};

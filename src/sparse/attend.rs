@@ -2,8 +2,8 @@
 //!
 //! A call runs on the same scheduler ([`crate::exec`]) and driver as dense attention: its units
 //! are [`Tiling::per_query`]'s (one query row and one KV head, with the query heads of the head's
-//! GQA group as its rows, which share the list), computed by the driver's gathered-key tiles
-//! ([`run_gathered_unit`]) and finished like every attention row. Units are independent and visit
+//! GQA group as its rows, which share the list), computed by the driver's decode tile body on
+//! keys gathered from the list ([`run_gathered_unit`]) and finished like every attention row. Units are independent and visit
 //! their lists in order, so results do not depend on the thread count.
 
 use crate::driver::{finish_into, run_gathered_unit, Inputs, Scratch, Tiling, Unit};
