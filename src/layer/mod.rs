@@ -381,7 +381,7 @@ impl GatedAttention {
         if cc.batch != batch || cc.kv_heads != hkv || cc.head_dim != d || cc.v_head_dim != d {
             return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
         }
-        self.resolved_isa()?;
+        let isa = self.resolved_isa()?;
         let pos: Vec<usize> = match positions {
             Some(p) if p.len() == n => p.to_vec(),
             Some(_) => return Err(Error::InvalidConfig { field: "positions", reason: "need batch · L entries" }),
@@ -399,7 +399,7 @@ impl GatedAttention {
         };
         let rope = self.rope_table(end, cover)?;
         let rope = &*rope;
-        let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l)?;
+        let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l, isa)?;
         let w = &self.weights;
         let gate_cfg = c.gate;
         let gate_shape = |g: &GateConfig| (c.gate_heads(g), c.gate_width(g));
@@ -414,7 +414,7 @@ impl GatedAttention {
         }
         if let (Some(g), Some(gp)) = (gate_cfg, &w.gate_proj) {
             if g.source == config::GateSource::RotatedQuery {
-                gate_logits = Some(gp.forward(&q, n * h));
+                gate_logits = Some(gp.forward_on(&q, n * h, isa));
             }
         }
         cache.append(
@@ -442,7 +442,7 @@ impl GatedAttention {
             &opts,
             rope_for_attend,
         )?;
-        let mut out = w.o_proj.forward(&o, n);
+        let mut out = w.o_proj.forward_on(&o, n, isa);
         if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
             if g.position == GatePosition::Dense {
                 let (gh, gw) = gate_shape(&g);
@@ -465,18 +465,18 @@ impl GatedAttention {
     }
 
     /// Projections, the G2–G4 gates and the q/k norms of `n = batch·l` tokens (no RoPE yet).
-    fn project(&self, x: &[f32], batch: usize, l: usize) -> Result<Projected, Error> {
+    fn project(&self, x: &[f32], batch: usize, l: usize, isa: crate::Isa) -> Result<Projected, Error> {
         let c = &self.config;
         let (h, hkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let n = batch * l;
         let w = &self.weights;
-        let xq = w.q_proj.forward(x, n);
-        let mut k = w.k_proj.forward(x, n);
-        let mut v = w.v_proj.forward(x, n);
+        let xq = w.q_proj.forward_on(x, n, isa);
+        let mut k = w.k_proj.forward_on(x, n, isa);
+        let mut v = w.v_proj.forward_on(x, n, isa);
         let (mut q, mut gate_logits) = self.split_q(&xq, n);
         if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
             if g.source == config::GateSource::Separate {
-                gate_logits = Some(gp.forward(x, n));
+                gate_logits = Some(gp.forward_on(x, n, isa));
             }
         }
         // G4, G3, G2: right after the projections.
@@ -521,8 +521,9 @@ impl GatedAttention {
             });
         }
         self.check_buffers(batch * l)?;
+        let isa = self.resolved_isa()?;
         let rope = self.rope_for_positions(positions)?;
-        let Projected { mut q, mut k, .. } = self.project(x, batch, l)?;
+        let Projected { mut q, mut k, .. } = self.project(x, batch, l, isa)?;
         rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
         rope.rotate(TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim), Positions::Explicit(positions))?;
         Ok((q, k))
