@@ -179,7 +179,7 @@ mod sink;
 mod softmax;
 #[cfg(feature = "alloc")]
 pub mod sparse;
-#[cfg(any(test, feature = "layer", gated_attention_selftest))]
+#[cfg(any(test, feature = "layer", all(gated_attention_selftest, feature = "std")))]
 mod splitmix;
 mod tensor;
 

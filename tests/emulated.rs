@@ -31,6 +31,10 @@ fn cases(sinks: &[f32]) -> Vec<(Case, AttentionOptions<'_>, &'static str)> {
         // One query row per head against 1100 keys: the decode path, split into KV chunks.
         (Case::new(2, 1, 1100, 8, 2, 64).dtypes([F32, F16, F16, F32]), causal, "split-KV decode f16"),
         (Case::new(1, 2, 300, 4, 2, 64).dtypes([F32, BF16, F32, F16]), causal, "decode bf16 K, f16 out"),
+        // tests/per_isa.rs's shapes: several prefill tiles, head dim 128, a longer split decode.
+        (Case::new(1, 130, 130, 8, 2, 64), causal, "per_isa prefill"),
+        (Case::new(1, 67, 200, 4, 4, 128), causal.window(70).softcap(3.0), "per_isa window 128"),
+        (Case::new(2, 1, 2100, 8, 2, 128).dtypes([F32, F16, F16, F32]), causal, "per_isa split decode"),
     ]
 }
 
@@ -102,10 +106,41 @@ fn cache_case(isa: Isa) {
         for h in 0..hq {
             for e in 0..d {
                 let (x, rv) = (out[(i * hq + h) * d + e] as f64, r.out_at(0, i, h, e));
-                assert!(close(x, rv, tolerance(DType::F32)), "{} cache attend i {i} h {h} d {e}: {x} vs {rv}", isa.name());
+                assert!(
+                    close(x, rv, tolerance(DType::F32)),
+                    "{} cache attend i {i} h {h} d {e}: {x} vs {rv}",
+                    isa.name()
+                );
             }
             let (x, rv) = (lse[h * t + i] as f64, r.lse_at(0, h, i));
             assert!(close(x, rv, LSE_TOL), "{} cache attend lse h {h} i {i}: {x} vs {rv}", isa.name());
+        }
+    }
+}
+
+/// Read-only key/value rows may overlap (sequence stride 0 or 1 < head_dim): prefill, decode and
+/// split-KV decode read them as laid out.
+fn overlapping_rows(isa: Isa) {
+    let d = 16;
+    let base: Vec<f32> = (0..1000).map(|e| ((e * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    for (lq, lk) in [(40, 40), (1, 700), (3, 90)] {
+        for strides in [[0, 0, 0], [0, 1, 0], [0, 1, 3]] {
+            let kl = gated_attention::Layout { shape: [1, lk, 2, d], strides };
+            let q: Vec<f32> = (0..lq * 4 * d).map(|e| ((e * 13 % 29) as f32 / 14.0) - 1.0).collect();
+            let (qt, kt, vt) =
+                (Tensor::bshd(&q[..], 1, lq, 4, d), Tensor::new(&base[..], kl), Tensor::new(&base[..], kl));
+            let opts = AttentionOptions::new().causal().isa(isa).parallelism(Parallelism::Sequential);
+            let r = reference::attention(&qt, &kt, &vt, &opts).expect("reference");
+            let mut o = vec![f32::NAN; lq * 4 * d];
+            gated_attention::attention(&qt, &kt, &vt, TensorMut::bshd(&mut o[..], 1, lq, 4, d), None, &opts)
+                .expect("attention");
+            for (e, &x) in o.iter().enumerate() {
+                assert!(
+                    close(x as f64, r.out[e], tolerance(DType::F32)),
+                    "{isa:?} lq {lq} lk {lk} strides {strides:?}: element {e} = {x}, reference {}",
+                    r.out[e]
+                );
+            }
         }
     }
 }
@@ -124,6 +159,9 @@ fn neon_is_selected() {
     assert_eq!(AttentionOptions::new().resolved_isa(), Ok(Isa::selected()));
 }
 
+/// A named check of one ISA.
+type Check = (&'static str, fn(Isa));
+
 fn main() {
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut report = |name: &str, ok: bool| {
@@ -134,6 +172,8 @@ fn main() {
             failed += 1;
         }
     };
+    // One line per panic (the kernel checks provoke some on purpose), no backtrace.
+    std::panic::set_hook(Box::new(|info| eprintln!("  panic: {info}")));
     let run = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
     report("isa/neon_is_selected", run(&neon_is_selected));
     #[cfg(gated_attention_selftest)]
@@ -141,8 +181,12 @@ fn main() {
     #[cfg(not(gated_attention_selftest))]
     println!("note: kernel unit tests not built in (they need --cfg gated_attention_selftest)");
     for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
-        let checks: [(&str, fn(Isa)); 3] =
-            [("attention", attention_cases), ("sparse", sparse_case), ("cache_attend", cache_case)];
+        let checks: [Check; 4] = [
+            ("attention", attention_cases),
+            ("overlapping_rows", overlapping_rows),
+            ("sparse", sparse_case),
+            ("cache_attend", cache_case),
+        ];
         for (name, f) in checks {
             let t = std::time::Instant::now();
             let ok = run(&|| f(isa));

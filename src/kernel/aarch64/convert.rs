@@ -112,7 +112,14 @@ pub(super) unsafe fn widen<E: Element>(src: *const E, dst: *mut f32, len: usize)
 /// [`crate::kernel::bounds::assert_fits_read`]) and `dst` a `k × n` one with `ldd` (as in
 /// [`crate::kernel::bounds::assert_fits`]).
 #[inline(always)]
-pub(super) unsafe fn transpose_widen<E: Element>(n: usize, k: usize, b: *const E, ldb: usize, dst: *mut f32, ldd: usize) {
+pub(super) unsafe fn transpose_widen<E: Element>(
+    n: usize,
+    k: usize,
+    b: *const E,
+    ldb: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
     let (n4, k4) = (n & !3, k & !3);
     // SAFETY: blocks cover keys `j..j + 4 <= n4` and dimensions `p..p + 4 <= k4`, inside both
     // matrices; the edge loop reads element `(j, p)` of B and writes `(p, j)` of `dst`, `j < n`,

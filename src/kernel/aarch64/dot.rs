@@ -57,7 +57,15 @@ unsafe fn dot_block<E: Element, const R: usize>(q: [*const f32; R], key: *const 
 /// `a` holds `m` rows of `k` floats (stride `lda`), `key` `k` elements, and `out + i·ldo_i` is
 /// writable for `i < m`.
 #[inline(always)]
-unsafe fn rows_vs_key<E: Element>(m: usize, k: usize, a: *const f32, lda: usize, key: *const E, out: *mut f32, ldo_i: usize) {
+unsafe fn rows_vs_key<E: Element>(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    key: *const E,
+    out: *mut f32,
+    ldo_i: usize,
+) {
     let mut i = 0;
     // SAFETY: rows `i..i + RB` (then `i..m`) exist; the writes go to `out + (i + r)·ldo_i`.
     unsafe {
@@ -150,7 +158,9 @@ pub(super) unsafe fn dot_heads<E: Element>(
         for h in 0..heads {
             // SAFETY: head `h`'s rows start at row `h·m` of A; its key row exists; its scores
             // are `out[j·ldo + h·m ..][..m]`.
-            unsafe { rows_vs_key(m, k, a.add(h * m * lda), lda, b.add(j * ldb + h * ldh), out.add(j * ldo + h * m), 1) };
+            unsafe {
+                rows_vs_key(m, k, a.add(h * m * lda), lda, b.add(j * ldb + h * ldh), out.add(j * ldo + h * m), 1)
+            };
         }
     }
 }

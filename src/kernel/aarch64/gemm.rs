@@ -161,7 +161,17 @@ unsafe fn strip<E: Element, const AT: bool, const NV: usize, const PARTIAL: bool
     while i + MR <= m {
         // SAFETY: rows `i..i + MR` lie inside A and C.
         unsafe {
-            micro::<E, AT, MR, NV, PARTIAL>(k, a_at::<AT>(a, i, 0, lda), lda, b, ldb, c.add(i * ldc), ldc, width, acc.at_row(i))
+            micro::<E, AT, MR, NV, PARTIAL>(
+                k,
+                a_at::<AT>(a, i, 0, lda),
+                lda,
+                b,
+                ldb,
+                c.add(i * ldc),
+                ldc,
+                width,
+                acc.at_row(i),
+            )
         };
         i += MR;
     }

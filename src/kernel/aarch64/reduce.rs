@@ -213,9 +213,8 @@ pub(super) unsafe fn softmax_cols(
             let mut j = 0;
             while j + 4 <= n {
                 let ptr: [*mut f32; 4] = core::array::from_fn(|t| s.add((j + t) * ld + c0));
-                let e: [float32x4_t; 4] = core::array::from_fn(|t| {
-                    vbslq_f32(empty, zero, exp4_nonpos(vsubq_f32(ld4(ptr[t], w), base)))
-                });
+                let e: [float32x4_t; 4] =
+                    core::array::from_fn(|t| vbslq_f32(empty, zero, exp4_nonpos(vsubq_f32(ld4(ptr[t], w), base))));
                 for t in 0..4 {
                     st4(ptr[t], e[t], w);
                     sums[t] = vaddq_f32(sums[t], e[t]);
