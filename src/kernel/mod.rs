@@ -57,8 +57,10 @@ use crate::element::{Element, Elems};
 use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
 pub(crate) use geometry::Geometry;
 
-/// The instruction sets the kernels are written for.
+/// The instruction sets the kernels are written for. Non-exhaustive: a new ISA is a new variant
+/// ([`Isa::ALL`] lists them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Isa {
     /// Plain Rust, one lane at a time. Always available.
     Scalar,
