@@ -78,7 +78,7 @@ macro_rules! kernel_tests {
 
         /// Every check for one kernel, each under `catch_unwind`: its name (`isa/check`) and
         /// whether it passed.
-        #[cfg(feature = "std")]
+        #[cfg(all(gated_attention_selftest, feature = "std"))]
         fn run_checks<K: Kernel>(kern: K, report: &mut dyn FnMut(&str, bool)) {
             $(
                 let name = format!("kernel/{}/{}", kern.isa().name(), stringify!($check));
@@ -90,7 +90,7 @@ macro_rules! kernel_tests {
 
 /// The kernel checks for every vector kernel this build has, then the `exp` lanes against
 /// `exp_f32`, on the calling thread (see the module docs).
-#[cfg(feature = "std")]
+#[cfg(all(gated_attention_selftest, feature = "std"))]
 pub(crate) fn run_all(report: &mut dyn FnMut(&str, bool)) {
     run_checks(Portable, report);
     #[cfg(target_arch = "x86_64")]
