@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--threads N] [--workloads P1,P2,P3,D1,D2] [--reps N]
-//!     [--json-only] [--kv f32,f16,bf16] [--cache warm|cold|both] [--isa scalar|portable|avx2-fma]
+//!     [--json-only] [--kv f32,f16,bf16] [--cache warm|cold|both] [--isa scalar|portable|avx2-fma|neon]
 //!     [--bw-mib N] [--no-check]
 //! ```
 //!
@@ -38,7 +38,7 @@ usage: cargo run --release --example bench -- [options]
                        (default: f32 for P1-P3, f32,f16 for D1 and D2)
   --cache MODE         decode only: warm (KV left in cache between calls, as the peers run),
                        cold (last-level cache evicted before every timed call) or both (default)
-  --isa NAME           force scalar, portable or avx2-fma (default: automatic)
+  --isa NAME           force scalar, portable, avx2-fma or neon (default: automatic)
   --bw-mib N           size of the bandwidth buffer (default 1024, 512 when memory is short)
   --no-check           skip the check of sampled output rows against the f64 reference";
 

@@ -135,11 +135,12 @@
 //! | ISA | selected when | notes |
 //! |---|---|---|
 //! | [`Isa::Avx2Fma`] | x86_64 with AVX2, FMA and F16C (run time with `std`) | 6×16 register-blocked GEMM, F16C widening |
+//! | [`Isa::Neon`] | aarch64 (NEON is part of the target) | 6×12 / 6×16 register-blocked GEMM (`FMLA` by lane), `FCVTL` f16 widening |
 //! | [`Isa::Portable`] | everything else | `wide` 8-lane vectors, chosen at compile time (SSE2 or NEON) |
 //! | [`Isa::Scalar`] | requested only | the baseline for tests |
 //!
 //! A call's [`AttentionOptions::isa`] (`sparse::Indexer::isa` for the indexers) pins its kernel;
-//! otherwise `GATED_ATTENTION_ISA=scalar|portable|avx2-fma` (read once, with `std`; any ASCII
+//! otherwise `GATED_ATTENTION_ISA=scalar|portable|avx2-fma|neon` (read once, with `std`; any ASCII
 //! case) pins every call's. An unknown or unavailable name is an error, not a fallback;
 //! [`AttentionOptions::resolved_isa`] is the ISA a call runs (see [`kernel`]).
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -178,7 +179,7 @@ mod sink;
 mod softmax;
 #[cfg(feature = "alloc")]
 pub mod sparse;
-#[cfg(any(test, feature = "layer"))]
+#[cfg(any(test, feature = "layer", all(gated_attention_selftest, feature = "std")))]
 mod splitmix;
 mod tensor;
 

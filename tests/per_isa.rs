@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gated_attention::{attention, reference, AttentionOptions, DType, Error, Isa, Layout, Tensor, TensorMut};
 
-const ALL: [Isa; 3] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
+const ALL: [Isa; 4] = Isa::ALL;
 
 #[test]
 fn every_isa_matches_the_reference() {

@@ -420,7 +420,7 @@ fn run(case: &Case) {
     let mut out = vec![canary; out_len];
     let mut lse = vec![canary; lse_len];
 
-    let isas = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
+    let isas = Isa::ALL;
     for isa in isas.into_iter().filter(|isa| isa.is_available()) {
         let opts = opts.isa(isa);
         out.fill(canary);

@@ -157,7 +157,7 @@ impl Case {
         opts.parallelism = if self.rayon { Parallelism::Rayon } else { Parallelism::Sequential };
         let reference = rsparse::sparse_attention(&q, &k, &v, &idx, &opts);
         let bounds = reference.as_ref().ok().map(|r| error_model::bounds(r, gated_attention::DType::F32));
-        for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma].into_iter().filter(|isa| isa.is_available()) {
+        for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
             let opts = opts.isa(isa);
             let canary = 12345.0f32;
             let mut out = vec![canary; d.batch * d.q_len * d.q_heads * d.v_head_dim];

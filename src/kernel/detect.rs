@@ -27,6 +27,7 @@ fn encode(isa: Isa) -> u8 {
         Isa::Scalar => 0,
         Isa::Portable => 1,
         Isa::Avx2Fma => 2,
+        Isa::Neon => 3,
     }
 }
 
@@ -35,6 +36,7 @@ fn decode(v: u8) -> Option<Isa> {
         0 => Some(Isa::Scalar),
         1 => Some(Isa::Portable),
         2 => Some(Isa::Avx2Fma),
+        3 => Some(Isa::Neon),
         _ => None,
     }
 }
@@ -76,6 +78,10 @@ fn detect() -> Isa {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() && has_f16c() {
         return Isa::Avx2Fma;
+    }
+    // NEON is part of the target when available at all: no run-time question to ask.
+    if Isa::Neon.is_available() {
+        return Isa::Neon;
     }
     Isa::Portable
 }
@@ -163,7 +169,7 @@ pub(crate) fn resolve_with(
         EnvIsa::Unknown => {
             return Err(Error::InvalidOption {
                 option: "GATED_ATTENTION_ISA",
-                reason: "names no ISA (expected scalar, portable, avx2-fma or avx2, in any case)",
+                reason: "names no ISA (expected scalar, portable, avx2-fma, avx2 or neon, in any case)",
             })
         }
     };
@@ -182,7 +188,7 @@ mod tests {
     use super::*;
     use std::format;
 
-    const ALL: [Isa; 3] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma];
+    const ALL: [Isa; 4] = Isa::ALL;
 
     fn invalid(option: &'static str) -> impl Fn(Result<Isa, Error>) -> bool {
         move |r| matches!(r, Err(Error::InvalidOption { option: o, reason }) if o == option && !reason.is_empty())

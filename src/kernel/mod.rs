@@ -15,7 +15,7 @@
 //! 1. an option naming an ISA this CPU or build cannot run is
 //!    [`Error::InvalidOption`](crate::Error::InvalidOption) with `option: "isa"`;
 //! 2. with `std`, the environment variable `GATED_ATTENTION_ISA`, read once at the first call:
-//!    `scalar`, `portable`, `avx2-fma` or `avx2`, matched ignoring ASCII case and surrounding
+//!    `scalar`, `portable`, `avx2-fma` (or `avx2`) or `neon`, matched ignoring ASCII case and surrounding
 //!    whitespace; unset or blank means automatic. Any other value, or an ISA this CPU or build
 //!    cannot run, is not silently replaced: it is [`Error::InvalidOption`](crate::Error::InvalidOption)
 //!    with `option: "GATED_ATTENTION_ISA"` from every call, also from one that sets the option
@@ -38,13 +38,17 @@
 //! }
 //! ```
 
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub(crate) mod aarch64;
 pub(crate) mod bounds;
 pub(crate) mod detect;
 pub(crate) mod exp;
 pub(crate) mod geometry;
 pub(crate) mod portable;
 pub(crate) mod scalar;
-#[cfg(test)]
+// Also built, without libtest, for the emulated aarch64 run (`tests/emulated.rs`, which calls
+// [`selftest`]): libtest spawns a thread per test, and threads hang under qemu-user there.
+#[cfg(any(test, all(gated_attention_selftest, feature = "std")))]
 mod tests;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -53,8 +57,10 @@ use crate::element::{Element, Elems};
 use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
 pub(crate) use geometry::Geometry;
 
-/// The instruction sets the kernels are written for.
+/// The instruction sets the kernels are written for. Non-exhaustive: a new ISA is a new variant
+/// ([`Isa::ALL`] lists them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Isa {
     /// Plain Rust, one lane at a time. Always available.
     Scalar,
@@ -63,6 +69,9 @@ pub enum Isa {
     Portable,
     /// x86_64 AVX2 + FMA through `core::arch`, chosen at run time.
     Avx2Fma,
+    /// AArch64 NEON (Advanced SIMD) through `core::arch`: part of every AArch64 target, so
+    /// always selected there; never available elsewhere.
+    Neon,
 }
 
 impl Isa {
@@ -72,6 +81,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2-fma",
+            Isa::Neon => "neon",
         }
     }
 
@@ -82,6 +92,7 @@ impl Isa {
     /// use gated_attention::Isa;
     /// assert_eq!(Isa::from_name(" AVX2-FMA "), Some(Isa::Avx2Fma));
     /// assert_eq!(Isa::from_name("avx2_fma"), None);
+    /// assert_eq!(Isa::from_name("NEON"), Some(Isa::Neon));
     /// ```
     pub fn from_name(name: &str) -> Option<Isa> {
         let name = name.trim();
@@ -92,6 +103,8 @@ impl Isa {
             Some(Isa::Portable)
         } else if is("avx2-fma") || is("avx2") {
             Some(Isa::Avx2Fma)
+        } else if is("neon") {
+            Some(Isa::Neon)
         } else {
             None
         }
@@ -111,8 +124,18 @@ impl Isa {
                     false
                 }
             }
+            Isa::Neon => cfg!(all(target_arch = "aarch64", target_feature = "neon")),
         }
     }
+
+    /// Every ISA, available or not, in declaration order.
+    ///
+    /// ```
+    /// use gated_attention::Isa;
+    /// assert!(Isa::ALL.iter().any(|isa| isa.is_available()));
+    /// assert!(Isa::ALL.iter().all(|isa| Isa::from_name(isa.name()) == Some(*isa)));
+    /// ```
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Portable, Isa::Avx2Fma, Isa::Neon];
 
     /// The tiles of this ISA's kernel.
     pub(crate) fn geometry(self) -> Geometry {
@@ -123,6 +146,10 @@ impl Isa {
             Isa::Avx2Fma => <x86::Avx2Fma as Kernel>::GEOMETRY,
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2Fma => Geometry::TUNED,
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            Isa::Neon => <aarch64::Neon as Kernel>::GEOMETRY,
+            #[cfg(not(all(target_arch = "aarch64", target_feature = "neon")))]
+            Isa::Neon => Geometry::TUNED,
         }
     }
 
@@ -432,6 +459,15 @@ pub(crate) fn dispatch<V: KernelVisitor>(isa: Isa, visitor: V) -> V::Output {
             debug_assert!(false, "dispatch: {isa:?} was resolved but is not available");
             visitor.visit(portable::Portable)
         }
+        Isa::Neon => {
+            #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+            if let Some(k) = aarch64::Neon::try_new() {
+                return run(isa, k, visitor);
+            }
+            // Unreachable, as for `Avx2Fma` above.
+            debug_assert!(false, "dispatch: {isa:?} was resolved but is not available");
+            visitor.visit(portable::Portable)
+        }
     }
 }
 
@@ -466,4 +502,14 @@ pub(crate) fn dispatch_kv<V: KvVisitor>(isa: Isa, visitor: V, k: Elems<'_>, v: E
         }
     }
     dispatch(isa, Typed { visitor, k, v })
+}
+
+/// Runs the kernel unit tests (`kernel::tests`, every check against the scalar kernel, for
+/// every vector kernel this build has) on the calling thread, without libtest; `report` gets
+/// each check's name and whether it passed. Only in builds with `--cfg gated_attention_selftest`
+/// (the emulated aarch64 run of `scripts/aarch64.sh`, where libtest's threads hang under qemu).
+#[cfg(all(gated_attention_selftest, feature = "std"))]
+#[doc(hidden)]
+pub fn selftest(report: &mut dyn FnMut(&str, bool)) {
+    tests::run_all(report)
 }

@@ -3,6 +3,11 @@
 //! Each check is a generic fn over [`Kernel`]; `kernel_tests!` makes one `#[test]` per ISA, and
 //! the AVX2 ones print a note and pass when the CPU lacks the features. Timing runs are
 //! `#[ignore]`d: `cargo test --release --lib kernel::tests::bench -- --ignored --nocapture`.
+//!
+//! Also compiled without libtest (`--cfg gated_attention_selftest`): then [`run_all`] calls the
+//! same checks one after another on the calling thread, for `tests/emulated.rs` under qemu.
+// Without libtest the `#[test]` fns vanish, and with them the only users of some helpers.
+#![cfg_attr(not(test), allow(dead_code, unused_imports))]
 
 extern crate std;
 
@@ -63,7 +68,42 @@ macro_rules! kernel_tests {
                 }
             })*
         }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        mod neon_kernel {
+            $(#[test] fn $check() {
+                let k = super::super::aarch64::Neon::try_new().expect("NEON is part of the target");
+                super::$check(k)
+            })*
+        }
+
+        /// Every check for one kernel, each under `catch_unwind`: its name (`isa/check`) and
+        /// whether it passed.
+        #[cfg(all(gated_attention_selftest, feature = "std"))]
+        fn run_checks<K: Kernel>(kern: K, report: &mut dyn FnMut(&str, bool)) {
+            $(
+                let name = format!("kernel/{}/{}", kern.isa().name(), stringify!($check));
+                report(&name, !panics(|| $check(kern)));
+            )*
+        }
     };
+}
+
+/// The kernel checks for every vector kernel this build has, then the `exp` lanes against
+/// `exp_f32`, on the calling thread (see the module docs).
+#[cfg(all(gated_attention_selftest, feature = "std"))]
+pub(crate) fn run_all(report: &mut dyn FnMut(&str, bool)) {
+    run_checks(Portable, report);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = super::x86::Avx2Fma::try_new() {
+        run_checks(k, report);
+    }
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    {
+        let k = super::aarch64::Neon::try_new().expect("NEON is part of the target");
+        run_checks(k, report);
+        report("kernel/neon/exp_is_exp_f32", !panics(neon_exp_is_exp_f32));
+    }
+    report("kernel/exp_f32_accuracy", !panics(exp_f32_accuracy));
 }
 
 kernel_tests!(
@@ -554,7 +594,7 @@ fn exp_sweep(stride: usize) -> impl Iterator<Item = f32> {
     neg.chain(pos).map(f32::from_bits).chain(dense(LO)).chain(dense(HI)).chain(dense(1e-3)).chain(dense(-1e-3))
 }
 
-#[test]
+#[cfg_attr(test, test)]
 fn exp_f32_accuracy() {
     let mut worst = (0.0, 0.0f32);
     for x in exp_sweep(4099) {
@@ -617,6 +657,22 @@ fn avx2_exp_is_exp_f32() {
         let got = super::x86::exp8_for_test(token, lanes);
         for (&x, &y) in lanes.iter().zip(&got) {
             assert!(same_bits(y, exp_f32(x)), "avx2 exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
+        }
+    }
+}
+
+/// The NEON lanes agree with `exp_f32` bit for bit: same operations, all fused.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+#[cfg_attr(test, test)]
+fn neon_exp_is_exp_f32() {
+    let token = super::aarch64::Neon::try_new().expect("NEON is part of the target");
+    let xs: Vec<f32> = exp_sweep(4099).chain(exp_edges().into_iter().map(|e| e.0)).collect();
+    for chunk in xs.chunks(4) {
+        let mut lanes = [f32::NAN; 4];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        let got = super::aarch64::exp4_for_test(token, lanes);
+        for (&x, &y) in lanes.iter().zip(&got) {
+            assert!(same_bits(y, exp_f32(x)), "neon exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
         }
     }
 }

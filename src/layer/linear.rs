@@ -173,7 +173,7 @@ mod tests {
             let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             let want = lin.forward_f64(&x64, rows);
             let mag = abs.forward_f64(&x64.iter().map(|v| v.abs()).collect::<Vec<_>>(), rows);
-            for isa in [Isa::Scalar, Isa::Portable, Isa::Avx2Fma].into_iter().filter(|i| i.is_available()) {
+            for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
                 let got = lin.forward_on(&x, rows, isa);
                 assert_eq!(got.len(), rows * n);
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {

@@ -201,6 +201,8 @@ pub fn run_kernel(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, entry: En
             attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
         }
         Entry::Rayon => {
+            // Without the `rayon` feature (tests/emulated.rs under qemu) the one mode is sequential.
+            #[cfg(feature = "rayon")]
             let opts = opts.parallelism(Parallelism::Rayon);
             attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
         }
