@@ -8,7 +8,7 @@
 #include <mutex>
 #include <thread>
 
-enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2 };
+enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2, EMU_COLL_MMA = 3, EMU_COLL_LDSM = 4 };
 
 struct EmuBlockState {
     std::mutex mu;
@@ -20,7 +20,9 @@ struct EmuBlockState {
     std::vector<unsigned> warp_count, warp_kind;
     std::vector<unsigned long long> warp_gen;
     std::vector<uint64_t> exch;  // [warp][2 phases][32 lanes]
+    std::vector<EmuTcExch> tc;   // [warp]
     std::vector<unsigned char> smem;
+    size_t smem_bytes;
 };
 
 struct EmuThread {
@@ -31,6 +33,7 @@ struct EmuThread {
 
 static EmuBlockState* emu_blk;  // set before the block's threads start (thread creation orders it)
 static thread_local EmuThread emu_th;
+static thread_local EmuCpThread emu_cp_th;
 
 [[noreturn]] static inline void emu_deadlock(const char* what) {
     fprintf(stderr, "emu (threads): %s in block (%u,%u,%u), thread %u: deadlock or divergent collective\n", what,
@@ -109,6 +112,8 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                 st.warp_gen.assign(n / 32, 0);
                 st.exch.assign((n / 32) * 2 * 32, 0);
                 st.smem.assign(smem_bytes + 16, 0xFF);  // poisoned: f32 NaN
+                st.smem_bytes = smem_bytes;
+                st.tc.assign(n / 32, EmuTcExch{});
                 emu_blk = &st;
                 std::vector<std::thread> threads;
                 threads.reserve(n);
@@ -117,7 +122,9 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                         emu_th.linear = t;
                         emu_th.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                         emu_th.shfl_phase = 0;
+                        emu_cp_th.clear();
                         kernel(params);
+                        if (emu_cp_th.pending()) emu_deadlock("thread exits with cp.async copies it never waited for");
                     });
                 }
                 for (auto& th : threads) th.join();
@@ -131,3 +138,10 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
 #define EMU_BLOCK_DIM (emu_blk->block_dim)
 #define EMU_GRID_DIM (emu_blk->grid_dim)
 #define EMU_SMEM (emu_blk->smem.data())
+
+// What kernels/emu_tc.hpp needs from the mode.
+static inline unsigned emu_linear() { return emu_th.linear; }
+static inline EmuTcExch& emu_tc_warp() { return emu_blk->tc[emu_th.linear / 32]; }
+static inline EmuCpThread& emu_cp_thread() { return emu_cp_th; }
+static inline size_t emu_smem_size() { return emu_blk->smem_bytes; }
+static inline void emu_error(const char* what) { emu_deadlock(what); }

@@ -8,6 +8,8 @@ use gated_attention::cuda::launch::{Geometry, KernelId};
 use gated_attention::cuda::{Backend, GaParams};
 use gated_attention::Error;
 
+pub mod tc;
+
 type LaunchFn = unsafe extern "C" fn(
     name: *const c_char,
     grid: *const u32,
