@@ -35,6 +35,39 @@ DEV unsigned short ga_f2h(float f) {
 }
 
 // ---- Tensor cores (sm_80+): inline PTX, no header. Layouts: kernels/emu_tc.hpp. ----
+// Below sm_80 (no m16n8k16 mma, no cp.async) the helpers trap instead, so the module still
+// compiles there; the host never launches a tensor-core kernel on such a device.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+DEV void ga_tc_trap() { asm volatile("trap;"); }
+DEV unsigned ga_smem_u32(const void* p) { return (unsigned)(size_t)p; }
+DEV void ga_mma_f16(float* d, const unsigned*, const unsigned*, const float* c) {
+    ga_tc_trap();
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+}
+DEV void ga_mma_bf16(float* d, const unsigned*, const unsigned*, const float* c) {
+    ga_tc_trap();
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+}
+#define GA_TC_LDSM_TRAP(name, n) \
+    DEV void name(unsigned* r, unsigned) {     \
+        ga_tc_trap();                          \
+        for (int i = 0; i < n; ++i) r[i] = 0;  \
+    }
+GA_TC_LDSM_TRAP(ga_ldsm_x1, 1)
+GA_TC_LDSM_TRAP(ga_ldsm_x2, 2)
+GA_TC_LDSM_TRAP(ga_ldsm_x4, 4)
+GA_TC_LDSM_TRAP(ga_ldsm_x1_t, 1)
+GA_TC_LDSM_TRAP(ga_ldsm_x2_t, 2)
+GA_TC_LDSM_TRAP(ga_ldsm_x4_t, 4)
+DEV void ga_cp_async_cg16(unsigned, const void*, int) { ga_tc_trap(); }
+template <int N>
+DEV void ga_cp_async_ca(unsigned, const void*, int) {
+    ga_tc_trap();
+}
+DEV void ga_cp_async_commit() {}
+template <int N>
+DEV void ga_cp_async_wait() {}
+#else
 // Shared-memory address of a generic pointer into shared memory (cvta.to.shared.u32 does not take
 // a 64-bit pointer, hence the .u64 detour).
 DEV unsigned ga_smem_u32(const void* p) {
@@ -100,3 +133,4 @@ template <int N>
 DEV void ga_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+#endif  // __CUDA_ARCH__ >= 800

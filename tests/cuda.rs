@@ -43,6 +43,11 @@ fn occupancy(regs: u32, smem: usize, threads: u32, smem_per_sm: usize) -> u32 {
     by_regs.min(by_smem).min(2048 / threads).min(32)
 }
 
+/// The tensor-core unit kernels: (name, threads, dynamic shared memory) as
+/// cuda-emu/tests/tc_instructions.rs launches them.
+const TC_UNIT_KERNELS: [(&str, u32, usize); 4] =
+    [("tc_mma", 32, 0), ("tc_ldsm", 32, 768), ("tc_cp_async", 128, 3584), ("tc_gemm", 128, 20_480)];
+
 /// Compiles every kernel for sm_80 and sm_90 with the NVRTC on the library path, checks spills,
 /// registers and shared memory, and compares the resource table with kernels/ptxas/cudaXY.txt
 /// (`GA_BLESS=1` rewrites it). Skips when NVRTC is absent, unless `GA_REQUIRE_NVRTC=1`.
@@ -85,6 +90,20 @@ fn nvrtc_compiles_every_kernel_within_budget() {
                 r.spill_bytes,
                 r.stack_bytes,
                 r.static_smem
+            ));
+        }
+        // The tensor-core unit kernels (kernels/tc_unit.cu): (name, threads, dynamic smem).
+        for (name, threads, dyn_smem) in TC_UNIT_KERNELS {
+            let r = report
+                .iter()
+                .find(|r| r.kernel == name)
+                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{}", compiled.log));
+            assert_eq!(r.spill_bytes, 0, "{arch} {name}: spills\n{}", compiled.log);
+            assert!(r.registers <= 128, "{arch} {name}: {} registers", r.registers);
+            let occ = occupancy(r.registers, r.static_smem as usize + dyn_smem, threads, smem_per_sm);
+            table.push_str(&format!(
+                "{name} {arch} {} {} {} {} {dyn_smem} {occ}\n",
+                r.registers, r.spill_bytes, r.stack_bytes, r.static_smem
             ));
         }
     }
