@@ -1,10 +1,13 @@
 // Thread mode of the CPU emulator (-DEMU_THREADS), for sanitizers: every CUDA thread of a block
 // is an std::thread; __syncthreads(), SYNCWARP() and shuffles are condition-variable barriers
 // (so ThreadSanitizer sees their happens-before edges and reports any shared-memory access they
-// do not order). Blocks run one after another. A barrier that waits 20 s is reported as a
+// do not order). Each warp has its own mutex for its warp collectives: one block-wide mutex
+// would order every warp's accesses after any other warp's shuffle or mma and hide races
+// between warps. Blocks run one after another. A barrier that waits 20 s is reported as a
 // deadlock and aborts. Included by emu_fiber.hpp; same entry point, emu_launch().
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -21,6 +24,8 @@ struct EmuBlockState {
     std::vector<unsigned long long> warp_gen;
     std::vector<uint64_t> exch;  // [warp][2 phases][32 lanes]
     std::vector<EmuTcExch> tc;   // [warp]
+    std::vector<std::unique_ptr<std::mutex>> warp_mu;
+    std::vector<std::unique_ptr<std::condition_variable>> warp_cv;
     std::vector<unsigned char> smem;
     size_t smem_bytes;
 };
@@ -57,7 +62,7 @@ static inline void emu_syncthreads() {
 static inline void emu_warp_barrier(unsigned kind) {
     EmuBlockState* b = emu_blk;
     unsigned w = emu_th.linear / 32;
-    std::unique_lock<std::mutex> lk(b->mu);
+    std::unique_lock<std::mutex> lk(*b->warp_mu[w]);
     if (b->warp_count[w] == 0) {
         b->warp_kind[w] = kind;
     } else if (b->warp_kind[w] != kind) {
@@ -67,10 +72,11 @@ static inline void emu_warp_barrier(unsigned kind) {
     if (++b->warp_count[w] == 32) {
         b->warp_count[w] = 0;
         b->warp_gen[w]++;
-        b->cv.notify_all();
+        b->warp_cv[w]->notify_all();
         return;
     }
-    if (!b->cv.wait_for(lk, std::chrono::seconds(20), [&] { return b->warp_gen[w] != g; })) emu_deadlock("warp barrier");
+    if (!b->warp_cv[w]->wait_for(lk, std::chrono::seconds(20), [&] { return b->warp_gen[w] != g; }))
+        emu_deadlock("warp barrier");
 }
 
 template <class T>
@@ -114,6 +120,10 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                 st.smem.assign(smem_bytes + 16, 0xFF);  // poisoned: f32 NaN
                 st.smem_bytes = smem_bytes;
                 st.tc.assign(n / 32, EmuTcExch{});
+                for (unsigned w = 0; w < n / 32; ++w) {
+                    st.warp_mu.push_back(std::make_unique<std::mutex>());
+                    st.warp_cv.push_back(std::make_unique<std::condition_variable>());
+                }
                 emu_blk = &st;
                 std::vector<std::thread> threads;
                 threads.reserve(n);
