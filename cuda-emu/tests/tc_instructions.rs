@@ -41,6 +41,9 @@ fn encode(x: f32, dt: i32) -> u16 {
     (((b >> 16) & 0x8000) | (((e + 15) as u32) << 10) | ((b >> 13) & 0x3ff)) as u16
 }
 
+/// An ldmatrix form: matrices, `.trans`, and the (row, 8-column block) lane `l` addresses.
+type LdsmForm<'a> = (usize, bool, &'a dyn Fn(usize) -> (usize, usize));
+
 fn addr<T>(v: &[T]) -> u64 {
     v.as_ptr() as u64
 }
@@ -107,7 +110,7 @@ fn check_ldsm(variant: TcVariant, sched: i32) -> Result<(), String> {
     // (row, 8-column block) each lane addresses
     let a_map = |l: usize| (l & 15, l >> 4);
     let nk_map = |l: usize| ((l & 7) + 8 * (l >> 4), (l >> 3) & 1);
-    let forms: [(usize, bool, &dyn Fn(usize) -> (usize, usize)); 7] = [
+    let forms: [LdsmForm<'_>; 7] = [
         (1, false, &a_map),
         (2, false, &a_map),
         (4, false, &a_map),
