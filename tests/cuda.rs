@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{check, make_inputs, Buf, Case};
+use common::{check, check_plus, make_inputs, tc_tolerance, Buf, Case};
 use gated_attention::cuda::launch::{
     attn_smem_bytes, tc_smem_bytes, HeadClass, KernelId, KernelKind, APPEND_THREADS, THREADS,
 };
@@ -150,6 +150,36 @@ fn gpu_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, label: 
     dev.attention(&q, &k, &v, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), opts)
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     check(&inp, c, opts, &out, &lse, label);
+}
+
+/// f16/bf16 prefill on the tensor-core kernel (sm_80+) with the P-rounding tolerance.
+fn gpu_tc_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, label: &str) {
+    let inp = make_inputs(c);
+    let mut out = Buf::filled(common::buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
+    let mut lse = vec![f32::NAN; c.dims.lse_len()];
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let k = Tensor::new(inp.k.elems(), inp.kl);
+    let v = Tensor::new(inp.v.elems(), inp.vl);
+    dev.attention(&q, &k, &v, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), opts)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    check_plus(&inp, c, opts, &out, &lse, label, tc_tolerance(&inp, c, opts));
+}
+
+/// The tensor-core prefill (f16 and bf16, D 64 and 128, masks, sinks, softcap, GQA) against the
+/// reference; also the case compute-sanitizer runs for the tensor-core kernel.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_tensor_core_prefill() {
+    use gated_attention::DType::{BF16, F16};
+    let mut dev = gpu();
+    let sinks = [0.25f32; 8];
+    let w = AttentionOptions::new().causal().window(50).sink_tokens(4).softcap(30.0).sinks(&sinks);
+    for dt in [F16, BF16] {
+        let c = Case::new(1, 300, 300, 8, 2, 128).dtypes([dt; 4]).seed(2);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor cores, causal GQA 4, D 128");
+        let c = Case::new(1, 200, 260, 8, 1, 64).dtypes([dt; 4]).seed(3);
+        gpu_tc_case(&mut dev, &c, &w, "tensor cores, window + sinks + softcap, GQA 8, D 64");
+    }
 }
 
 /// One small multi-tile prefill and one split-KV decode: the case compute-sanitizer runs.

@@ -5,7 +5,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{check, check_plus, make_inputs, tc_extra_abs, Buf, Case, Inputs, Mem};
+use common::{check, check_plus, make_inputs, tc_tolerance, Buf, Case, Inputs, Mem};
 use cuda_emu::{Emulator, Variant};
 use gated_attention::cuda::{attention_on, GaParams, LaunchOptions, Splits};
 use gated_attention::gate::{Gate, GateActivation, GateMode};
@@ -90,18 +90,6 @@ fn check_emu_inputs(
         }
     }
     first.unwrap_or_default()
-}
-
-/// The tensor-core path's extra output tolerance for these inputs (`common::tc_extra_abs`).
-fn tc_tolerance(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>) -> (f64, f64) {
-    let max_abs = |b: &Buf| (0..b.len()).map(|i| b.get(i).abs() as f64).filter(|x| x.is_finite()).fold(0.0, f64::max);
-    let vmax = max_abs(&inp.v);
-    let rope = opts.rope_q.as_ref().map(|_| {
-        let scale = opts.scale.map_or(1.0 / (c.dims.head_dim as f64).sqrt(), |s| s as f64);
-        // a rotated pair (a c - b s, b c + a s) is at most sqrt(2) max(|a|, |b|) per element
-        scale * c.dims.head_dim as f64 * std::f64::consts::SQRT_2 * max_abs(&inp.q) * max_abs(&inp.k)
-    });
-    tc_extra_abs(c.dtypes[2], vmax, rope)
 }
 
 #[test]
@@ -386,4 +374,42 @@ fn planted_mask_fault_is_caught_on_tensor_cores() {
     }))
     .is_err();
     assert!(caught, "one key too many went unnoticed on tensor cores");
+}
+
+/// Measures the tensor-core path's error against the f64 reference next to the CUDA-core path's
+/// and the derived extra bound (`common::tc_extra_abs`); the figures go to the README
+/// (`cargo test --release -p cuda-emu --test emu_vs_reference measured -- --nocapture`).
+#[test]
+fn tensor_core_error_measured_against_the_derived_bound() {
+    for dt in [DType::F16, DType::BF16] {
+        let c = Case::new(1, 128, 256, 8, 2, 128).dtypes([dt, dt, dt, DType::F32]).seed(64);
+        let opts = AttentionOptions::new().causal();
+        let inp = make_inputs(&c);
+        let q = Tensor::new(inp.q.elems(), inp.ql);
+        let k = Tensor::new(inp.k.elems(), inp.kl);
+        let v = Tensor::new(inp.v.elems(), inp.vl);
+        let r = gated_attention::reference::attention_with_stats(&q, &k, &v, &opts).expect("reference");
+        let mut errs = [0f64; 2];
+        for (n, tensor_cores) in [true, false].into_iter().enumerate() {
+            let mut emu = Emulator::new(Variant::Clean);
+            emu.tensor_cores = tensor_cores;
+            let (out, _) = run(&mut emu, &inp, &c, &opts, Splits::Fixed(1)).expect("launch");
+            assert_eq!(uses_tensor_cores(&emu.launched), tensor_cores);
+            let d = c.dims;
+            for i in 0..d.q_len {
+                for h in 0..d.q_heads {
+                    for e in 0..d.v_head_dim {
+                        let x = out.get(i * inp.ol.strides[1] + h * inp.ol.strides[2] + e) as f64;
+                        errs[n] = errs[n].max((x - r.out_at(0, i, h, e)).abs());
+                    }
+                }
+            }
+        }
+        let (extra, _) = tc_tolerance(&inp, &c, &opts);
+        eprintln!(
+            "{dt:?} storage, D 128, causal 128x256: max |err| tensor cores {:.2e}, CUDA cores {:.2e}; derived extra bound {extra:.2e}",
+            errs[0], errs[1]
+        );
+        assert!(errs[0] <= extra + errs[1] + 2e-5, "{dt:?}: {errs:?} vs {extra}");
+    }
 }

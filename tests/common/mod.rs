@@ -47,6 +47,19 @@ pub fn tc_extra_abs(storage: DType, vmax: f64, rope_score_bound: Option<f64>) ->
     (u * vmax + 2.0 * shift * vmax, shift)
 }
 
+/// [`tc_extra_abs`] for these inputs: the largest |v|, and with query RoPE the bound on
+/// scale · Σ_d |q_d k_d|.
+pub fn tc_tolerance(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>) -> (f64, f64) {
+    let max_abs = |b: &Buf| (0..b.len()).map(|i| b.get(i).abs() as f64).filter(|x| x.is_finite()).fold(0.0, f64::max);
+    let vmax = max_abs(&inp.v);
+    let rope = opts.rope_q.as_ref().map(|_| {
+        let scale = opts.scale.map_or(1.0 / (c.dims.head_dim as f64).sqrt(), |s| s as f64);
+        // a rotated pair (a c - b s, b c + a s) is at most sqrt(2) max(|a|, |b|) per element
+        scale * c.dims.head_dim as f64 * std::f64::consts::SQRT_2 * max_abs(&inp.q) * max_abs(&inp.k)
+    });
+    tc_extra_abs(c.dtypes[2], vmax, rope)
+}
+
 /// LSE tolerance (always f32).
 pub const LSE_TOL: (f64, f64) = (2e-5, 2e-5);
 
