@@ -8,6 +8,7 @@
 #include "attn_fwd.cu"
 #include "attn_combine.cu"
 #include "kv_append.cu"
+#include "attn_tc.cu"
 
 #define EMU_CAT2(a, b) a##b
 #define EMU_CAT(a, b) EMU_CAT2(a, b)
@@ -22,7 +23,7 @@ struct EmuKernel {
 const EmuKernel emu_kernels[] = {
     EMU_K(attn_fwd_d64),     EMU_K(attn_fwd_d128),     EMU_K(attn_fwd_d256),    EMU_K(attn_split_d64),
     EMU_K(attn_split_d128),  EMU_K(attn_split_d256),   EMU_K(attn_combine_d64), EMU_K(attn_combine_d128),
-    EMU_K(attn_combine_d256), EMU_K(kv_append),
+    EMU_K(attn_combine_d256), EMU_K(kv_append),       EMU_K(attn_fwd_tc_d64),  EMU_K(attn_fwd_tc_d128),
 };
 }  // namespace
 

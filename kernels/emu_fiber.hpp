@@ -11,9 +11,13 @@
 // launch stops with an error message instead of hanging.
 //
 // Built with -DEMU_THREADS instead, every CUDA thread is an OS thread (kernels/emu_threads.hpp):
-// slower, but ThreadSanitizer then sees every shared-memory race. Not modelled: the GPU's weak memory model, tensor cores, atomics, timing. Schedules: 0 resumes
-// the fibers in thread order each pass, 1 in reverse order (different interleavings expose
-// different missing barriers).
+// slower, but ThreadSanitizer then sees every shared-memory race. Not modelled: the GPU's weak
+// memory model, atomics, timing. The tensor-core instructions (mma.sync, ldmatrix, cp.async) are
+// warp collectives in kernels/emu_tc.hpp, in both modes. Schedules (fiber mode): 0 resumes the
+// fibers in thread order each pass, 1 in reverse order, 2 ("greedy") runs one warp at a time in
+// ascending order until it waits on __syncthreads or exits, 3 the same in descending order;
+// different interleavings expose different missing barriers (2 and 3 maximise the skew between
+// warps, the only way to see a missing barrier before a double buffer is refilled).
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -28,13 +32,43 @@ struct emu_dim3 {
     unsigned x, y, z;
 };
 
+// Tensor-core emulation state (kernels/emu_tc.hpp): a per-warp exchange for the register
+// operands and row addresses of mma/ldmatrix, and per-thread cp.async groups.
+struct EmuTcExch {
+    unsigned op[32];
+    unsigned a[32][4];
+    unsigned b[32][2];
+    unsigned addr[32];
+};
+struct EmuCpCopy {
+    size_t dst;      // shared-memory offset
+    unsigned size;   // cp-size (4, 8, 16)
+    unsigned src_n;  // bytes read from global; the rest is zero-filled
+    unsigned char bytes[16];
+};
+struct EmuCpThread {
+    std::vector<EmuCpCopy> open;                 // issued, not yet committed
+    std::vector<std::vector<EmuCpCopy>> groups;  // committed, oldest first
+    void clear() {
+        open.clear();
+        groups.clear();
+    }
+    // Copies issued and not yet retired by a wait_group (empty groups are trivially complete).
+    bool pending() const {
+        if (!open.empty()) return true;
+        for (const auto& g : groups)
+            if (!g.empty()) return true;
+        return false;
+    }
+};
+
 #ifdef EMU_THREADS
 #include "emu_threads.hpp"
 #else
 #include <ucontext.h>
 
 enum { EMU_RUNNING = 0, EMU_DONE = 1 };
-enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2 };
+enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2, EMU_COLL_MMA = 3, EMU_COLL_LDSM = 4 };
 
 struct EmuFiber {
     ucontext_t ctx;
@@ -42,6 +76,9 @@ struct EmuFiber {
     unsigned linear;
     int state;
     unsigned shfl_phase;
+    bool at_bar;                   // waiting in __syncthreads for generation bar_wait
+    unsigned long long bar_wait;
+    EmuCpThread cp;
 };
 
 struct EmuState {
@@ -57,7 +94,9 @@ struct EmuState {
     std::vector<unsigned> warp_count, warp_kind;
     std::vector<unsigned long long> warp_gen;
     std::vector<uint64_t> exch;  // [warp][2 phases][32 lanes]
+    std::vector<EmuTcExch> tc;   // [warp]
     std::vector<unsigned char> smem;
+    size_t smem_bytes;
     unsigned long long progress;
     bool failed;
     char msg[512];
@@ -88,8 +127,14 @@ static inline void emu_syncthreads() {
         s->bar_gen++;
         return;
     }
+    s->cur->at_bar = true;
+    s->cur->bar_wait = g;
     while (s->bar_gen == g) emu_yield();
+    s->cur->at_bar = false;
 }
+
+// Blocked until the whole block reaches __syncthreads (the greedy schedules switch warps here).
+static inline bool emu_blocked(const EmuFiber& f) { return f.at_bar && emu_st->bar_gen == f.bar_wait; }
 
 static inline void emu_warp_barrier(unsigned kind) {
     EmuState* s = emu_st;
@@ -130,6 +175,8 @@ static inline T emu_shfl(T v, int src_lane, bool is_xor) {
 static void emu_fiber_main() {
     EmuState* s = emu_st;
     s->kernel(s->params);
+    // A copy nobody waited for is lost data on the GPU (and its destination stays poisoned here).
+    if (s->cur->cp.pending()) emu_fail("thread exits with cp.async copies it never waited for (wait_group)");
     s->cur->state = EMU_DONE;
     s->progress++;
     // returning resumes uc_link (the scheduler)
@@ -154,6 +201,8 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
     st.warp_kind.assign(n / 32, 0);
     st.warp_gen.assign(n / 32, 0);
     st.exch.assign((n / 32) * 2 * 32, 0);
+    st.tc.assign(n / 32, EmuTcExch{});
+    st.smem_bytes = smem_bytes;
     st.failed = false;
     st.msg[0] = 0;
     st.kernel = kernel;
@@ -175,22 +224,45 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                     f.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                     f.state = EMU_RUNNING;
                     f.shfl_phase = 0;
+                    f.at_bar = false;
+                    f.cp.clear();
                     getcontext(&f.ctx);
                     f.ctx.uc_stack.ss_sp = &st.stacks[t * st.stack_bytes];
                     f.ctx.uc_stack.ss_size = st.stack_bytes;
                     f.ctx.uc_link = &st.sched;
                     makecontext(&f.ctx, emu_fiber_main, 0);
                 }
+                const unsigned nw = n / 32;
                 for (;;) {
                     unsigned alive = 0;
                     unsigned long long before = st.progress;
-                    for (unsigned k = 0; k < n; ++k) {
-                        EmuFiber& f = st.fibers[sched == 1 ? n - 1 - k : k];
-                        if (f.state == EMU_DONE) continue;
-                        alive++;
-                        st.cur = &f;
-                        swapcontext(&st.sched, &f.ctx);
-                        if (st.failed) break;
+                    if (sched >= 2) {
+                        // Greedy: one warp runs until all its lanes wait on __syncthreads or exit.
+                        for (unsigned wi = 0; wi < nw && !st.failed; ++wi) {
+                            const unsigned w = sched == 2 ? wi : nw - 1 - wi;
+                            for (;;) {
+                                unsigned long long before_w = st.progress;
+                                bool runnable = false;
+                                for (unsigned l = 0; l < 32 && !st.failed; ++l) {
+                                    EmuFiber& f = st.fibers[w * 32 + l];
+                                    if (f.state == EMU_DONE || emu_blocked(f)) continue;
+                                    runnable = true;
+                                    st.cur = &f;
+                                    swapcontext(&st.sched, &f.ctx);
+                                }
+                                if (!runnable || st.failed || st.progress == before_w) break;
+                            }
+                        }
+                        for (auto& f : st.fibers) alive += f.state != EMU_DONE;
+                    } else {
+                        for (unsigned k = 0; k < n; ++k) {
+                            EmuFiber& f = st.fibers[sched == 1 ? n - 1 - k : k];
+                            if (f.state == EMU_DONE) continue;
+                            alive++;
+                            st.cur = &f;
+                            swapcontext(&st.sched, &f.ctx);
+                            if (st.failed) break;
+                        }
                     }
                     if (st.failed) {
                         snprintf(err, err_len, "%s", st.msg);
@@ -219,6 +291,13 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
 #define EMU_BLOCK_DIM (emu_st->block_dim)
 #define EMU_GRID_DIM (emu_st->grid_dim)
 #define EMU_SMEM (emu_st->smem.data())
+
+// What kernels/emu_tc.hpp needs from the mode.
+static inline unsigned emu_linear() { return emu_st->cur->linear; }
+static inline EmuTcExch& emu_tc_warp() { return emu_st->tc[emu_st->cur->linear / 32]; }
+static inline EmuCpThread& emu_cp_thread() { return emu_st->cur->cp; }
+static inline size_t emu_smem_size() { return emu_st->smem_bytes; }
+static inline void emu_error(const char* what) { emu_fail(what); }
 
 #endif  // EMU_THREADS
 
@@ -250,3 +329,5 @@ typedef long long ga_i64;
 
 static inline float ga_h2f(unsigned short h) { return (float)std::bit_cast<_Float16>(h); }
 static inline unsigned short ga_f2h(float f) { return std::bit_cast<unsigned short>((_Float16)f); }
+
+#include "emu_tc.hpp"

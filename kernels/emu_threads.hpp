@@ -1,14 +1,17 @@
 // Thread mode of the CPU emulator (-DEMU_THREADS), for sanitizers: every CUDA thread of a block
 // is an std::thread; __syncthreads(), SYNCWARP() and shuffles are condition-variable barriers
 // (so ThreadSanitizer sees their happens-before edges and reports any shared-memory access they
-// do not order). Blocks run one after another. A barrier that waits 20 s is reported as a
+// do not order). Each warp has its own mutex for its warp collectives: one block-wide mutex
+// would order every warp's accesses after any other warp's shuffle or mma and hide races
+// between warps. Blocks run one after another. A barrier that waits 20 s is reported as a
 // deadlock and aborts. Included by emu_fiber.hpp; same entry point, emu_launch().
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 
-enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2 };
+enum { EMU_COLL_SHFL = 1, EMU_COLL_SYNCWARP = 2, EMU_COLL_MMA = 3, EMU_COLL_LDSM = 4 };
 
 struct EmuBlockState {
     std::mutex mu;
@@ -20,7 +23,11 @@ struct EmuBlockState {
     std::vector<unsigned> warp_count, warp_kind;
     std::vector<unsigned long long> warp_gen;
     std::vector<uint64_t> exch;  // [warp][2 phases][32 lanes]
+    std::vector<EmuTcExch> tc;   // [warp]
+    std::vector<std::unique_ptr<std::mutex>> warp_mu;
+    std::vector<std::unique_ptr<std::condition_variable>> warp_cv;
     std::vector<unsigned char> smem;
+    size_t smem_bytes;
 };
 
 struct EmuThread {
@@ -31,6 +38,7 @@ struct EmuThread {
 
 static EmuBlockState* emu_blk;  // set before the block's threads start (thread creation orders it)
 static thread_local EmuThread emu_th;
+static thread_local EmuCpThread emu_cp_th;
 
 [[noreturn]] static inline void emu_deadlock(const char* what) {
     fprintf(stderr, "emu (threads): %s in block (%u,%u,%u), thread %u: deadlock or divergent collective\n", what,
@@ -54,7 +62,7 @@ static inline void emu_syncthreads() {
 static inline void emu_warp_barrier(unsigned kind) {
     EmuBlockState* b = emu_blk;
     unsigned w = emu_th.linear / 32;
-    std::unique_lock<std::mutex> lk(b->mu);
+    std::unique_lock<std::mutex> lk(*b->warp_mu[w]);
     if (b->warp_count[w] == 0) {
         b->warp_kind[w] = kind;
     } else if (b->warp_kind[w] != kind) {
@@ -64,10 +72,11 @@ static inline void emu_warp_barrier(unsigned kind) {
     if (++b->warp_count[w] == 32) {
         b->warp_count[w] = 0;
         b->warp_gen[w]++;
-        b->cv.notify_all();
+        b->warp_cv[w]->notify_all();
         return;
     }
-    if (!b->cv.wait_for(lk, std::chrono::seconds(20), [&] { return b->warp_gen[w] != g; })) emu_deadlock("warp barrier");
+    if (!b->warp_cv[w]->wait_for(lk, std::chrono::seconds(20), [&] { return b->warp_gen[w] != g; }))
+        emu_deadlock("warp barrier");
 }
 
 template <class T>
@@ -109,6 +118,12 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                 st.warp_gen.assign(n / 32, 0);
                 st.exch.assign((n / 32) * 2 * 32, 0);
                 st.smem.assign(smem_bytes + 16, 0xFF);  // poisoned: f32 NaN
+                st.smem_bytes = smem_bytes;
+                st.tc.assign(n / 32, EmuTcExch{});
+                for (unsigned w = 0; w < n / 32; ++w) {
+                    st.warp_mu.push_back(std::make_unique<std::mutex>());
+                    st.warp_cv.push_back(std::make_unique<std::condition_variable>());
+                }
                 emu_blk = &st;
                 std::vector<std::thread> threads;
                 threads.reserve(n);
@@ -117,7 +132,9 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
                         emu_th.linear = t;
                         emu_th.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                         emu_th.shfl_phase = 0;
+                        emu_cp_th.clear();
                         kernel(params);
+                        if (emu_cp_th.pending()) emu_deadlock("thread exits with cp.async copies it never waited for");
                     });
                 }
                 for (auto& th : threads) th.join();
@@ -131,3 +148,10 @@ static inline int emu_launch(void (*kernel)(const void*), const void* params, em
 #define EMU_BLOCK_DIM (emu_blk->block_dim)
 #define EMU_GRID_DIM (emu_blk->grid_dim)
 #define EMU_SMEM (emu_blk->smem.data())
+
+// What kernels/emu_tc.hpp needs from the mode.
+static inline unsigned emu_linear() { return emu_th.linear; }
+static inline EmuTcExch& emu_tc_warp() { return emu_blk->tc[emu_th.linear / 32]; }
+static inline EmuCpThread& emu_cp_thread() { return emu_cp_th; }
+static inline size_t emu_smem_size() { return emu_blk->smem_bytes; }
+static inline void emu_error(const char* what) { emu_deadlock(what); }

@@ -2,7 +2,8 @@
 # The CUDA backend on a real GPU (H100/H200, CUDA 13, driver 580), in a few minutes:
 #   1. the gpu_* tests (every kernel against the f64 reference on the device; gpu_kv_cache_decode:
 #      the device KV cache against the CPU cache; gpu_device_buffers: caller-owned cudarc buffers),
-#   2. compute-sanitizer memcheck, racecheck and synccheck on the small test (gpu_small),
+#   2. compute-sanitizer memcheck, racecheck and synccheck on the small test (gpu_small) and on
+#      the tensor-core prefill (gpu_tensor_core_prefill: mma.sync, ldmatrix, cp.async pipeline),
 #   3. the benchmark (examples/cuda.rs: TFLOP/s prefill, GB/s decode, GB/s decode against the device
 #      KV cache with its RoPE-append time, against the device's peaks),
 #   4. PyTorch's scaled_dot_product_attention on the same shapes, when torch is importable.
@@ -64,6 +65,11 @@ if command -v compute-sanitizer >/dev/null; then
         step "compute-sanitizer --tool $tool on gpu_small"
         timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 99 "${tests[@]}" --ignored --exact gpu_small \
             --test-threads=1 || status=1
+    done
+    for tool in memcheck racecheck synccheck; do
+        step "compute-sanitizer --tool $tool on gpu_tensor_core_prefill"
+        timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 99 "${tests[@]}" --ignored --exact \
+            gpu_tensor_core_prefill --test-threads=1 || status=1
     done
     step "compute-sanitizer --tool memcheck on gpu_kv_cache_decode (RoPE-append, compaction, decode)"
     timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 "${tests[@]}" --ignored --exact \

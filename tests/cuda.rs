@@ -5,8 +5,10 @@
 
 mod common;
 
-use common::{check, make_inputs, Buf, Case};
-use gated_attention::cuda::launch::{attn_smem_bytes, HeadClass, KernelId, KernelKind, APPEND_THREADS, THREADS};
+use common::{check, check_plus, make_inputs, tc_tolerance, Buf, Case};
+use gated_attention::cuda::launch::{
+    attn_smem_bytes, tc_smem_bytes, HeadClass, KernelId, KernelKind, APPEND_THREADS, THREADS,
+};
 use gated_attention::cuda::launch::{MAX_SMEM_SM80, MAX_SMEM_SM90};
 use gated_attention::cuda::{nvrtc, CudaDevice};
 use gated_attention::{AttentionOptions, Error, Tensor, TensorMut};
@@ -32,6 +34,9 @@ fn register_budget(k: KernelId) -> u32 {
     match k.kind {
         KernelKind::Combine | KernelKind::KvAppend => 64,
         KernelKind::Fwd | KernelKind::Split => 128,
+        // The tensor-core prefill keeps 4 Dv / 8 f32 accumulators, the S tile and the row state of
+        // two rows per lane in registers (FlashAttention-2 uses up to 255): 2 blocks per SM.
+        KernelKind::FwdTc => 255,
     }
 }
 
@@ -42,6 +47,11 @@ fn occupancy(regs: u32, smem: usize, threads: u32, smem_per_sm: usize) -> u32 {
     let by_smem = if smem == 0 { 32 } else { (smem_per_sm / (smem + 1024)) as u32 };
     by_regs.min(by_smem).min(2048 / threads).min(32)
 }
+
+/// The tensor-core unit kernels: (name, threads, dynamic shared memory) as
+/// cuda-emu/tests/tc_instructions.rs launches them.
+const TC_UNIT_KERNELS: [(&str, u32, usize); 4] =
+    [("tc_mma", 32, 0), ("tc_ldsm", 32, 768), ("tc_cp_async", 128, 3584), ("tc_gemm", 128, 20_480)];
 
 /// Compiles every kernel for sm_80 and sm_90 with the NVRTC on the library path, checks spills,
 /// registers and shared memory, and compares the resource table with kernels/ptxas/cudaXY.txt
@@ -70,6 +80,7 @@ fn nvrtc_compiles_every_kernel_within_budget() {
             let (threads, dyn_smem) = match k.kind {
                 KernelKind::Combine => (32, 0),
                 KernelKind::KvAppend => (APPEND_THREADS, 0),
+                KernelKind::FwdTc => (THREADS, tc_smem_bytes(k.class.max_dim())),
                 _ => (THREADS, attn_smem_bytes(k.class.max_dim(), k.class.max_dim())),
             };
             assert_eq!(r.spill_bytes, 0, "{arch} {}: spills\n{}", k.name(), compiled.log);
@@ -85,6 +96,20 @@ fn nvrtc_compiles_every_kernel_within_budget() {
                 r.spill_bytes,
                 r.stack_bytes,
                 r.static_smem
+            ));
+        }
+        // The tensor-core unit kernels (kernels/tc_unit.cu): (name, threads, dynamic smem).
+        for (name, threads, dyn_smem) in TC_UNIT_KERNELS {
+            let r = report
+                .iter()
+                .find(|r| r.kernel == name)
+                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{}", compiled.log));
+            assert_eq!(r.spill_bytes, 0, "{arch} {name}: spills\n{}", compiled.log);
+            assert!(r.registers <= 128, "{arch} {name}: {} registers", r.registers);
+            let occ = occupancy(r.registers, r.static_smem as usize + dyn_smem, threads, smem_per_sm);
+            table.push_str(&format!(
+                "{name} {arch} {} {} {} {} {dyn_smem} {occ}\n",
+                r.registers, r.spill_bytes, r.stack_bytes, r.static_smem
             ));
         }
     }
@@ -125,6 +150,36 @@ fn gpu_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, label: 
     dev.attention(&q, &k, &v, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), opts)
         .unwrap_or_else(|e| panic!("{label}: {e}"));
     check(&inp, c, opts, &out, &lse, label);
+}
+
+/// f16/bf16 prefill on the tensor-core kernel (sm_80+) with the P-rounding tolerance.
+fn gpu_tc_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, label: &str) {
+    let inp = make_inputs(c);
+    let mut out = Buf::filled(common::buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
+    let mut lse = vec![f32::NAN; c.dims.lse_len()];
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let k = Tensor::new(inp.k.elems(), inp.kl);
+    let v = Tensor::new(inp.v.elems(), inp.vl);
+    dev.attention(&q, &k, &v, TensorMut::new(out.elems_mut(), inp.ol), Some(&mut lse), opts)
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+    check_plus(&inp, c, opts, &out, &lse, label, tc_tolerance(&inp, c, opts));
+}
+
+/// The tensor-core prefill (f16 and bf16, D 64 and 128, masks, sinks, softcap, GQA) against the
+/// reference; also the case compute-sanitizer runs for the tensor-core kernel.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_tensor_core_prefill() {
+    use gated_attention::DType::{BF16, F16};
+    let mut dev = gpu();
+    let sinks = [0.25f32; 8];
+    let w = AttentionOptions::new().causal().window(50).sink_tokens(4).softcap(30.0).sinks(&sinks);
+    for dt in [F16, BF16] {
+        let c = Case::new(1, 300, 300, 8, 2, 128).dtypes([dt; 4]).seed(2);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor cores, causal GQA 4, D 128");
+        let c = Case::new(1, 200, 260, 8, 1, 64).dtypes([dt; 4]).seed(3);
+        gpu_tc_case(&mut dev, &c, &w, "tensor cores, window + sinks + softcap, GQA 8, D 64");
+    }
 }
 
 /// One small multi-tile prefill and one split-KV decode: the case compute-sanitizer runs.

@@ -8,6 +8,8 @@ use gated_attention::cuda::launch::{Geometry, KernelId};
 use gated_attention::cuda::{Backend, GaParams};
 use gated_attention::Error;
 
+pub mod tc;
+
 type LaunchFn = unsafe extern "C" fn(
     name: *const c_char,
     grid: *const u32,
@@ -67,12 +69,15 @@ pub struct Emulator {
     buffers: Vec<Vec<u128>>,
     /// Launches made, by kernel name (tests check which path ran).
     pub launched: Vec<&'static str>,
+    /// Whether the host may choose the tensor-core kernels (default true, as on sm_80+; false
+    /// runs f16/bf16 on the CUDA-core kernels, as on an older GPU).
+    pub tensor_cores: bool,
 }
 
 impl Emulator {
     /// An emulator running `variant` of the kernels.
     pub fn new(variant: Variant) -> Emulator {
-        Emulator { variant, schedule: 0, buffers: Vec::new(), launched: Vec::new() }
+        Emulator { variant, schedule: 0, buffers: Vec::new(), launched: Vec::new(), tensor_cores: true }
     }
 }
 
@@ -130,5 +135,8 @@ impl Backend for Emulator {
     }
     fn smem_limit(&self) -> usize {
         gated_attention::cuda::launch::MAX_SMEM_SM90
+    }
+    fn tensor_cores(&self) -> bool {
+        self.tensor_cores
     }
 }

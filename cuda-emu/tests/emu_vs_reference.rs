@@ -5,7 +5,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::{check, make_inputs, Buf, Case, Inputs, Mem};
+use common::{check, check_plus, make_inputs, tc_tolerance, Buf, Case, Inputs, Mem};
 use cuda_emu::{Emulator, Variant};
 use gated_attention::cuda::{attention_on, GaParams, LaunchOptions, Splits};
 use gated_attention::gate::{Gate, GateActivation, GateMode};
@@ -37,10 +37,22 @@ fn run(
     Ok((out, lse))
 }
 
-/// Runs and checks one case; returns the kernels launched.
+/// Runs and checks one case; returns the kernels launched. A prefill case stored in f32 also
+/// runs with Q, K, V in f16 and in bf16, which takes the tensor-core kernel where it applies.
 fn check_emu(c: &Case, opts: &AttentionOptions<'_>, splits: Splits, label: &str) -> Vec<&'static str> {
     let inp = make_inputs(c);
-    check_emu_inputs(&inp, c, opts, splits, label)
+    let launched = check_emu_inputs(&inp, c, opts, splits, label);
+    if c.dtypes == [DType::F32; 4] && splits == Splits::Fixed(1) {
+        for dt in [[DType::F16, DType::F16, DType::F16, DType::F32], [DType::BF16; 4]] {
+            let c = c.clone().dtypes(dt);
+            check_emu_inputs(&make_inputs(&c), &c, opts, splits, &format!("{label}, {dt:?}"));
+        }
+    }
+    launched
+}
+
+fn uses_tensor_cores(launched: &[&str]) -> bool {
+    launched.iter().any(|k| k.starts_with("attn_fwd_tc"))
 }
 
 fn check_emu_inputs(
@@ -50,16 +62,34 @@ fn check_emu_inputs(
     splits: Splits,
     label: &str,
 ) -> Vec<&'static str> {
-    // Both fiber schedules (thread order and reverse): different interleavings of the warps.
-    let mut launched = Vec::new();
-    for schedule in [0, 1] {
-        let mut emu = Emulator::new(Variant::Clean);
-        emu.schedule = schedule;
-        let (out, lse) = run(&mut emu, inp, c, opts, splits).unwrap_or_else(|e| panic!("{label}: {e}"));
-        check(inp, c, opts, &out, &lse, &format!("{label}, schedule {schedule}"));
-        launched = emu.launched;
+    // The CUDA-core kernels under both plain fiber schedules (thread order and reverse). Where
+    // the host picks the tensor-core kernel it runs under those and the greedy schedule (its
+    // cp.async double buffer), with the tolerance of P's rounding; then the same call once on
+    // the CUDA-core kernels, as on a GPU older than sm_80.
+    let mut first: Option<Vec<&'static str>> = None;
+    for tensor_cores in [true, false] {
+        for schedule in [0, 1, 2] {
+            let mut emu = Emulator::new(Variant::Clean);
+            emu.schedule = schedule;
+            emu.tensor_cores = tensor_cores;
+            let (out, lse) = run(&mut emu, inp, c, opts, splits).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let tc = uses_tensor_cores(&emu.launched);
+            let label = format!("{label}, schedule {schedule}, tensor cores {tc}");
+            if tc {
+                check_plus(inp, c, opts, &out, &lse, &label, tc_tolerance(inp, c, opts));
+            } else {
+                check(inp, c, opts, &out, &lse, &label);
+            }
+            first.get_or_insert(emu.launched);
+            if !tc && (schedule == 1 || !tensor_cores) {
+                break;
+            }
+        }
+        if !first.as_deref().is_some_and(uses_tensor_cores) {
+            break;
+        }
     }
-    launched
+    first.unwrap_or_default()
 }
 
 #[test]
@@ -187,8 +217,31 @@ fn empty_rows() {
 }
 
 #[test]
+fn tensor_cores_take_f16_and_bf16_prefill() {
+    for dt in [DType::F16, DType::BF16] {
+        let c = Case::new(1, 70, 90, 8, 2, 128).dtypes([dt; 4]).seed(60);
+        let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(1), "tensor cores, D 128, GQA 4");
+        assert_eq!(k, ["attn_fwd_tc_d128"]);
+        let c = Case::new(2, 37, 45, 2, 2, 40).dtypes([dt, dt, dt, DType::F32]).seed(61);
+        let k = check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "tensor cores, D 40");
+        assert_eq!(k, ["attn_fwd_tc_d64"]);
+    }
+    // Not taken: f32 storage, mixed storage, D 256, a split decode.
+    let c = Case::new(1, 5, 40, 2, 1, 64).dtypes([DType::F16, DType::BF16, DType::F16, DType::F16]).seed(62);
+    assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "mixed"), ["attn_fwd_d64"]);
+    let c = Case::new(1, 5, 40, 2, 1, 256).dtypes([DType::F16; 4]).seed(63);
+    assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "D 256"), ["attn_fwd_d256"]);
+}
+
+#[test]
 fn nan_stays_in_the_rows_that_see_it() {
-    let c = Case::new(1, 40, 40, 2, 1, 64).seed(50);
+    for dt in [DType::F32, DType::F16] {
+        nan_containment(dt);
+    }
+}
+
+fn nan_containment(dt: DType) {
+    let c = Case::new(1, 40, 40, 2, 1, 64).dtypes([dt; 4]).seed(50);
     let mut inp = make_inputs(&c);
     // Key 35's value and key 37's key are NaN: under causal masking rows 0..35 never see them.
     let kl = inp.kl;
@@ -303,5 +356,60 @@ fn fault_detected(variant: Variant) -> bool {
 fn planted_faults_are_caught() {
     for v in [Variant::FaultNoSync, Variant::FaultMaskOffByOne, Variant::FaultTileEnd, Variant::FaultDivergentSync] {
         assert!(fault_detected(v), "{v:?} went unnoticed");
+    }
+}
+
+/// The mask fault (shared by both prefill kernels) is caught on the tensor-core kernel too, with
+/// its wider tolerance.
+#[test]
+fn planted_mask_fault_is_caught_on_tensor_cores() {
+    let c = Case::new(1, 33, 70, 8, 2, 64).dtypes([DType::F16; 4]).seed(2);
+    let opts = AttentionOptions::new().causal();
+    let inp = make_inputs(&c);
+    let mut emu = Emulator::new(Variant::FaultMaskOffByOne);
+    let (out, lse) = run(&mut emu, &inp, &c, &opts, Splits::Fixed(1)).expect("launch");
+    assert_eq!(emu.launched, ["attn_fwd_tc_d64"]);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_plus(&inp, &c, &opts, &out, &lse, "fault", tc_tolerance(&inp, &c, &opts));
+    }))
+    .is_err();
+    assert!(caught, "one key too many went unnoticed on tensor cores");
+}
+
+/// Measures the tensor-core path's error against the f64 reference next to the CUDA-core path's
+/// and the derived extra bound (`common::tc_extra_abs`); the figures go to the README
+/// (`cargo test --release -p cuda-emu --test emu_vs_reference measured -- --nocapture`).
+#[test]
+fn tensor_core_error_measured_against_the_derived_bound() {
+    for dt in [DType::F16, DType::BF16] {
+        let c = Case::new(1, 128, 256, 8, 2, 128).dtypes([dt, dt, dt, DType::F32]).seed(64);
+        let opts = AttentionOptions::new().causal();
+        let inp = make_inputs(&c);
+        let q = Tensor::new(inp.q.elems(), inp.ql);
+        let k = Tensor::new(inp.k.elems(), inp.kl);
+        let v = Tensor::new(inp.v.elems(), inp.vl);
+        let r = gated_attention::reference::attention_with_stats(&q, &k, &v, &opts).expect("reference");
+        let mut errs = [0f64; 2];
+        for (n, tensor_cores) in [true, false].into_iter().enumerate() {
+            let mut emu = Emulator::new(Variant::Clean);
+            emu.tensor_cores = tensor_cores;
+            let (out, _) = run(&mut emu, &inp, &c, &opts, Splits::Fixed(1)).expect("launch");
+            assert_eq!(uses_tensor_cores(&emu.launched), tensor_cores);
+            let d = c.dims;
+            for i in 0..d.q_len {
+                for h in 0..d.q_heads {
+                    for e in 0..d.v_head_dim {
+                        let x = out.get(i * inp.ol.strides[1] + h * inp.ol.strides[2] + e) as f64;
+                        errs[n] = errs[n].max((x - r.out_at(0, i, h, e)).abs());
+                    }
+                }
+            }
+        }
+        let (extra, _) = tc_tolerance(&inp, &c, &opts);
+        eprintln!(
+            "{dt:?} storage, D 128, causal 128x256: max |err| tensor cores {:.2e}, CUDA cores {:.2e}; derived extra bound {extra:.2e}",
+            errs[0], errs[1]
+        );
+        assert!(errs[0] <= extra + errs[1] + 2e-5, "{dt:?}: {errs:?} vs {extra}");
     }
 }

@@ -223,4 +223,8 @@ impl Backend for CudaDevice {
     fn smem_limit(&self) -> usize {
         self.smem_limit
     }
+    fn tensor_cores(&self) -> bool {
+        // "sm_XY": mma.m16n8k16 and cp.async need compute capability 8.0.
+        self.arch.trim_start_matches("sm_").parse::<u32>().is_ok_and(|a| a >= 80)
+    }
 }

@@ -33,6 +33,10 @@ pub trait Backend {
     fn download(&mut self, buf: &Self::Buffer, out: &mut [u8]) -> Result<(), Error>;
     /// Dynamic shared memory a block may use on this device.
     fn smem_limit(&self) -> usize;
+    /// Whether the tensor-core kernels may run (sm_80 or newer).
+    fn tensor_cores(&self) -> bool {
+        true
+    }
 }
 
 /// Knobs of a launch that do not change the result beyond rounding.
@@ -206,6 +210,17 @@ pub(crate) fn launch_attention<B: Backend>(
 ) -> Result<(), Error> {
     let dims = plan.dims;
     let opts = &plan.opts;
+    // f16/bf16 prefill on tensor cores where the operands allow it (same results within the
+    // tolerance of P's rounding; see kernels/attn_tc.cu).
+    let eligible = backend.tensor_cores()
+        && super::launch::tc_eligible(
+            &dims,
+            args.q.dtype,
+            (args.k.dtype, args.k.addr, strides3(&args.k.layout)),
+            (args.v.dtype, args.v.addr, strides3(&args.v.layout)),
+        );
+    let tc = lp.with_tensor_cores(&dims, eligible);
+    let lp = if tc.attn(&dims).check(backend.smem_limit()).is_ok() { &tc } else { lp };
     if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {
         return Ok(());
     }

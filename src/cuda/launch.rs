@@ -18,6 +18,10 @@ pub const MAX_SMEM_SM90: usize = 232_448;
 pub const MAX_SMEM_SM80: usize = 166_912;
 /// Above this a kernel needs `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
 pub const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
+/// Query rows per block of the tensor-core prefill kernel (`GA_TC_BM`: 4 warps of 16 rows).
+pub const TC_BLOCK_M: usize = 64;
+/// Keys per K/V tile of the tensor-core prefill kernel (`GA_TC_BN`).
+pub const TC_BLOCK_N: usize = 32;
 /// Keys per split-KV block when the split is chosen automatically.
 pub const SPLIT_LEN: usize = 512;
 
@@ -70,6 +74,8 @@ pub enum KernelKind {
     /// Copies head rows into (or out of) a device KV cache with fused RoPE; one entry point for
     /// every head dim (the class is ignored).
     KvAppend,
+    /// Prefill on tensor cores (sm_80+, f16/bf16 storage; classes D64 and D128 only).
+    FwdTc,
 }
 
 /// One kernel entry point: kind and head class.
@@ -88,6 +94,9 @@ impl KernelId {
             .into_iter()
             .flat_map(|kind| HeadClass::ALL.into_iter().map(move |class| KernelId { kind, class }))
             .chain(core::iter::once(KernelId::KV_APPEND))
+            .chain(
+                [HeadClass::D64, HeadClass::D128].into_iter().map(|class| KernelId { kind: KernelKind::FwdTc, class }),
+            )
     }
 
     /// The RoPE-append kernel.
@@ -108,6 +117,10 @@ impl KernelId {
             (Combine, D128) => "attn_combine_d128",
             (Combine, D256) => "attn_combine_d256",
             (KvAppend, _) => "kv_append",
+            (FwdTc, D64) => "attn_fwd_tc_d64",
+            (FwdTc, D128) => "attn_fwd_tc_d128",
+            // Never chosen (LaunchPlan::with_tensor_cores); a launch of it fails as unknown.
+            (FwdTc, D256) => "attn_fwd_tc_d256",
         }
     }
 }
@@ -164,6 +177,14 @@ pub fn attn_smem_bytes(head_dim: usize, v_head_dim: usize) -> usize {
     4 * (BLOCK_M * head_dim + BLOCK_N * (head_dim + 1) + BLOCK_N * v_head_dim + warps * BLOCK_N)
 }
 
+/// Dynamic shared memory of a tensor-core prefill block for head class `dk` (`kernels/attn_tc.cu`):
+/// sQ, two stages of sK and sV (halves, rows padded by 8), the per-warp f32 P tile of the
+/// non-finite-V path and two stage flags.
+pub fn tc_smem_bytes(dk: usize) -> usize {
+    let pitch = dk + 8;
+    2 * (TC_BLOCK_M + 4 * TC_BLOCK_N) * pitch + 4 * 4 * 16 * TC_BLOCK_N + 2 * 4
+}
+
 /// `n` as a grid extent; anything above `u32::MAX` saturates, which [`Geometry::check`] rejects.
 fn sat_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -180,6 +201,8 @@ pub struct LaunchPlan {
     pub n_splits: usize,
     /// Keys per split (a multiple of [`BLOCK_N`]).
     pub split_len: usize,
+    /// Prefill on the tensor-core kernel (`row_tiles` then count [`TC_BLOCK_M`] rows).
+    pub tensor_cores: bool,
 }
 
 /// How to split the keys.
@@ -223,17 +246,29 @@ impl LaunchPlan {
                 return Err(Error::Unsupported { backend: "cuda", what: "a size above i32::MAX" });
             }
         }
-        Ok(LaunchPlan { class, row_tiles, n_splits, split_len })
+        Ok(LaunchPlan { class, row_tiles, n_splits, split_len, tensor_cores: false })
+    }
+
+    /// This plan on the tensor-core prefill kernel when `eligible` (f16/bf16 storage on an sm_80+
+    /// device with the kernel's alignment, see [`tc_eligible`]) and the plan is a prefill
+    /// (no split) of head class D64 or D128; otherwise unchanged.
+    pub fn with_tensor_cores(&self, dims: &Dims, eligible: bool) -> LaunchPlan {
+        if !eligible || self.n_splits != 1 || self.class == HeadClass::D256 {
+            return *self;
+        }
+        let rows = dims.q_len * dims.group();
+        LaunchPlan { row_tiles: rows.div_ceil(TC_BLOCK_M), tensor_cores: true, ..*self }
     }
 
     /// The attention kernel's geometry: (row tiles × splits, KV heads, batch).
     pub fn attn(&self, dims: &Dims) -> Geometry {
         let x = self.row_tiles.saturating_mul(self.n_splits);
-        Geometry {
-            grid: [sat_u32(x), sat_u32(dims.kv_heads), sat_u32(dims.batch)],
-            block: [THREADS, 1, 1],
-            smem_bytes: attn_smem_bytes(dims.head_dim, dims.v_head_dim),
-        }
+        let smem_bytes = if self.tensor_cores {
+            tc_smem_bytes(self.class.max_dim())
+        } else {
+            attn_smem_bytes(dims.head_dim, dims.v_head_dim)
+        };
+        Geometry { grid: [sat_u32(x), sat_u32(dims.kv_heads), sat_u32(dims.batch)], block: [THREADS, 1, 1], smem_bytes }
     }
 
     /// The combine kernel's geometry: one warp per (query row, query head, batch).
@@ -247,7 +282,13 @@ impl LaunchPlan {
 
     /// The attention kernel to launch.
     pub fn attn_kernel(&self) -> KernelId {
-        let kind = if self.n_splits > 1 { KernelKind::Split } else { KernelKind::Fwd };
+        let kind = if self.tensor_cores {
+            KernelKind::FwdTc
+        } else if self.n_splits > 1 {
+            KernelKind::Split
+        } else {
+            KernelKind::Fwd
+        };
         KernelId { kind, class: self.class }
     }
 
@@ -258,6 +299,20 @@ impl LaunchPlan {
         }
         dims.batch * dims.q_heads * dims.q_len * self.n_splits * (dims.v_head_dim + 2)
     }
+}
+
+/// Whether the tensor-core prefill kernel can take these operands: Q, K and V all f16 or all
+/// bf16, head dims multiples of 8 (16-byte rows), and K and V at 16-byte aligned addresses with
+/// every stride a multiple of 8 elements (its cp.async copies 16-byte chunks).
+pub fn tc_eligible(
+    dims: &Dims,
+    q: crate::DType,
+    k: (crate::DType, u64, [i64; 3]),
+    v: (crate::DType, u64, [i64; 3]),
+) -> bool {
+    let half = matches!(q, crate::DType::F16 | crate::DType::BF16);
+    let aligned = |(_, addr, str): (crate::DType, u64, [i64; 3])| addr % 16 == 0 && str.iter().all(|s| s % 8 == 0);
+    half && k.0 == q && v.0 == q && dims.head_dim % 8 == 0 && dims.v_head_dim % 8 == 0 && aligned(k) && aligned(v)
 }
 
 #[cfg(test)]
@@ -309,10 +364,31 @@ mod tests {
         d.kv_heads = 1;
         assert!(p.combine(&d).check(MAX_SMEM_SM90).is_err());
         // A grid.x beyond u32 saturates instead of wrapping, and is rejected.
-        let huge = LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32 };
+        let huge =
+            LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32, tensor_cores: false };
         assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
         assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 12);
+    }
+
+    #[test]
+    fn tensor_cores_take_prefill_of_d64_and_d128_only() {
+        let d = dims(100, 100, 8, 2, 128);
+        let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, true);
+        assert!(p.tensor_cores && p.row_tiles == 400usize.div_ceil(TC_BLOCK_M));
+        assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d128");
+        assert!(p.attn(&d).smem_bytes <= MAX_SMEM_SM80);
+        let d256 = dims(100, 100, 8, 2, 256);
+        assert!(!LaunchPlan::new(&d256, Splits::Fixed(1)).unwrap().with_tensor_cores(&d256, true).tensor_cores);
+        assert!(!LaunchPlan::new(&d, Splits::Fixed(2)).unwrap().with_tensor_cores(&d, true).tensor_cores);
+        assert!(!LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, false).tensor_cores);
+        let (f16, bf16) = (crate::DType::F16, crate::DType::BF16);
+        let ok = (f16, 4096, [8192, 256, 128]);
+        assert!(tc_eligible(&d, f16, ok, ok));
+        assert!(!tc_eligible(&d, bf16, ok, ok));
+        assert!(!tc_eligible(&d, f16, (f16, 4098, [8192, 256, 128]), ok));
+        assert!(!tc_eligible(&d, f16, ok, (f16, 4096, [8192, 252, 128])));
+        assert!(!tc_eligible(&d, crate::DType::F32, (crate::DType::F32, 4096, [8192, 256, 128]), ok));
     }
 }

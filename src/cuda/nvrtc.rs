@@ -17,6 +17,9 @@ pub fn source() -> String {
         include_str!("../../kernels/attn_fwd.cu"),
         include_str!("../../kernels/attn_combine.cu"),
         include_str!("../../kernels/kv_append.cu"),
+        include_str!("../../kernels/attn_tc.cu"),
+        // The tensor-core unit kernels: tiny, and the first thing to run on a new GPU.
+        include_str!("../../kernels/tc_unit.cu"),
     ]
     .concat()
 }

@@ -28,6 +28,38 @@ pub fn tolerance(out: DType) -> (f64, f64) {
     }
 }
 
+/// CUDA tensor-core prefill (`kernels/attn_tc.cu`): the extra absolute output error from P rounded
+/// to the K/V storage type before P·V (as FlashAttention-2 does), on top of the table above.
+/// Derivation: the kernel computes O = Σ_j p̃_j v_j / l with p̃_j = p_j (1 + δ_j), |δ_j| <= u
+/// (u = 2^-11 for f16, 2^-8 for bf16: half an ulp, round to nearest) and l summed from the
+/// unrounded p, so |ΔO| <= u Σ_j p_j |v_j| / l <= u · max_j |v_j|; the LSE uses the unrounded p.
+/// With query RoPE the rotated Q is rounded to the storage type too: each score moves by at most
+/// Δ = u · scale · Σ_d |q_d k_d| (`rope_score_bound` = scale · Σ_d |q_d k_d|, bounded by the
+/// caller), which moves the LSE by at most Δ and O by at most 2 Δ max_j |v_j|.
+/// Returns the extra absolute bounds (output, LSE).
+pub fn tc_extra_abs(storage: DType, vmax: f64, rope_score_bound: Option<f64>) -> (f64, f64) {
+    let u = match storage {
+        DType::F32 => 0.0,
+        DType::F16 => 2f64.powi(-11),
+        DType::BF16 => 2f64.powi(-8),
+    };
+    let shift = u * rope_score_bound.unwrap_or(0.0);
+    (u * vmax + 2.0 * shift * vmax, shift)
+}
+
+/// [`tc_extra_abs`] for these inputs: the largest |v|, and with query RoPE the bound on
+/// scale · Σ_d |q_d k_d|.
+pub fn tc_tolerance(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>) -> (f64, f64) {
+    let max_abs = |b: &Buf| (0..b.len()).map(|i| b.get(i).abs() as f64).filter(|x| x.is_finite()).fold(0.0, f64::max);
+    let vmax = max_abs(&inp.v);
+    let rope = opts.rope_q.as_ref().map(|_| {
+        let scale = opts.scale.map_or(1.0 / (c.dims.head_dim as f64).sqrt(), |s| s as f64);
+        // a rotated pair (a c - b s, b c + a s) is at most sqrt(2) max(|a|, |b|) per element
+        scale * c.dims.head_dim as f64 * std::f64::consts::SQRT_2 * max_abs(&inp.q) * max_abs(&inp.k)
+    });
+    tc_extra_abs(c.dtypes[2], vmax, rope)
+}
+
 /// LSE tolerance (always f32).
 pub const LSE_TOL: (f64, f64) = (2e-5, 2e-5);
 
@@ -223,11 +255,25 @@ pub fn close(x: f64, r: f64, (atol, rtol): (f64, f64)) -> bool {
 /// Checks a kernel result against the reference, the canaries and the LSE. Panics with the
 /// first mismatch.
 pub fn check(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, out: &Buf, lse: &[f32], label: &str) {
+    check_plus(inp, c, opts, out, lse, label, (0.0, 0.0));
+}
+
+/// [`check`] with `extra_abs` = (output, LSE) added to every bound (the CUDA tensor-core path's
+/// [`tc_extra_abs`]).
+pub fn check_plus(
+    inp: &Inputs,
+    c: &Case,
+    opts: &AttentionOptions<'_>,
+    out: &Buf,
+    lse: &[f32],
+    label: &str,
+    extra_abs: (f64, f64),
+) {
     let q = Tensor::new(inp.q.elems(), inp.ql);
     let k = Tensor::new(inp.k.elems(), inp.kl);
     let v = Tensor::new(inp.v.elems(), inp.vl);
     let r = reference::attention_with_stats(&q, &k, &v, opts).expect("reference");
-    check_against(&r, inp, c, out, lse, &format!("{label} (opts {opts:?})"));
+    check_against_plus(&r, inp, c, out, lse, &format!("{label} (opts {opts:?})"), extra_abs);
 }
 
 /// `|x - r| <= bound`, with NaN only against NaN and infinities only against themselves.
@@ -280,6 +326,19 @@ pub fn model_margin(r: &reference::Reference, inp: &Inputs, c: &Case, out: &Buf,
 /// (`reference::attention_with_stats`, `reference::sparse::sparse_attention`) the tolerance of
 /// each element is the error model's bound, capped by the fixed table; without, the fixed table.
 pub fn check_against(r: &reference::Reference, inp: &Inputs, c: &Case, out: &Buf, lse: &[f32], label: &str) {
+    check_against_plus(r, inp, c, out, lse, label, (0.0, 0.0));
+}
+
+/// [`check_against`] with `extra_abs` = (output, LSE) added to every bound.
+pub fn check_against_plus(
+    r: &reference::Reference,
+    inp: &Inputs,
+    c: &Case,
+    out: &Buf,
+    lse: &[f32],
+    label: &str,
+    (extra_out, extra_lse): (f64, f64),
+) {
     let d = &c.dims;
     let tol = tolerance(c.dtypes[3]);
     let bounds = r.stats.as_ref().map(|_| error_model::bounds(r, c.dtypes[3]));
@@ -295,7 +354,7 @@ pub fn check_against(r: &reference::Reference, inp: &Inputs, c: &Case, out: &Buf
                     let legacy = tol.0 + tol.1 * rv.abs();
                     let bound = bounds.as_ref().map_or(legacy, |bd| {
                         bd.out[((b * d.q_len + i) * d.q_heads + h) * d.v_head_dim + e].min(legacy)
-                    });
+                    }) + extra_out;
                     assert!(
                         within(x, rv, bound),
                         "{label}: out[b={b}, i={i}, h={h}, d={e}] = {x}, reference {rv}, |diff| {:.3e} > bound \
@@ -306,7 +365,8 @@ pub fn check_against(r: &reference::Reference, inp: &Inputs, c: &Case, out: &Buf
                 let xl = lse[(b * d.q_heads + h) * d.q_len + i] as f64;
                 let rl = r.lse_at(b, h, i);
                 let legacy = LSE_TOL.0 + LSE_TOL.1 * rl.abs();
-                let bound = bounds.as_ref().map_or(legacy, |bd| bd.lse[(b * d.q_heads + h) * d.q_len + i].min(legacy));
+                let bound = bounds.as_ref().map_or(legacy, |bd| bd.lse[(b * d.q_heads + h) * d.q_len + i].min(legacy))
+                    + extra_lse;
                 assert!(
                     within(xl, rl, bound),
                     "{label}: lse[b={b}, h={h}, i={i}] = {xl}, reference {rl}, |diff| {:.3e} > bound {bound:.3e} \

@@ -1,0 +1,294 @@
+// Attention prefill on tensor cores (sm_80+), FlashAttention-2 order, f16/bf16 storage (Q, K and V
+// of one type), f32 accumulation. One block per (64-row tile, KV head, batch); rows are packed
+// (query row, head of the KV group) pairs as in attn_fwd.cu. 4 warps, each owns 16 rows: S = Q Kᵀ
+// with mma.m16n8k16 (Q fragments by ldmatrix, K stored [key][dim] = [n][k] by ldmatrix), the
+// online softmax on the S fragments (each row's 4 lanes reduce with 2 shuffles), P rounded to the
+// storage type in registers and reused as the A fragment of P V (V stored [key][dim] = [k][n] by
+// ldmatrix.trans). K/V tiles of 32 keys arrive through a 2-stage cp.async pipeline.
+//
+// Requires (checked by src/cuda/launch.rs before choosing this kernel): head dims multiples of 8
+// and at most DK, K/V base addresses 16-byte aligned and their strides multiples of 8 elements.
+// Dims past D / Dv are zero-filled, keys past kv_len zero-filled.
+//
+// Masks, sinks, softcap, ALiBi, bias, the G1 gate and the LSE behave as in attn_fwd.cu. A hidden
+// key's P is exactly 0, but 0 * NaN is NaN in an mma: a V tile holding a non-finite value takes a
+// scalar P V instead, which skips hidden keys, so a NaN stays in the rows that see it.
+//
+// Shared memory (halves unless noted; pitch DK + 8 keeps ldmatrix rows and cp.async 16-byte
+// aligned and ldmatrix conflict-free):
+//   sQ [64][P] | sK [2][32][P] | sV [2][32][P] | sP f32 [4 warps][16][32] | flag int [2]
+#define GA_TC_BM 64
+#define GA_TC_BN 32
+
+template <int DK>
+DEV void ga_tc_load_kv(const GaParams& p, unsigned short* sK, unsigned short* sV, int* flag, ga_i64 j0, int b,
+                       int kvh) {
+    const int P = DK + 8, tid = threadIdx.x;
+    const ga_i64 n = p.kv_len;
+    if (tid == 0) *flag = 0;  // read after the barrier that follows this stage's wait
+    UNROLL for (int i = 0; i < GA_TC_BN * DK / 8 / GA_THREADS; ++i) {
+        const int c = tid + i * GA_THREADS, jj = c / (DK / 8), d = 8 * (c % (DK / 8));
+        const ga_i64 j = j0 + jj;
+        const bool in_k = j < n && d < p.head_dim, in_v = j < n && d < p.v_head_dim;
+        const unsigned short* k = (const unsigned short*)p.k;
+        const unsigned short* v = (const unsigned short*)p.v;
+        // Outside: zero-fill from the (valid, aligned) base address.
+        const unsigned short* ks = in_k ? k + b * p.k_str[0] + j * p.k_str[1] + kvh * p.k_str[2] + d : k;
+        const unsigned short* vs = in_v ? v + b * p.v_str[0] + j * p.v_str[1] + kvh * p.v_str[2] + d : v;
+        ga_cp_async_cg16(ga_smem_u32(sK + jj * P + d), ks, in_k ? 16 : 0);
+        ga_cp_async_cg16(ga_smem_u32(sV + jj * P + d), vs, in_v ? 16 : 0);
+    }
+}
+
+// After this thread's wait: flags the stage when a V chunk this thread copied is not finite.
+template <int DK>
+DEV void ga_tc_check_v(const GaParams& p, const unsigned short* sV, int* flag) {
+    const int P = DK + 8, tid = threadIdx.x;
+    const unsigned exp_mask = p.v_dt == GA_DT_BF16 ? 0x7f80u : 0x7c00u;
+    bool bad = false;
+    UNROLL for (int i = 0; i < GA_TC_BN * DK / 8 / GA_THREADS; ++i) {
+        const int c = tid + i * GA_THREADS, jj = c / (DK / 8), d = 8 * (c % (DK / 8));
+        for (int e = 0; e < 8; ++e) bad = bad || (sV[jj * P + d + e] & exp_mask) == exp_mask;
+    }
+    if (bad) *flag = 1;
+}
+
+DEV unsigned ga_tc_pack(float lo, float hi, bool bf16) {
+    const unsigned a = bf16 ? ga_f2bf(lo) : ga_f2h(lo), b = bf16 ? ga_f2bf(hi) : ga_f2h(hi);
+    return a | b << 16;
+}
+
+DEV float ga_tc_round(float x, bool bf16) { return bf16 ? ga_bf2f(ga_f2bf(x)) : ga_h2f(ga_f2h(x)); }
+
+template <int DK>
+DEV void ga_attn_tc(const GaParams& p) {
+    constexpr int P = DK + 8, NT = DK / 8;  // NT: n8 tiles of the output dims
+    DYN_SMEM(unsigned short, smem);
+    unsigned short* sQ = smem;
+    unsigned short* sK = sQ + GA_TC_BM * P;
+    unsigned short* sV = sK + 2 * GA_TC_BN * P;
+    float* sP = (float*)(sV + 2 * GA_TC_BN * P);
+    int* sFlag = (int*)(sP + 4 * 16 * GA_TC_BN);
+    const int G = p.group, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+    const bool bf16 = p.q_dt == GA_DT_BF16;
+    // Without softcap, ALiBi or bias a score is the scaled dot product; otherwise ga_score runs
+    // over the warp's S tile in shared memory (one inlined copy, not one per register: 16 copies
+    // made NVRTC's compile nine times slower).
+    const bool plain = !(p.softcap > 0.f) && !p.alibi && !p.bias;
+    const int n_rows = p.q_len * G, r0 = blockIdx.x * GA_TC_BM, kvh = blockIdx.y, b = blockIdx.z;
+    const ga_i64 n = p.kv_len;
+
+    // Q tile, rotated in f32 and rounded back to the storage type; rows and dims past the end zero.
+    for (int idx = tid; idx < GA_TC_BM * DK; idx += GA_THREADS) {
+        const int r = idx / DK, d = idx % DK, pr = r0 + r;
+        float x = 0.f;
+        if (pr < n_rows && d < p.head_dim) {
+            const int i = pr / G, h = kvh * G + pr % G;
+            const ga_i64 row = b * p.q_str[0] + i * p.q_str[1] + h * p.q_str[2];
+            x = ga_load(p.q, row + d, p.q_dt);
+            if (p.rope_cos && d < 2 * p.rope_half) {
+                const int half = p.rope_half;
+                int f, partner;
+                bool first;
+                if (p.rope_gptj) {
+                    f = d >> 1;
+                    partner = d ^ 1;
+                    first = (d & 1) == 0;
+                } else {
+                    first = d < half;
+                    f = first ? d : d - half;
+                    partner = first ? d + half : d - half;
+                }
+                const ga_i64 t = ((ga_i64)b * p.q_len + i) * half + f;
+                const float c = ((const float*)p.rope_cos)[t], sn = ((const float*)p.rope_sin)[t];
+                const float y = ga_load(p.q, row + partner, p.q_dt);
+                x = first ? x * c - y * sn : x * c + y * sn;
+            }
+        }
+        sQ[r * P + d] = bf16 ? ga_f2bf(x) : ga_f2h(x);
+    }
+
+    // The block's key tiles, as attn_fwd.cu: the union of its rows' ranges; dead tiles between
+    // the sink prefix and the window are skipped (next_live).
+    const int last = (r0 + GA_TC_BM < n_rows ? r0 + GA_TC_BM : n_rows) - 1;
+    GaRowKeys first_keys = ga_row_keys(p, r0 / G), last_keys = ga_row_keys(p, (last < r0 ? r0 : last) / G);
+    const ga_i64 lo_min = first_keys.lo, hi_max = last_keys.hi, sinks_max = last_keys.sinks_end;
+    const ga_i64 t_begin = sinks_max > 0 ? 0 : lo_min / GA_TC_BN;
+    const ga_i64 t_end = (ga_min64(hi_max, n) + GA_TC_BN - 1) / GA_TC_BN;
+    auto next_live = [&](ga_i64 t) -> ga_i64 {
+        if (t * GA_TC_BN < sinks_max || t * GA_TC_BN + GA_TC_BN > lo_min) return t;
+        return ga_max64(t, lo_min / GA_TC_BN);
+    };
+
+    // This lane's two rows: warp * 16 + g and + 8.
+    int row_i[2], row_h[2];
+    bool row_ok[2];
+    GaRowKeys keys[2];
+    float m[2], l[2], acc[NT][4];
+    UNROLL for (int rr = 0; rr < 2; ++rr) {
+        const int pr = r0 + warp * 16 + g + 8 * rr;
+        row_ok[rr] = pr < n_rows;
+        row_i[rr] = (row_ok[rr] ? pr : r0) / G;
+        row_h[rr] = kvh * G + (row_ok[rr] ? pr : r0) % G;
+        keys[rr] = ga_row_keys(p, row_i[rr]);
+        m[rr] = NEG_INF;
+        l[rr] = 0.f;
+    }
+    UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] = 0.f;
+
+    ga_i64 tile = next_live(t_begin);
+    if (tile < t_end) ga_tc_load_kv<DK>(p, sK, sV, sFlag, tile * GA_TC_BN, b, kvh);
+    ga_cp_async_commit();
+    for (int s = 0; tile < t_end; s ^= 1) {
+        const ga_i64 j0 = tile * GA_TC_BN, next = next_live(tile + 1);
+        unsigned short* k_s = sK + s * GA_TC_BN * P;
+        unsigned short* v_s = sV + s * GA_TC_BN * P;
+        if (next < t_end)
+            ga_tc_load_kv<DK>(p, sK + (s ^ 1) * GA_TC_BN * P, sV + (s ^ 1) * GA_TC_BN * P, sFlag + (s ^ 1),
+                              next * GA_TC_BN, b, kvh);
+        ga_cp_async_commit();
+        ga_cp_async_wait<1>();
+        ga_tc_check_v<DK>(p, v_s, sFlag + s);
+        __syncthreads();  // the tile (and its flag) from every thread is in shared memory
+
+        // S (16 x 32) = Q_w Kᵀ: 4 n8 key tiles, DK / 16 k-steps.
+        float sc[4][4];
+        UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) sc[t][i] = 0.f;
+        UNROLL for (int kk = 0; kk < DK / 16; ++kk) {
+            unsigned a[4];
+            ga_ldsm_x4(a, ga_smem_u32(sQ + (warp * 16 + (lane & 15)) * P + kk * 16 + 8 * (lane >> 4)));
+            UNROLL for (int pr = 0; pr < 2; ++pr) {
+                unsigned r[4];
+                const int key = pr * 16 + (lane & 7) + 8 * (lane >> 4), d = kk * 16 + 8 * ((lane >> 3) & 1);
+                ga_ldsm_x4(r, ga_smem_u32(k_s + key * P + d));
+                const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                if (bf16) {
+                    ga_mma_bf16(sc[2 * pr], a, b0, sc[2 * pr]);
+                    ga_mma_bf16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                } else {
+                    ga_mma_f16(sc[2 * pr], a, b0, sc[2 * pr]);
+                    ga_mma_f16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                }
+            }
+        }
+        if (!plain) {
+            float* w = sP + warp * 16 * GA_TC_BN;
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = sc[t][i];
+            SYNCWARP();
+            for (int e = lane; e < 16 * GA_TC_BN; e += 32) {
+                const int pr = r0 + warp * 16 + e / GA_TC_BN;
+                const ga_i64 j = j0 + e % GA_TC_BN;
+                if (pr < n_rows && j < n) w[e] = ga_score(p, w[e], b, kvh * G + pr % G, pr / G, j);
+            }
+            SYNCWARP();
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                sc[t][i] = w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)];
+            SYNCWARP();  // w is reused below
+        }
+        // Scores, masks and the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1).
+        float alpha[2];
+        UNROLL for (int rr = 0; rr < 2; ++rr) {
+            float mx = NEG_INF;
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                const ga_i64 j = j0 + 8 * t + 2 * q + e;
+                float& s_ = sc[t][2 * rr + e];
+                s_ = row_ok[rr] && j < n && ga_visible(keys[rr], j)
+                         ? (plain ? s_ * p.scale : s_)
+                         : NEG_INF;
+                mx = fmaxf(mx, s_);
+            }
+            mx = fmaxf(mx, SHFL_XOR(mx, 1));
+            mx = fmaxf(mx, SHFL_XOR(mx, 2));
+            const float m_new = fmaxf(m[rr], mx);
+            alpha[rr] = m_new == NEG_INF ? 1.f : EXPF(m[rr] - m_new);
+            float sum = 0.f;
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                float& s_ = sc[t][2 * rr + e];
+                const bool vis = s_ != NEG_INF;
+                s_ = vis && m_new != NEG_INF ? EXPF(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
+                sum += vis ? s_ : 0.f;
+            }
+            sum += SHFL_XOR(sum, 1);
+            sum += SHFL_XOR(sum, 2);
+            l[rr] = l[rr] * alpha[rr] + sum;  // from the f32 P, as FlashAttention-2
+            m[rr] = m_new;
+        }
+        UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] *= alpha[i >> 1];
+
+        if (sFlag[s] == 0) {
+            // O += P V: P's S fragments are the A fragments (keys 16 kk ... of rows g, g + 8), rounded.
+            UNROLL for (int kk = 0; kk < 2; ++kk) {
+                unsigned a[4];
+                UNROLL for (int r = 0; r < 4; ++r) {
+                    const float* src = sc[2 * kk + (r >> 1)] + 2 * (r & 1);
+                    a[r] = ga_tc_pack(fmaxf(src[0], 0.f), fmaxf(src[1], 0.f), bf16);
+                }
+                UNROLL for (int t2 = 0; t2 < NT / 2; ++t2) {
+                    unsigned r[4];
+                    const int key = kk * 16 + (lane & 15), d = t2 * 16 + 8 * (lane >> 4);
+                    ga_ldsm_x4_t(r, ga_smem_u32(v_s + key * P + d));
+                    const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                    if (bf16) {
+                        ga_mma_bf16(acc[2 * t2], a, b0, acc[2 * t2]);
+                        ga_mma_bf16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
+                    } else {
+                        ga_mma_f16(acc[2 * t2], a, b0, acc[2 * t2]);
+                        ga_mma_f16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
+                    }
+                }
+            }
+        } else {
+            // A non-finite V in this tile: scalar P V that never touches a hidden key's V row.
+            float* w = sP + warp * 16 * GA_TC_BN;
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) {
+                const float x = sc[t][i];
+                w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = x < 0.f ? -1.f : ga_tc_round(x, bf16);
+            }
+            SYNCWARP();
+            for (int jj = 0; jj < GA_TC_BN; ++jj) {  // keys outermost: one unrolled body, not NT * 4 loops
+                const float p0 = w[g * GA_TC_BN + jj], p1 = w[(g + 8) * GA_TC_BN + jj];
+                UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) {
+                    const float pk = i < 2 ? p0 : p1;
+                    const unsigned short h = v_s[jj * P + 8 * t + 2 * q + (i & 1)];
+                    if (pk >= 0.f) acc[t][i] += pk * (bf16 ? ga_bf2f(h) : ga_h2f(h));
+                }
+            }
+            SYNCWARP();
+        }
+        __syncthreads();  // stage s is refilled by the next iteration's prefetch
+        tile = next;
+    }
+    ga_cp_async_wait<0>();
+
+    // Epilogue per row: the learned sink, normalisation (no weight: zeros, LSE -inf), gate, store.
+    UNROLL for (int rr = 0; rr < 2; ++rr) {
+        if (!row_ok[rr]) continue;
+        const int i = row_i[rr], h = row_h[rr];
+        float mr = m[rr], lr = l[rr], a = 1.f;
+        if (p.sinks) {
+            const float sk = ((const float*)p.sinks)[h], mf = fmaxf(mr, sk);
+            if (mf != NEG_INF) {
+                a = EXPF(mr - mf);
+                lr = lr * a + EXPF(sk - mf);
+                mr = mf;
+            }
+        }
+        const float inv = lr == 0.f ? 0.f : a / lr;
+        const ga_i64 o_row = b * p.o_str[0] + i * p.o_str[1] + h * p.o_str[2];
+        UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+            const int d = 8 * t + 2 * q + e;
+            if (d < p.v_head_dim) {
+                float y = acc[t][2 * rr + e] * inv;
+                if (p.gate) y = ga_gate(p, b, i, h, d, y);
+                ga_store(p.out, o_row + d, p.o_dt, y);
+            }
+        }
+        if (p.lse && q == 0) {
+            ((float*)p.lse)[((ga_i64)b * p.q_heads + h) * p.q_len + i] = lr == 0.f ? NEG_INF : mr + LOGF(lr);
+        }
+    }
+}
+
+KERNEL void attn_fwd_tc_d64(const GaParams p) { ga_attn_tc<64>(p); }
+KERNEL void attn_fwd_tc_d128(const GaParams p) { ga_attn_tc<128>(p); }
