@@ -233,9 +233,9 @@ pub fn run_kernel(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>, entry: En
             attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
         }
         Entry::Rayon => {
-            // Without the `rayon` feature (tests/emulated.rs under qemu) the one mode is sequential.
-            #[cfg(feature = "rayon")]
-            let opts = opts.parallelism(Parallelism::Rayon);
+            // The default is rayon's pool; without the `rayon` feature (tests/emulated.rs under
+            // qemu) it is the one mode there is, sequential.
+            let opts = opts.parallelism(Parallelism::default());
             attention(&q, &k, &v, o, Some(&mut lse), &opts).expect("attention");
         }
     }
