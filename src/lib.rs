@@ -56,7 +56,7 @@
 //! * All arithmetic in f32; f16/bf16 inputs are widened exactly, outputs rounded to nearest-even
 //!   once at the end.
 //! * Against [`reference`](mod@reference) every output element and LSE entry is within an error
-//!   bound that scales with the problem (`tests/common/error_model.rs`, derived in its doc
+//!   bound that scales with the problem (`reference::error_model`, derived in its doc
 //!   comment): the f32 rounding of the dot products (`head_dim`, `|scale|·Σ|q·k|`), of the softmax
 //!   (the number `n` of visible keys, the largest logit, ALiBi and softcap magnitudes) and of the
 //!   P·V sum (`n`, the running sums of `p·v`), the output gate, and half an ulp of an f16/bf16

@@ -82,7 +82,7 @@ fn bound_size(kv_len: usize) -> (f64, f64) {
     let (q, k, v) =
         (Tensor::new(inp.q.elems(), inp.ql), Tensor::new(inp.k.elems(), inp.kl), Tensor::new(inp.v.elems(), inp.vl));
     let r = reference::attention_with_stats(&q, &k, &v, &AttentionOptions::new().causal()).unwrap();
-    let mut b = error_model::bounds(&r, c.dtypes[3]).out;
+    let mut b = error_model::bounds(&r, c.dtypes[3]).expect("stats").out;
     b.sort_by(f64::total_cmp);
     (b[b.len() / 2], b[b.len() - 1])
 }
@@ -130,7 +130,7 @@ fn drop_detection(c: &Case) -> (f64, f64) {
     let (q, k, v) =
         (Tensor::new(inp.q.elems(), inp.ql), Tensor::new(inp.k.elems(), inp.kl), Tensor::new(inp.v.elems(), inp.vl));
     let r = reference::attention_with_stats(&q, &k, &v, &opts).unwrap();
-    let bounds = error_model::bounds(&r, c.dtypes[3]);
+    let bounds = error_model::bounds(&r, c.dtypes[3]).expect("stats");
     let (out, lse) = run_kernel(&inp, c, &opts, Entry::Rayon);
     let (atol, rtol) = tolerance(c.dtypes[3]);
     let (mut pairs, mut by_model, mut by_legacy) = (0usize, 0usize, 0usize);

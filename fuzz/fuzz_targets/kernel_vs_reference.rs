@@ -10,7 +10,7 @@
 //!   independently of the kernels'), and leave its outputs untouched on `Err`;
 //! * be NaN exactly where the reference output or LSE is NaN, and give LSE `±inf` exactly where
 //!   the reference does;
-//! * elsewhere stay within the error model of `tests/common/error_model.rs` (included below), the
+//! * elsewhere stay within the error model of `reference::error_model`, the
 //!   same bound the integration tests use: it grows with the number of visible keys, the head
 //!   dimension and the magnitudes of the scores and values, and with q and k of magnitude 1e4 it
 //!   reaches the trivial `2·max|v|` (one ulp of such a score is far larger than 1, which no f32
@@ -32,8 +32,7 @@ use gated_attention::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/common/error_model.rs"]
-mod error_model;
+use gated_attention::reference::error_model;
 
 fuzz_target!(|case: Case| run(&case));
 
@@ -415,7 +414,7 @@ fn run(case: &Case) {
         Ok(_) => Some(reference::attention_with_stats(&q, &k, &v, &opts).expect("validated")),
         Err(_) => None,
     };
-    let bounds = reference.as_ref().map(|r| error_model::bounds(r, DType::F32));
+    let bounds = reference.as_ref().and_then(|r| error_model::bounds(r, DType::F32));
     let canary = f32::from_bits(CANARY);
     let mut out = vec![canary; out_len];
     let mut lse = vec![canary; lse_len];

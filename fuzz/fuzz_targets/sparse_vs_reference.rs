@@ -7,7 +7,7 @@
 //! then, and an indexer over the same tensors. The kernel must agree with the reference on `Err`
 //! (the reference's own argument checks, `reference::validate`, then the index lists' checks),
 //! leaving its output untouched, and otherwise be NaN exactly where the reference is, LSE `-inf`
-//! exactly where the reference's is, and within the error model of `tests/common/error_model.rs`
+//! exactly where the reference's is, and within the error model of `reference::error_model`
 //! (included below; the same bound the integration tests use) elsewhere. `top_k_indices` must list
 //! distinct visible keys, best first, with no left-out key scoring above a chosen one beyond the
 //! indexer's f32 rounding.
@@ -20,8 +20,7 @@ use gated_attention::{AttentionOptions, Dims, Parallelism, Tensor, TensorMut};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/common/error_model.rs"]
-mod error_model;
+use gated_attention::reference::error_model;
 
 fuzz_target!(|data: &[u8]| {
     let mut u = Unstructured::new(data);
@@ -156,7 +155,7 @@ impl Case {
         opts.sinks = self.sinks.as_deref();
         opts.parallelism = if self.rayon { Parallelism::Rayon } else { Parallelism::Sequential };
         let reference = rsparse::sparse_attention(&q, &k, &v, &idx, &opts);
-        let bounds = reference.as_ref().ok().map(|r| error_model::bounds(r, gated_attention::DType::F32));
+        let bounds = reference.as_ref().ok().and_then(|r| error_model::bounds(r, gated_attention::DType::F32));
         for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
             let opts = opts.isa(isa);
             let canary = 12345.0f32;

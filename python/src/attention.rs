@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::arrays::{parse_dtype, value_error, Axes, View};
-use crate::error_model;
+use gated_attention::reference::error_model;
 use crate::options::{Kwargs, Parsed, KEYWORDS};
 use crate::output::{count, numpy_of, OutBuf};
 
@@ -154,7 +154,7 @@ pub fn reference_bounds<'py>(
         let (qt, kt, vt, o) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get());
         py.detach(|| {
             let r = reference::attention_with_stats(&qt, &kt, &vt, &o)?;
-            let mut b = error_model::bounds(&r, out_dtype);
+            let mut b = error_model::bounds(&r, out_dtype).expect("attention_with_stats carries its stats");
             let (atol, rtol) = table(out_dtype);
             for (bound, x) in b.out.iter_mut().zip(&r.out) {
                 *bound = bound.min(atol + rtol * x.abs());

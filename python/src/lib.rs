@@ -9,9 +9,6 @@ use pyo3::prelude::*;
 mod arrays;
 mod attention;
 mod cache;
-// The error model of the crate's tests, the same file (it depends on the public API only).
-#[path = "../../tests/common/error_model.rs"]
-mod error_model;
 mod layer;
 mod measure;
 mod options;

@@ -17,4 +17,4 @@ macro_rules! unary {
     )*};
 }
 
-unary!(exp = exp, ln = log, tanh = tanh, sqrt = sqrt, cos = cos, sin = sin, floor = floor, ceil = ceil);
+unary!(exp = exp, ln = log, tanh = tanh, sqrt = sqrt, cos = cos, sin = sin, floor = floor, ceil = ceil, exp_m1 = expm1);

@@ -30,6 +30,7 @@ use crate::tensor::Tensor;
 use crate::Dims;
 
 mod check;
+pub mod error_model;
 mod math;
 pub mod rotary;
 pub mod sparse;

@@ -3,7 +3,7 @@
 //!
 //! They describe the problem, not a kernel: how many keys each row sums, how large the dot
 //! products and logits are, and how the softmax weights spread the values. The bound built from
-//! them lives with the tests (`tests/common/error_model.rs`).
+//! them lives with the tests (`reference::error_model`).
 
 use alloc::vec::Vec;
 

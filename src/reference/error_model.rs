@@ -1,12 +1,32 @@
 //! The error model: how far an f32 attention kernel may be from the f64 reference, per output
 //! element and per LSE entry, as a function of the problem (see [`bounds`]).
 //!
-//! Shared by the integration tests (`tests/common`) and the fuzz targets (`#[path]` include), so
-//! it depends on the public API only.
-#![allow(dead_code)]
+//! The crate's own tests, its fuzz targets and the Python package's `assert_attention_close`
+//! check the kernels with it; a kernel author can check a kernel of their own the same way:
+//! ```
+//! use gated_attention::reference::{attention_with_stats, error_model};
+//! use gated_attention::{attention, AttentionOptions, DType, Tensor, TensorMut};
+//! let q: Vec<f32> = (0..2 * 4 * 8).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+//! let kv: Vec<f32> = (0..2 * 6 * 8).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+//! // batch 1, 4 queries, 6 keys, 2 heads, head_dim 8
+//! let (q, k, v) = (Tensor::bshd(&q[..], 1, 4, 2, 8), Tensor::bshd(&kv[..], 1, 6, 2, 8), Tensor::bshd(&kv[..], 1, 6, 2, 8));
+//! let opts = AttentionOptions::new().causal();
+//! let mut out = vec![0.0f32; 4 * 2 * 8];
+//! attention(&q, &k, &v, TensorMut::bshd(&mut out[..], 1, 4, 2, 8), None, &opts)?;
+//! let r = attention_with_stats(&q, &k, &v, &opts)?;
+//! let bounds = error_model::bounds(&r, DType::F32).expect("attention_with_stats keeps its stats");
+//! for ((&got, &want), &bound) in out.iter().zip(&r.out).zip(&bounds.out) {
+//!     assert!((got as f64 - want).abs() <= bound);
+//! }
+//! # Ok::<(), gated_attention::Error>(())
+//! ```
 
-use gated_attention::reference::{ElemStats, Reference, RowStats, Stats};
-use gated_attention::DType;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::math;
+use super::{ElemStats, Reference, RowStats, Stats};
+use crate::DType;
 
 /// Unit roundoff of f32.
 pub const U: f64 = f32::EPSILON as f64 / 2.0;
@@ -21,19 +41,22 @@ pub const LAMBDA: f64 = 6.0;
 /// `LAMBDA·sqrt(k)·u` with high probability; the smaller of the two.
 pub fn gamma(k: usize) -> f64 {
     let k = k.max(1) as f64;
-    U * k.min(LAMBDA * k.sqrt())
+    U * k.min(LAMBDA * math::sqrt(k))
 }
 
-/// Error bounds for every output element (contiguous `[batch, q_len, q_heads, v_head_dim]`, like
-/// [`Reference::out`]) and every LSE entry (`[batch, q_heads, q_len]`).
+/// Error bounds for every output element and every LSE entry.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Bounds {
+    /// One per output element, contiguous `[batch, q_len, q_heads, v_head_dim]` like
+    /// [`Reference::out`].
     pub out: Vec<f64>,
+    /// One per LSE entry, `[batch, q_heads, q_len]` like [`Reference::lse`].
     pub lse: Vec<f64>,
 }
 
-/// The error model of an f32 kernel against the f64 reference `r`, which must carry its
-/// [`Stats`] ([`gated_attention::reference::attention_with_stats`]), for outputs stored as
-/// `out_dtype`.
+/// The error model of an f32 kernel against the f64 reference `r`, for outputs stored as
+/// `out_dtype`; `None` when `r` carries no [`Stats`] (it must come from
+/// [`attention_with_stats`](super::attention_with_stats)).
 ///
 /// Derivation (first order in `u = 2⁻²⁴`; `n` = the row's visible keys, `p̂_j` its softmax weights,
 /// `o_d` the ungated output; every quantity named here is a field of [`RowStats`]/[`ElemStats`]):
@@ -76,13 +99,14 @@ pub struct Bounds {
 /// output bounds at 32768 keys have median 2.1e-6 and maximum 7.1e-6 (`tests/mutations.rs` prints
 /// them); the fixed `2e-5` they replace is 3–10× larger, and one dropped key at that length moves
 /// an output by about 1e-5 for a key of average weight.
-pub fn bounds(r: &Reference, out_dtype: DType) -> Bounds {
-    let st: &Stats = r.stats.as_ref().expect("the error model needs the reference's stats");
+pub fn bounds(r: &Reference, out_dtype: DType) -> Option<Bounds> {
+    let st: &Stats = r.stats.as_ref()?;
     let d = &r.dims;
     let (u_s, abs_s) = match out_dtype {
         DType::F32 => (0.0, 0.0),
-        DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
-        DType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
+        // Half an ulp relative (2⁻¹¹, 2⁻⁸), and half the smallest subnormal (2⁻²⁵, 2⁻¹³⁴).
+        DType::F16 => (1.0 / 2048.0, f64::from_bits(0x3E60_0000_0000_0000)),
+        DType::BF16 => (1.0 / 256.0, f64::from_bits(0x3790_0000_0000_0000)),
     };
     let mut out = vec![0.0; r.out.len()];
     let mut lse = vec![0.0; r.lse.len()];
@@ -102,24 +126,25 @@ pub fn bounds(r: &Reference, out_dtype: DType) -> Bounds {
                     r_max += 6.0 * c;
                 }
                 let delta = (gamma(d.head_dim) + 2.0 * U) * row.dot_abs + U * r_max;
-                let e_worst = (2.0 * delta).exp_m1();
-                let e_det = (8.0 * U).exp_m1();
+                let e_worst = math::exp_m1(2.0 * delta);
+                let e_det = math::exp_m1(8.0 * U);
                 let floor = f32::MIN_POSITIVE as f64 * (d.head_dim + n + 4) as f64;
                 let g_n = gamma(n + 1);
                 let rl = r.lse[ri];
-                lse[ri] =
-                    delta.exp_m1().min(LAMBDA * U * (row.dot_weight + r_max * row.weight_sq.sqrt()) * (1.0 + delta))
-                        + 4.0 * U
-                        + g_n
-                        + 4.0 * U * (2.0 * rl.abs() + m + 1.0)
-                        + floor;
+                lse[ri] = math::exp_m1(delta)
+                    .min(LAMBDA * U * (row.dot_weight + r_max * math::sqrt(row.weight_sq)) * (1.0 + delta))
+                    + 4.0 * U
+                    + g_n
+                    + 4.0 * U * (2.0 * rl.abs() + m + 1.0)
+                    + floor;
                 for e in 0..d.v_head_dim {
                     let oi = ((b * d.q_len + i) * d.q_heads + h) * d.v_head_dim + e;
                     let x: &ElemStats = &st.elems[oi];
                     let t_w = (e_worst * x.spread)
                         .min(LAMBDA * U * (x.dot_spread + r_max * x.spread_rms) * (1.0 + delta))
                         + e_det * x.spread;
-                    let t_s = (g_n * x.magnitude).min(LAMBDA * U * ((n as f64).sqrt() * 2.0 * x.prefix + x.magnitude));
+                    let t_s =
+                        (g_n * x.magnitude).min(LAMBDA * U * (math::sqrt(n as f64) * 2.0 * x.prefix + x.magnitude));
                     let t_l = (g_n + 2.0 * U) * x.ungated.abs();
                     let t_u = 2.0 * n as f64 * f32::MIN_POSITIVE as f64 * x.value_abs;
                     let pre = (t_w + t_s + t_l + t_u).min(2.0 * x.value_abs) + floor;
@@ -131,5 +156,5 @@ pub fn bounds(r: &Reference, out_dtype: DType) -> Bounds {
             }
         }
     }
-    Bounds { out, lse }
+    Some(Bounds { out, lse })
 }
