@@ -6,21 +6,21 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::arrays::{parse_dtype, value_error, Axes, View};
-use gated_attention::reference::error_model;
 use crate::options::{Kwargs, Parsed, KEYWORDS};
 use crate::output::{count, numpy_of, OutBuf};
+use gated_attention::reference::error_model;
 
-/// The three tensor arguments and the options of one call.
-struct Call<'py> {
-    axes: Axes,
-    q: View<'py>,
-    k: View<'py>,
-    v: View<'py>,
-    opts: Parsed<'py>,
+/// The three tensor arguments and the options of one call (dense or sparse).
+pub(crate) struct Call<'py> {
+    pub(crate) axes: Axes,
+    pub(crate) q: View<'py>,
+    pub(crate) k: View<'py>,
+    pub(crate) v: View<'py>,
+    pub(crate) opts: Parsed<'py>,
 }
 
 impl<'py> Call<'py> {
-    fn parse(
+    pub(crate) fn parse(
         py: Python<'py>,
         q: &Bound<'py, PyAny>,
         k: &Bound<'py, PyAny>,
@@ -39,7 +39,7 @@ impl<'py> Call<'py> {
 
     /// `[batch, q_len, q_heads, v_head_dim]` and the LSE's `[batch, q_heads, q_len]`, once the
     /// crate accepts the sizes.
-    fn shapes(&self) -> PyResult<([usize; 4], [usize; 3])> {
+    pub(crate) fn shapes(&self) -> PyResult<([usize; 4], [usize; 3])> {
         let d =
             gated_attention::Dims::from_tensors(&self.q.get(), &self.k.get(), &self.v.get()).map_err(value_error)?;
         Ok(([d.batch, d.q_len, d.q_heads, d.v_head_dim], [d.batch, d.q_heads, d.q_len]))

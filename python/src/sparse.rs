@@ -10,7 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::arrays::{parse_dtype, value_error, Axes, View};
-use crate::options::{f32_vector, Kwargs, Parsed, KEYWORDS};
+use crate::attention::Call;
+use crate::options::f32_vector;
 use crate::output::{count, numpy_of, zeros, OutBuf};
 
 /// The indexer's operands and settings: queries `[batch, q_len, H_I, d_I]`, one key head
@@ -226,27 +227,17 @@ pub fn sparse_attention<'py>(
     indices: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let kw = Kwargs::new(kwargs, &[KEYWORDS])?;
-    let (axes, dtype) = kw.axes_and_dtype()?;
-    let (qv, kv, vv) = (
-        View::tensor(q, axes, dtype, Operand::Query)?,
-        View::tensor(k, axes, dtype, Operand::Key)?,
-        View::tensor(v, axes, dtype, Operand::Value)?,
-    );
-    let opts = Parsed::parse(py, &kw, axes, &qv, &kv)?;
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
     let lists = Lists::parse(indices)?;
-    let (qt, kt, vt) = (qv.get(), kv.get(), vv.get());
-    let d = gated_attention::Dims::from_tensors(&qt, &kt, &vt).map_err(value_error)?;
-    let shape = [d.batch, d.q_len, d.q_heads, d.v_head_dim];
-    let lse_shape = [d.batch, d.q_heads, d.q_len];
-    let mut out = OutBuf::new(qv.dtype, count(&shape)?)?;
+    let (shape, lse_shape) = call.shapes()?;
+    let mut out = OutBuf::new(call.q.dtype, count(&shape)?)?;
     let mut lse = zeros::<f32>(count(&lse_shape)?)?;
     {
-        let (o, idx) = (opts.get(), lists.get()?);
-        let ov = out.view(axes.contiguous(shape));
+        let (qt, kt, vt, o, idx) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get(), lists.get()?);
+        let ov = out.view(call.axes.contiguous(shape));
         py.detach(|| sparse::sparse_attention(&qt, &kt, &vt, &idx, ov, Some(&mut lse), &o)).map_err(value_error)?;
     }
-    let out = out.into_numpy(py, axes, shape, &qv.descr())?;
+    let out = out.into_numpy(py, call.axes, shape, &call.q.descr())?;
     PyTuple::new(py, [out, numpy_of(py, lse, &lse_shape)?])
 }
 
@@ -261,22 +252,15 @@ pub fn reference_sparse_attention<'py>(
     indices: &Bound<'py, PyAny>,
     kwargs: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let kw = Kwargs::new(kwargs, &[KEYWORDS])?;
-    let (axes, dtype) = kw.axes_and_dtype()?;
-    let (qv, kv, vv) = (
-        View::tensor(q, axes, dtype, Operand::Query)?,
-        View::tensor(k, axes, dtype, Operand::Key)?,
-        View::tensor(v, axes, dtype, Operand::Value)?,
-    );
-    let opts = Parsed::parse(py, &kw, axes, &qv, &kv)?;
+    let call = Call::parse(py, q, k, v, kwargs, &[])?;
     let lists = Lists::parse(indices)?;
     let r = {
-        let (qt, kt, vt, o, idx) = (qv.get(), kv.get(), vv.get(), opts.get(), lists.get()?);
+        let (qt, kt, vt, o, idx) = (call.q.get(), call.k.get(), call.v.get(), call.opts.get(), lists.get()?);
         py.detach(|| reference::sparse::sparse_attention(&qt, &kt, &vt, &idx, &o)).map_err(value_error)?
     };
     let d = r.dims;
     let out = numpy_of(py, r.out, &[d.batch, d.q_len, d.q_heads, d.v_head_dim])?;
-    let out = match axes {
+    let out = match call.axes {
         Axes::Bshd => out,
         Axes::Bhsd => out.call_method1("transpose", ((0, 2, 1, 3),))?,
     };
