@@ -188,6 +188,45 @@ impl Limits {
     }
 }
 
+/// All of a run's measurements of one limit on N threads (start, between workloads, end). The
+/// fractions divide by `max`; `min` and `median` say how far the host moved the limit meanwhile.
+struct Spread {
+    samples: usize,
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut xs: Vec<f64>) -> Spread {
+        xs.retain(|x| x.is_finite());
+        xs.sort_by(f64::total_cmp);
+        let n = xs.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => xs[n / 2],
+            _ => 0.5 * (xs[n / 2 - 1] + xs[n / 2]),
+        };
+        Spread {
+            samples: n,
+            min: xs.first().copied().unwrap_or(f64::NAN),
+            median,
+            max: xs.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// The JSON fields `min`, `median` and `max`, and `max / min` as `spread`.
+    fn json(&self) -> String {
+        format!(
+            "\"min\":{},\"median\":{},\"max\":{},\"spread\":{}",
+            json_num(self.min),
+            json_num(self.median),
+            json_num(self.max),
+            json_num(self.max / self.min)
+        )
+    }
+}
+
 /// One measured (workload, KV dtype, cache mode).
 struct Row {
     w: Workload,
@@ -391,12 +430,16 @@ fn main() -> ExitCode {
     let end = Limits::measure("end", threads, &buf);
     // The machine's limit is the best measurement of the run (at the start, between workloads,
     // at the end): other processes only ever lower a measurement.
-    let peak = between.iter().fold(start.fma_at(threads).max(end.fma_at(threads)), |m, b| m.max(b.0));
-    let bw = between.iter().fold(start.bw_at(threads).max(end.bw_at(threads)), |m, b| m.max(b.1));
-    let samples = 2 + between.len();
+    let fma_spread = Spread::of(
+        [start.fma_at(threads), end.fma_at(threads)].into_iter().chain(between.iter().map(|b| b.0)).collect(),
+    );
+    let bw_spread =
+        Spread::of([start.bw_at(threads), end.bw_at(threads)].into_iter().chain(between.iter().map(|b| b.1)).collect());
+    let (peak, bw) = (fma_spread.max, bw_spread.max);
+    let samples = fma_spread.samples;
 
     if !args.json_only {
-        print!("{}", table(&rows, &start, &end, threads, isa, peak, bw, samples));
+        print!("{}", table(&rows, &start, &end, threads, isa, &fma_spread, &bw_spread));
     }
     for l in [&start, &end] {
         for &(t, g) in &l.fma {
@@ -423,12 +466,14 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "{{\"limit\":\"fma_peak\",\"phase\":\"run_max\",\"threads\":{threads},\"gflops\":{},\"samples\":{samples}}}",
-        json_num(peak)
+        "{{\"limit\":\"fma_peak\",\"phase\":\"run_max\",\"threads\":{threads},\"gflops\":{},\"samples\":{samples},{}}}",
+        json_num(peak),
+        fma_spread.json()
     );
     println!(
-        "{{\"limit\":\"read_bw\",\"phase\":\"run_max\",\"threads\":{threads},\"gbps\":{},\"samples\":{samples}}}",
-        json_num(bw)
+        "{{\"limit\":\"read_bw\",\"phase\":\"run_max\",\"threads\":{threads},\"gbps\":{},\"samples\":{samples},{}}}",
+        json_num(bw),
+        bw_spread.json()
     );
     for r in &rows {
         println!(
@@ -465,10 +510,10 @@ fn table(
     end: &Limits,
     threads: usize,
     isa: &str,
-    peak: f64,
-    bw: f64,
-    samples: usize,
+    fma: &Spread,
+    bw_spread: &Spread,
 ) -> String {
+    let (peak, bw) = (fma.max, bw_spread.max);
     let mut s = String::new();
     let _ = writeln!(s, "gated-attention bench: {threads} threads, ISA {isa}");
     for l in [start, end] {
@@ -490,7 +535,14 @@ fn table(
     }
     let _ = writeln!(
         s,
-        "  fractions are of the best of {samples} measurements in the run: {peak:.1} GFLOP/s, {bw:.1} GB/s ({threads}T)"
+        "  fractions are of the best of {} measurements in the run: {peak:.1} GFLOP/s, {bw:.1} GB/s ({threads}T)",
+        fma.samples
+    );
+    let _ = writeln!(
+        s,
+        "  spread of those measurements (min / median / max): FMA peak {:.1} / {:.1} / {:.1} GFLOP/s, \
+read bandwidth {:.1} / {:.1} / {:.1} GB/s",
+        fma.min, fma.median, fma.max, bw_spread.min, bw_spread.median, bw_spread.max
     );
     let _ = writeln!(
         s,
