@@ -7,7 +7,7 @@ use common::*;
 use gated_attention::gate::{GateActivation, GateMode};
 use gated_attention::layer::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, LayerWorkspace,
-    LinearWeight, QkNorm,
+    QkNorm,
 };
 use gated_attention::measure::{first_token_probabilities, sink_share_per_head, GateStats};
 use gated_attention::rope::Positions;
@@ -242,8 +242,7 @@ fn weight_errors_name_the_tensor() {
     cfg.gate = Some(GateConfig::qiu(GateGranularity::Headwise));
     let good = GatedAttention::seeded(cfg.clone(), 1).unwrap();
     let mut w = good.weights().clone();
-    let LinearWeight::F32(k) = &mut w.k_proj.weight else { panic!("seeded weights are f32") };
-    k.pop();
+    w.k_proj.weight.pop();
     assert!(matches!(GatedAttention::new(cfg.clone(), w), Err(Error::Weight { name, .. }) if name == "k_proj.weight"));
     let mut w = good.weights().clone();
     w.q_norm = None;
@@ -278,8 +277,7 @@ fn weight_errors_name_the_tensor() {
             }
         };
         for (name, l) in [("q_proj", &w.q_proj), ("k_proj", &w.k_proj), ("v_proj", &w.v_proj), ("o_proj", &w.o_proj)] {
-            let values: Vec<f32> = (0..l.weight.len()).map(|i| l.weight.get_f32(i)).collect();
-            put(&format!("model.layers.0.self_attn.{name}.weight"), &values, vec![l.out_features, l.in_features]);
+            put(&format!("model.layers.0.self_attn.{name}.weight"), &l.weight, vec![l.out_features, l.in_features]);
         }
         put("model.layers.0.self_attn.q_norm.weight", w.q_norm.as_ref().unwrap(), vec![8]);
         put("model.layers.0.self_attn.k_norm.weight", w.k_norm.as_ref().unwrap(), vec![8]);
@@ -487,9 +485,9 @@ fn positions_past_the_table_equal_a_longer_table() {
     }
 }
 
-/// Layers whose projection weights are stored in f16 or bf16 against the f64 reference on the
-/// stored (rounded) values: the kernels widen them exactly, so the f32 budget holds, as it does
-/// for f32 weights.
+/// Layers whose projections read f16 or bf16 weights against the f64 reference on the rounded
+/// values (which `weights()` then holds): the kernels widen them exactly, so the f32 budget
+/// holds, as it does for f32 weights.
 #[test]
 fn half_precision_weights_match_the_reference_on_their_rounded_values() {
     let mut configs = Vec::new();
@@ -513,8 +511,13 @@ fn half_precision_weights_match_the_reference_on_their_rounded_values() {
         for dtype in [DType::BF16, DType::F16] {
             let layer = f32_layer.clone().with_weight_dtype(dtype).unwrap();
             let w = layer.weights();
-            assert!([&w.q_proj, &w.k_proj, &w.v_proj, &w.o_proj].iter().all(|l| l.weight.dtype() == dtype));
-            assert!(w.gate_proj.as_ref().is_none_or(|g| g.weight.dtype() == dtype));
+            assert_eq!(layer.weight_dtype(), dtype);
+            let rounded = |x: f32| match dtype {
+                DType::F16 => half::f16::from_f32(x).to_f32(),
+                _ => half::bf16::from_f32(x).to_f32(),
+            };
+            let all = [Some(&w.q_proj), Some(&w.k_proj), Some(&w.v_proj), Some(&w.o_proj), w.gate_proj.as_ref()];
+            assert!(all.iter().flatten().all(|l| l.weight.iter().all(|&x| rounded(x) == x)));
             assert_eq!(2 * layer.weight_bytes(), f32_layer.weight_bytes());
             // The rounding is real: the reference moves (else this test would not test it).
             let x = inputs(batch, 3, layer.config().hidden_size, 5);
@@ -547,8 +550,7 @@ fn bf16_files_keep_their_dtype_on_request() {
     let w = layer.weights();
     let mut map: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
     for (name, l) in [("q_proj", &w.q_proj), ("k_proj", &w.k_proj), ("v_proj", &w.v_proj), ("o_proj", &w.o_proj)] {
-        let LinearWeight::BF16(v) = &l.weight else { panic!("{name} is not bf16") };
-        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = l.weight.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
         map.push((format!("{name}.weight"), bytes, vec![l.out_features, l.in_features], safetensors::Dtype::BF16));
     }
     for (name, v) in [("q_norm", w.q_norm.as_ref().unwrap()), ("k_norm", w.k_norm.as_ref().unwrap())] {
@@ -565,11 +567,11 @@ fn bf16_files_keep_their_dtype_on_request() {
         .collect();
     let file = safetensors::serialize(views, &None).unwrap();
     let kept = gated_attention::layer::load_weights_as(cfg.clone(), &file, "", None).unwrap();
-    assert_eq!(kept.weights(), layer.weights());
+    assert_eq!((kept.weights(), kept.weight_dtype()), (layer.weights(), DType::BF16));
     let wide = gated_attention::layer::load_weights(cfg.clone(), &file, "").unwrap();
-    assert_eq!(wide.weights(), layer.clone().with_weight_dtype(DType::F32).unwrap().weights());
+    assert_eq!((wide.weights(), wide.weight_dtype()), (layer.weights(), DType::F32));
     let f16 = gated_attention::layer::load_weights_as(cfg, &file, "", Some(DType::F16)).unwrap();
-    assert_eq!(f16.weights().o_proj.weight.dtype(), DType::F16);
+    assert_eq!(f16.weight_dtype(), DType::F16);
 }
 
 /// One workspace reused across layers, batches, lengths (larger buffers than a call needs, then

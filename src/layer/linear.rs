@@ -1,8 +1,9 @@
-//! `y = x Wᵀ + b`, with the weight stored `[out, in]` as PyTorch does, in f32, f16 or bf16: a few
-//! rows (a decode step) as dot products of each input row with the weight rows, in place, on the
-//! selected ISA's kernel (a half-precision weight is widened in registers, so a step reads half
-//! the bytes); more rows through matrixmultiply's packed gemm (half-precision weights widened a
-//! block of rows at a time).
+//! `y = x Wᵀ + b`, with the weight stored `[out, in]` as PyTorch does: a few rows (a decode step)
+//! as dot products of each input row with the weight rows, in place, on the selected ISA's kernel;
+//! more rows through matrixmultiply's packed gemm. A layer may keep a half-precision copy of a
+//! [`Linear`]'s weight ([`GatedAttention::with_weight_dtype`](super::GatedAttention::with_weight_dtype)):
+//! the kernels then widen it in registers, so a decode step reads half the bytes, and the packed
+//! gemm widens it a block of rows at a time.
 
 use crate::element::{DType, Element, Elems};
 use crate::error::Error;
@@ -30,10 +31,11 @@ const SMALL_WEIGHT: usize = 1 << 16;
 /// input rows than [`DOT_ROWS_MAX`]): the block, not the whole weight, is held in f32.
 const WIDEN_ROWS: usize = 256;
 
-/// A projection's weight matrix in its storage type. Arithmetic is f32 whatever the storage: a
-/// half-precision weight is widened (exactly) where it is read.
+/// A projection's weight matrix in its storage type (a layer's half-precision copy of a
+/// [`Linear`]'s weight). Arithmetic is f32 whatever the storage: a half-precision weight is
+/// widened (exactly) where it is read.
 #[derive(Clone, Debug, PartialEq)]
-pub enum LinearWeight {
+pub(crate) enum LinearWeight {
     /// f32 values.
     F32(Vec<f32>),
     /// f16 values.
@@ -43,21 +45,9 @@ pub enum LinearWeight {
 }
 
 impl LinearWeight {
-    /// Number of values.
-    pub fn len(&self) -> usize {
-        self.elems().len()
-    }
-    /// True when there are no values.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// The storage type.
     pub fn dtype(&self) -> DType {
         self.elems().dtype()
-    }
-    /// Bytes of storage.
-    pub fn bytes(&self) -> usize {
-        self.len() * self.dtype().size()
     }
     /// The values, borrowed.
     pub fn elems(&self) -> Elems<'_> {
@@ -75,18 +65,13 @@ impl LinearWeight {
         self.elems().get_f32(i)
     }
 
-    /// The same values stored as `dtype` (rounded to nearest-even when narrowing), reserved
-    /// fallibly: a refused allocation is an [`Error::AllocationFailed`], not an abort.
-    ///
-    /// ```
-    /// use gated_attention::layer::LinearWeight;
-    /// use gated_attention::DType;
-    /// let w = LinearWeight::from(vec![1.0f32, 1.0 + 1e-3, -2.5]);
-    /// let b = w.to_dtype(DType::BF16).unwrap();
-    /// assert_eq!((b.dtype(), b.bytes()), (DType::BF16, 6));
-    /// assert_eq!([b.get_f32(0), b.get_f32(1), b.get_f32(2)], [1.0, 1.0, -2.5]); // 1.001 rounds to 1
-    /// ```
-    pub fn to_dtype(&self, dtype: DType) -> Result<LinearWeight, Error> {
+    /// `values` stored as `dtype` (rounded to nearest-even when narrowing), reserved fallibly: a
+    /// refused allocation is an [`Error::AllocationFailed`], not an abort.
+    pub fn from_f32(values: &[f32], dtype: DType) -> Result<LinearWeight, Error> {
+        Self::from_elems(Elems::F32(values), dtype)
+    }
+
+    fn from_elems(src: Elems<'_>, dtype: DType) -> Result<LinearWeight, Error> {
         fn convert<E: Element>(src: Elems<'_>) -> Result<Vec<E>, Error> {
             let n = src.len();
             let mut v = Vec::new();
@@ -97,7 +82,6 @@ impl LinearWeight {
             v.extend((0..n).map(|i| E::from_f32(src.get_f32(i))));
             Ok(v)
         }
-        let src = self.elems();
         Ok(match dtype {
             DType::F32 => LinearWeight::F32(convert(src)?),
             DType::F16 => LinearWeight::F16(convert(src)?),
@@ -106,27 +90,11 @@ impl LinearWeight {
     }
 }
 
-impl From<Vec<f32>> for LinearWeight {
-    fn from(v: Vec<f32>) -> Self {
-        LinearWeight::F32(v)
-    }
-}
-impl From<Vec<f16>> for LinearWeight {
-    fn from(v: Vec<f16>) -> Self {
-        LinearWeight::F16(v)
-    }
-}
-impl From<Vec<bf16>> for LinearWeight {
-    fn from(v: Vec<bf16>) -> Self {
-        LinearWeight::BF16(v)
-    }
-}
-
 /// A dense projection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Linear {
-    /// `[out, in]`, row-major, in its storage type.
-    pub weight: LinearWeight,
+    /// `[out, in]`, row-major.
+    pub weight: Vec<f32>,
     /// `[out]`.
     pub bias: Option<Vec<f32>>,
     /// Input features.
@@ -147,19 +115,59 @@ impl Linear {
         y
     }
 
-    /// The same projection with its weight stored as `dtype` (biases stay f32); see
-    /// [`LinearWeight::to_dtype`].
-    pub fn to_dtype(&self, dtype: DType) -> Result<Linear, Error> {
-        let weight = self.weight.to_dtype(dtype)?;
-        Ok(Linear { weight, bias: self.bias.clone(), in_features: self.in_features, out_features: self.out_features })
+    /// The projection as the kernels read it, with `weight` (the same values in another storage
+    /// type: a layer's half-precision copy) in place of its own f32 weight when given.
+    pub(crate) fn with_weight<'a>(&'a self, weight: Option<&'a LinearWeight>) -> Projection<'a> {
+        let weight = weight.map_or(Elems::F32(&self.weight), LinearWeight::elems);
+        Projection { weight, bias: self.bias.as_deref(), k: self.in_features, n: self.out_features }
     }
 
-    /// [`Linear::forward`] into `y` (`rows · out_features` values), a few rows' products on the
-    /// kernel of `isa` (available: resolved by the caller), one row's products over a large weight
-    /// shared among rayon's threads when `parallel`. Allocates nothing for up to
-    /// [`DOT_ROWS_MAX`] rows ([`SMALL_WEIGHT_ROWS_MAX`] over a small weight).
+    /// [`Linear::forward`] into `y` (`rows · out_features` values); see
+    /// [`Projection::forward_into`].
     pub(crate) fn forward_into(&self, x: &[f32], rows: usize, isa: Isa, parallel: bool, y: &mut [f32]) {
+        self.with_weight(None).forward_into(x, rows, isa, parallel, y)
+    }
+
+    /// The same projection in f64 (for the reference forward).
+    pub fn forward_f64(&self, x: &[f64], rows: usize) -> Vec<f64> {
         let (k, n) = (self.in_features, self.out_features);
+        let mut y = vec![0.0f64; rows * n];
+        for r in 0..rows {
+            for o in 0..n {
+                let w = &self.weight[o * k..(o + 1) * k];
+                let mut acc = self.bias.as_ref().map_or(0.0, |b| b[o] as f64);
+                for (xi, &wi) in x[r * k..(r + 1) * k].iter().zip(w) {
+                    acc += xi * wi as f64;
+                }
+                y[r * n + o] = acc;
+            }
+        }
+        y
+    }
+}
+
+/// A projection's weight (in its storage type), bias and sizes, borrowed: what the kernels read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Projection<'a> {
+    weight: Elems<'a>,
+    bias: Option<&'a [f32]>,
+    /// Input features.
+    k: usize,
+    /// Output features.
+    n: usize,
+}
+
+impl Projection<'_> {
+    /// `y = x Wᵀ + b` into `y` (`rows · n` values), a few rows' products on the kernel of `isa`
+    /// (available: resolved by the caller), one row's products over a large weight shared among
+    /// rayon's threads when `parallel`. Allocates nothing for up to [`DOT_ROWS_MAX`] rows
+    /// ([`SMALL_WEIGHT_ROWS_MAX`] over a small weight).
+    ///
+    /// # Panics
+    /// If `x`, `y` or the weight do not match the sizes (the layer checks them when it is built
+    /// and before every call).
+    pub(crate) fn forward_into(self, x: &[f32], rows: usize, isa: Isa, parallel: bool, y: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
         assert_eq!(x.len(), rows * k, "linear: input length");
         assert_eq!(self.weight.len(), n * k, "linear: weight length");
         assert_eq!(y.len(), rows * n, "linear: output length");
@@ -170,48 +178,24 @@ impl Linear {
             y.fill(0.0);
         } else if rows <= DOT_ROWS_MAX || (rows <= SMALL_WEIGHT_ROWS_MAX && n * k <= SMALL_WEIGHT) {
             let p = Products { x, rows, k, n, y, parallel };
-            match self.weight.elems() {
+            match self.weight {
                 Elems::F32(w) => dispatch(isa, RowProducts { p, w }),
                 Elems::F16(w) => dispatch(isa, RowProducts { p, w }),
                 Elems::BF16(w) => dispatch(isa, RowProducts { p, w }),
             }
         } else {
-            match self.weight.elems() {
+            match self.weight {
                 Elems::F32(w) => sgemm_into(x, w, rows, k, n, 0, y),
                 Elems::F16(w) => widened_gemm(x, w, rows, k, n, y),
                 Elems::BF16(w) => widened_gemm(x, w, rows, k, n, y),
             }
         }
-        if let Some(b) = &self.bias {
+        if let Some(b) = self.bias {
             for row in y.chunks_exact_mut(n) {
                 for (v, &bb) in row.iter_mut().zip(b) {
                     *v += bb;
                 }
             }
-        }
-    }
-
-    /// The same projection in f64 (for the reference forward), on the stored weight values.
-    pub fn forward_f64(&self, x: &[f64], rows: usize) -> Vec<f64> {
-        fn run<E: Element>(l: &Linear, w: &[E], x: &[f64], rows: usize) -> Vec<f64> {
-            let (k, n) = (l.in_features, l.out_features);
-            let mut y = vec![0.0f64; rows * n];
-            for r in 0..rows {
-                for o in 0..n {
-                    let w = &w[o * k..(o + 1) * k];
-                    let mut acc = l.bias.as_ref().map_or(0.0, |b| b[o] as f64);
-                    for (xi, &wi) in x[r * k..(r + 1) * k].iter().zip(w) {
-                        acc += xi * wi.to_f32() as f64;
-                    }
-                    y[r * n + o] = acc;
-                }
-            }
-            y
-        }
-        match self.weight.elems() {
-            Elems::F32(w) => run(self, w, x, rows),
-            Elems::F16(w) => run(self, w, x, rows),
-            Elems::BF16(w) => run(self, w, x, rows),
         }
     }
 }
@@ -334,16 +318,18 @@ mod tests {
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
         let f32_lin = Linear {
-            weight: (0..n * k).map(|_| rnd()).collect::<Vec<f32>>().into(),
+            weight: (0..n * k).map(|_| rnd()).collect(),
             bias: Some((0..n).map(|_| rnd()).collect()),
             in_features: k,
             out_features: n,
         };
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            let lin = f32_lin.to_dtype(dtype).unwrap();
-            assert_eq!(lin.weight.dtype(), dtype);
+            let stored = LinearWeight::from_f32(&f32_lin.weight, dtype).unwrap();
+            assert_eq!(stored.dtype(), dtype);
+            // The reference: the stored values, widened.
+            let lin = Linear { weight: (0..n * k).map(|i| stored.get_f32(i)).collect(), ..f32_lin.clone() };
             let abs = Linear {
-                weight: LinearWeight::F32((0..n * k).map(|i| lin.weight.get_f32(i).abs()).collect()),
+                weight: lin.weight.iter().map(|w| w.abs()).collect(),
                 bias: None,
                 in_features: k,
                 out_features: n,
@@ -356,7 +342,7 @@ mod tests {
                 for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
                     for parallel in [false, true] {
                         let mut got = vec![f32::NAN; rows * n];
-                        lin.forward_into(&x, rows, isa, parallel, &mut got);
+                        lin.with_weight(Some(&stored)).forward_into(&x, rows, isa, parallel, &mut got);
                         for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
                             let tol = 1e-5 * (k as f64).sqrt() * mag[i] + 1e-7;
                             assert!((g as f64 - w).abs() <= tol, "{dtype:?} {isa:?} rows {rows} at {i}: {g} vs {w}");
@@ -373,15 +359,18 @@ mod tests {
     fn a_widened_weight_gives_the_same_bits() {
         let (k, n) = (300, 70);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
-        let half = Linear { weight: LinearWeight::F32(w), bias: None, in_features: k, out_features: n }
-            .to_dtype(DType::BF16)
-            .unwrap();
-        let wide = half.to_dtype(DType::F32).unwrap();
+        let half = LinearWeight::from_f32(&w, DType::BF16).unwrap();
+        let wide = Linear {
+            weight: (0..n * k).map(|i| half.get_f32(i)).collect(),
+            bias: None,
+            in_features: k,
+            out_features: n,
+        };
         for rows in [1, 3, DOT_ROWS_MAX + 3] {
             let x: Vec<f32> = (0..rows * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0).collect();
             for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
                 let (mut a, mut b) = (vec![0.0f32; rows * n], vec![0.0f32; rows * n]);
-                half.forward_into(&x, rows, isa, true, &mut a);
+                wide.with_weight(Some(&half)).forward_into(&x, rows, isa, true, &mut a);
                 wide.forward_into(&x, rows, isa, true, &mut b);
                 assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "{isa:?} rows {rows}");
             }

@@ -36,7 +36,8 @@ pub use config::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GateSource, GatedAttentionConfig, LayerRopeScaling, QkNorm,
     MAX_LAYER_PARAMETERS,
 };
-pub use linear::{Linear, LinearWeight};
+pub use linear::Linear;
+use linear::LinearWeight;
 
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
@@ -92,6 +93,29 @@ pub struct GatedAttention {
     isa: Option<crate::Isa>,
     /// Where the attention and the projections run.
     parallelism: Parallelism,
+    /// Half-precision copies of the projection weights, which the projections then read
+    /// ([`GatedAttention::with_weight_dtype`]).
+    half: Option<HalfWeights>,
+}
+
+/// The projection weights in a half-precision storage type, value for value those of the layer's
+/// (rounded) f32 weights.
+#[derive(Clone, Debug)]
+struct HalfWeights {
+    q: LinearWeight,
+    k: LinearWeight,
+    v: LinearWeight,
+    o: LinearWeight,
+    gate: Option<LinearWeight>,
+}
+
+/// One of the layer's projections (`gate_proj`: [`GatedAttention::gate_projection`]).
+#[derive(Clone, Copy, Debug)]
+enum Proj {
+    Q,
+    K,
+    V,
+    O,
 }
 
 /// Statistics a forward pass can record (the papers' measurements).
@@ -215,7 +239,7 @@ impl GatedAttention {
         // seq_len 0: the frequencies before any call (transformers' `seq_len=None`): dynamic NTK
         // at its original base, LongRoPE with its short factors.
         let rope = RopeTable::with_range(&config.rope(), 0, 0..config.max_position_embeddings)?;
-        Ok(GatedAttention { config, weights, rope, isa: None, parallelism: Parallelism::default() })
+        Ok(GatedAttention { config, weights, rope, isa: None, parallelism: Parallelism::default(), half: None })
     }
 
     /// A layer with seeded uniform weights (±1/sqrt(fan_in)) and norm weights near their identity.
@@ -230,7 +254,7 @@ impl GatedAttention {
         let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, Error> {
             let a = 1.0 / libm::sqrtf(inp as f32);
             let n = out.checked_mul(inp).ok_or_else(|| alloc_err(name, usize::MAX))?;
-            let weight = filled(name, n, || rng.uniform() * a)?.into();
+            let weight = filled(name, n, || rng.uniform() * a)?;
             let bias = if bias { Some(filled(name, out, || rng.uniform() * a)?) } else { None };
             Ok(Linear { weight, bias, in_features: inp, out_features: out })
         };
@@ -275,41 +299,85 @@ impl GatedAttention {
     }
 
     /// The same layer with its projection weights (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
-    /// `gate_proj`) stored as `dtype`, rounded to nearest-even when narrowing; biases and norm
-    /// weights stay f32. A decode step reads its weights once, so bf16 weights halve its bytes;
-    /// arithmetic stays f32 (the weights are widened in registers).
+    /// `gate_proj`) read as `dtype`: a decode step reads its weights once, so f16 or bf16 halves
+    /// its bytes; arithmetic stays f32 (the kernels widen the weights in registers). Biases and
+    /// norm weights stay f32.
+    ///
+    /// The f32 weights ([`GatedAttention::weights`]) are rounded to `dtype`'s values (nearest-even),
+    /// so they stay exactly the values the layer computes with (and the f64 reference reads), and
+    /// the layer keeps the half-precision copy beside them: memory grows by the copy (half the f32
+    /// weights' bytes for f16 or bf16). `DType::F32` drops the copy (the rounding stays).
     ///
     /// ```
     /// use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
     /// use gated_attention::DType;
     /// let layer = GatedAttention::seeded(GatedAttentionConfig::new(64, 4, 2, 16), 7).unwrap();
     /// let half = layer.clone().with_weight_dtype(DType::BF16).unwrap();
-    /// assert_eq!(half.weights().q_proj.weight.dtype(), DType::BF16);
+    /// assert_eq!(half.weight_dtype(), DType::BF16);
     /// assert_eq!(2 * half.weight_bytes(), layer.weight_bytes());
+    /// let w = half.weights().q_proj.weight[0];
+    /// assert_eq!(half::bf16::from_f32(w).to_f32(), w); // the f32 weights hold bf16 values
     /// ```
-    pub fn with_weight_dtype(self, dtype: DType) -> Result<Self, Error> {
-        let w = &self.weights;
-        let weights = GatedAttentionWeights {
-            q_proj: w.q_proj.to_dtype(dtype)?,
-            k_proj: w.k_proj.to_dtype(dtype)?,
-            v_proj: w.v_proj.to_dtype(dtype)?,
-            o_proj: w.o_proj.to_dtype(dtype)?,
-            gate_proj: w.gate_proj.as_ref().map(|g| g.to_dtype(dtype)).transpose()?,
-            q_norm: w.q_norm.clone(),
-            k_norm: w.k_norm.clone(),
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`] when the copy cannot be allocated (the layer is then dropped).
+    pub fn with_weight_dtype(mut self, dtype: DType) -> Result<Self, Error> {
+        if dtype == DType::F32 {
+            self.half = None;
+            return Ok(self);
+        }
+        let w = &mut self.weights;
+        let mut copy = |l: &mut Linear| -> Result<LinearWeight, Error> {
+            let stored = LinearWeight::from_f32(&l.weight, dtype)?;
+            for (i, x) in l.weight.iter_mut().enumerate() {
+                *x = stored.get_f32(i);
+            }
+            Ok(stored)
         };
-        Ok(GatedAttention { weights, ..self })
+        let half = HalfWeights {
+            q: copy(&mut w.q_proj)?,
+            k: copy(&mut w.k_proj)?,
+            v: copy(&mut w.v_proj)?,
+            o: copy(&mut w.o_proj)?,
+            gate: w.gate_proj.as_mut().map(&mut copy).transpose()?,
+        };
+        self.half = Some(half);
+        Ok(self)
     }
 
-    /// Bytes of the projection weights in their storage types (what a decode step reads besides
-    /// the KV cache; biases and norm weights not counted).
+    /// The storage type the projections read ([`GatedAttention::with_weight_dtype`]; f32 unless
+    /// set).
+    pub fn weight_dtype(&self) -> DType {
+        self.half.as_ref().map_or(DType::F32, |h| h.q.dtype())
+    }
+
+    /// Bytes of projection weights the projections read (what a decode step reads besides the KV
+    /// cache; biases and norm weights not counted).
     pub fn weight_bytes(&self) -> usize {
         let w = &self.weights;
-        [Some(&w.q_proj), Some(&w.k_proj), Some(&w.v_proj), Some(&w.o_proj), w.gate_proj.as_ref()]
+        let values: usize = [Some(&w.q_proj), Some(&w.k_proj), Some(&w.v_proj), Some(&w.o_proj), w.gate_proj.as_ref()]
             .into_iter()
             .flatten()
-            .map(|l| l.weight.bytes())
-            .sum()
+            .map(|l| l.weight.len())
+            .sum();
+        values * self.weight_dtype().size()
+    }
+
+    /// Projection `p` as the kernels read it: its half-precision copy when the layer has one.
+    fn proj(&self, p: Proj) -> linear::Projection<'_> {
+        let (w, h) = (&self.weights, self.half.as_ref());
+        match p {
+            Proj::Q => w.q_proj.with_weight(h.map(|h| &h.q)),
+            Proj::K => w.k_proj.with_weight(h.map(|h| &h.k)),
+            Proj::V => w.v_proj.with_weight(h.map(|h| &h.v)),
+            Proj::O => w.o_proj.with_weight(h.map(|h| &h.o)),
+        }
+    }
+
+    /// `gate_proj` as the kernels read it, when the layer has one.
+    fn gate_projection(&self) -> Option<linear::Projection<'_>> {
+        let h = self.half.as_ref().and_then(|h| h.gate.as_ref());
+        self.weights.gate_proj.as_ref().map(|g| g.with_weight(h))
     }
 
     /// The ISA the layer's attention runs: [`AttentionOptions::resolved_isa`] of its option.
@@ -562,7 +630,8 @@ impl GatedAttention {
         }
         if let (true, Some(gp)) = (rotated_gate, &w.gate_proj) {
             let len = n * h * gp.out_features;
-            gp.forward_into(q, n * h, isa, par, &mut proj.gate[..len]);
+            let gp_w = self.gate_projection().expect("rotated-query gate has gate_proj");
+            gp_w.forward_into(q, n * h, isa, par, &mut proj.gate[..len]);
             gate_len = Some(len);
         }
         let (q, k, v) = (&*q, &*k, &proj.v[..nkv]);
@@ -591,7 +660,7 @@ impl GatedAttention {
             rope_for_attend,
             attn,
         )?;
-        w.o_proj.forward_into(o, n, isa, par, out);
+        self.proj(Proj::O).forward_into(o, n, isa, par, out);
         if let (Some(g), Some(logits)) = (gate_cfg, gate_logits) {
             if g.position == GatePosition::Dense {
                 let (gh, gw) = gate_shape(&g);
@@ -638,18 +707,19 @@ impl GatedAttention {
                 let xq = grow(&mut p.xq, n * c.q_proj_out())?;
                 let len = n * h * c.gate_width(&g);
                 let gate = grow(&mut p.gate, len)?;
-                w.q_proj.forward_into(x, n, isa, par, xq);
+                self.proj(Proj::Q).forward_into(x, n, isa, par, xq);
                 self.split_q(xq, n, q, gate);
                 gate_len = Some(len);
             }
-            _ => w.q_proj.forward_into(x, n, isa, par, q),
+            _ => self.proj(Proj::Q).forward_into(x, n, isa, par, q),
         }
-        w.k_proj.forward_into(x, n, isa, par, k);
-        w.v_proj.forward_into(x, n, isa, par, v);
+        self.proj(Proj::K).forward_into(x, n, isa, par, k);
+        self.proj(Proj::V).forward_into(x, n, isa, par, v);
         if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
             if g.source == config::GateSource::Separate {
                 let len = n * gp.out_features;
-                gp.forward_into(x, n, isa, par, grow(&mut p.gate, len)?);
+                let gp_w = self.gate_projection().expect("a separate gate has gate_proj");
+                gp_w.forward_into(x, n, isa, par, grow(&mut p.gate, len)?);
                 gate_len = Some(len);
             }
         }

@@ -7,7 +7,7 @@ use alloc::vec::Vec;
 use safetensors::{Dtype, SafeTensors};
 
 use super::config::{GateSource, GatedAttentionConfig, QkNorm};
-use super::{GatedAttention, GatedAttentionWeights, Linear, LinearWeight};
+use super::{GatedAttention, GatedAttentionWeights, Linear};
 use crate::element::{DType, Element};
 use crate::error::Error;
 
@@ -60,30 +60,8 @@ fn read(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, E
     decode(name, bytes, dtype)
 }
 
-/// Reads a projection weight, stored as `storage` (`None`: the file's dtype).
-fn read_weight(
-    st: &SafeTensors<'_>,
-    name: &str,
-    shape: &[usize],
-    storage: Option<DType>,
-) -> Result<LinearWeight, Error> {
-    let (dtype, bytes) = tensor(st, name, shape)?;
-    Ok(match storage.unwrap_or(dtype) {
-        DType::F32 => LinearWeight::F32(decode(name, bytes, dtype)?),
-        DType::F16 => LinearWeight::F16(decode(name, bytes, dtype)?),
-        DType::BF16 => LinearWeight::BF16(decode(name, bytes, dtype)?),
-    })
-}
-
-struct Reader<'a, 'b> {
-    st: &'a SafeTensors<'b>,
-    prefix: &'a str,
-    storage: Option<DType>,
-}
-
-fn linear(r: &Reader<'_, '_>, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, Error> {
-    let (st, prefix) = (r.st, r.prefix);
-    let w = read_weight(st, &format!("{prefix}{name}.weight"), &[out, inp], r.storage)?;
+fn linear(st: &SafeTensors<'_>, prefix: &str, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear, Error> {
+    let w = read(st, &format!("{prefix}{name}.weight"), &[out, inp])?;
     let b = if bias { Some(read(st, &format!("{prefix}{name}.bias"), &[out])?) } else { None };
     Ok(Linear { weight: w, bias: b, in_features: inp, out_features: out })
 }
@@ -91,18 +69,18 @@ fn linear(r: &Reader<'_, '_>, name: &str, out: usize, inp: usize, bias: bool) ->
 /// Builds a layer from the safetensors file `bytes`, reading `"{prefix}q_proj.weight"` and the
 /// other Hugging Face names (`k_proj`, `v_proj`, `o_proj`, `q_norm`, `k_norm`, `gate_proj` for
 /// separate gates, `gatedSDPA.gate_proj` for the rotated-query gate). Weights in f32, f16 or bf16
-/// are widened to f32 ([`load_weights_as`] keeps them half-precision). A missing tensor, a wrong shape or dtype, or a malformed file is an
+/// are widened to f32 ([`load_weights_as`] has the projections read them in half precision). A
+/// missing tensor, a wrong shape or dtype, or a malformed file is an
 /// [`Error::Weight`] naming the tensor. Sizes come from the validated configuration (at most
 /// [`super::MAX_LAYER_PARAMETERS`] weights) and every buffer is reserved fallibly.
 pub fn load_weights(config: GatedAttentionConfig, bytes: &[u8], prefix: &str) -> Result<GatedAttention, Error> {
     load_weights_as(config, bytes, prefix, Some(DType::F32))
 }
 
-/// [`load_weights`] with the projection weights (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
-/// `gate_proj`) stored as `storage`: `None` keeps each tensor's dtype from the file (a bf16
-/// checkpoint stays bf16, half the bytes a decode step reads; the kernels widen in registers),
-/// `Some(dtype)` converts (rounding to nearest-even when narrowing). Biases and norm weights are
-/// always f32.
+/// [`load_weights`] with the projections reading their weights as `storage`
+/// ([`GatedAttention::with_weight_dtype`]): `None` takes the dtype of the file's `q_proj.weight`
+/// (a bf16 checkpoint's decode steps read bf16, half the bytes), `Some(dtype)` that dtype
+/// (rounding to nearest-even when narrowing).
 pub fn load_weights_as(
     config: GatedAttentionConfig,
     bytes: &[u8],
@@ -111,13 +89,14 @@ pub fn load_weights_as(
 ) -> Result<GatedAttention, Error> {
     config.validate()?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| weight_err("", format!("not a safetensors file: {e}")))?;
-    let r = Reader { st: &st, prefix, storage };
     let c = &config;
+    let file_dtype = tensor(&st, &format!("{prefix}q_proj.weight"), &[c.q_proj_out(), c.hidden_size])?.0;
+    let r = |name: &str, out: usize, inp: usize, bias: bool| linear(&st, prefix, name, out, inp, bias);
     let (hd, kvd) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let q_proj = linear(&r, "q_proj", c.q_proj_out(), c.hidden_size, c.qkv_bias)?;
-    let k_proj = linear(&r, "k_proj", kvd, c.hidden_size, c.qkv_bias)?;
-    let v_proj = linear(&r, "v_proj", kvd, c.hidden_size, c.qkv_bias)?;
-    let o_proj = linear(&r, "o_proj", c.hidden_size, hd, c.o_bias)?;
+    let q_proj = r("q_proj", c.q_proj_out(), c.hidden_size, c.qkv_bias)?;
+    let k_proj = r("k_proj", kvd, c.hidden_size, c.qkv_bias)?;
+    let v_proj = r("v_proj", kvd, c.hidden_size, c.qkv_bias)?;
+    let o_proj = r("o_proj", c.hidden_size, hd, c.o_bias)?;
     let norm = |name: &str| -> Result<Option<Vec<f32>>, Error> {
         match c.qk_norm {
             QkNorm::None => Ok(None),
@@ -130,12 +109,13 @@ pub fn load_weights_as(
         Some(g) if g.source == GateSource::Separate => {
             let out = c.gate_heads(&g) * c.gate_width(&g);
             let has_bias = st.tensor(&format!("{prefix}gate_proj.bias")).is_ok();
-            Some(linear(&r, "gate_proj", out, c.hidden_size, has_bias)?)
+            Some(r("gate_proj", out, c.hidden_size, has_bias)?)
         }
         Some(g) if g.source == GateSource::RotatedQuery => {
-            Some(linear(&r, "gatedSDPA.gate_proj", c.head_dim, c.head_dim, true)?)
+            Some(r("gatedSDPA.gate_proj", c.head_dim, c.head_dim, true)?)
         }
         _ => None,
     };
-    GatedAttention::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })
+    GatedAttention::new(config, GatedAttentionWeights { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, gate_proj })?
+        .with_weight_dtype(storage.unwrap_or(file_dtype))
 }
