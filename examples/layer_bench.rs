@@ -6,18 +6,21 @@
 //! ```
 //! Two shapes: the demo's toy layer (hidden 512, 8/2 heads, head_dim 64, elementwise gate) and a
 //! Qwen3-Next full-attention layer (hidden 2048, 16/2 heads, head_dim 256, its query-fused
-//! elementwise gate), f32 weights, each with an f32 and an f16 KV cache. Each case prefills
-//! `L` tokens (default 1024), then times `N` single-token steps (default 32) one by one and
-//! reports the median. A step must read every weight once and the cache's K and V once, so
-//! `(weight bytes + KV bytes) / median` is the bandwidth the step achieves, given as a share of
-//! the read bandwidth (2 threads, best of 3 passes over 512 MiB, before and after the cases).
+//! elementwise gate), each with f32 and bf16 projection weights and an f32 and an f16 KV cache.
+//! Each case prefills `L` tokens (default 1024), then times `N` pairs of single-token steps
+//! (default 32): one with `forward` (which allocates its buffers per call) and one with
+//! `forward_with` and a reused `LayerWorkspace` (allocation-free), alternating so that both see
+//! the same machine state, and reports the medians and their ratio. A step must read every
+//! projection weight once and the cache's K and V once, so `(weight bytes + KV bytes) / median`
+//! (of the `forward_with` steps) is the bandwidth the step achieves, given as a share of the read
+//! bandwidth (2 threads, best of 3 passes over 512 MiB, before and after the cases).
 
 #[path = "bench/limits.rs"]
 mod limits;
 
 use std::time::Instant;
 
-use gated_attention::layer::{GateConfig, GateGranularity, GatedAttention, GatedAttentionConfig};
+use gated_attention::layer::{GateConfig, GateGranularity, GatedAttention, GatedAttentionConfig, LayerWorkspace};
 use gated_attention::{DType, Isa};
 
 struct Args {
@@ -56,6 +59,11 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 struct Case {
     name: &'static str,
     config: GatedAttentionConfig,
@@ -71,7 +79,7 @@ fn cases(context: usize, steps: usize) -> Vec<Case> {
         Case { name: "Qwen3-Next 2048, 16/2 x 256", config: qwen },
     ];
     for c in &mut out {
-        c.config.max_position_embeddings = context + steps + 1;
+        c.config.max_position_embeddings = context + 2 * steps + 1;
     }
     out
 }
@@ -93,39 +101,50 @@ fn main() {
         args.reps,
         Isa::selected().name()
     );
-    println!("| layer | KV | step µs | weights MB | KV MB | GB/s | of read BW |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| layer | weights | KV | forward µs | forward_with µs | ratio | weights MB | KV MB | GB/s | of read BW |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for case in cases(args.context, args.reps) {
         let cfg = &case.config;
-        let layer = GatedAttention::seeded(cfg.clone(), 7).expect("valid config");
-        let weight_bytes = cfg.parameter_count().expect("parameter count") * 4;
-        for (dtype, size) in [(DType::F32, 4), (DType::F16, 2)] {
-            let mut cache = layer.new_cache(1, args.context + args.reps, dtype).expect("cache");
-            let prompt = values(args.context * cfg.hidden_size, 11);
-            layer.forward(&prompt, 1, &mut cache, None).expect("prefill");
-            let tokens = values(args.reps * cfg.hidden_size, 13);
-            let mut times = Vec::with_capacity(args.reps);
-            let mut kv_bytes = 0;
-            for x in tokens.chunks_exact(cfg.hidden_size) {
-                // The step reads every cached key and value, its own included.
-                kv_bytes = (cache.len(0) + 1) * cfg.num_kv_heads * cfg.head_dim * 2 * size;
-                let t = Instant::now();
-                std::hint::black_box(layer.forward(x, 1, &mut cache, None).expect("decode step"));
-                times.push(t.elapsed().as_secs_f64());
+        let f32_layer = GatedAttention::seeded(cfg.clone(), 7).expect("valid config");
+        for weights in [DType::F32, DType::BF16] {
+            let layer = f32_layer.clone().with_weight_dtype(weights).expect("weights");
+            let weight_bytes = layer.weight_bytes();
+            for (dtype, size) in [(DType::F32, 4), (DType::F16, 2)] {
+                // Two steps per rep: the cache holds both.
+                let mut cache = layer.new_cache(1, args.context + 2 * args.reps, dtype).expect("cache");
+                let prompt = values(args.context * cfg.hidden_size, 11);
+                layer.forward(&prompt, 1, &mut cache, None).expect("prefill");
+                let tokens = values(2 * args.reps * cfg.hidden_size, 13);
+                let mut ws = LayerWorkspace::new();
+                let (mut plain, mut reused) = (Vec::with_capacity(args.reps), Vec::with_capacity(args.reps));
+                let mut kv_bytes = 0;
+                for pair in tokens.chunks_exact(2 * cfg.hidden_size) {
+                    let (a, b) = pair.split_at(cfg.hidden_size);
+                    let t = Instant::now();
+                    std::hint::black_box(layer.forward(a, 1, &mut cache, None).expect("decode step"));
+                    plain.push(t.elapsed().as_secs_f64());
+                    // The step reads every cached key and value, its own included.
+                    kv_bytes = (cache.len(0) + 1) * cfg.num_kv_heads * cfg.head_dim * 2 * size;
+                    let t = Instant::now();
+                    std::hint::black_box(layer.forward_with(&mut ws, b, 1, &mut cache, None).expect("decode step"));
+                    reused.push(t.elapsed().as_secs_f64());
+                }
+                let (plain, reused) = (median(plain), median(reused));
+                let gbps = (weight_bytes + kv_bytes) as f64 / reused / 1e9;
+                println!(
+                    "| {} | {weights:?} | {dtype:?} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1} | {:.0}% |",
+                    case.name,
+                    plain * 1e6,
+                    reused * 1e6,
+                    plain / reused,
+                    weight_bytes as f64 / 1e6,
+                    kv_bytes as f64 / 1e6,
+                    gbps,
+                    100.0 * gbps / bw_before
+                );
             }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
-            let gbps = (weight_bytes + kv_bytes) as f64 / median / 1e9;
-            println!(
-                "| {} | {:?} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0}% |",
-                case.name,
-                dtype,
-                median * 1e6,
-                weight_bytes as f64 / 1e6,
-                kv_bytes as f64 / 1e6,
-                gbps,
-                100.0 * gbps / bw_before
-            );
         }
     }
     let bw_after = buf.read_gbps(threads, 3);

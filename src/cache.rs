@@ -471,8 +471,11 @@ impl KvCache {
         }
         let rotate = rope.filter(|_| !matches!(c.policy, CachePolicy::StreamingLlm { .. }));
         if let Some(r) = rotate {
-            let offsets: Vec<usize> = self.rows[rows.clone()].iter().map(|r| r.next_pos).collect();
-            r.check(k.layout.shape, &Positions::PerBatch(&offsets), Operand::Key)?;
+            // Row by row (no list of offsets to allocate: a decode step allocates nothing).
+            let [_, t, h, d] = k.layout.shape;
+            for row in &self.rows[rows.clone()] {
+                r.check([1, t, h, d], &Positions::Offset(row.next_pos), Operand::Key)?;
+            }
         }
         for b in rows.clone() {
             // Saturating: a huge `t` (a stride-0 view) must report CacheFull, not wrap.
@@ -481,7 +484,16 @@ impl KvCache {
                 return Err(Error::CacheFull { batch_row: b, needed, capacity: c.capacity });
             }
         }
-        let mut row_buf = vec![0.0f32; c.head_dim.max(c.v_head_dim)];
+        // One head row at a time, on the stack for head dims up to 512 (a decode step allocates
+        // nothing).
+        let (mut stack, mut heap) = ([0.0f32; 512], Vec::new());
+        let row_buf: &mut [f32] = match c.head_dim.max(c.v_head_dim) {
+            dim if dim <= stack.len() => &mut stack[..dim],
+            dim => {
+                heap.resize(dim, 0.0);
+                &mut heap
+            }
+        };
         for (src_b, b) in rows.enumerate() {
             if self.rows[b].len + t > c.capacity {
                 self.compact(b);
@@ -626,10 +638,41 @@ impl KvCache {
     pub fn attend_with_rope(
         &self,
         q: &Tensor<'_>,
+        out: TensorMut<'_>,
+        lse: Option<&mut [f32]>,
+        opts: &AttentionOptions<'_>,
+        q_rope: Option<&RopeTable>,
+    ) -> Result<(), Error> {
+        self.attend_inner(q, out, lse, opts, q_rope, None)
+    }
+
+    /// [`KvCache::attend_with_rope`] that keeps its scratch between calls: with
+    /// [`crate::Parallelism::Sequential`] each row runs on the calling thread with `scratch`
+    /// ([`crate::attention_with_scratch`]), grown (fallibly, before anything is written) only
+    /// when a call needs more, so a steady decode loop allocates nothing (StreamingLLM excepted:
+    /// it gathers its visible keys into a copy per call). With rayon, the pool's workers keep
+    /// their own scratch and `scratch` is not used. Results are bit-identical to
+    /// [`KvCache::attend_with_rope`].
+    pub fn attend_with_scratch(
+        &self,
+        q: &Tensor<'_>,
+        out: TensorMut<'_>,
+        lse: Option<&mut [f32]>,
+        opts: &AttentionOptions<'_>,
+        q_rope: Option<&RopeTable>,
+        scratch: &mut Vec<f32>,
+    ) -> Result<(), Error> {
+        self.attend_inner(q, out, lse, opts, q_rope, Some(scratch))
+    }
+
+    fn attend_inner(
+        &self,
+        q: &Tensor<'_>,
         mut out: TensorMut<'_>,
         mut lse: Option<&mut [f32]>,
         opts: &AttentionOptions<'_>,
         q_rope: Option<&RopeTable>,
+        scratch: Option<&mut Vec<f32>>,
     ) -> Result<(), Error> {
         let c = self.cfg;
         let [batch, t, q_heads, dk] = q.layout.shape;
@@ -694,11 +737,26 @@ impl KvCache {
             o.window = Some(window);
             o.sink_tokens = sink_tokens;
         }
-        // Every row's own arguments are validated before the first row is computed.
+        // Every row's own arguments are validated before the first row is computed (its plan and
+        // tiling: the scratch it needs).
+        let mut need = 0;
         for b in 0..batch {
             let (dims, oo) = self.row_call(b, q, &o, q_rope)?;
-            crate::plan::Plan::new(dims, &oo)?;
+            need = need.max(crate::scratch_len(&dims, &oo)?);
         }
+        let mut scratch = match scratch {
+            Some(s) if o.parallelism == crate::Parallelism::Sequential => {
+                if s.len() < need {
+                    s.try_reserve_exact(need - s.len()).map_err(|_| Error::AllocationFailed {
+                        operand: Operand::Scratch,
+                        bytes: need.saturating_mul(4),
+                    })?;
+                    s.resize(need, 0.0);
+                }
+                Some(&mut s[..need])
+            }
+            _ => None,
+        };
         for b in 0..batch {
             let (_, oo) = self.row_call(b, q, &o, q_rope)?;
             let qb = batch_row(q, b);
@@ -712,9 +770,15 @@ impl KvCache {
                     let vv = self.gather(&self.v, c.v_head_dim, b, &slots, None);
                     let kt = Tensor::new(&kk[..], Layout::bshd(1, n, c.kv_heads, c.head_dim));
                     let vt = Tensor::new(&vv[..], Layout::bshd(1, n, c.kv_heads, c.v_head_dim));
-                    crate::attention(&qb, &kt, &vt, ob, lb, &oo)?;
+                    match scratch.as_deref_mut() {
+                        Some(s) => crate::attention_with_scratch(&qb, &kt, &vt, ob, lb, &oo, s)?,
+                        None => crate::attention(&qb, &kt, &vt, ob, lb, &oo)?,
+                    }
                 }
-                _ => crate::attention(&qb, &self.keys(b), &self.values(b), ob, lb, &oo)?,
+                _ => match scratch.as_deref_mut() {
+                    Some(s) => crate::attention_with_scratch(&qb, &self.keys(b), &self.values(b), ob, lb, &oo, s)?,
+                    None => crate::attention(&qb, &self.keys(b), &self.values(b), ob, lb, &oo)?,
+                },
             }
         }
         Ok(())

@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use gated_attention::gate::{GateActivation, GateMode};
 use gated_attention::layer::{
-    GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, QkNorm,
+    GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, LayerWorkspace,
+    QkNorm,
 };
 use gated_attention::measure::{first_token_probabilities, sink_share_per_head, GateStats};
 use gated_attention::rope::Positions;
@@ -19,7 +20,12 @@ fn inputs(batch: usize, l: usize, dm: usize, seed: u64) -> Vec<f32> {
 
 /// Prefill `lp` tokens, decode the rest one by one, compare every row with the f64 reference.
 fn check_layer(config: GatedAttentionConfig, batch: usize, l: usize, lp: usize, label: &str) {
-    let layer = GatedAttention::seeded(config, 11).unwrap();
+    check_layer_of(&GatedAttention::seeded(config, 11).unwrap(), batch, l, lp, label);
+}
+
+/// [`check_layer`] of a given layer (its weights in any storage type: the reference reads the
+/// stored values, widened exactly).
+fn check_layer_of(layer: &GatedAttention, batch: usize, l: usize, lp: usize, label: &str) {
     let dm = layer.config().hidden_size;
     let x = inputs(batch, l, dm, 5);
     let want = layer.reference_forward(&x, batch).unwrap();
@@ -477,4 +483,181 @@ fn positions_past_the_table_equal_a_longer_table() {
             assert_eq!(ya, yb, "queries_and_keys at {t}");
         }
     }
+}
+
+/// Layers whose projections read f16 or bf16 weights against the f64 reference on the rounded
+/// values (which `weights()` then holds): the kernels widen them exactly, so the f32 budget
+/// holds, as it does for f32 weights.
+#[test]
+fn half_precision_weights_match_the_reference_on_their_rounded_values() {
+    let mut configs = Vec::new();
+    let mut cfg = GatedAttentionConfig::new(48, 8, 2, 16);
+    cfg.gate = Some(GateConfig::qwen3_next());
+    cfg.qk_norm = QkNorm::Qwen3Next;
+    configs.push((cfg, 1, "qwen3-next"));
+    let mut cfg = GatedAttentionConfig::new(48, 4, 2, 12);
+    cfg.gate = Some(GateConfig::qiu(GateGranularity::Elementwise));
+    (cfg.qkv_bias, cfg.o_bias) = (true, true);
+    configs.push((cfg, 2, "qiu with biases"));
+    let mut cfg = GatedAttentionConfig::new(48, 4, 2, 12);
+    cfg.gate = Some(GateConfig::separate(GatePosition::Dense, GateGranularity::Headwise, GateSharing::HeadSpecific));
+    configs.push((cfg, 1, "separate dense"));
+    let mut cfg = GatedAttentionConfig::new(32, 4, 4, 8);
+    cfg.gate = Some(GateConfig::rotated_query());
+    cfg.qk_norm = QkNorm::None;
+    configs.push((cfg, 1, "rotated query"));
+    for (cfg, batch, label) in configs {
+        let f32_layer = GatedAttention::seeded(cfg, 11).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let layer = f32_layer.clone().with_weight_dtype(dtype).unwrap();
+            let w = layer.weights();
+            assert_eq!(layer.weight_dtype(), dtype);
+            let rounded = |x: f32| match dtype {
+                DType::F16 => half::f16::from_f32(x).to_f32(),
+                _ => half::bf16::from_f32(x).to_f32(),
+            };
+            let all = [Some(&w.q_proj), Some(&w.k_proj), Some(&w.v_proj), Some(&w.o_proj), w.gate_proj.as_ref()];
+            assert!(all.iter().flatten().all(|l| l.weight.iter().all(|&x| rounded(x) == x)));
+            assert_eq!(2 * layer.weight_bytes(), f32_layer.weight_bytes());
+            // The rounding is real: the reference moves (else this test would not test it).
+            let x = inputs(batch, 3, layer.config().hidden_size, 5);
+            assert_ne!(layer.reference_forward(&x, batch).unwrap(), f32_layer.reference_forward(&x, batch).unwrap());
+            check_layer_of(&layer, batch, 9, 4, &format!("{label}, {dtype:?} weights"));
+            // Widened in registers, nothing else: the same bits as f32 weights holding the values.
+            let widened = layer.clone().with_weight_dtype(DType::F32).unwrap();
+            let (mut a, mut b) =
+                (layer.new_cache(batch, 8, DType::F32).unwrap(), layer.new_cache(batch, 8, DType::F32).unwrap());
+            for len in [3, 1, 1] {
+                let x = inputs(batch, len, layer.config().hidden_size, 6 + len as u64);
+                let (ya, yb) = (
+                    layer.forward(&x, batch, &mut a, None).unwrap(),
+                    widened.forward(&x, batch, &mut b, None).unwrap(),
+                );
+                assert!(ya.iter().zip(&yb).all(|(p, q)| p.to_bits() == q.to_bits()), "{label}, {dtype:?}");
+            }
+        }
+    }
+}
+
+/// A bf16 checkpoint loads as bf16 with `load_weights_as(.., None)` (the same values as
+/// rounding the f32 layer) and widened to f32 with `load_weights`.
+#[test]
+fn bf16_files_keep_their_dtype_on_request() {
+    let mut cfg = GatedAttentionConfig::new(16, 2, 1, 8);
+    cfg.gate = Some(GateConfig::qwen3_next());
+    cfg.qk_norm = QkNorm::Qwen3Next;
+    let layer = GatedAttention::seeded(cfg.clone(), 3).unwrap().with_weight_dtype(DType::BF16).unwrap();
+    let w = layer.weights();
+    let mut map: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for (name, l) in [("q_proj", &w.q_proj), ("k_proj", &w.k_proj), ("v_proj", &w.v_proj), ("o_proj", &w.o_proj)] {
+        let bytes = l.weight.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        map.push((format!("{name}.weight"), bytes, vec![l.out_features, l.in_features], safetensors::Dtype::BF16));
+    }
+    for (name, v) in [("q_norm", w.q_norm.as_ref().unwrap()), ("k_norm", w.k_norm.as_ref().unwrap())] {
+        map.push((
+            format!("{name}.weight"),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            vec![8],
+            safetensors::Dtype::F32,
+        ));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = map
+        .iter()
+        .map(|(n, b, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let file = safetensors::serialize(views, &None).unwrap();
+    let kept = gated_attention::layer::load_weights_as(cfg.clone(), &file, "", None).unwrap();
+    assert_eq!((kept.weights(), kept.weight_dtype()), (layer.weights(), DType::BF16));
+    let wide = gated_attention::layer::load_weights(cfg.clone(), &file, "").unwrap();
+    assert_eq!((wide.weights(), wide.weight_dtype()), (layer.weights(), DType::F32));
+    let f16 = gated_attention::layer::load_weights_as(cfg, &file, "", Some(DType::F16)).unwrap();
+    assert_eq!(f16.weight_dtype(), DType::F16);
+}
+
+/// One workspace reused across layers, batches, lengths (larger buffers than a call needs, then
+/// smaller), gate sources, explicit positions and both parallelisms gives `forward`'s results bit
+/// for bit; sequential and rayon layers agree bit for bit too (one layer's q_proj is 8 MiB, so
+/// its single-row products are shared among threads).
+#[test]
+fn forward_with_matches_forward_bit_for_bit() {
+    use gated_attention::Parallelism;
+    let mut configs = Vec::new();
+    let mut big = GatedAttentionConfig::new(1024, 8, 2, 128);
+    big.gate = Some(GateConfig::qwen3_next());
+    big.qk_norm = QkNorm::Qwen3Next;
+    configs.push((big, 1));
+    let mut cfg = GatedAttentionConfig::new(48, 4, 2, 12);
+    cfg.gate = Some(GateConfig::separate(GatePosition::Dense, GateGranularity::Elementwise, GateSharing::HeadShared));
+    configs.push((cfg, 2));
+    let mut cfg = GatedAttentionConfig::new(48, 4, 2, 12);
+    cfg.gate = Some(GateConfig::separate(GatePosition::Value, GateGranularity::Headwise, GateSharing::HeadSpecific));
+    cfg.sliding_window = Some(4);
+    configs.push((cfg, 2));
+    let mut cfg = GatedAttentionConfig::new(32, 4, 4, 8);
+    cfg.gate = Some(GateConfig::rotated_query());
+    cfg.qk_norm = QkNorm::None;
+    configs.push((cfg, 1));
+    let mut ws = LayerWorkspace::new();
+    for (cfg, batch) in configs {
+        let dm = cfg.hidden_size;
+        let (l, lp) = (8, 3);
+        let x = inputs(batch, l, dm, 8);
+        for explicit in [false, true] {
+            let mut by_parallelism = Vec::new();
+            for par in [Parallelism::Sequential, Parallelism::Rayon] {
+                let layer = GatedAttention::seeded(cfg.clone(), 3).unwrap().with_parallelism(par);
+                let (mut a, mut b) =
+                    (layer.new_cache(batch, l, DType::F32).unwrap(), layer.new_cache(batch, l, DType::F32).unwrap());
+                let mut outputs = Vec::new();
+                let mut t = 0;
+                while t < l {
+                    let step = if t == 0 { lp } else { 1 };
+                    let xs: Vec<f32> =
+                        (0..batch).flat_map(|b| x[(b * l + t) * dm..(b * l + t + step) * dm].iter().copied()).collect();
+                    let pos: Vec<usize> = (0..batch).flat_map(|_| t..t + step).collect();
+                    let pos = explicit.then_some(&pos[..]);
+                    let want = layer.forward(&xs, batch, &mut a, pos).unwrap();
+                    let got = layer.forward_with(&mut ws, &xs, batch, &mut b, pos).unwrap();
+                    assert_eq!(got.len(), want.len());
+                    let label = format!("h {} batch {batch} t {t} explicit {explicit} {par:?}", cfg.num_heads);
+                    assert!(got.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits()), "{label}");
+                    outputs.extend(want);
+                    t += step;
+                }
+                by_parallelism.push(outputs);
+            }
+            assert!(by_parallelism[0].iter().zip(&by_parallelism[1]).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+}
+
+/// `forward_with`'s bad inputs are errors that leave the cache as it was: the next valid step
+/// gives the same bits as on a twin cache that never saw them.
+#[test]
+fn forward_with_errors_leave_the_cache_unchanged() {
+    let mut cfg = GatedAttentionConfig::new(32, 4, 2, 8);
+    cfg.gate = Some(GateConfig::qiu(GateGranularity::Elementwise));
+    cfg.max_position_embeddings = 64;
+    let layer = GatedAttention::seeded(cfg.clone(), 5).unwrap();
+    let (mut cache, mut twin) =
+        (layer.new_cache(1, 16, DType::F32).unwrap(), layer.new_cache(1, 16, DType::F32).unwrap());
+    let mut ws = LayerWorkspace::new();
+    let x = inputs(1, 4, 32, 9);
+    layer.forward_with(&mut ws, &x[..3 * 32], 1, &mut cache, None).unwrap();
+    layer.forward(&x[..3 * 32], 1, &mut twin, None).unwrap();
+    let step = &x[3 * 32..];
+    let other = GatedAttention::seeded(GatedAttentionConfig::new(32, 4, 4, 8), 5).unwrap();
+    let mut wrong_cache = other.new_cache(1, 16, DType::F32).unwrap();
+    assert!(matches!(layer.forward_with(&mut ws, &step[..31], 1, &mut cache, None), Err(Error::InvalidConfig { .. })));
+    assert!(layer.forward_with(&mut ws, step, 0, &mut cache, None).is_err());
+    assert!(layer.forward_with(&mut ws, step, 2, &mut cache, None).is_err());
+    assert!(layer.forward_with(&mut ws, step, 1, &mut cache, Some(&[3, 4])).is_err());
+    assert!(layer.forward_with(&mut ws, step, 1, &mut cache, Some(&[usize::MAX])).is_err());
+    assert!(layer.forward_with(&mut ws, step, 1, &mut wrong_cache, None).is_err());
+    let full = &inputs(1, 20, 32, 1);
+    assert!(matches!(layer.forward_with(&mut ws, full, 1, &mut cache, None), Err(Error::CacheFull { .. })));
+    assert_eq!((cache.len(0), wrong_cache.len(0)), (3, 0));
+    let got = layer.forward_with(&mut ws, step, 1, &mut cache, None).unwrap();
+    let want = layer.forward(step, 1, &mut twin, None).unwrap();
+    assert!(got.iter().zip(&want).all(|(p, q)| p.to_bits() == q.to_bits()));
 }

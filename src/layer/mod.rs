@@ -27,17 +27,19 @@ mod norm;
 mod reference;
 #[cfg(feature = "safetensors")]
 mod weights;
+mod workspace;
 #[cfg(feature = "safetensors")]
-pub use weights::load_weights;
+pub use weights::{load_weights, load_weights_as};
+pub use workspace::LayerWorkspace;
 
 pub use config::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GateSource, GatedAttentionConfig, LayerRopeScaling, QkNorm,
     MAX_LAYER_PARAMETERS,
 };
 pub use linear::Linear;
+use linear::LinearWeight;
 
 use alloc::borrow::Cow;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::cache::{CachePolicy, KvCache, KvCacheConfig};
@@ -45,11 +47,12 @@ use crate::element::DType;
 use crate::error::Error;
 use crate::gate::{apply_gate, Gate};
 use crate::measure::{GateStats, LayerProbes};
-use crate::options::AttentionOptions;
+use crate::options::{AttentionOptions, Parallelism};
 use crate::rope::{Positions, RopeTable};
 use crate::splitmix::SplitMix64;
 use crate::tensor::{Tensor, TensorMut};
 use norm::rms_norm_rows;
+use workspace::grow;
 
 /// The weights of one layer, with Hugging Face names in the comments.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +91,31 @@ pub struct GatedAttention {
     rope: RopeTable,
     /// The attention kernel's ISA option (`None`: automatic).
     isa: Option<crate::Isa>,
+    /// Where the attention and the projections run.
+    parallelism: Parallelism,
+    /// Half-precision copies of the projection weights, which the projections then read
+    /// ([`GatedAttention::with_weight_dtype`]).
+    half: Option<HalfWeights>,
+}
+
+/// The projection weights in a half-precision storage type, value for value those of the layer's
+/// (rounded) f32 weights.
+#[derive(Clone, Debug)]
+struct HalfWeights {
+    q: LinearWeight,
+    k: LinearWeight,
+    v: LinearWeight,
+    o: LinearWeight,
+    gate: Option<LinearWeight>,
+}
+
+/// One of the layer's projections (`gate_proj`: [`GatedAttention::gate_projection`]).
+#[derive(Clone, Copy, Debug)]
+enum Proj {
+    Q,
+    K,
+    V,
+    O,
 }
 
 /// Statistics a forward pass can record (the papers' measurements).
@@ -102,11 +130,25 @@ pub struct ForwardStats {
     pub first_token_mass: Vec<(f64, usize)>,
 }
 
-struct Projected {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    gate_logits: Option<Vec<f32>>,
+/// Rotates every head row of `x` (`[n, heads, d]` contiguous, `n = pos.len()` tokens) in place at
+/// its position: [`RopeTable::rotate`] (the same arithmetic) without its copy of each row, so
+/// that a decode step allocates nothing.
+fn rotate_rows(rope: &RopeTable, x: &mut [f32], heads: usize, d: usize, pos: &[usize]) -> Result<(), Error> {
+    let n = pos.len();
+    rope.check([n, 1, heads, d], &Positions::Explicit(pos), crate::error::Operand::Query)?;
+    let r = rope.rotary_dim();
+    if x.len() != n * heads * d || r > d {
+        return Err(Error::InvalidConfig { field: "rope", reason: "rows do not match the table" });
+    }
+    if heads * d == 0 {
+        return Ok(());
+    }
+    for (t, token) in x.chunks_exact_mut(heads * d).enumerate() {
+        for row in token.chunks_exact_mut(d) {
+            rope.rotate_row(&mut row[..r], pos[t]);
+        }
+    }
+    Ok(())
 }
 
 /// The smallest position and the largest + 1 (`(0, 0)` for none).
@@ -197,7 +239,7 @@ impl GatedAttention {
         // seq_len 0: the frequencies before any call (transformers' `seq_len=None`): dynamic NTK
         // at its original base, LongRoPE with its short factors.
         let rope = RopeTable::with_range(&config.rope(), 0, 0..config.max_position_embeddings)?;
-        Ok(GatedAttention { config, weights, rope, isa: None })
+        Ok(GatedAttention { config, weights, rope, isa: None, parallelism: Parallelism::default(), half: None })
     }
 
     /// A layer with seeded uniform weights (±1/sqrt(fan_in)) and norm weights near their identity.
@@ -248,6 +290,96 @@ impl GatedAttention {
         GatedAttention { isa: Some(isa), ..self }
     }
 
+    /// The same layer with its attention and its projections on `parallelism`'s threads
+    /// (default: rayon's pool when the feature is on). Results do not depend on it.
+    /// [`Parallelism::Sequential`] runs everything on the calling thread, the attention with the
+    /// workspace's scratch ([`GatedAttention::forward_with`]).
+    pub fn with_parallelism(self, parallelism: Parallelism) -> Self {
+        GatedAttention { parallelism, ..self }
+    }
+
+    /// The same layer with its projection weights (`q_proj`, `k_proj`, `v_proj`, `o_proj`,
+    /// `gate_proj`) read as `dtype`: a decode step reads its weights once, so f16 or bf16 halves
+    /// its bytes; arithmetic stays f32 (the kernels widen the weights in registers). Biases and
+    /// norm weights stay f32.
+    ///
+    /// The f32 weights ([`GatedAttention::weights`]) are rounded to `dtype`'s values (nearest-even),
+    /// so they stay exactly the values the layer computes with (and the f64 reference reads), and
+    /// the layer keeps the half-precision copy beside them: memory grows by the copy (half the f32
+    /// weights' bytes for f16 or bf16). `DType::F32` drops the copy (the rounding stays).
+    ///
+    /// ```
+    /// use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    /// use gated_attention::DType;
+    /// let layer = GatedAttention::seeded(GatedAttentionConfig::new(64, 4, 2, 16), 7).unwrap();
+    /// let half = layer.clone().with_weight_dtype(DType::BF16).unwrap();
+    /// assert_eq!(half.weight_dtype(), DType::BF16);
+    /// assert_eq!(2 * half.weight_bytes(), layer.weight_bytes());
+    /// let w = half.weights().q_proj.weight[0];
+    /// assert_eq!(half::bf16::from_f32(w).to_f32(), w); // the f32 weights hold bf16 values
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`] when the copy cannot be allocated (the layer is then dropped).
+    pub fn with_weight_dtype(mut self, dtype: DType) -> Result<Self, Error> {
+        if dtype == DType::F32 {
+            self.half = None;
+            return Ok(self);
+        }
+        let w = &mut self.weights;
+        let mut copy = |l: &mut Linear| -> Result<LinearWeight, Error> {
+            let stored = LinearWeight::from_f32(&l.weight, dtype)?;
+            for (i, x) in l.weight.iter_mut().enumerate() {
+                *x = stored.get_f32(i);
+            }
+            Ok(stored)
+        };
+        let half = HalfWeights {
+            q: copy(&mut w.q_proj)?,
+            k: copy(&mut w.k_proj)?,
+            v: copy(&mut w.v_proj)?,
+            o: copy(&mut w.o_proj)?,
+            gate: w.gate_proj.as_mut().map(&mut copy).transpose()?,
+        };
+        self.half = Some(half);
+        Ok(self)
+    }
+
+    /// The storage type the projections read ([`GatedAttention::with_weight_dtype`]; f32 unless
+    /// set).
+    pub fn weight_dtype(&self) -> DType {
+        self.half.as_ref().map_or(DType::F32, |h| h.q.dtype())
+    }
+
+    /// Bytes of projection weights the projections read (what a decode step reads besides the KV
+    /// cache; biases and norm weights not counted).
+    pub fn weight_bytes(&self) -> usize {
+        let w = &self.weights;
+        let values: usize = [Some(&w.q_proj), Some(&w.k_proj), Some(&w.v_proj), Some(&w.o_proj), w.gate_proj.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|l| l.weight.len())
+            .sum();
+        values * self.weight_dtype().size()
+    }
+
+    /// Projection `p` as the kernels read it: its half-precision copy when the layer has one.
+    fn proj(&self, p: Proj) -> linear::Projection<'_> {
+        let (w, h) = (&self.weights, self.half.as_ref());
+        match p {
+            Proj::Q => w.q_proj.with_weight(h.map(|h| &h.q)),
+            Proj::K => w.k_proj.with_weight(h.map(|h| &h.k)),
+            Proj::V => w.v_proj.with_weight(h.map(|h| &h.v)),
+            Proj::O => w.o_proj.with_weight(h.map(|h| &h.o)),
+        }
+    }
+
+    /// `gate_proj` as the kernels read it, when the layer has one.
+    fn gate_projection(&self) -> Option<linear::Projection<'_>> {
+        let h = self.half.as_ref().and_then(|h| h.gate.as_ref());
+        self.weights.gate_proj.as_ref().map(|g| g.with_weight(h))
+    }
+
     /// The ISA the layer's attention runs: [`AttentionOptions::resolved_isa`] of its option.
     /// A forward pass returns its error before changing the cache.
     pub fn resolved_isa(&self) -> Result<crate::Isa, Error> {
@@ -286,7 +418,7 @@ impl GatedAttention {
     /// ```
     pub fn rope_for_positions(&self, positions: &[usize]) -> Result<Cow<'_, RopeTable>, Error> {
         let (lo, end) = position_range(positions)?;
-        self.rope_table(end, lo..end)
+        self.rope_table(end, lo..end, &mut Vec::new())
     }
 
     /// Every buffer a forward over `n` tokens allocates holds `n` rows of at most the widest
@@ -303,14 +435,22 @@ impl GatedAttention {
         Ok(())
     }
 
-    /// The table for a call of sequence length `seq_len` that rotates the positions in `cover`.
-    fn rope_table(&self, seq_len: usize, cover: core::ops::Range<usize>) -> Result<Cow<'_, RopeTable>, Error> {
+    /// The table for a call of sequence length `seq_len` that rotates the positions in `cover`
+    /// (`inv`: room for the call's frequencies, so that reusing the layer's table allocates
+    /// nothing).
+    fn rope_table(
+        &self,
+        seq_len: usize,
+        cover: core::ops::Range<usize>,
+        inv: &mut Vec<f64>,
+    ) -> Result<Cow<'_, RopeTable>, Error> {
         let cfg = self.config.rope();
         let half = cfg.rotary_dim / 2;
-        let mut inv = vec![0.0f64; half];
-        let factor = cfg.frequencies(seq_len, &mut inv)?;
+        let inv = grow(inv, half)?;
+        inv.fill(0.0);
+        let factor = cfg.frequencies(seq_len, inv)?;
         let base = &self.rope;
-        let same = inv == base.inv_freq() && factor == base.attention_factor();
+        let same = *inv == *base.inv_freq() && factor == base.attention_factor();
         if same && cover.start >= base.first_position() && cover.end <= base.positions() {
             return Ok(Cow::Borrowed(base));
         }
@@ -336,6 +476,9 @@ impl GatedAttention {
     /// Runs `x` (`[batch, L, hidden]`, the newest `L` tokens of each row) through the layer,
     /// appending its keys and values to `cache`. `positions` (`[batch, L]`) default to the
     /// cache's next positions. Returns `[batch, L, hidden]`.
+    ///
+    /// Allocates its buffers per call; a decode loop keeps them in a [`LayerWorkspace`] with
+    /// [`GatedAttention::forward_with`] (the same results, bit for bit).
     pub fn forward(
         &self,
         x: &[f32],
@@ -343,7 +486,48 @@ impl GatedAttention {
         cache: &mut KvCache,
         positions: Option<&[usize]>,
     ) -> Result<Vec<f32>, Error> {
-        self.forward_inner(x, batch, cache, positions, None)
+        let mut ws = LayerWorkspace::new();
+        let len = self.forward_inner(&mut ws, x, batch, cache, positions, None)?;
+        let mut out = core::mem::take(&mut ws.out);
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// [`GatedAttention::forward`] with its buffers in `ws`, grown only when a call needs more
+    /// than they hold: with the same shapes call after call (a decode loop) it allocates nothing
+    /// once the workspace is sized, on either [`Parallelism`] (rayon's workers keep their own
+    /// scratch), as long as the layer's RoPE table serves the positions (within
+    /// `max_position_embeddings`, frequencies that do not change with the length there), the
+    /// cache's head dims are at most 512 and its policy is not StreamingLLM (which gathers its
+    /// visible keys into a copy per call). Returns the output `[batch, L, hidden]`, borrowed from
+    /// the workspace; bit-identical to [`GatedAttention::forward`]. The errors are
+    /// `forward`'s, and on `Err` the cache is unchanged (an allocation the allocator refuses for
+    /// the attention's scratch, with [`Parallelism::Sequential`], is the exception: it comes
+    /// after the append).
+    ///
+    /// ```
+    /// use gated_attention::layer::{GatedAttention, GatedAttentionConfig, LayerWorkspace};
+    /// use gated_attention::DType;
+    /// let layer = GatedAttention::seeded(GatedAttentionConfig::new(64, 4, 2, 16), 7).unwrap();
+    /// let (mut a, mut b) = (layer.new_cache(1, 16, DType::F32).unwrap(), layer.new_cache(1, 16, DType::F32).unwrap());
+    /// let mut ws = LayerWorkspace::new();
+    /// let mut x = vec![0.25f32; 64];
+    /// for _ in 0..4 {
+    ///     let y = layer.forward_with(&mut ws, &x, 1, &mut a, None).unwrap();
+    ///     assert_eq!(y, &layer.forward(&x, 1, &mut b, None).unwrap()[..]);
+    ///     x.copy_from_slice(y); // feed the output back, as a toy decode loop
+    /// }
+    /// ```
+    pub fn forward_with<'w>(
+        &self,
+        ws: &'w mut LayerWorkspace,
+        x: &[f32],
+        batch: usize,
+        cache: &mut KvCache,
+        positions: Option<&[usize]>,
+    ) -> Result<&'w [f32], Error> {
+        let len = self.forward_inner(ws, x, batch, cache, positions, None)?;
+        Ok(&ws.out[..len])
     }
 
     /// [`GatedAttention::forward`] that also records gate statistics, max-abs probes and the
@@ -356,17 +540,28 @@ impl GatedAttention {
         positions: Option<&[usize]>,
         stats: &mut ForwardStats,
     ) -> Result<Vec<f32>, Error> {
-        self.forward_inner(x, batch, cache, positions, Some(stats))
+        let mut ws = LayerWorkspace::new();
+        let len = self.forward_inner(&mut ws, x, batch, cache, positions, Some(stats))?;
+        let mut out = core::mem::take(&mut ws.out);
+        out.truncate(len);
+        Ok(out)
     }
 
+    /// Whether the projections may share one row's products among rayon's threads.
+    fn parallel(&self) -> bool {
+        self.parallelism != Parallelism::Sequential
+    }
+
+    /// The forward pass into `ws`; returns the output's length (`ws.out[..len]`).
     fn forward_inner(
         &self,
+        ws: &mut LayerWorkspace,
         x: &[f32],
         batch: usize,
         cache: &mut KvCache,
         positions: Option<&[usize]>,
         stats: Option<&mut ForwardStats>,
-    ) -> Result<Vec<f32>, Error> {
+    ) -> Result<usize, Error> {
         let c = &self.config;
         let (dm, h, hkv, d) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
         // Checked: a huge batch must be an Err, not an overflow.
@@ -382,51 +577,73 @@ impl GatedAttention {
             return Err(Error::InvalidConfig { field: "kv cache", reason: "cache shape does not match the layer" });
         }
         let isa = self.resolved_isa()?;
-        let pos: Vec<usize> = match positions {
-            Some(p) if p.len() == n => p.to_vec(),
+        let LayerWorkspace { proj, o, lse, out, pos: pos_buf, inv, attn } = ws;
+        let pos: &[usize] = match positions {
+            Some(p) if p.len() == n => p,
             Some(_) => return Err(Error::InvalidConfig { field: "positions", reason: "need batch · L entries" }),
             None => {
-                (0..batch).flat_map(|b| (0..l).map(move |i| (b, i))).map(|(b, i)| cache.next_position(b) + i).collect()
+                pos_buf.clear();
+                pos_buf.try_reserve(n).map_err(|_| Error::AllocationFailed {
+                    operand: crate::error::Operand::Positions,
+                    bytes: n.saturating_mul(core::mem::size_of::<usize>()),
+                })?;
+                let next = |b: usize| cache.next_position(b);
+                pos_buf.extend((0..batch).flat_map(|b| (0..l).map(move |i| next(b) + i)));
+                pos_buf
             }
         };
         let streaming = matches!(cache.config().policy, CachePolicy::StreamingLlm { .. });
         // Frequencies for this call's length; StreamingLLM rotates by cache index instead, so its
         // table covers the indices a row can hold.
-        let (lo, end) = position_range(&pos)?;
+        let (lo, end) = position_range(pos)?;
         let cover = match cache.config().policy {
             CachePolicy::StreamingLlm { sink_tokens, recent } => 0..cc.capacity.min(sink_tokens.saturating_add(recent)),
             _ => lo..end,
         };
-        let rope = self.rope_table(end, cover)?;
+        let rope = self.rope_table(end, cover, inv)?;
         let rope = &*rope;
-        let Projected { mut q, mut k, v, mut gate_logits } = self.project(x, batch, l, isa)?;
+        let par = self.parallel();
+        let mut gate_len = self.project(x, batch, l, isa, proj)?;
+        let (nq, nkv) = (n * h * d, n * hkv * d);
         let w = &self.weights;
         let gate_cfg = c.gate;
         let gate_shape = |g: &GateConfig| (c.gate_heads(g), c.gate_width(g));
+        // Every buffer is sized before the cache is written: an Err leaves it unchanged.
+        let q = &mut proj.q[..nq];
+        let k = &mut proj.k[..nkv];
+        let rotated_gate =
+            matches!((gate_cfg, &w.gate_proj), (Some(g), Some(_)) if g.source == config::GateSource::RotatedQuery);
+        if rotated_gate {
+            grow(&mut proj.gate, n * h * w.gate_proj.as_ref().map_or(0, |g| g.out_features))?;
+        }
+        let o = grow(o, nq)?;
+        let lse = grow(lse, batch * h * l)?;
+        let out = grow(out, n * dm)?;
         // RoPE: rotate here (explicit positions, and what the rotated-query gate and the
         // statistics need); the default path rotates inside the cache append and the kernel.
         let fused = positions.is_none()
             && gate_cfg.map(|g| g.source) != Some(config::GateSource::RotatedQuery)
             && stats.is_none();
         if !fused && !streaming {
-            rope.rotate(TensorMut::bshd(&mut q[..], batch, l, h, d), Positions::Explicit(&pos))?;
-            rope.rotate(TensorMut::bshd(&mut k[..], batch, l, hkv, d), Positions::Explicit(&pos))?;
+            rotate_rows(rope, q, h, d, pos)?;
+            rotate_rows(rope, k, hkv, d, pos)?;
         }
-        if let (Some(g), Some(gp)) = (gate_cfg, &w.gate_proj) {
-            if g.source == config::GateSource::RotatedQuery {
-                gate_logits = Some(gp.forward_on(&q, n * h, isa));
-            }
+        if let (true, Some(gp)) = (rotated_gate, &w.gate_proj) {
+            let len = n * h * gp.out_features;
+            let gp_w = self.gate_projection().expect("rotated-query gate has gate_proj");
+            gp_w.forward_into(q, n * h, isa, par, &mut proj.gate[..len]);
+            gate_len = Some(len);
         }
+        let (q, k, v) = (&*q, &*k, &proj.v[..nkv]);
+        let gate_logits = gate_len.map(|len| &proj.gate[..len]);
         cache.append(
-            &Tensor::bshd(&k[..], batch, l, hkv, d),
-            &Tensor::bshd(&v[..], batch, l, hkv, d),
+            &Tensor::bshd(k, batch, l, hkv, d),
+            &Tensor::bshd(v, batch, l, hkv, d),
             (fused || streaming).then_some(rope),
         )?;
-        let mut o = vec![0.0f32; n * h * d];
-        let mut lse = vec![0.0f32; batch * h * l];
-        let mut opts = AttentionOptions { isa: self.isa, ..AttentionOptions::new() };
+        let mut opts = AttentionOptions { isa: self.isa, parallelism: self.parallelism, ..AttentionOptions::new() };
         let g1 = gate_cfg.filter(|g| g.position == GatePosition::Output);
-        if let (Some(g), Some(logits)) = (g1, gate_logits.as_deref()) {
+        if let (Some(g), Some(logits)) = (g1, gate_logits) {
             let (gh, gw) = gate_shape(&g);
             opts = opts.output_gate(Gate {
                 logits: Tensor::bshd(logits, batch, l, gh, gw),
@@ -435,15 +652,16 @@ impl GatedAttention {
             });
         }
         let rope_for_attend = (fused || streaming).then_some(rope);
-        cache.attend_with_rope(
-            &Tensor::bshd(&q[..], batch, l, h, d),
+        cache.attend_with_scratch(
+            &Tensor::bshd(q, batch, l, h, d),
             TensorMut::bshd(&mut o[..], batch, l, h, d),
-            Some(&mut lse),
+            Some(&mut lse[..]),
             &opts,
             rope_for_attend,
+            attn,
         )?;
-        let mut out = w.o_proj.forward_on(&o, n, isa);
-        if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
+        self.proj(Proj::O).forward_into(o, n, isa, par, out);
+        if let (Some(g), Some(logits)) = (gate_cfg, gate_logits) {
             if g.position == GatePosition::Dense {
                 let (gh, gw) = gate_shape(&g);
                 let gate =
@@ -452,37 +670,63 @@ impl GatedAttention {
             }
         }
         if let Some(st) = stats {
-            if let (Some(g), Some(logits)) = (gate_cfg, gate_logits.as_deref()) {
+            if let (Some(g), Some(logits)) = (gate_cfg, gate_logits) {
                 st.gate.extend(logits.iter().map(|&z| g.activation.apply(z) as f64));
             }
-            st.probes.observe(&o, &out);
+            st.probes.observe(o, out);
             if !streaming {
                 // StreamingLLM keeps keys unrotated; its sink share needs the re-indexed keys.
-                self.first_token_mass(&q, &lse, cache, batch, l, &pos, st);
+                self.first_token_mass(q, lse, cache, batch, l, pos, st);
             }
         }
-        Ok(out)
+        Ok(n * dm)
     }
 
-    /// Projections, the G2–G4 gates and the q/k norms of `n = batch·l` tokens (no RoPE yet).
-    fn project(&self, x: &[f32], batch: usize, l: usize, isa: crate::Isa) -> Result<Projected, Error> {
+    /// Projections, the G2–G4 gates and the q/k norms of `n = batch·l` tokens (no RoPE yet) into
+    /// `p`'s `q`, `k`, `v` and, for q_proj and separate gate sources, `gate`; returns the length
+    /// of the gate logits it wrote (`None`: none).
+    fn project(
+        &self,
+        x: &[f32],
+        batch: usize,
+        l: usize,
+        isa: crate::Isa,
+        p: &mut workspace::Projections,
+    ) -> Result<Option<usize>, Error> {
         let c = &self.config;
         let (h, hkv, d) = (c.num_heads, c.num_kv_heads, c.head_dim);
         let n = batch * l;
         let w = &self.weights;
-        let xq = w.q_proj.forward_on(x, n, isa);
-        let mut k = w.k_proj.forward_on(x, n, isa);
-        let mut v = w.v_proj.forward_on(x, n, isa);
-        let (mut q, mut gate_logits) = self.split_q(&xq, n);
+        let par = self.parallel();
+        let q = grow(&mut p.q, n * h * d)?;
+        let k = grow(&mut p.k, n * hkv * d)?;
+        let v = grow(&mut p.v, n * hkv * d)?;
+        let mut gate_len = None;
+        match c.gate {
+            Some(g) if matches!(g.source, config::GateSource::QProjGrouped | config::GateSource::QProjPerHead) => {
+                let xq = grow(&mut p.xq, n * c.q_proj_out())?;
+                let len = n * h * c.gate_width(&g);
+                let gate = grow(&mut p.gate, len)?;
+                self.proj(Proj::Q).forward_into(x, n, isa, par, xq);
+                self.split_q(xq, n, q, gate);
+                gate_len = Some(len);
+            }
+            _ => self.proj(Proj::Q).forward_into(x, n, isa, par, q),
+        }
+        self.proj(Proj::K).forward_into(x, n, isa, par, k);
+        self.proj(Proj::V).forward_into(x, n, isa, par, v);
         if let (Some(g), Some(gp)) = (c.gate, &w.gate_proj) {
             if g.source == config::GateSource::Separate {
-                gate_logits = Some(gp.forward_on(x, n, isa));
+                let len = n * gp.out_features;
+                let gp_w = self.gate_projection().expect("a separate gate has gate_proj");
+                gp_w.forward_into(x, n, isa, par, grow(&mut p.gate, len)?);
+                gate_len = Some(len);
             }
         }
         // G4, G3, G2: right after the projections.
-        if let (Some(g), Some(logits)) = (c.gate, gate_logits.as_deref()) {
+        if let (Some(g), Some(len)) = (c.gate, gate_len) {
             let gate = Gate {
-                logits: Tensor::bshd(logits, batch, l, c.gate_heads(&g), c.gate_width(&g)),
+                logits: Tensor::bshd(&p.gate[..len], batch, l, c.gate_heads(&g), c.gate_width(&g)),
                 activation: g.activation,
                 mode: g.mode,
             };
@@ -494,12 +738,12 @@ impl GatedAttention {
             }
         }
         if let Some(qn) = &w.q_norm {
-            rms_norm_rows(c.qk_norm, &mut q, qn, c.rms_norm_eps, d);
+            rms_norm_rows(c.qk_norm, q, qn, c.rms_norm_eps, d);
         }
         if let Some(kn) = &w.k_norm {
-            rms_norm_rows(c.qk_norm, &mut k, kn, c.rms_norm_eps, d);
+            rms_norm_rows(c.qk_norm, k, kn, c.rms_norm_eps, d);
         }
-        Ok(Projected { q, k, v, gate_logits })
+        Ok(gate_len)
     }
 
     /// The queries and keys attention sees for `x` (`[batch, L, hidden]`) at `positions`
@@ -523,7 +767,9 @@ impl GatedAttention {
         self.check_buffers(batch * l)?;
         let isa = self.resolved_isa()?;
         let rope = self.rope_for_positions(positions)?;
-        let Projected { mut q, mut k, .. } = self.project(x, batch, l, isa)?;
+        let mut p = workspace::Projections::default();
+        self.project(x, batch, l, isa, &mut p)?;
+        let (mut q, mut k) = (p.q, p.k);
         rope.rotate(TensorMut::bshd(&mut q[..], batch, l, c.num_heads, c.head_dim), Positions::Explicit(positions))?;
         rope.rotate(TensorMut::bshd(&mut k[..], batch, l, c.num_kv_heads, c.head_dim), Positions::Explicit(positions))?;
         Ok((q, k))
@@ -568,35 +814,28 @@ impl GatedAttention {
         }
     }
 
-    /// Splits `q_proj`'s output into queries `[n, H, D]` and, for q_proj gate sources, the gate
-    /// logits `[n, H, gw]`.
-    fn split_q(&self, xq: &[f32], n: usize) -> (Vec<f32>, Option<Vec<f32>>) {
+    /// Splits `q_proj`'s output `xq` (q_proj gate sources) into queries `q` `[n, H, D]` and the
+    /// gate logits `gate` `[n, H, gw]`.
+    fn split_q(&self, xq: &[f32], n: usize, q: &mut [f32], gate: &mut [f32]) {
         let c = &self.config;
         let (h, d, g) = (c.num_heads, c.head_dim, c.group());
-        let source = c.gate.map(|gc| (gc.source, c.gate_width(&gc)));
-        match source {
-            Some((config::GateSource::QProjGrouped, gw)) | Some((config::GateSource::QProjPerHead, gw)) => {
-                let per_head = matches!(source, Some((config::GateSource::QProjPerHead, _)));
-                let row_len = c.q_proj_out();
-                let mut q = vec![0.0f32; n * h * d];
-                let mut gate = vec![0.0f32; n * h * gw];
-                for t in 0..n {
-                    let row = &xq[t * row_len..(t + 1) * row_len];
-                    for hh in 0..h {
-                        let (q_off, g_off) = if per_head {
-                            (hh * (d + gw), hh * (d + gw) + d)
-                        } else {
-                            let (grp, r) = (hh / g, hh % g);
-                            let chunk = g * (d + gw);
-                            (grp * chunk + r * d, grp * chunk + g * d + r * gw)
-                        };
-                        q[(t * h + hh) * d..(t * h + hh + 1) * d].copy_from_slice(&row[q_off..q_off + d]);
-                        gate[(t * h + hh) * gw..(t * h + hh + 1) * gw].copy_from_slice(&row[g_off..g_off + gw]);
-                    }
-                }
-                (q, Some(gate))
+        let Some(gc) = c.gate else { return };
+        let gw = c.gate_width(&gc);
+        let per_head = gc.source == config::GateSource::QProjPerHead;
+        let row_len = c.q_proj_out();
+        for t in 0..n {
+            let row = &xq[t * row_len..(t + 1) * row_len];
+            for hh in 0..h {
+                let (q_off, g_off) = if per_head {
+                    (hh * (d + gw), hh * (d + gw) + d)
+                } else {
+                    let (grp, r) = (hh / g, hh % g);
+                    let chunk = g * (d + gw);
+                    (grp * chunk + r * d, grp * chunk + g * d + r * gw)
+                };
+                q[(t * h + hh) * d..(t * h + hh + 1) * d].copy_from_slice(&row[q_off..q_off + d]);
+                gate[(t * h + hh) * gw..(t * h + hh + 1) * gw].copy_from_slice(&row[g_off..g_off + gw]);
             }
-            _ => (xq.to_vec(), None),
         }
     }
 }
