@@ -249,12 +249,12 @@ DEV void ga_attn_tc(const GaParams& p) {
                 mx = fmaxf(mx, SHFL_XOR(mx, 1));
                 mx = fmaxf(mx, SHFL_XOR(mx, 2));
                 const float m_new = fmaxf(m[rr], mx);
-                alpha[rr] = m_new == NEG_INF ? 1.f : EXPF(m[rr] - m_new);
+                alpha[rr] = m_new == NEG_INF ? 1.f : ga_exp_ftz(m[rr] - m_new);
                 float sum = 0.f;
                 UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
                     float& s_ = sc[t][2 * rr + e];
                     const bool vis = s_ != NEG_INF;
-                    s_ = vis && m_new != NEG_INF ? EXPF(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
+                    s_ = vis && m_new != NEG_INF ? ga_exp_ftz(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
                     sum += vis ? s_ : 0.f;
                 }
                 sum += SHFL_XOR(sum, 1);
