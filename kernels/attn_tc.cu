@@ -14,43 +14,74 @@
 // key's P is exactly 0, but 0 * NaN is NaN in an mma: a V tile holding a non-finite value takes a
 // scalar P V instead, which skips hidden keys, so a NaN stays in the rows that see it.
 //
+// One instantiation per storage type (BF16) and per score mode (OPTS: softcap, ALiBi or bias
+// set), chosen by the host (src/cuda/launch.rs, TcVariant), so the K/V loop holds one type's
+// mma path and, without options, no score pass. The non-finite-V path leaves the K/V loop
+// (break) and re-enters it after the tile, so its code lies outside the loop the hot path runs
+// (scripts/sass_model.py counts that loop).
+//
 // Shared memory (halves unless noted; pitch DK + 8 keeps ldmatrix rows and cp.async 16-byte
 // aligned and ldmatrix conflict-free):
 //   sQ [64][P] | sK [2][32][P] | sV [2][32][P] | sP f32 [4 warps][16][32] | flag int [2]
 #define GA_TC_BM 64
 #define GA_TC_BN 32
 
+// This thread's share of every K/V tile, fixed for the whole loop: chunk i (16 bytes) is key row
+// jj0 + i * ROWS of the tile, dims d0 .. d0 + 7, where ROWS = GA_THREADS / (DK / 8) rows are
+// covered per pass. Offsets are the tile's first key's; a tile adds j0 times the key stride.
+struct GaTcCopy {
+    ga_i64 k_off, v_off;  // elements from p.k / p.v to (b, key jj0, kvh, d0)
+    int jj0, smem_off;    // row in the tile; jj0 * P + d0 in a stage
+    bool k_ok, v_ok;      // d0 < head_dim / v_head_dim
+};
+
 template <int DK>
-DEV void ga_tc_load_kv(const GaParams& p, unsigned short* sK, unsigned short* sV, int* flag, ga_i64 j0, int b,
-                       int kvh) {
-    const int P = DK + 8, tid = threadIdx.x;
-    const ga_i64 n = p.kv_len;
-    if (tid == 0) *flag = 0;  // read after the barrier that follows this stage's wait
-    UNROLL for (int i = 0; i < GA_TC_BN * DK / 8 / GA_THREADS; ++i) {
-        const int c = tid + i * GA_THREADS, jj = c / (DK / 8), d = 8 * (c % (DK / 8));
-        const ga_i64 j = j0 + jj;
-        const bool in_k = j < n && d < p.head_dim, in_v = j < n && d < p.v_head_dim;
-        const unsigned short* k = (const unsigned short*)p.k;
-        const unsigned short* v = (const unsigned short*)p.v;
+DEV GaTcCopy ga_tc_copy(const GaParams& p, int b, int kvh) {
+    const int tid = threadIdx.x, jj0 = tid / (DK / 8), d0 = 8 * (tid % (DK / 8));
+    GaTcCopy c;
+    c.k_off = b * p.k_str[0] + kvh * p.k_str[2] + jj0 * p.k_str[1] + d0;
+    c.v_off = b * p.v_str[0] + kvh * p.v_str[2] + jj0 * p.v_str[1] + d0;
+    c.jj0 = jj0;
+    c.smem_off = jj0 * (DK + 8) + d0;
+    c.k_ok = d0 < p.head_dim;
+    c.v_ok = d0 < p.v_head_dim;
+    return c;
+}
+
+// Starts the copy of the tile at key j0 into the stage at shared addresses sk / sv (bytes).
+template <int DK>
+DEV void ga_tc_load_kv(const GaParams& p, const GaTcCopy& c, unsigned sk, unsigned sv, int* flag, ga_i64 j0) {
+    constexpr int P = DK + 8, ROWS = GA_THREADS / (DK / 8);
+    if (threadIdx.x == 0) *flag = 0;  // read after the barrier that follows this stage's wait
+    const ga_i64 left = p.kv_len - j0 - c.jj0;  // keys from this thread's first row to the end
+    const ga_i64 k0 = c.k_off + j0 * p.k_str[1], v0 = c.v_off + j0 * p.v_str[1];
+    const unsigned short* k = (const unsigned short*)p.k;
+    const unsigned short* v = (const unsigned short*)p.v;
+    UNROLL for (int i = 0; i < GA_TC_BN / ROWS; ++i) {
+        const bool in = i * ROWS < left, in_k = in && c.k_ok, in_v = in && c.v_ok;
         // Outside: zero-fill from the (valid, aligned) base address.
-        const unsigned short* ks = in_k ? k + b * p.k_str[0] + j * p.k_str[1] + kvh * p.k_str[2] + d : k;
-        const unsigned short* vs = in_v ? v + b * p.v_str[0] + j * p.v_str[1] + kvh * p.v_str[2] + d : v;
-        ga_cp_async_cg16(ga_smem_u32(sK + jj * P + d), ks, in_k ? 16 : 0);
-        ga_cp_async_cg16(ga_smem_u32(sV + jj * P + d), vs, in_v ? 16 : 0);
+        const unsigned short* ks = k + (in_k ? k0 + (ga_i64)(i * ROWS) * p.k_str[1] : 0);
+        const unsigned short* vs = v + (in_v ? v0 + (ga_i64)(i * ROWS) * p.v_str[1] : 0);
+        const unsigned off = 2 * (c.smem_off + i * ROWS * P);
+        ga_cp_async_cg16(sk + off, ks, in_k ? 16 : 0);
+        ga_cp_async_cg16(sv + off, vs, in_v ? 16 : 0);
     }
 }
 
 // After this thread's wait: flags the stage when a V chunk this thread copied is not finite.
-template <int DK>
-DEV void ga_tc_check_v(const GaParams& p, const unsigned short* sV, int* flag) {
-    const int P = DK + 8, tid = threadIdx.x;
-    const unsigned exp_mask = p.v_dt == GA_DT_BF16 ? 0x7f80u : 0x7c00u;
-    bool bad = false;
-    UNROLL for (int i = 0; i < GA_TC_BN * DK / 8 / GA_THREADS; ++i) {
-        const int c = tid + i * GA_THREADS, jj = c / (DK / 8), d = 8 * (c % (DK / 8));
-        for (int e = 0; e < 8; ++e) bad = bad || (sV[jj * P + d + e] & exp_mask) == exp_mask;
+// Two values per 32-bit word: a half is non-finite iff its magnitude is at least the smallest
+// non-finite one (f16 0x7c00, bf16 0x7f80); adding the distance to 0x8000 sets that half's
+// bit 15 exactly then (no carry into the other half: 0x7fff plus it stays below 0x10000).
+template <int DK, bool BF16>
+DEV void ga_tc_check_v(const GaTcCopy& c, const unsigned short* sV, int* flag) {
+    constexpr int P = DK + 8, ROWS = GA_THREADS / (DK / 8);
+    const unsigned to_sign = BF16 ? 0x00800080u : 0x04000400u;
+    unsigned bits = 0;
+    UNROLL for (int i = 0; i < GA_TC_BN / ROWS; ++i) {
+        const unsigned* w = (const unsigned*)(sV + c.smem_off + i * ROWS * P);  // 16-byte aligned chunk
+        UNROLL for (int e = 0; e < 4; ++e) bits |= (w[e] & 0x7fff7fffu) + to_sign;
     }
-    if (bad) *flag = 1;
+    if (bits & 0x80008000u) *flag = 1;
 }
 
 DEV unsigned ga_tc_pack(float lo, float hi, bool bf16) {
@@ -60,7 +91,7 @@ DEV unsigned ga_tc_pack(float lo, float hi, bool bf16) {
 
 DEV float ga_tc_round(float x, bool bf16) { return bf16 ? ga_bf2f(ga_f2bf(x)) : ga_h2f(ga_f2h(x)); }
 
-template <int DK>
+template <int DK, bool BF16, bool OPTS>
 DEV void ga_attn_tc(const GaParams& p) {
     constexpr int P = DK + 8, NT = DK / 8;  // NT: n8 tiles of the output dims
     DYN_SMEM(unsigned short, smem);
@@ -70,11 +101,11 @@ DEV void ga_attn_tc(const GaParams& p) {
     float* sP = (float*)(sV + 2 * GA_TC_BN * P);
     int* sFlag = (int*)(sP + 4 * 16 * GA_TC_BN);
     const int G = p.group, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
-    const bool bf16 = p.q_dt == GA_DT_BF16;
-    // Without softcap, ALiBi or bias a score is the scaled dot product; otherwise ga_score runs
-    // over the warp's S tile in shared memory (one inlined copy, not one per register: 16 copies
-    // made NVRTC's compile nine times slower).
-    const bool plain = !(p.softcap > 0.f) && !p.alibi && !p.bias;
+    constexpr bool bf16 = BF16;
+    // Without softcap, ALiBi or bias (OPTS false) a score is the scaled dot product; otherwise
+    // ga_score runs over the warp's S tile in shared memory (one inlined copy, not one per
+    // register: 16 copies made NVRTC's compile nine times slower).
+    constexpr bool plain = !OPTS;
     const int n_rows = p.q_len * G, r0 = blockIdx.x * GA_TC_BM, kvh = blockIdx.y, b = blockIdx.z;
     const ga_i64 n = p.kv_len;
 
@@ -136,87 +167,104 @@ DEV void ga_attn_tc(const GaParams& p) {
     }
     UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] = 0.f;
 
-    ga_i64 tile = next_live(t_begin);
-    if (tile < t_end) ga_tc_load_kv<DK>(p, sK, sV, sFlag, tile * GA_TC_BN, b, kvh);
-    ga_cp_async_commit();
-    for (int s = 0; tile < t_end; s ^= 1) {
-        const ga_i64 j0 = tile * GA_TC_BN, next = next_live(tile + 1);
-        unsigned short* k_s = sK + s * GA_TC_BN * P;
-        unsigned short* v_s = sV + s * GA_TC_BN * P;
-        if (next < t_end)
-            ga_tc_load_kv<DK>(p, sK + (s ^ 1) * GA_TC_BN * P, sV + (s ^ 1) * GA_TC_BN * P, sFlag + (s ^ 1),
-                              next * GA_TC_BN, b, kvh);
-        ga_cp_async_commit();
-        ga_cp_async_wait<1>();
-        ga_tc_check_v<DK>(p, v_s, sFlag + s);
-        __syncthreads();  // the tile (and its flag) from every thread is in shared memory
+    // Shared addresses (bytes) for ldmatrix and cp.async, this lane's part fixed before the loop
+    // so that the loop adds constants only: Q rows warp * 16 + (lane & 15), dims 8 (lane >> 4);
+    // K rows (lane & 7) + 8 (lane >> 4), dims 8 ((lane >> 3) & 1); V rows lane & 15, dims 8 (lane >> 4).
+    constexpr unsigned STAGE = 2 * GA_TC_BN * P;  // bytes of one K or V stage
+    const unsigned sk_u = ga_smem_u32(sK), sv_u = ga_smem_u32(sV);
+    const unsigned q_lane = ga_smem_u32(sQ) + 2 * ((warp * 16 + (lane & 15)) * P + 8 * (lane >> 4));
+    const unsigned k_lane = 2 * (((lane & 7) + 8 * (lane >> 4)) * P + 8 * ((lane >> 3) & 1));
+    const unsigned v_lane = 2 * ((lane & 15) * P + 8 * (lane >> 4));
+    const GaTcCopy cp = ga_tc_copy<DK>(p, b, kvh);
 
-        // S (16 x 32) = Q_w Kᵀ: 4 n8 key tiles, DK / 16 k-steps.
-        float sc[4][4];
-        UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) sc[t][i] = 0.f;
-        UNROLL for (int kk = 0; kk < DK / 16; ++kk) {
-            unsigned a[4];
-            ga_ldsm_x4(a, ga_smem_u32(sQ + (warp * 16 + (lane & 15)) * P + kk * 16 + 8 * (lane >> 4)));
-            UNROLL for (int pr = 0; pr < 2; ++pr) {
-                unsigned r[4];
-                const int key = pr * 16 + (lane & 7) + 8 * (lane >> 4), d = kk * 16 + 8 * ((lane >> 3) & 1);
-                ga_ldsm_x4(r, ga_smem_u32(k_s + key * P + d));
-                const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                if (bf16) {
-                    ga_mma_bf16(sc[2 * pr], a, b0, sc[2 * pr]);
-                    ga_mma_bf16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
-                } else {
-                    ga_mma_f16(sc[2 * pr], a, b0, sc[2 * pr]);
-                    ga_mma_f16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+    ga_i64 tile = next_live(t_begin), next = 0;
+    if (tile < t_end) ga_tc_load_kv<DK>(p, cp, sk_u, sv_u, sFlag, tile * GA_TC_BN);
+    ga_cp_async_commit();
+    int s = 0;
+    float sc[4][4];  // S, then P, of the current tile (live across the cold path's exit)
+    for (;;) {
+        // The K/V loop: the hot path only. A tile with a non-finite V leaves it after the softmax.
+        for (; tile < t_end; s ^= 1, tile = next) {
+            const ga_i64 j0 = tile * GA_TC_BN;
+            next = next_live(tile + 1);
+            const unsigned k_s = sk_u + s * STAGE + k_lane, v_s = sv_u + s * STAGE + v_lane;
+            if (next < t_end)
+                ga_tc_load_kv<DK>(p, cp, sk_u + (s ^ 1) * STAGE, sv_u + (s ^ 1) * STAGE, sFlag + (s ^ 1),
+                                  next * GA_TC_BN);
+            ga_cp_async_commit();
+            ga_cp_async_wait<1>();
+            ga_tc_check_v<DK, BF16>(cp, sV + s * GA_TC_BN * P, sFlag + s);
+            __syncthreads();  // the tile (and its flag) from every thread is in shared memory
+
+            // S (16 x 32) = Q_w Kᵀ: 4 n8 key tiles, DK / 16 k-steps.
+            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) sc[t][i] = 0.f;
+            UNROLL for (int kk = 0; kk < DK / 16; ++kk) {
+                unsigned a[4];
+                ga_ldsm_x4(a, q_lane + 2 * kk * 16);
+                UNROLL for (int pr = 0; pr < 2; ++pr) {
+                    unsigned r[4];
+                    ga_ldsm_x4(r, k_s + 2 * (pr * 16 * P + kk * 16));
+                    const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                    if (bf16) {
+                        ga_mma_bf16(sc[2 * pr], a, b0, sc[2 * pr]);
+                        ga_mma_bf16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                    } else {
+                        ga_mma_f16(sc[2 * pr], a, b0, sc[2 * pr]);
+                        ga_mma_f16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                    }
                 }
             }
-        }
-        if (!plain) {
-            float* w = sP + warp * 16 * GA_TC_BN;
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
-                w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = sc[t][i];
-            SYNCWARP();
-            for (int e = lane; e < 16 * GA_TC_BN; e += 32) {
-                const int pr = r0 + warp * 16 + e / GA_TC_BN;
-                const ga_i64 j = j0 + e % GA_TC_BN;
-                if (pr < n_rows && j < n) w[e] = ga_score(p, w[e], b, kvh * G + pr % G, pr / G, j);
+            if (OPTS) {
+                float* w = sP + warp * 16 * GA_TC_BN;
+                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                    w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = sc[t][i];
+                SYNCWARP();
+                for (int e = lane; e < 16 * GA_TC_BN; e += 32) {
+                    const int pr = r0 + warp * 16 + e / GA_TC_BN;
+                    const ga_i64 j = j0 + e % GA_TC_BN;
+                    if (pr < n_rows && j < n) w[e] = ga_score(p, w[e], b, kvh * G + pr % G, pr / G, j);
+                }
+                SYNCWARP();
+                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                    sc[t][i] = w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)];
+                SYNCWARP();  // w is reused below
             }
-            SYNCWARP();
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
-                sc[t][i] = w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)];
-            SYNCWARP();  // w is reused below
-        }
-        // Scores, masks and the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1).
-        float alpha[2];
-        UNROLL for (int rr = 0; rr < 2; ++rr) {
-            float mx = NEG_INF;
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                const ga_i64 j = j0 + 8 * t + 2 * q + e;
-                float& s_ = sc[t][2 * rr + e];
-                s_ = row_ok[rr] && j < n && ga_visible(keys[rr], j)
-                         ? (plain ? s_ * p.scale : s_)
-                         : NEG_INF;
-                mx = fmaxf(mx, s_);
+            // Scores, masks and the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1).
+            float alpha[2];
+            UNROLL for (int rr = 0; rr < 2; ++rr) {
+                // ga_visible relative to the tile, in 32 bits and without branches: each bound
+                // clamped to [0, 32] keeps its comparison with a key 0..31 of the tile exact
+                // (hi <= kv_len, so keys past the end are hidden too).
+                const int hi_t = row_ok[rr] ? (int)ga_clamp64(keys[rr].hi - j0, 0, GA_TC_BN) : 0;
+                const int lo_t = (int)ga_clamp64(keys[rr].lo - j0, 0, GA_TC_BN);
+                const int se_t = (int)ga_clamp64(keys[rr].sinks_end - j0, 0, GA_TC_BN);
+                float mx = NEG_INF;
+                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                    const int jr = 8 * t + 2 * q + e;
+                    float& s_ = sc[t][2 * rr + e];
+                    const bool vis = (jr < hi_t) & ((jr >= lo_t) | (jr < se_t));
+                    s_ = vis ? (plain ? s_ * p.scale : s_) : NEG_INF;
+                    mx = fmaxf(mx, s_);
+                }
+                mx = fmaxf(mx, SHFL_XOR(mx, 1));
+                mx = fmaxf(mx, SHFL_XOR(mx, 2));
+                const float m_new = fmaxf(m[rr], mx);
+                alpha[rr] = m_new == NEG_INF ? 1.f : ga_exp_ftz(m[rr] - m_new);
+                float sum = 0.f;
+                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                    float& s_ = sc[t][2 * rr + e];
+                    const bool vis = s_ != NEG_INF;
+                    s_ = vis && m_new != NEG_INF ? ga_exp_ftz(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
+                    sum += vis ? s_ : 0.f;
+                }
+                sum += SHFL_XOR(sum, 1);
+                sum += SHFL_XOR(sum, 2);
+                l[rr] = l[rr] * alpha[rr] + sum;  // from the f32 P, as FlashAttention-2
+                m[rr] = m_new;
             }
-            mx = fmaxf(mx, SHFL_XOR(mx, 1));
-            mx = fmaxf(mx, SHFL_XOR(mx, 2));
-            const float m_new = fmaxf(m[rr], mx);
-            alpha[rr] = m_new == NEG_INF ? 1.f : EXPF(m[rr] - m_new);
-            float sum = 0.f;
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                float& s_ = sc[t][2 * rr + e];
-                const bool vis = s_ != NEG_INF;
-                s_ = vis && m_new != NEG_INF ? EXPF(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
-                sum += vis ? s_ : 0.f;
-            }
-            sum += SHFL_XOR(sum, 1);
-            sum += SHFL_XOR(sum, 2);
-            l[rr] = l[rr] * alpha[rr] + sum;  // from the f32 P, as FlashAttention-2
-            m[rr] = m_new;
-        }
-        UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] *= alpha[i >> 1];
+            UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] *= alpha[i >> 1];
 
-        if (sFlag[s] == 0) {
+            if (sFlag[s] != 0) break;  // block-uniform: the flag was set before the barrier above
             // O += P V: P's S fragments are the A fragments (keys 16 kk ... of rows g, g + 8), rounded.
             UNROLL for (int kk = 0; kk < 2; ++kk) {
                 unsigned a[4];
@@ -226,8 +274,7 @@ DEV void ga_attn_tc(const GaParams& p) {
                 }
                 UNROLL for (int t2 = 0; t2 < NT / 2; ++t2) {
                     unsigned r[4];
-                    const int key = kk * 16 + (lane & 15), d = t2 * 16 + 8 * (lane >> 4);
-                    ga_ldsm_x4_t(r, ga_smem_u32(v_s + key * P + d));
+                    ga_ldsm_x4_t(r, v_s + 2 * (kk * 16 * P + t2 * 16));
                     const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
                     if (bf16) {
                         ga_mma_bf16(acc[2 * t2], a, b0, acc[2 * t2]);
@@ -238,8 +285,13 @@ DEV void ga_attn_tc(const GaParams& p) {
                     }
                 }
             }
-        } else {
-            // A non-finite V in this tile: scalar P V that never touches a hidden key's V row.
+            __syncthreads();  // stage s is refilled by the next iteration's prefetch
+        }
+        if (tile >= t_end) break;
+        {
+            // Cold path, the tile in stage s holds a non-finite V: scalar P V that never touches
+            // a hidden key's V row; then on to the next tile.
+            const unsigned short* v_s = sV + s * GA_TC_BN * P;
             float* w = sP + warp * 16 * GA_TC_BN;
             UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) {
                 const float x = sc[t][i];
@@ -256,7 +308,8 @@ DEV void ga_attn_tc(const GaParams& p) {
             }
             SYNCWARP();
         }
-        __syncthreads();  // stage s is refilled by the next iteration's prefetch
+        __syncthreads();  // as at the end of the hot loop's body
+        s ^= 1;
         tile = next;
     }
     ga_cp_async_wait<0>();
@@ -290,5 +343,12 @@ DEV void ga_attn_tc(const GaParams& p) {
     }
 }
 
-KERNEL void attn_fwd_tc_d64(const GaParams p) { ga_attn_tc<64>(p); }
-KERNEL void attn_fwd_tc_d128(const GaParams p) { ga_attn_tc<128>(p); }
+// Entry points: head class, storage type, and _opt for the score-option pass.
+KERNEL void attn_fwd_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false>(p); }
+KERNEL void attn_fwd_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false>(p); }
+KERNEL void attn_fwd_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true>(p); }
+KERNEL void attn_fwd_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true>(p); }
+KERNEL void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false>(p); }
+KERNEL void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false>(p); }
+KERNEL void attn_fwd_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true>(p); }
+KERNEL void attn_fwd_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true>(p); }

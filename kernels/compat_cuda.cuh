@@ -28,6 +28,14 @@ DEV float ga_h2f(unsigned short h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+// e^x as __expf computes it (ex2.approx of x log2(e)), but with subnormal results flushed to
+// zero (.ftz): ptxas then emits no range fix-up around MUFU.EX2 (a compare and two FMUL per exp
+// in the tensor-core softmax). The CPU twin flushes the same way.
+DEV float ga_exp_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
+}
 DEV unsigned short ga_f2h(float f) {
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));

@@ -23,7 +23,10 @@ struct EmuKernel {
 const EmuKernel emu_kernels[] = {
     EMU_K(attn_fwd_d64),     EMU_K(attn_fwd_d128),     EMU_K(attn_fwd_d256),    EMU_K(attn_split_d64),
     EMU_K(attn_split_d128),  EMU_K(attn_split_d256),   EMU_K(attn_combine_d64), EMU_K(attn_combine_d128),
-    EMU_K(attn_combine_d256), EMU_K(kv_append),       EMU_K(attn_fwd_tc_d64),  EMU_K(attn_fwd_tc_d128),
+    EMU_K(attn_combine_d256), EMU_K(kv_append),
+    EMU_K(attn_fwd_tc_d64_f16),   EMU_K(attn_fwd_tc_d64_bf16),   EMU_K(attn_fwd_tc_d64_f16_opt),
+    EMU_K(attn_fwd_tc_d64_bf16_opt), EMU_K(attn_fwd_tc_d128_f16), EMU_K(attn_fwd_tc_d128_bf16),
+    EMU_K(attn_fwd_tc_d128_f16_opt), EMU_K(attn_fwd_tc_d128_bf16_opt),
 };
 }  // namespace
 

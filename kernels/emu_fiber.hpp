@@ -327,6 +327,11 @@ static inline void emu_error(const char* what) { emu_fail(what); }
 typedef unsigned long long ga_u64;
 typedef long long ga_i64;
 
+// ga_exp_ftz (compat_cuda.cuh): e^x with subnormal results flushed to zero.
+static inline float ga_exp_ftz(float x) {
+    const float y = std::exp(x);
+    return y < 1.17549435e-38f ? 0.f : y;
+}
 static inline float ga_h2f(unsigned short h) { return (float)std::bit_cast<_Float16>(h); }
 static inline unsigned short ga_f2h(float f) { return std::bit_cast<unsigned short>((_Float16)f); }
 

@@ -7,6 +7,8 @@
 # table that differs from the committed kernels/ptxas/cudaXY.txt (GA_BLESS=1 rewrites them).
 #
 # NVRTC runs ptxas internally for a CUBIN, so no separate ptxas wheel is needed.
+#
+# The CUBINs go to target/cubin/cudaXY_sm_NN.cubin (GA_DUMP_CUBIN) for scripts/sass_model.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +27,6 @@ for entry in "${wheels[@]}"; do
     fi
     echo "==> NVRTC $version: every kernel for sm_80 and sm_90"
     LD_LIBRARY_PATH="$PWD/$dest/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GA_REQUIRE_NVRTC=1 \
+        GA_DUMP_CUBIN="$PWD/target/cubin" \
         cargo test --release --features cuda --test cuda nvrtc -- --nocapture
 done

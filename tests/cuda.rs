@@ -36,7 +36,7 @@ fn register_budget(k: KernelId) -> u32 {
         KernelKind::Fwd | KernelKind::Split => 128,
         // The tensor-core prefill keeps 4 Dv / 8 f32 accumulators, the S tile and the row state of
         // two rows per lane in registers (FlashAttention-2 uses up to 255): 2 blocks per SM.
-        KernelKind::FwdTc => 255,
+        KernelKind::FwdTc(_) => 255,
     }
 }
 
@@ -55,7 +55,9 @@ const TC_UNIT_KERNELS: [(&str, u32, usize); 4] =
 
 /// Compiles every kernel for sm_80 and sm_90 with the NVRTC on the library path, checks spills,
 /// registers and shared memory, and compares the resource table with kernels/ptxas/cudaXY.txt
-/// (`GA_BLESS=1` rewrites it). Skips when NVRTC is absent, unless `GA_REQUIRE_NVRTC=1`.
+/// (`GA_BLESS=1` rewrites it). Skips when NVRTC is absent, unless `GA_REQUIRE_NVRTC=1`. With
+/// `GA_DUMP_CUBIN=DIR` it also writes each CUBIN to `DIR/cudaXY_sm_NN.cubin` for
+/// `scripts/sass_model.sh` (the SASS of exactly what the crate loads).
 #[test]
 fn nvrtc_compiles_every_kernel_within_budget() {
     if !nvrtc::nvrtc_present() {
@@ -71,6 +73,11 @@ fn nvrtc_compiles_every_kernel_within_budget() {
     for (arch, smem_limit, smem_per_sm) in [("sm_80", MAX_SMEM_SM80, 167_936), ("sm_90", MAX_SMEM_SM90, 233_472)] {
         let compiled = nvrtc::compile(arch, &[]).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(&compiled.cubin[..4], b"\x7fELF", "{arch}: not a CUBIN");
+        if let Some(dir) = std::env::var_os("GA_DUMP_CUBIN") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("cuda{major}{minor}_{arch}.cubin")), &compiled.cubin).unwrap();
+        }
         let report = nvrtc::parse_resources(&compiled.log);
         for k in KernelId::all() {
             let r = report
@@ -80,7 +87,7 @@ fn nvrtc_compiles_every_kernel_within_budget() {
             let (threads, dyn_smem) = match k.kind {
                 KernelKind::Combine => (32, 0),
                 KernelKind::KvAppend => (APPEND_THREADS, 0),
-                KernelKind::FwdTc => (THREADS, tc_smem_bytes(k.class.max_dim())),
+                KernelKind::FwdTc(_) => (THREADS, tc_smem_bytes(k.class.max_dim())),
                 _ => (THREADS, attn_smem_bytes(k.class.max_dim(), k.class.max_dim())),
             };
             assert_eq!(r.spill_bytes, 0, "{arch} {}: spills\n{}", k.name(), compiled.log);

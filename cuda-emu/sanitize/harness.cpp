@@ -1,5 +1,7 @@
 // Sanitizer driver for the emulated kernels (scripts/cuda_sanitizers.sh): one multi-tile shape
-// per kernel (prefill; split-KV decode + combine; RoPE-append into a cache), built in thread mode under ThreadSanitizer
+// per kernel (prefill; split-KV decode + combine; RoPE-append into a cache; the tensor-core
+// prefill in f16, and in bf16 with softcap and a non-finite V value that sends one tile down the
+// cold path), built in thread mode under ThreadSanitizer
 // and in fiber mode under AddressSanitizer. The geometry below is what src/cuda/launch.rs
 // computes for these shapes (16-row tiles, 32-key tiles, 128 threads, combine: one warp per row);
 // the Rust emulator tests cover correctness, this program only has to run clean.
@@ -120,6 +122,41 @@ int main() {
                 for (int s = 7; s < cap; ++s)
                     for (int e = 0; e < d; ++e) got.push_back(ga_bf2f(cache[((size_t)(r * h + hh) * cap + s) * d + e]));
         rc |= check(got, "kv_append");
+    }
+    {  // tensor-core prefill: 40 queries x 4 heads over 1 KV head = 3 tiles of 64 rows, 70 keys = 3 key
+       // tiles through the cp.async double buffer. Shared memory as src/cuda/launch.rs::tc_smem_bytes(64).
+        const int b = 1, q = 40, kv = 70, hq = 4, hkv = 1, d = 64;
+        const size_t tc_smem = 2 * (64 + 4 * 32) * (d + 8) + 4 * 4 * 16 * 32 + 2 * 4;
+        for (int bf16 = 0; bf16 < 2; ++bf16) {
+            auto half = [&](const std::vector<float>& x) {
+                std::vector<unsigned short> h(x.size());
+                for (size_t i = 0; i < x.size(); ++i) h[i] = bf16 ? ga_f2bf(x[i]) : ga_f2h(x[i]);
+                return h;
+            };
+            auto Q = half(fill((size_t)b * q * hq * d, 10)), K = half(fill((size_t)b * kv * hkv * d, 11)),
+                 V = half(fill((size_t)b * kv * hkv * d, 12));
+            // bf16: a NaN in the last key's V, which only the last query row sees (causal, bottom-right).
+            if (bf16) V[(size_t)(kv - 1) * hkv * d + 5] = 0x7fc0;
+            std::vector<float> O((size_t)b * q * hq * d), lse((size_t)b * hq * q);
+            GaParams p = base(b, q, kv, hq, hkv, d, nullptr, nullptr, nullptr, O.data(), lse.data());
+            p.q = (ga_u64)Q.data();
+            p.k = (ga_u64)K.data();
+            p.v = (ga_u64)V.data();
+            p.q_dt = p.k_dt = p.v_dt = bf16 ? GA_DT_BF16 : GA_DT_F16;
+            p.o_dt = GA_DT_F32;
+            if (bf16) p.softcap = 20.f;
+            const char* name = bf16 ? "attn_fwd_tc_d64_bf16_opt" : "attn_fwd_tc_d64_f16";
+            launch(name, (q * hq / hkv + 63) / 64, hkv, b, 128, tc_smem, p);
+            // Rows of the last query may hold the NaN; every other output must be finite.
+            std::vector<float> seen(O.begin(), O.begin() + (size_t)(q - 1) * hq * d);
+            rc |= check(seen, name);
+            size_t nans = 0;
+            for (size_t i = seen.size(); i < O.size(); ++i) nans += O[i] != O[i];
+            if (bf16 && nans == 0) {
+                fprintf(stderr, "%s: the NaN in V did not reach the row that sees it\n", name);
+                rc = 1;
+            }
+        }
     }
     return rc;
 }

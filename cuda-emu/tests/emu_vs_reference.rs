@@ -218,13 +218,16 @@ fn empty_rows() {
 
 #[test]
 fn tensor_cores_take_f16_and_bf16_prefill() {
-    for dt in [DType::F16, DType::BF16] {
+    for (dt, ty) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
         let c = Case::new(1, 70, 90, 8, 2, 128).dtypes([dt; 4]).seed(60);
         let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(1), "tensor cores, D 128, GQA 4");
-        assert_eq!(k, ["attn_fwd_tc_d128"]);
+        assert_eq!(k, [format!("attn_fwd_tc_d128_{ty}")]);
         let c = Case::new(2, 37, 45, 2, 2, 40).dtypes([dt, dt, dt, DType::F32]).seed(61);
         let k = check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "tensor cores, D 40");
-        assert_eq!(k, ["attn_fwd_tc_d64"]);
+        assert_eq!(k, [format!("attn_fwd_tc_d64_{ty}")]);
+        // A score option (softcap) takes the instantiation with the score pass.
+        let k = check_emu(&c, &AttentionOptions::new().softcap(30.0), Splits::Fixed(1), "tensor cores, softcap");
+        assert_eq!(k, [format!("attn_fwd_tc_d64_{ty}_opt")]);
     }
     // Not taken: f32 storage, mixed storage, D 256, a split decode.
     let c = Case::new(1, 5, 40, 2, 1, 64).dtypes([DType::F16, DType::BF16, DType::F16, DType::F16]).seed(62);
@@ -368,7 +371,7 @@ fn planted_mask_fault_is_caught_on_tensor_cores() {
     let inp = make_inputs(&c);
     let mut emu = Emulator::new(Variant::FaultMaskOffByOne);
     let (out, lse) = run(&mut emu, &inp, &c, &opts, Splits::Fixed(1)).expect("launch");
-    assert_eq!(emu.launched, ["attn_fwd_tc_d64"]);
+    assert_eq!(emu.launched, ["attn_fwd_tc_d64_f16"]);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         check_plus(&inp, &c, &opts, &out, &lse, "fault", tc_tolerance(&inp, &c, &opts));
     }))

@@ -219,7 +219,12 @@ pub(crate) fn launch_attention<B: Backend>(
             (args.k.dtype, args.k.addr, strides3(&args.k.layout)),
             (args.v.dtype, args.v.addr, strides3(&args.v.layout)),
         );
-    let tc = lp.with_tensor_cores(&dims, eligible);
+    // One instantiation per storage type, and the score pass only where an option needs it.
+    let variant = eligible.then(|| super::launch::TcVariant {
+        bf16: args.q.dtype == crate::DType::BF16,
+        score_opts: opts.softcap.is_some_and(|c| c > 0.0) || opts.alibi_slopes.is_some() || opts.bias.is_some(),
+    });
+    let tc = lp.with_tensor_cores(&dims, variant);
     let lp = if tc.attn(&dims).check(backend.smem_limit()).is_ok() { &tc } else { lp };
     if dims.batch == 0 || dims.q_len == 0 || dims.q_heads == 0 || dims.v_head_dim == 0 {
         return Ok(());

@@ -74,8 +74,30 @@ pub enum KernelKind {
     /// Copies head rows into (or out of) a device KV cache with fused RoPE; one entry point for
     /// every head dim (the class is ignored).
     KvAppend,
-    /// Prefill on tensor cores (sm_80+, f16/bf16 storage; classes D64 and D128 only).
-    FwdTc,
+    /// Prefill on tensor cores (sm_80+, f16/bf16 storage; classes D64 and D128 only), one entry
+    /// point per [`TcVariant`].
+    FwdTc(TcVariant),
+}
+
+/// One instantiation of the tensor-core prefill (`kernels/attn_tc.cu`): the storage type and
+/// whether the score options run, fixed at compile time so that the K/V loop holds one type's
+/// `mma` path and, without options, no score pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcVariant {
+    /// bf16 storage (else f16).
+    pub bf16: bool,
+    /// Softcap, ALiBi or a bias is set: the `_opt` entry point, which runs `ga_score` per score.
+    pub score_opts: bool,
+}
+
+impl TcVariant {
+    /// Every instantiation.
+    pub const ALL: [TcVariant; 4] = [
+        TcVariant { bf16: false, score_opts: false },
+        TcVariant { bf16: true, score_opts: false },
+        TcVariant { bf16: false, score_opts: true },
+        TcVariant { bf16: true, score_opts: true },
+    ];
 }
 
 /// One kernel entry point: kind and head class.
@@ -94,9 +116,9 @@ impl KernelId {
             .into_iter()
             .flat_map(|kind| HeadClass::ALL.into_iter().map(move |class| KernelId { kind, class }))
             .chain(core::iter::once(KernelId::KV_APPEND))
-            .chain(
-                [HeadClass::D64, HeadClass::D128].into_iter().map(|class| KernelId { kind: KernelKind::FwdTc, class }),
-            )
+            .chain([HeadClass::D64, HeadClass::D128].into_iter().flat_map(|class| {
+                TcVariant::ALL.into_iter().map(move |v| KernelId { kind: KernelKind::FwdTc(v), class })
+            }))
     }
 
     /// The RoPE-append kernel.
@@ -117,10 +139,20 @@ impl KernelId {
             (Combine, D128) => "attn_combine_d128",
             (Combine, D256) => "attn_combine_d256",
             (KvAppend, _) => "kv_append",
-            (FwdTc, D64) => "attn_fwd_tc_d64",
-            (FwdTc, D128) => "attn_fwd_tc_d128",
+            (FwdTc(v), D64) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_fwd_tc_d64_f16",
+                (true, false) => "attn_fwd_tc_d64_bf16",
+                (false, true) => "attn_fwd_tc_d64_f16_opt",
+                (true, true) => "attn_fwd_tc_d64_bf16_opt",
+            },
+            (FwdTc(v), D128) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_fwd_tc_d128_f16",
+                (true, false) => "attn_fwd_tc_d128_bf16",
+                (false, true) => "attn_fwd_tc_d128_f16_opt",
+                (true, true) => "attn_fwd_tc_d128_bf16_opt",
+            },
             // Never chosen (LaunchPlan::with_tensor_cores); a launch of it fails as unknown.
-            (FwdTc, D256) => "attn_fwd_tc_d256",
+            (FwdTc(_), D256) => "attn_fwd_tc_d256",
         }
     }
 }
@@ -201,8 +233,9 @@ pub struct LaunchPlan {
     pub n_splits: usize,
     /// Keys per split (a multiple of [`BLOCK_N`]).
     pub split_len: usize,
-    /// Prefill on the tensor-core kernel (`row_tiles` then count [`TC_BLOCK_M`] rows).
-    pub tensor_cores: bool,
+    /// Prefill on this instantiation of the tensor-core kernel (`row_tiles` then count
+    /// [`TC_BLOCK_M`] rows); `None` on the CUDA-core kernels.
+    pub tensor_cores: Option<TcVariant>,
 }
 
 /// How to split the keys.
@@ -246,24 +279,25 @@ impl LaunchPlan {
                 return Err(Error::Unsupported { backend: "cuda", what: "a size above i32::MAX" });
             }
         }
-        Ok(LaunchPlan { class, row_tiles, n_splits, split_len, tensor_cores: false })
+        Ok(LaunchPlan { class, row_tiles, n_splits, split_len, tensor_cores: None })
     }
 
-    /// This plan on the tensor-core prefill kernel when `eligible` (f16/bf16 storage on an sm_80+
-    /// device with the kernel's alignment, see [`tc_eligible`]) and the plan is a prefill
-    /// (no split) of head class D64 or D128; otherwise unchanged.
-    pub fn with_tensor_cores(&self, dims: &Dims, eligible: bool) -> LaunchPlan {
-        if !eligible || self.n_splits != 1 || self.class == HeadClass::D256 {
+    /// This plan on instantiation `variant` of the tensor-core prefill kernel when one is given
+    /// (f16/bf16 storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`])
+    /// and the plan is a prefill (no split) of head class D64 or D128; otherwise unchanged.
+    pub fn with_tensor_cores(&self, dims: &Dims, variant: Option<TcVariant>) -> LaunchPlan {
+        let Some(v) = variant else { return *self };
+        if self.n_splits != 1 || self.class == HeadClass::D256 {
             return *self;
         }
         let rows = dims.q_len * dims.group();
-        LaunchPlan { row_tiles: rows.div_ceil(TC_BLOCK_M), tensor_cores: true, ..*self }
+        LaunchPlan { row_tiles: rows.div_ceil(TC_BLOCK_M), tensor_cores: Some(v), ..*self }
     }
 
     /// The attention kernel's geometry: (row tiles × splits, KV heads, batch).
     pub fn attn(&self, dims: &Dims) -> Geometry {
         let x = self.row_tiles.saturating_mul(self.n_splits);
-        let smem_bytes = if self.tensor_cores {
+        let smem_bytes = if self.tensor_cores.is_some() {
             tc_smem_bytes(self.class.max_dim())
         } else {
             attn_smem_bytes(dims.head_dim, dims.v_head_dim)
@@ -282,8 +316,8 @@ impl LaunchPlan {
 
     /// The attention kernel to launch.
     pub fn attn_kernel(&self) -> KernelId {
-        let kind = if self.tensor_cores {
-            KernelKind::FwdTc
+        let kind = if let Some(v) = self.tensor_cores {
+            KernelKind::FwdTc(v)
         } else if self.n_splits > 1 {
             KernelKind::Split
         } else {
@@ -365,24 +399,32 @@ mod tests {
         assert!(p.combine(&d).check(MAX_SMEM_SM90).is_err());
         // A grid.x beyond u32 saturates instead of wrapping, and is rejected.
         let huge =
-            LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32, tensor_cores: false };
+            LaunchPlan { class: HeadClass::D64, row_tiles: 1 << 33, n_splits: 1, split_len: 32, tensor_cores: None };
         assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
         assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 18);
     }
 
     #[test]
     fn tensor_cores_take_prefill_of_d64_and_d128_only() {
         let d = dims(100, 100, 8, 2, 128);
-        let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, true);
-        assert!(p.tensor_cores && p.row_tiles == 400usize.div_ceil(TC_BLOCK_M));
-        assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d128");
+        let bf16 = Some(TcVariant { bf16: true, score_opts: false });
+        let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, bf16);
+        assert!(p.tensor_cores.is_some() && p.row_tiles == 400usize.div_ceil(TC_BLOCK_M));
+        assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d128_bf16");
         assert!(p.attn(&d).smem_bytes <= MAX_SMEM_SM80);
+        let opt = Some(TcVariant { bf16: false, score_opts: true });
+        let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, opt);
+        assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d128_f16_opt");
         let d256 = dims(100, 100, 8, 2, 256);
-        assert!(!LaunchPlan::new(&d256, Splits::Fixed(1)).unwrap().with_tensor_cores(&d256, true).tensor_cores);
-        assert!(!LaunchPlan::new(&d, Splits::Fixed(2)).unwrap().with_tensor_cores(&d, true).tensor_cores);
-        assert!(!LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, false).tensor_cores);
+        assert!(LaunchPlan::new(&d256, Splits::Fixed(1))
+            .unwrap()
+            .with_tensor_cores(&d256, bf16)
+            .tensor_cores
+            .is_none());
+        assert!(LaunchPlan::new(&d, Splits::Fixed(2)).unwrap().with_tensor_cores(&d, bf16).tensor_cores.is_none());
+        assert!(LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, None).tensor_cores.is_none());
         let (f16, bf16) = (crate::DType::F16, crate::DType::BF16);
         let ok = (f16, 4096, [8192, 256, 128]);
         assert!(tc_eligible(&d, f16, ok, ok));
