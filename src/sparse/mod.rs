@@ -61,6 +61,7 @@
 
 mod adaptive;
 mod attend;
+pub(crate) mod blocks;
 mod indexer;
 mod indices;
 
