@@ -168,7 +168,8 @@ impl Blocks {
         for b in 0..d.batch {
             for lh in 0..lists {
                 starts.push(spans.len());
-                partition(plan, |i| indices.row(b, i, lh), cap, &mut set, &mut spans)?;
+                let (rows, list) = (|i| plan.mask.row(i), |i| indices.row(b, i, lh));
+                partition(d.q_len, rows, list, cap, &mut set, &mut spans)?;
             }
         }
         starts.push(spans.len());
@@ -206,15 +207,16 @@ fn alloc_n<T>(v: &mut Vec<T>, n: usize) -> Result<(), Error> {
     })
 }
 
-/// Greedy blocks over rows `0..q_len` of one list (`list(i)` is row `i`'s), appended to `spans`.
+/// Greedy blocks over rows `0..q_len` of one list (`list(i)` is row `i`'s, `rows(i)` the keys
+/// its mask shows), appended to `spans`.
 fn partition<'l>(
-    plan: &Plan<'_>,
+    q_len: usize,
+    rows: impl Fn(usize) -> RowKeys,
     list: impl Fn(usize) -> &'l [i32],
     cap: usize,
     set: &mut UnionSet<'_>,
     spans: &mut Vec<(usize, usize)>,
 ) -> Result<(), Error> {
-    let q_len = plan.dims.q_len;
     if cap <= 1 {
         alloc_n(spans, q_len)?;
         spans.extend((0..q_len).map(|i| (i, 1)));
@@ -223,7 +225,7 @@ fn partition<'l>(
     set.clear();
     let (mut q0, mut longest) = (0usize, 0usize);
     for i in 0..q_len {
-        let rk = plan.mask.row(i);
+        let rk = rows(i);
         let row = list(i);
         let (mut len, mut new) = (0usize, 0usize);
         for &e in row.iter().filter(|&&e| visible(&rk, e)) {
@@ -256,4 +258,70 @@ fn push<T>(v: &mut Vec<T>, x: T) -> Result<(), Error> {
     }
     v.push(x);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// The blocks of `lists` (`k` slots per row, every key visible) with `cap` rows at most.
+    fn blocks_of(lists: &[i32], k: usize, cap: usize) -> Vec<(usize, usize)> {
+        let all = RowKeys { sinks_end: 0, lo: 0, hi: usize::MAX };
+        let mut buf = vec![0u32; UnionSet::scratch_len(cap * k).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, cap * k);
+        set.begin(cap * k);
+        let mut spans = Vec::new();
+        let q_len = lists.len() / k;
+        partition(q_len, |_| all, |i| &lists[i * k..(i + 1) * k], cap, &mut set, &mut spans).unwrap();
+        spans
+    }
+
+    #[test]
+    fn identical_lists_fill_blocks_and_disjoint_ones_stay_single() {
+        let same: Vec<i32> = (0..10).flat_map(|_| [3, 1, 4, 7]).collect();
+        assert_eq!(blocks_of(&same, 4, 4), [(0, 4), (4, 4), (8, 2)]);
+        let apart: Vec<i32> = (0..12).collect();
+        assert_eq!(blocks_of(&apart, 4, 4), [(0, 1), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn a_block_grows_while_its_union_stays_within_one_and_a_half_lists() {
+        // Rows of 4 keys, each adding one new key: unions 4, 5, 6, then 7 > 6 closes the block.
+        // Empty rows join any block; a row sharing nothing starts a new one.
+        let rows = [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [PAD; 4], [9, 10, 11, 12]];
+        let lists: Vec<i32> = rows.concat();
+        assert_eq!(blocks_of(&lists, 4, 8), [(0, 3), (3, 2), (5, 1)]);
+    }
+
+    #[test]
+    fn hidden_keys_do_not_count() {
+        // Row 1 lists keys its mask hides (>= 4): they neither widen the union nor count as keys.
+        let rows = [[0, 1, 2, 3], [0, 1, 8, 9]];
+        let lists: Vec<i32> = rows.concat();
+        let rk = RowKeys { sinks_end: 0, lo: 0, hi: 4 };
+        let mut buf = vec![0u32; UnionSet::scratch_len(8).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, 8);
+        set.begin(8);
+        let mut spans = Vec::new();
+        partition(2, |_| rk, |i| &lists[i * 4..(i + 1) * 4], 2, &mut set, &mut spans).unwrap();
+        assert_eq!(spans, [(0, 2)]);
+    }
+
+    #[test]
+    fn union_set_keeps_row_bits_per_key() {
+        let mut buf = vec![7u32; UnionSet::scratch_len(6).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, 6);
+        set.begin(6);
+        for (bit, row) in [[5u32, 9, 2], [9, 2, 40]].iter().enumerate() {
+            for &key in row {
+                set.insert(key, 1 << bit);
+            }
+        }
+        assert_eq!(set.entries(), (&[5u32, 9, 2, 40][..], &[1u32, 3, 3, 2][..]));
+        assert!(set.contains(40) && !set.contains(41));
+        set.clear();
+        assert_eq!(set.len(), 0);
+        assert!(!set.contains(9));
+    }
 }
