@@ -1,11 +1,8 @@
 //! Indexers: a cheap score per (query, key) whose top entries choose the keys sparse attention
 //! reads (spec/GATING.md §5 DeepSeek-V3.2's lightning indexer, §6 GSA's gated indexer).
 //!
-//! Scores are computed a few query rows at a time into `O(rows · kv_len)` scratch, so choosing
-//! the keys never materialises an `L × L` matrix (unless the caller asks for it with
-//! [`indexer_scores`]). The rows of a block share each key tile: their `rows · H_I` query heads
-//! score it as one gemm against the tile transposed once, instead of a dot product per head that
-//! reloads the queries for every key.
+//! Scores are computed one query row at a time into `O(kv_len)` scratch, so choosing the keys
+//! never materialises an `L × L` matrix (unless the caller asks for it with [`indexer_scores`]).
 
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
@@ -175,7 +172,11 @@ pub fn check_indexer(
     }
     // Each thread's scratch (`row_scratch_len`) must be countable and allocatable as f32s.
     let overflow = Error::ShapeOverflow { operand: Operand::Query };
-    checked_scratch_len(&d).filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>()).ok_or(overflow)?;
+    d.kv_len
+        .checked_mul(2)
+        .and_then(|x| x.checked_add(d.heads.checked_mul(d.dim.checked_add(BK + 1)?)?))
+        .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
+        .ok_or(overflow)?;
     for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
         t.layout.check(operand, t.data.len())?;
     }
@@ -220,9 +221,8 @@ pub fn indexer_scores(
 /// layout). Rows that see fewer than `top_k` keys list all of them and pad with
 /// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf` (such a key is
 /// still listed when the row has no better one left). Each thread holds
-/// `(R + 1) · kv_len + R · H_I · (d_I + 257) + 256 · d_I` floats of scratch, where `R`, the rows
-/// scored together, is 8 or fewer for long key sequences (1 beyond 2²⁰ keys); with the `rayon`
-/// feature rows always run in parallel (the indexer has no `Parallelism` switch).
+/// `2 · kv_len + H_I · (d_I + 257)` floats of scratch; with the `rayon` feature rows always run
+/// in parallel (the indexer has no `Parallelism` switch).
 ///
 /// ```
 /// use gated_attention::sparse::{top_k_indices, Indexer};
@@ -333,20 +333,10 @@ pub(crate) type RowFn<'a, O> = dyn Fn(usize, &mut [f32], &mut [f32], &mut [O]) +
 
 /// Keys scored per tile.
 const BK: usize = 256;
-/// Most query rows scored together (their scores are `rows · kv_len` floats of scratch).
-const ROW_BLOCK: usize = 8;
-/// Fewer rows per block for longer key sequences: at most this many floats of scores.
-const BLOCK_SCORES: usize = 1 << 20;
-
-/// Query rows scored together for `kv_len` keys: a function of the sizes only, so the results do
-/// not depend on the thread count.
-fn row_block(d: &IndexerDims) -> usize {
-    (BLOCK_SCORES / d.kv_len.max(1)).clamp(1, ROW_BLOCK).min(d.q_len.max(1))
-}
 
 /// Computes each query row's scores (`-inf` past its visible keys) and hands them, with
-/// `kv_len` floats of scratch and the row's `width` elements of `out`, to `f`; blocks of rows
-/// run in parallel with rayon.
+/// `kv_len` floats of scratch and the row's `width` elements of `out`, to `f`; rows run in
+/// parallel with rayon.
 pub(crate) fn for_each_row<O: Send>(ops: &RowOps<'_>, out: &mut [O], width: usize, f: &RowFn<'_, O>) {
     if width == 0 || ops.dims.rows() == 0 {
         return;
@@ -376,8 +366,6 @@ impl<O: Send> RowVisitor<'_, '_, O> {
     fn typed<K: Kernel, KE: Element>(self, kernel: K, k: &[KE]) {
         let d = self.ops.dims;
         let len = row_scratch_len(&d);
-        let rb = row_block(&d);
-        let blocks = d.q_len.div_ceil(rb);
         let (ops, f, width) = (self.ops, self.f, self.width);
         let out = SharedOut::new(self.out);
         #[cfg(feature = "rayon")]
@@ -386,45 +374,36 @@ impl<O: Send> RowVisitor<'_, '_, O> {
         let mut buf = alloc::vec![0.0f32; len];
         #[cfg(not(feature = "rayon"))]
         let workers = Workers::Calling(&mut buf);
-        for_each_unit(workers, d.batch * blocks, len, |u, buf| {
-            let (b, t0) = (u / blocks, (u % blocks) * rb);
-            let rows = rb.min(d.q_len - t0);
-            let (scores, rest) = buf.split_at_mut(rb * d.kv_len);
+        for_each_unit(workers, d.rows(), len, |r, buf| {
+            let (scores, rest) = buf.split_at_mut(d.kv_len);
             let (spare, tmp) = rest.split_at_mut(d.kv_len);
-            score_block(kernel, ops, k, (b, t0, rows), scores, tmp);
-            for i in 0..rows {
-                let scores = &mut scores[i * d.kv_len..(i + 1) * d.kv_len];
-                let r = b * d.q_len + t0 + i;
-                // SAFETY: row r's `width` outputs belong to unit u alone (its block holds the
-                // row), which runs once.
-                let dst = unsafe { out.slice(r * width, width) };
-                f(r, scores, spare, dst);
-            }
+            score_row(kernel, ops, k, r, scores, tmp);
+            // SAFETY: row r's `width` outputs belong to unit r alone, run once.
+            let dst = unsafe { out.slice(r * width, width) };
+            f(r, scores, spare, dst);
         });
     }
 }
 
-/// The scores of query rows `t0..t0 + rows` of batch `b` against every key, row `i`'s into
-/// `scores[i · kv_len..][..kv_len]`.
-fn score_block<K: Kernel, KE: Element>(
+/// The scores of query row `r` (`b · q_len + t`) against every key into `scores`.
+fn score_row<K: Kernel, KE: Element>(
     kernel: K,
     ops: &RowOps<'_>,
     k: &[KE],
-    (b, t0, rows): (usize, usize, usize),
+    r: usize,
     scores: &mut [f32],
     tmp: &mut [f32],
 ) {
     let d = ops.dims;
-    let (hi, di, kv_len) = (d.heads, d.dim, d.kv_len);
-    let m = rows * hi;
-    let (qs, rest) = tmp.split_at_mut(m * di);
-    let (s, rest) = rest.split_at_mut(m * BK);
-    let (kt, wh) = rest.split_at_mut(di * BK);
+    let (b, t) = (r / d.q_len, r % d.q_len);
+    let (hi, di) = (d.heads, d.dim);
+    let (qs, rest) = tmp.split_at_mut(hi * di);
+    let (s, wh) = rest.split_at_mut(hi * BK);
     let scale = ops.indexer.effective_scale(hi, di);
     // The scale is folded into the queries: it multiplies q·k before either nonlinearity
     // (the lightning kind's ReLU(c·x) and the gated kind's σ(c·x + b)).
-    for (r, dst) in qs.chunks_exact_mut(di).enumerate() {
-        let off = ops.q.layout.offset(b, t0 + r / hi, r % hi);
+    for (h, dst) in qs.chunks_exact_mut(di).enumerate() {
+        let off = ops.q.layout.offset(b, t, h);
         match ops.q.data {
             Elems::F32(x) => kernel.widen(&x[off..off + di], dst),
             Elems::F16(x) => kernel.widen(&x[off..off + di], dst),
@@ -432,46 +411,38 @@ fn score_block<K: Kernel, KE: Element>(
         }
         kernel.scale(dst, scale);
     }
-    for (r, x) in wh[..m].iter_mut().enumerate() {
-        let w = ops.w.data.get_f32(ops.w.layout.offset(b, t0 + r / hi, 0) + r % hi);
+    let w_off = ops.w.layout.offset(b, t, 0);
+    for (h, x) in wh[..hi].iter_mut().enumerate() {
+        let w = ops.w.data.get_f32(w_off + h);
         *x = match ops.indexer.kind {
             IndexerKind::Lightning => w,
             IndexerKind::Gated { .. } => sigmoid(w),
         };
     }
-    // Keys up to the last row's visible prefix (the longest, causal or not); each row's own
-    // hidden keys are set to -inf afterwards.
-    let seen = d.visible(ops.indexer, t0 + rows - 1);
+    let visible = d.visible(ops.indexer, t);
+    scores[visible..].fill(f32::NEG_INFINITY);
     let ldk = ops.k.layout.strides[1];
-    for j0 in (0..seen).step_by(BK) {
-        let n = BK.min(seen - j0);
+    for j0 in (0..visible).step_by(BK) {
+        let n = BK.min(visible - j0);
         let k_tile = &k[ops.k.layout.offset(b, j0, 0)..];
-        // The key tile transposed (`d_I × n`) once for every row and head of the block.
-        kernel.transpose_widen(n, di, k_tile, ldk, kt, n);
-        kernel.gemm(m, n, di, qs, di, kt, n, s, n, false);
-        for i in 0..rows {
-            let out = &mut scores[i * kv_len + j0..i * kv_len + j0 + n];
-            out.fill(0.0);
-            for h in 0..hi {
-                let (w, x) = (wh[i * hi + h], &s[(i * hi + h) * n..(i * hi + h + 1) * n]);
-                match ops.indexer.kind {
-                    IndexerKind::Lightning => {
-                        for (o, &x) in out.iter_mut().zip(x) {
-                            *o += w * relu(x);
-                        }
+        kernel.dot_rows(hi, n, di, qs, di, k_tile, ldk, s, n);
+        let out = &mut scores[j0..j0 + n];
+        out.fill(0.0);
+        for h in 0..hi {
+            let (w, x) = (wh[h], &s[h * n..(h + 1) * n]);
+            match ops.indexer.kind {
+                IndexerKind::Lightning => {
+                    for (o, &x) in out.iter_mut().zip(x) {
+                        *o += w * relu(x);
                     }
-                    IndexerKind::Gated { bias } => {
-                        for (o, &x) in out.iter_mut().zip(x) {
-                            *o += w * sigmoid(x + bias[h]);
-                        }
+                }
+                IndexerKind::Gated { bias } => {
+                    for (o, &x) in out.iter_mut().zip(x) {
+                        *o += w * sigmoid(x + bias[h]);
                     }
                 }
             }
         }
-    }
-    for i in 0..rows {
-        let visible = d.visible(ops.indexer, t0 + i);
-        scores[i * kv_len + visible..(i + 1) * kv_len].fill(f32::NEG_INFINITY);
     }
 }
 
@@ -493,16 +464,7 @@ pub(crate) fn probe_row_scratch(d: &IndexerDims) -> Result<(), Error> {
 
 /// f32 scratch of one thread of [`for_each_row`] (checked not to overflow by [`check_indexer`]).
 fn row_scratch_len(d: &IndexerDims) -> usize {
-    checked_scratch_len(d).unwrap_or(usize::MAX)
-}
-
-/// `(R + 1) · kv_len` scores and spare, `R · H_I` query rows of `d_I`, their `R · H_I · BK`
-/// tile scores and weights, and a transposed key tile (`d_I · BK`), for `R` rows per block.
-fn checked_scratch_len(d: &IndexerDims) -> Option<usize> {
-    let rb = row_block(d);
-    let m = rb.checked_mul(d.heads)?;
-    let per_head = d.dim.checked_add(BK + 1)?;
-    (rb + 1).checked_mul(d.kv_len)?.checked_add(m.checked_mul(per_head)?)?.checked_add(d.dim.checked_mul(BK)?)
+    2 * d.kv_len + d.heads * (d.dim + BK + 1)
 }
 
 /// `max(x, 0)` that keeps NaN (`f32::max` would drop it).
