@@ -102,7 +102,11 @@ fn run_sparse(inp: &Inputs, c: &Case, idx: &SparseIndices<'_>, opts: &AttentionO
     (out, lse)
 }
 
-fn reference(inp: &Inputs, idx: &SparseIndices<'_>, opts: &AttentionOptions<'_>) -> gated_attention::reference::Reference {
+fn reference(
+    inp: &Inputs,
+    idx: &SparseIndices<'_>,
+    opts: &AttentionOptions<'_>,
+) -> gated_attention::reference::Reference {
     rsparse::sparse_attention(
         &Tensor::new(inp.q.elems(), inp.ql),
         &Tensor::new(inp.k.elems(), inp.kl),
@@ -286,4 +290,22 @@ fn an_unmasked_union_is_rejected() {
     let check = || check_against(&r, &inp, &c, &bad, &bad_lse, "unmasked union");
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
     assert!(caught.is_err(), "attending over the unmasked union passed the check");
+}
+
+/// Every available ISA's kernel on row blocks scored key by key (GQA 2, up to 4 rows) and with
+/// the gemm (GQA 4, 24 rows), with a window, sinks and a softcap.
+#[test]
+fn row_blocks_on_every_isa() {
+    use gated_attention::Isa;
+    let mut rng = Rng::new(24);
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
+        for &(lq, lk, hq, hkv, d, k) in &[(30, 40, 2, 1, 16, 10), (50, 80, 8, 2, 32, 30)] {
+            let data = lists(&mut rng, lq, lk, k, 1);
+            let idx = SparseIndices::shared(&data, 1, lq, k);
+            let c = Case::new(1, lq, lk, hq, hkv, d).seed(rng.next_u64());
+            let opts = AttentionOptions::new().causal().window(13).sink_tokens(2).softcap(2.0).isa(isa);
+            check_blocks(&c, &idx, &opts, &format!("{} lq {lq} h {hq}/{hkv}", isa.name()));
+            assert_eq!(opts.resolved_isa(), Ok(isa));
+        }
+    }
 }

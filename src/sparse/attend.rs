@@ -86,7 +86,8 @@ pub fn sparse_attention(
     let blocks = Blocks::new(&plan, indices, cap)?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
-        let call = Call { plan: &plan, tiling: &tiling, blocks: &blocks, entries, q, k, v, indices, sink: &sink, workers };
+        let call =
+            Call { plan: &plan, tiling: &tiling, blocks: &blocks, entries, q, k, v, indices, sink: &sink, workers };
         dispatch_kv(isa, call, k.data, v.data)
     });
     Ok(())
