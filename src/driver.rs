@@ -9,16 +9,14 @@
 //! `Sᵀ = K·(scale·Q)ᵀ`, with K as it lies (widened) and Qᵀ made once per unit. Decode units (a few
 //! rows per KV head) hold a block of KV heads and score every head of the block key by key, so a
 //! BSHD cache is read in address order; their KV range is cut into fixed chunks whose partial
-//! states are merged in chunk order. Sparse attention's units (one query row, one KV head) run
-//! the same decode tile body on gathered keys: a tile's key source is either a run of keys read
-//! in place or a list of keys staged contiguous ([`Keys`]). Nothing here depends on the number
-//! of threads, so results are bit-identical for every thread count.
+//! states are merged in chunk order. Sparse attention's units (a block of neighbouring query rows
+//! and one KV head, [`gathered`]) run the same steps on the union of the rows' listed keys,
+//! gathered into contiguous tiles and masked per row. Nothing here depends on the number of
+//! threads, so results are bit-identical for every thread count.
 
 use crate::element::{Element, Elems};
 use crate::error::{Error, Operand};
 use crate::exec::StateShape;
-#[cfg(feature = "alloc")]
-use crate::kernel::geometry::MAX_GATHER_BC;
 use crate::kernel::geometry::MAX_ROWS_TARGET;
 use crate::kernel::{Geometry, Kernel};
 use crate::mask::RowKeys;
@@ -26,6 +24,9 @@ use crate::plan::Plan;
 use crate::sink::Sink;
 use crate::softmax::{add_sink, finish_row};
 use crate::tensor::{Layout, Tensor};
+
+#[cfg(feature = "alloc")]
+pub(crate) mod gathered;
 
 /// Most keys per chunk when a single query tile splits the KV range (flash decoding).
 pub(crate) const SPLIT_CHUNK: usize = 1024;
@@ -57,7 +58,7 @@ pub(crate) struct Tiling {
     /// Rows of the largest unit (`hb · g · tq`).
     pub rows: usize,
     /// Keys per KV tile (`geo.bc`, or `geo.decode_bc` when the rows score keys from memory,
-    /// `geo.gather_bc` for gathered keys).
+    /// `geo.bc` for gathered keys, of which few-row units use `geo.gather_bc`).
     pub bc: usize,
     /// The tiles of the kernel that runs the call.
     pub geo: Geometry,
@@ -119,27 +120,37 @@ impl Tiling {
         plan.dims.batch * self.blocks * self.q_tiles
     }
 
-    /// Units of one query row and one KV head (rows: the head's GQA group), visiting keys from a
-    /// list `geo.gather_bc` at a time: sparse attention's cut. Never split.
+    /// Sparse attention's cut: units of up to `block_rows` query rows and one KV head (rows: the
+    /// head's GQA group times the block's rows), each over the keys the rows list, gathered
+    /// `geo.bc` (few rows: `geo.gather_bc`) at a time, and `extra` more floats of unit scratch
+    /// (the union of the lists). Never split. `q_tiles` counts rows, so [`Tiling::units`] is
+    /// non-zero exactly when the call has rows; the units themselves are the blocks'.
     #[cfg(feature = "alloc")]
-    pub fn per_query(plan: &Plan<'_>, geo: Geometry) -> Result<Tiling, Error> {
+    pub fn gathered(plan: &Plan<'_>, geo: Geometry, block_rows: usize, extra: usize) -> Result<Tiling, Error> {
         let d = &plan.dims;
-        let g = d.group();
-        let (q_tiles, bc) = (d.q_len, geo.gather_bc);
+        let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
+        let rows = d.group().checked_mul(block_rows).ok_or(overflow.clone())?;
         let t = Tiling {
-            tq: 1,
-            q_tiles,
+            tq: block_rows,
+            q_tiles: d.q_len,
             hb: 1,
             blocks: d.kv_heads,
             chunks: 1,
             chunk_len: d.kv_len.max(1),
-            rows: g,
-            bc,
+            rows,
+            bc: geo.bc,
             geo,
             unit_scratch: 0,
             scratch: 0,
         };
-        t.sized(plan)
+        let mut t = t.sized(plan)?;
+        if t.units(plan) > 0 {
+            t.unit_scratch = t.unit_scratch.checked_add(extra).ok_or(overflow.clone())?;
+            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
+                .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
+                .ok_or(overflow)?;
+        }
+        Ok(t)
     }
 
     /// The layout of a unit's online-softmax state.
@@ -374,7 +385,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     if hr <= t.geo.dot_rows_max {
         for (j0, j1, _) in tiles {
             let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
-            decode_tile(kernel, plan, inp, u, &span.queries(), sc, Keys::Run(j0), j1 - j0, boundary, adjust);
+            decode_tile(kernel, plan, inp, u, &span.queries(), sc, j0, j1 - j0, boundary, adjust);
         }
         return;
     }
@@ -476,24 +487,20 @@ struct TileRows<'a, KT: Element, VT: Element> {
     v_hs: usize,
 }
 
-/// The scratch a decode tile's body writes (the staged K/V rows of a gathered tile are its
-/// inputs, so they are borrowed apart).
+/// The scratch a decode tile's body writes.
 struct TileScratch<'a, 's> {
     qs: &'a [f32],
     s: &'a mut [f32],
     tmp: &'a mut [f32],
     alpha: &'a mut [f32],
     state: &'a mut RowState<'s>,
-    /// V rows staged for a boundary tile's NaN containment (unused by gathered tiles).
+    /// V rows staged for a boundary tile's NaN containment.
     vs: &'a mut [f32],
 }
 
-/// One tile of `n` keys of a decode unit (a few rows per KV head, every head of the block): the
-/// tile body that dense decode and sparse attention share. `keys` says where the rows come from:
-/// [`Keys::Run`] reads the keys `j0..j0 + n` of the call's K/V in place; [`Keys::Listed`] (a
-/// [`Tiling::per_query`] unit, one KV head) first gathers the listed rows, widened, into the
-/// unit's K/V scratch. The scores, their options, the online softmax and P·V are then the same.
-/// Listed keys are the row's visible keys only, so their tiles have no boundary.
+/// One tile of the `n` keys `j0..j0 + n` of a decode unit (a few rows per KV head, every head of
+/// the block), read in place from the call's K/V: the scores, their options, the online softmax
+/// and P·V.
 #[allow(clippy::too_many_arguments)]
 fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     kernel: K,
@@ -502,52 +509,22 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     u: &Unit,
     span: &TileQueries<'_>,
     sc: &mut Scratch<'_>,
-    keys: Keys<'_>,
+    j0: usize,
     n: usize,
     boundary: bool,
     adjust: bool,
 ) {
-    let (dk, dv) = (plan.dims.head_dim, plan.dims.v_head_dim);
     let (kl, vl) = (&inp.k_layout, &inp.v_layout);
     let body = TileScratch { qs: sc.qs, s: sc.s, tmp: sc.tmp, alpha: sc.alpha, state: &mut sc.state, vs: sc.vs };
-    match keys {
-        Keys::Run(j0) => {
-            let rows = TileRows {
-                k: &inp.k[kl.offset(u.b, j0, u.kvh)..],
-                k_ld: kl.strides[1],
-                k_hs: kl.strides[2],
-                v: &inp.v[vl.offset(u.b, j0, u.kvh)..],
-                v_ld: vl.strides[1],
-                v_hs: vl.strides[2],
-            };
-            tile_body(kernel, plan, u, span, body, keys, n, &rows, boundary, adjust);
-        }
-        Keys::Listed(list) => {
-            debug_assert!(u.nh == 1 && !boundary && list.len() == n);
-            // Scattered rows: widened once into contiguous tiles, which the hardware
-            // prefetchers and the microkernels then stream like a dense tile.
-            for (&j, dst) in list.iter().zip(sc.ks.chunks_exact_mut(dk)) {
-                let off = kl.offset(u.b, j, u.kvh);
-                kernel.widen(&inp.k[off..off + dk], dst);
-            }
-            for (&j, dst) in list.iter().zip(body.vs.chunks_exact_mut(dv)) {
-                let off = vl.offset(u.b, j, u.kvh);
-                kernel.widen(&inp.v[off..off + dv], dst);
-            }
-            let (staged, body) = body.with_staged_v(n * dv);
-            let rows = TileRows { k: &sc.ks[..n * dk], k_ld: dk, k_hs: 0, v: staged, v_ld: dv, v_hs: 0 };
-            tile_body(kernel, plan, u, span, body, keys, n, &rows, false, adjust);
-        }
-    }
-}
-
-impl<'a, 's> TileScratch<'a, 's> {
-    /// Splits off the first `len` floats of the V staging area as a gathered tile's (read-only)
-    /// V rows.
-    fn with_staged_v(self, len: usize) -> (&'a [f32], TileScratch<'a, 's>) {
-        let (staged, rest) = self.vs.split_at_mut(len);
-        (staged, TileScratch { vs: rest, ..self })
-    }
+    let rows = TileRows {
+        k: &inp.k[kl.offset(u.b, j0, u.kvh)..],
+        k_ld: kl.strides[1],
+        k_hs: kl.strides[2],
+        v: &inp.v[vl.offset(u.b, j0, u.kvh)..],
+        v_ld: vl.strides[1],
+        v_hs: vl.strides[2],
+    };
+    tile_body(kernel, plan, u, span, body, Keys::Run(j0), n, &rows, boundary, adjust);
 }
 
 /// [`decode_tile`] once its rows are located.
@@ -598,54 +575,6 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
         } else {
             // V in place: one row block reads each element once.
             kernel.gemm_at(hr, dv, n, p_h, rows, v_h, kv.v_ld, acc, dv, Some(alpha), sc.tmp);
-        }
-    }
-}
-
-/// Computes a [`Tiling::per_query`] unit over the keys `list` names into `sc.state` (reset
-/// first). The listed keys its row may see (the mask options still apply; [`PAD`] entries and
-/// hidden keys are skipped) are gathered `t.bc` at a time into [`decode_tile`]s, so no masking
-/// happens inside a tile and a hidden key's non-finite value never reaches a row.
-///
-/// [`PAD`]: crate::sparse::PAD
-#[cfg(feature = "alloc")]
-pub(crate) fn run_gathered_unit<K: Kernel, KE: Element, VE: Element>(
-    kernel: K,
-    plan: &Plan<'_>,
-    t: &Tiling,
-    inp: &Inputs<'_, KE, VE>,
-    u: &Unit,
-    list: &[i32],
-    sc: &mut Scratch<'_>,
-) {
-    let d = &plan.dims;
-    let (dk, dv) = (d.head_dim, d.v_head_dim);
-    let rk = plan.mask.row(u.q_tile);
-    let span = TileQueries { q0: u.q_tile, tq: 1, keys: core::slice::from_ref(&rk) };
-    sc.state.reset(t.rows, dv);
-    load_queries(kernel, plan, &inp.q, u, (span.q0, span.tq), sc.qs);
-    let adjust = adjusts_scores(plan);
-    let visible = |e: i32| {
-        let j = e as usize;
-        e != crate::sparse::PAD && (j < rk.sinks_end || (rk.lo <= j && j < rk.hi))
-    };
-    let mut keys = [0usize; MAX_GATHER_BC];
-    let mut n = 0;
-    for (slot, &e) in list.iter().enumerate() {
-        if visible(e) {
-            keys[n] = e as usize;
-            n += 1;
-        }
-        if n == t.bc || (slot + 1 == list.len() && n > 0) {
-            // The next tile's rows are scattered beyond the hardware prefetchers' reach: request
-            // them now, to arrive while this tile is computed (faster in 4 of 5 alternating runs of
-            // sparse_bench at L 4096, by about 8%).
-            for &e in list[slot + 1..].iter().take(t.bc).filter(|&&e| visible(e)) {
-                kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, e as usize, u.kvh)..], 1, dk, 0);
-                kernel.prefetch(&inp.v[inp.v_layout.offset(u.b, e as usize, u.kvh)..], 1, dv, 0);
-            }
-            decode_tile(kernel, plan, inp, u, &span, sc, Keys::Listed(&keys[..n]), n, false, adjust);
-            n = 0;
         }
     }
 }

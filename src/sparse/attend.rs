@@ -1,12 +1,14 @@
 //! Sparse attention: each query row attends to its listed keys only.
 //!
-//! A call runs on the same scheduler ([`crate::exec`]) and driver as dense attention: its units
-//! are [`Tiling::per_query`]'s (one query row and one KV head, with the query heads of the head's
-//! GQA group as its rows, which share the list), computed by the driver's decode tile body on
-//! keys gathered from the list ([`run_gathered_unit`]) and finished like every attention row. Units are independent and visit
-//! their lists in order, so results do not depend on the thread count.
+//! A call runs on the same scheduler ([`crate::exec`]) and driver as dense attention. Its units
+//! are blocks of neighbouring query rows and one KV head ([`Blocks`]), with the query heads of
+//! the head's GQA group times the block's rows as rows: the driver ([`run_block_unit`]) gathers
+//! the union of the rows' listed keys into contiguous tiles, masks each row to its own keys and
+//! finishes the rows like every attention row. The blocks are a function of the lists and units
+//! are independent, so results do not depend on the thread count.
 
-use crate::driver::{finish_into, run_gathered_unit, Inputs, Scratch, Tiling, Unit};
+use crate::driver::gathered::{finish_block, run_block_unit, BlockUnit};
+use crate::driver::{Inputs, Scratch, Tiling};
 use crate::element::Element;
 use crate::error::Error;
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
@@ -14,6 +16,7 @@ use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::sink::Sink;
+use crate::sparse::blocks::{block_rows_cap, Blocks, UnionSet};
 use crate::sparse::indices::SparseIndices;
 use crate::tensor::{Tensor, TensorMut};
 use crate::Dims;
@@ -70,14 +73,21 @@ pub fn sparse_attention(
     let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     indices.validate(&plan.dims)?;
-    let tiling = Tiling::per_query(&plan, Isa::tiles_for(opts.isa))?;
+    let geo = Isa::tiles_for(opts.isa);
+    let cap = block_rows_cap(plan.dims.group(), geo.rows_target, indices.k());
+    let entries = if cap > 1 { cap * indices.k() } else { 0 };
+    let overflow = Error::ShapeOverflow { operand: crate::Operand::Scratch };
+    let extra = UnionSet::scratch_len(entries).ok_or(overflow)?;
+    let tiling = Tiling::gathered(&plan, geo, cap, extra)?;
     let isa = opts.resolved_isa()?;
     if tiling.units(&plan) == 0 {
         return Ok(());
     }
+    let blocks = Blocks::new(&plan, indices, cap)?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
-        let call = Call { plan: &plan, tiling: &tiling, q, k, v, indices, sink: &sink, workers };
+        let call =
+            Call { plan: &plan, tiling: &tiling, blocks: &blocks, entries, q, k, v, indices, sink: &sink, workers };
         dispatch_kv(isa, call, k.data, v.data)
     });
     Ok(())
@@ -87,6 +97,8 @@ pub fn sparse_attention(
 struct Call<'c, 's> {
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
+    blocks: &'c Blocks,
+    entries: usize,
     q: &'c Tensor<'c>,
     k: &'c Tensor<'c>,
     v: &'c Tensor<'c>,
@@ -98,8 +110,8 @@ struct Call<'c, 's> {
 impl KvVisitor for Call<'_, '_> {
     fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
         let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
-        let work =
-            Sparse { kernel, plan: self.plan, tiling: self.tiling, inp, indices: *self.indices, sink: self.sink };
+        let (plan, tiling, blocks, entries) = (self.plan, self.tiling, self.blocks, self.entries);
+        let work = Sparse { kernel, plan, tiling, blocks, entries, inp, indices: *self.indices, sink: self.sink };
         run_split(self.workers, &work);
     }
 }
@@ -109,14 +121,24 @@ struct Sparse<'c, K: Kernel, KE: Element, VE: Element> {
     kernel: K,
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
+    blocks: &'c Blocks,
+    /// Keys the union scratch holds (0: single-row blocks only).
+    entries: usize,
     inp: Inputs<'c, KE, VE>,
     indices: SparseIndices<'c>,
     sink: &'c Sink<'c>,
 }
 
+impl<K: Kernel, KE: Element, VE: Element> Sparse<'_, K, KE, VE> {
+    fn unit(&self, u: usize) -> BlockUnit {
+        let (b, kvh, q0, tq) = self.blocks.unit(u);
+        BlockUnit { b, kvh, q0, tq }
+    }
+}
+
 impl<K: Kernel, KE: Element, VE: Element> SplitWork for Sparse<'_, K, KE, VE> {
     fn units(&self) -> usize {
-        self.tiling.units(self.plan)
+        self.blocks.units()
     }
 
     fn chunks(&self) -> usize {
@@ -127,8 +149,8 @@ impl<K: Kernel, KE: Element, VE: Element> SplitWork for Sparse<'_, K, KE, VE> {
         self.tiling.state(self.plan)
     }
 
-    fn rows(&self, _: usize) -> usize {
-        self.tiling.rows
+    fn rows(&self, u: usize) -> usize {
+        self.plan.dims.group() * self.unit(u).tq
     }
 
     fn scratch_len(&self) -> usize {
@@ -136,22 +158,28 @@ impl<K: Kernel, KE: Element, VE: Element> SplitWork for Sparse<'_, K, KE, VE> {
     }
 
     fn units_per_task(&self) -> usize {
-        // A unit is one query row: a few together amortise the pool's per-task cost.
+        // A unit is often a single query row: a few together amortise the pool's per-task cost.
         4
     }
 
     fn run(&self, u: usize, _: usize, state: &mut [f32], scratch: &mut [f32]) {
         let (plan, t) = (self.plan, self.tiling);
-        let unit = Unit::from_index(u, plan, t);
-        let list = self.indices.row(unit.b, unit.q_tile, unit.kvh);
-        let mut sc = Scratch::carve(plan, t, scratch, state);
-        run_gathered_unit(self.kernel, plan, t, &self.inp, &unit, list, &mut sc);
+        let bu = self.unit(u);
+        let ints = UnionSet::scratch_len(self.entries).unwrap_or(0);
+        let (floats, tail) = scratch.split_at_mut(t.unit_scratch - ints);
+        // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is valid
+        // for both, so the tail reinterprets exactly (no prefix or suffix is left over).
+        let (_, tail, _) = unsafe { tail.align_to_mut::<u32>() };
+        let mut set = UnionSet::carve(tail, self.entries);
+        let mut sc = Scratch::carve(plan, t, floats, state);
+        let list = |i: usize| self.indices.row(bu.b, bu.q0 + i, bu.kvh);
+        run_block_unit(self.kernel, plan, t, &self.inp, &bu, list, &mut sc, &mut set);
     }
 
     fn finish(&self, u: usize, state: &mut [f32]) {
-        let (plan, t) = (self.plan, self.tiling);
-        // SAFETY: unit (b, query row, KV head) alone writes the rows of its group's heads at
-        // (b, row), and the scheduler finishes each unit once.
-        unsafe { finish_into(plan, t, &Unit::from_index(u, plan, t), state, self.sink) }
+        // SAFETY: the blocks partition each list's rows, so unit (b, KV head, block) alone writes
+        // the rows of its group's heads at (b, block rows), and the scheduler finishes each unit
+        // once.
+        unsafe { finish_block(self.plan, self.tiling, &self.unit(u), state, self.sink) }
     }
 }

@@ -1,0 +1,234 @@
+//! Sparse attention's units: a block of neighbouring query rows and one KV head over the union
+//! of the rows' key lists ([`crate::sparse::blocks`]), the listed K/V rows gathered, widened,
+//! into contiguous tiles.
+//!
+//! A tile's scores are those of every row of the block against every gathered key; a key that
+//! row `i` does not list (or may not see) gets `-inf` in row `i`'s columns after the score
+//! options, so the softmax and P·V are those of a dense tile. Few rows per KV head score the
+//! keys one by one ([`Kernel::dot_heads`]), more with a gemm against the transposed queries, as
+//! dense units do. P·V multiplies a masked row's zero by the gathered V rows, so a tile with a
+//! non-finite V row and a masked entry falls back to summing each row's listed keys only, and a
+//! non-finite value never reaches a row that does not list its key.
+
+use super::{epilogue_t, load_queries, tile_is_finite, Inputs, Keys, RowState, Scratch, TileQueries, Tiling, Unit};
+use crate::element::Element;
+use crate::kernel::geometry::MAX_GATHER_BC;
+use crate::kernel::Kernel;
+use crate::mask::RowKeys;
+use crate::plan::Plan;
+use crate::sink::Sink;
+use crate::softmax::{add_sink, finish_row};
+use crate::sparse::blocks::{visible, UnionSet, MAX_BLOCK_ROWS};
+
+/// One unit: rows `q0..q0 + tq` of batch `b` against KV head `kvh`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockUnit {
+    pub b: usize,
+    pub kvh: usize,
+    pub q0: usize,
+    pub tq: usize,
+}
+
+impl BlockUnit {
+    /// The driver's unit of one KV head (`q_tile` is unused by the gathered path).
+    fn unit(&self) -> Unit {
+        Unit { b: self.b, kvh: self.kvh, nh: 1, q_tile: self.q0 }
+    }
+}
+
+/// Computes block unit `bu` into `sc.state` (reset first): `list(i)` is the list of row
+/// `q0 + i`, `set` the worker's union scratch (big enough for the block's lists).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_block_unit<'l, K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    plan: &Plan<'_>,
+    t: &Tiling,
+    inp: &Inputs<'_, KE, VE>,
+    bu: &BlockUnit,
+    list: impl Fn(usize) -> &'l [i32],
+    sc: &mut Scratch<'_>,
+    set: &mut UnionSet<'_>,
+) {
+    let d = &plan.dims;
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let (tq, hr) = (bu.tq, g * bu.tq);
+    debug_assert!(tq <= MAX_BLOCK_ROWS && hr <= t.rows);
+    let u = bu.unit();
+    let mut rks = [RowKeys { sinks_end: 0, lo: 0, hi: 0 }; MAX_BLOCK_ROWS];
+    for (i, rk) in rks.iter_mut().enumerate().take(tq) {
+        *rk = plan.mask.row(bu.q0 + i);
+    }
+    let span = TileQueries { q0: bu.q0, tq, keys: &rks[..tq] };
+    sc.state.reset(hr, dv);
+    load_queries(kernel, plan, &inp.q, &u, (bu.q0, tq), sc.qs);
+    let dot = hr <= t.geo.dot_rows_max;
+    if !dot {
+        // Scores as a gemm, Sᵀ = K·(scale·Q)ᵀ: Qᵀ made once per unit.
+        kernel.transpose_widen(hr, dk, &sc.qs[..hr * dk], dk, sc.qt, hr);
+    }
+    let bc = if dot { t.geo.gather_bc } else { t.bc }.min(MAX_GATHER_BC);
+    let tile = TileCtx { plan, inp, u: &u, span: &span, dot, adjust: super::adjusts_scores(plan) };
+    let mut keys = [0usize; MAX_GATHER_BC];
+    if tq == 1 {
+        // One row: its visible listed keys in list order, no mask.
+        let rk = &rks[0];
+        let row = list(0);
+        let mut n = 0;
+        for (slot, &e) in row.iter().enumerate() {
+            if visible(rk, e) {
+                keys[n] = e as usize;
+                n += 1;
+            }
+            if n == bc || (slot + 1 == row.len() && n > 0) {
+                // The next tile's rows are scattered beyond the hardware prefetchers' reach:
+                // request them now, to arrive while this tile is computed.
+                let next = row[slot + 1..].iter().filter(|&&e| visible(rk, e)).take(bc).map(|&e| e as usize);
+                prefetch_rows(kernel, inp, &u, (dk, dv), next);
+                tile.run(kernel, sc, &keys[..n], None);
+                n = 0;
+            }
+        }
+        return;
+    }
+    let bound = (0..tq).map(|i| list(i).len()).sum();
+    set.begin(bound);
+    for (i, rk) in rks[..tq].iter().enumerate() {
+        for &e in list(i).iter().filter(|&&e| visible(rk, e)) {
+            set.insert(e as u32, 1 << i);
+        }
+    }
+    let (all, masks) = set.entries();
+    let mut masks_buf = [0u32; MAX_GATHER_BC];
+    for (c, (kc, mc)) in all.chunks(bc).zip(masks.chunks(bc)).enumerate() {
+        let next = all.get((c + 1) * bc..).unwrap_or(&[]).iter().take(bc).map(|&e| e as usize);
+        prefetch_rows(kernel, inp, &u, (dk, dv), next);
+        for (dst, &e) in keys.iter_mut().zip(kc) {
+            *dst = e as usize;
+        }
+        masks_buf[..mc.len()].copy_from_slice(mc);
+        tile.run(kernel, sc, &keys[..kc.len()], Some(&masks_buf[..mc.len()]));
+    }
+}
+
+/// Requests the K and V rows of `keys` of the unit's KV head.
+fn prefetch_rows<K: Kernel, KE: Element, VE: Element>(
+    kernel: K,
+    inp: &Inputs<'_, KE, VE>,
+    u: &Unit,
+    (dk, dv): (usize, usize),
+    keys: impl Iterator<Item = usize>,
+) {
+    for j in keys {
+        kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, j, u.kvh)..], 1, dk, 0);
+        kernel.prefetch(&inp.v[inp.v_layout.offset(u.b, j, u.kvh)..], 1, dv, 0);
+    }
+}
+
+/// What every tile of a unit shares.
+struct TileCtx<'a, 'p, KE: Element, VE: Element> {
+    plan: &'a Plan<'p>,
+    inp: &'a Inputs<'a, KE, VE>,
+    u: &'a Unit,
+    span: &'a TileQueries<'a>,
+    /// Score key by key ([`Kernel::dot_heads`]) rather than with a gemm.
+    dot: bool,
+    adjust: bool,
+}
+
+impl<KE: Element, VE: Element> TileCtx<'_, '_, KE, VE> {
+    /// One tile of gathered `keys`; `masks[jj]` has bit `i` set when row `i` of the block lists
+    /// key `jj` (`None`: every row does).
+    fn run<K: Kernel>(&self, kernel: K, sc: &mut Scratch<'_>, keys: &[usize], masks: Option<&[u32]>) {
+        let (plan, inp, u, span) = (self.plan, self.inp, self.u, self.span);
+        let d = &plan.dims;
+        let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+        let (n, tq) = (keys.len(), span.tq);
+        let hr = g * tq;
+        let (kl, vl) = (&inp.k_layout, &inp.v_layout);
+        // Scattered rows: widened once into contiguous tiles, which the microkernels then
+        // stream like a dense tile.
+        for (&j, dst) in keys.iter().zip(sc.ks.chunks_exact_mut(dk)) {
+            let off = kl.offset(u.b, j, u.kvh);
+            kernel.widen(&inp.k[off..off + dk], dst);
+        }
+        for (&j, dst) in keys.iter().zip(sc.vs.chunks_exact_mut(dv)) {
+            let off = vl.offset(u.b, j, u.kvh);
+            kernel.widen(&inp.v[off..off + dv], dst);
+        }
+        let (ks, vs) = (&sc.ks[..n * dk], &sc.vs[..n * dv]);
+        let st = &mut sc.s[..n * hr];
+        if self.dot {
+            let pf = (vs, dv, 0, dv);
+            kernel.dot_heads(1, hr, n, dk, &sc.qs[..hr * dk], dk, ks, dk, 0, st, hr, pf, sc.tmp);
+        } else {
+            kernel.gemm(n, hr, dk, ks, dk, sc.qt, hr, st, hr, false);
+        }
+        if self.adjust {
+            epilogue_t(plan, u, span, st, hr, Keys::Listed(keys), n, false, true, sc.tmp);
+        }
+        // The rows that do not list a key: -inf after the score options (a softcap would turn
+        // -inf into -c).
+        let full = if tq == 32 { u32::MAX } else { (1u32 << tq) - 1 };
+        let partial = masks.is_some_and(|m| m.iter().any(|&m| m != full));
+        if let (true, Some(masks)) = (partial, masks) {
+            for (jj, &m) in masks.iter().enumerate() {
+                let mut hidden = !m & full;
+                while hidden != 0 {
+                    let i = hidden.trailing_zeros() as usize;
+                    hidden &= hidden - 1;
+                    for hg in 0..g {
+                        st[jj * hr + hg * tq + i] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let state: &mut RowState<'_> = &mut sc.state;
+        let (m, l) = (&mut state.m[..hr], &mut state.l[..hr]);
+        kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
+        let acc = &mut state.acc[..hr * dv];
+        let alpha = &sc.alpha[..hr];
+        if partial && !tile_is_finite(vs, n, dv, dv) {
+            // 0·NaN would leak an unlisted key's non-finite value: each row sums its own keys.
+            let masks = masks.unwrap_or(&[]);
+            for r in 0..hr {
+                let acc_r = &mut acc[r * dv..(r + 1) * dv];
+                kernel.scale(acc_r, alpha[r]);
+                let bit = 1u32 << (r % tq);
+                for (jj, _) in masks.iter().enumerate().filter(|(_, &m)| m & bit != 0) {
+                    let p = &st[jj * hr + r..];
+                    kernel.gemm_at(1, dv, 1, p, hr, &vs[jj * dv..], dv, acc_r, dv, None, sc.tmp);
+                }
+            }
+        } else {
+            kernel.gemm_at(hr, dv, n, st, hr, vs, dv, acc, dv, Some(alpha), sc.tmp);
+        }
+    }
+}
+
+/// Applies learned sinks, normalises the block unit's rows and writes them to `sink`: the
+/// gathered counterpart of [`super::finish_unit`], with the same arithmetic.
+///
+/// # Safety
+/// No other thread writes the unit's rows during the call (units own disjoint rows: their
+/// blocks partition each list's rows, and each (row, KV head) pair belongs to one unit).
+pub(crate) unsafe fn finish_block(plan: &Plan<'_>, t: &Tiling, bu: &BlockUnit, state: &mut [f32], sink: &Sink<'_>) {
+    let d = &plan.dims;
+    let (g, dv) = (d.group(), d.v_head_dim);
+    let st = RowState::of(t.state(plan), state);
+    for hg in 0..g {
+        let h = bu.kvh * g + hg;
+        for i in 0..bu.tq {
+            let r = hg * bu.tq + i;
+            let acc = &mut st.acc[r * dv..(r + 1) * dv];
+            if let Some(sinks) = plan.opts.sinks {
+                add_sink(&mut st.m[r], &mut st.l[r], acc, sinks[h]);
+            }
+            let lse = finish_row(st.m[r], st.l[r], acc);
+            if let Some(gate) = &plan.opts.output_gate {
+                gate.apply_row(bu.b, bu.q0 + i, h, acc);
+            }
+            // SAFETY: row (b, q0 + i, h) is this unit's, which no other thread writes (the contract).
+            unsafe { sink.write(plan, bu.b, bu.q0 + i, h, acc, lse) };
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Blocks of neighbouring query rows that attend over the union of their key lists.
+//!
+//! A sparse attention unit is one such block and one KV head: each gathered K/V row is then
+//! scored against every query row of the block (masked to `-inf` for the rows that do not list
+//! it), so it is loaded once per block instead of once per row, and the tile body runs with
+//! `g · rows` rows like a dense tile. A block grows over consecutive rows while the union of
+//! their visible listed keys stays within [`UNION_NUM`]`/`[`UNION_DEN`] of the block's longest
+//! list, so lists that barely overlap (random ones) stay single rows and never cost more than
+//! `1.5×` the per-row work, while lists with causal structure (an indexer's over neighbouring
+//! queries) share most keys and form long blocks. The partition is a pure function of the lists
+//! and the mask, so it does not depend on the thread count.
+
+use alloc::vec::Vec;
+
+use crate::error::{Error, Operand};
+use crate::mask::RowKeys;
+use crate::plan::Plan;
+use crate::sparse::indices::SparseIndices;
+use crate::sparse::PAD;
+
+/// Most rows per block: a key's rows are the bits of a `u32`.
+pub(crate) const MAX_BLOCK_ROWS: usize = 32;
+/// A block's union may hold up to `UNION_NUM / UNION_DEN` times its longest list.
+pub(crate) const UNION_NUM: usize = 3;
+/// See [`UNION_NUM`].
+pub(crate) const UNION_DEN: usize = 2;
+/// Most union entries (`rows · k`) a worker's union set holds: long lists get shorter blocks.
+const UNION_BUDGET: usize = 1 << 16;
+
+/// Rows per block at most, for GQA groups of `g` query heads, a kernel aiming at `rows_target`
+/// rows per unit and lists of `k` slots (1: no union, every unit is one row).
+pub(crate) fn block_rows_cap(g: usize, rows_target: usize, k: usize) -> usize {
+    let by_tile = (rows_target / g.max(1)).max(1);
+    let by_budget = (UNION_BUDGET / k.max(1)).max(1);
+    by_tile.min(by_budget).min(MAX_BLOCK_ROWS)
+}
+
+/// True when row `rk` sees key entry `e` of its list (not [`PAD`], not hidden by the mask).
+#[inline]
+pub(crate) fn visible(rk: &RowKeys, e: i32) -> bool {
+    let j = e as usize;
+    e != PAD && (j < rk.sinks_end || (rk.lo <= j && j < rk.hi))
+}
+
+/// A set of keys with a bit set of rows per key, in `u32` scratch: open addressing over a
+/// power-of-two table of positions (`0` empty, else position + 1), the keys in insertion order.
+pub(crate) struct UnionSet<'s> {
+    table: &'s mut [u32],
+    /// `table.len()` or less, a power of two: the part in use (see [`UnionSet::begin`]).
+    active: usize,
+    keys: &'s mut [u32],
+    masks: &'s mut [u32],
+    /// The table slot of each key, to clear the table in `O(len)`.
+    slots: &'s mut [u32],
+    len: usize,
+}
+
+impl<'s> UnionSet<'s> {
+    /// `u32`s of scratch for a set of up to `entries` keys, or `None` on overflow.
+    pub fn scratch_len(entries: usize) -> Option<usize> {
+        let table = entries.checked_mul(2)?.checked_next_power_of_two()?.max(2);
+        table.checked_add(entries.checked_mul(3)?)
+    }
+
+    /// A set of up to `entries` keys in `buf` (at least [`UnionSet::scratch_len`] long, any
+    /// contents), to be started with [`UnionSet::begin`].
+    pub fn carve(buf: &'s mut [u32], entries: usize) -> UnionSet<'s> {
+        let table_len = (2 * entries).next_power_of_two().max(2);
+        let (table, rest) = buf.split_at_mut(table_len);
+        let (keys, rest) = rest.split_at_mut(entries);
+        let (masks, rest) = rest.split_at_mut(entries);
+        UnionSet { table, active: 0, keys, masks, slots: &mut rest[..entries], len: 0 }
+    }
+
+    /// Empties the set for up to `bound` (at most `entries`) distinct keys, clearing only the
+    /// part of the table that many keys need.
+    pub fn begin(&mut self, bound: usize) {
+        self.active = (2 * bound).next_power_of_two().clamp(2, self.table.len());
+        self.table[..self.active].fill(0);
+        self.len = 0;
+    }
+
+    /// The table slot holding `key`, or the empty slot where it would go.
+    #[inline]
+    fn slot(&self, key: u32) -> (usize, bool) {
+        let mask = self.active - 1;
+        // Fibonacci hashing: neighbouring keys land far apart.
+        let mut s = (key.wrapping_mul(0x9E37_79B9) as usize) & mask;
+        loop {
+            match self.table[s] {
+                0 => return (s, false),
+                p if self.keys[p as usize - 1] == key => return (s, true),
+                _ => s = (s + 1) & mask,
+            }
+        }
+    }
+
+    /// True when `key` is in the set.
+    #[inline]
+    pub fn contains(&self, key: u32) -> bool {
+        self.slot(key).1
+    }
+
+    /// Adds `key` for the rows of `bits` (or those bits to a key already there).
+    #[inline]
+    pub fn insert(&mut self, key: u32, bits: u32) {
+        let (s, found) = self.slot(key);
+        if found {
+            self.masks[self.table[s] as usize - 1] |= bits;
+        } else {
+            // At most `entries` distinct keys are inserted (the caller's bound), so the table
+            // (twice as long) always has an empty slot.
+            let p = self.len;
+            self.keys[p] = key;
+            self.masks[p] = bits;
+            self.slots[p] = s as u32;
+            self.table[s] = p as u32 + 1;
+            self.len += 1;
+        }
+    }
+
+    /// Empties the set.
+    pub fn clear(&mut self) {
+        for &s in &self.slots[..self.len] {
+            self.table[s as usize] = 0;
+        }
+        self.len = 0;
+    }
+
+    /// Keys in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The keys, in insertion order, and their row bits.
+    pub fn entries(&self) -> (&[u32], &[u32]) {
+        (&self.keys[..self.len], &self.masks[..self.len])
+    }
+}
+
+/// The units of a sparse call: blocks of rows, each with every KV head its lists serve.
+pub(crate) struct Blocks {
+    /// `(first row, rows)` of each block, grouped by list (batch, then list head).
+    spans: Vec<(usize, usize)>,
+    /// `(batch, KV head, block)` of each unit: per batch, KV-head-major, so one head's keys stay
+    /// in cache across its consecutive blocks.
+    units: Vec<(usize, usize, usize)>,
+}
+
+impl Blocks {
+    /// Partitions every list's rows into blocks of at most `cap` rows.
+    ///
+    /// # Errors
+    /// [`Error::AllocationFailed`] when the unit table or the partition's scratch cannot be had.
+    pub fn new(plan: &Plan<'_>, indices: &SparseIndices<'_>, cap: usize) -> Result<Blocks, Error> {
+        let d = &plan.dims;
+        let lists = if indices.is_shared() { 1 } else { d.kv_heads };
+        let mut spans = Vec::new();
+        let mut starts = Vec::new();
+        alloc_n(&mut starts, d.batch * lists + 1)?;
+        let entries = if cap > 1 { cap * indices.k() } else { 0 };
+        let mut buf = Vec::new();
+        let n = UnionSet::scratch_len(entries).unwrap_or(usize::MAX);
+        alloc_n(&mut buf, n)?;
+        buf.resize(n, 0u32);
+        let mut set = UnionSet::carve(&mut buf, entries);
+        set.begin(entries);
+        for b in 0..d.batch {
+            for lh in 0..lists {
+                starts.push(spans.len());
+                let (rows, list) = (|i| plan.mask.row(i), |i| indices.row(b, i, lh));
+                partition(d.q_len, rows, list, cap, &mut set, &mut spans)?;
+            }
+        }
+        starts.push(spans.len());
+        let mut units = Vec::new();
+        // Shared lists serve every KV head; a list per KV head serves its own.
+        let count = if lists == 1 { spans.len().saturating_mul(d.kv_heads) } else { spans.len() };
+        alloc_n(&mut units, count)?;
+        for b in 0..d.batch {
+            for kvh in 0..d.kv_heads {
+                let g = b * lists + if lists == 1 { 0 } else { kvh };
+                units.extend((starts[g]..starts[g + 1]).map(|s| (b, kvh, s)));
+            }
+        }
+        Ok(Blocks { spans, units })
+    }
+
+    /// Units of the call.
+    pub fn units(&self) -> usize {
+        self.units.len()
+    }
+
+    /// Unit `u`: its batch, KV head, first row and rows.
+    pub fn unit(&self, u: usize) -> (usize, usize, usize, usize) {
+        let (b, kvh, s) = self.units[u];
+        let (q0, tq) = self.spans[s];
+        (b, kvh, q0, tq)
+    }
+}
+
+/// Reserves room for `n` more elements, or [`Error::AllocationFailed`].
+fn alloc_n<T>(v: &mut Vec<T>, n: usize) -> Result<(), Error> {
+    v.try_reserve_exact(n).map_err(|_| Error::AllocationFailed {
+        operand: Operand::Scratch,
+        bytes: n.saturating_mul(core::mem::size_of::<T>()),
+    })
+}
+
+/// Greedy blocks over rows `0..q_len` of one list (`list(i)` is row `i`'s, `rows(i)` the keys
+/// its mask shows), appended to `spans`.
+fn partition<'l>(
+    q_len: usize,
+    rows: impl Fn(usize) -> RowKeys,
+    list: impl Fn(usize) -> &'l [i32],
+    cap: usize,
+    set: &mut UnionSet<'_>,
+    spans: &mut Vec<(usize, usize)>,
+) -> Result<(), Error> {
+    if cap <= 1 {
+        alloc_n(spans, q_len)?;
+        spans.extend((0..q_len).map(|i| (i, 1)));
+        return Ok(());
+    }
+    set.clear();
+    let (mut q0, mut longest) = (0usize, 0usize);
+    for i in 0..q_len {
+        let rk = rows(i);
+        let row = list(i);
+        let (mut len, mut new) = (0usize, 0usize);
+        for &e in row.iter().filter(|&&e| visible(&rk, e)) {
+            len += 1;
+            new += usize::from(!set.contains(e as u32));
+        }
+        let longest_with = longest.max(len);
+        let fits = i - q0 < cap && UNION_DEN * (set.len() + new) <= UNION_NUM * longest_with;
+        if i > q0 && !fits {
+            push(spans, (q0, i - q0))?;
+            set.clear();
+            (q0, longest) = (i, len);
+        } else {
+            longest = longest_with;
+        }
+        for &e in row.iter().filter(|&&e| visible(&rk, e)) {
+            set.insert(e as u32, 0);
+        }
+    }
+    if q_len > q0 {
+        push(spans, (q0, q_len - q0))?;
+    }
+    Ok(())
+}
+
+fn push<T>(v: &mut Vec<T>, x: T) -> Result<(), Error> {
+    if v.len() == v.capacity() {
+        let more = v.capacity().max(64);
+        alloc_n(v, more)?;
+    }
+    v.push(x);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    /// The blocks of `lists` (`k` slots per row, every key visible) with `cap` rows at most.
+    fn blocks_of(lists: &[i32], k: usize, cap: usize) -> Vec<(usize, usize)> {
+        let all = RowKeys { sinks_end: 0, lo: 0, hi: usize::MAX };
+        let mut buf = vec![0u32; UnionSet::scratch_len(cap * k).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, cap * k);
+        set.begin(cap * k);
+        let mut spans = Vec::new();
+        let q_len = lists.len() / k;
+        partition(q_len, |_| all, |i| &lists[i * k..(i + 1) * k], cap, &mut set, &mut spans).unwrap();
+        spans
+    }
+
+    #[test]
+    fn identical_lists_fill_blocks_and_disjoint_ones_stay_single() {
+        let same: Vec<i32> = (0..10).flat_map(|_| [3, 1, 4, 7]).collect();
+        assert_eq!(blocks_of(&same, 4, 4), [(0, 4), (4, 4), (8, 2)]);
+        let apart: Vec<i32> = (0..12).collect();
+        assert_eq!(blocks_of(&apart, 4, 4), [(0, 1), (1, 1), (2, 1)]);
+    }
+
+    #[test]
+    fn a_block_grows_while_its_union_stays_within_one_and_a_half_lists() {
+        // Rows of 4 keys, each adding one new key: unions 4, 5, 6, then 7 > 6 closes the block.
+        // Empty rows join any block; a row sharing nothing starts a new one.
+        let rows = [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [PAD; 4], [9, 10, 11, 12]];
+        let lists: Vec<i32> = rows.concat();
+        assert_eq!(blocks_of(&lists, 4, 8), [(0, 3), (3, 2), (5, 1)]);
+    }
+
+    #[test]
+    fn hidden_keys_do_not_count() {
+        // Row 1 lists keys its mask hides (>= 4): they neither widen the union nor count as keys.
+        let rows = [[0, 1, 2, 3], [0, 1, 8, 9]];
+        let lists: Vec<i32> = rows.concat();
+        let rk = RowKeys { sinks_end: 0, lo: 0, hi: 4 };
+        let mut buf = vec![0u32; UnionSet::scratch_len(8).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, 8);
+        set.begin(8);
+        let mut spans = Vec::new();
+        partition(2, |_| rk, |i| &lists[i * 4..(i + 1) * 4], 2, &mut set, &mut spans).unwrap();
+        assert_eq!(spans, [(0, 2)]);
+    }
+
+    #[test]
+    fn union_set_keeps_row_bits_per_key() {
+        let mut buf = vec![7u32; UnionSet::scratch_len(6).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, 6);
+        set.begin(6);
+        for (bit, row) in [[5u32, 9, 2], [9, 2, 40]].iter().enumerate() {
+            for &key in row {
+                set.insert(key, 1 << bit);
+            }
+        }
+        assert_eq!(set.entries(), (&[5u32, 9, 2, 40][..], &[1u32, 3, 3, 2][..]));
+        assert!(set.contains(40) && !set.contains(41));
+        set.clear();
+        assert_eq!(set.len(), 0);
+        assert!(!set.contains(9));
+    }
+}
