@@ -385,7 +385,8 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     if hr <= t.geo.dot_rows_max {
         for (j0, j1, _) in tiles {
             let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
-            decode_tile(kernel, plan, inp, u, &span.queries(), sc, j0, j1 - j0, boundary, adjust);
+            let hidden = if boundary { Hidden::Outside(j0) } else { Hidden::None };
+            decode_tile(kernel, plan, inp, u, &span.queries(), sc, j0, j1 - j0, hidden, adjust);
         }
         return;
     }
@@ -399,6 +400,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
     for (j0, j1, r1) in tiles {
         let n = j1 - j0;
         let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
+        let hidden = if boundary { Hidden::Outside(j0) } else { Hidden::None };
         let st = &mut sc.s[..t.bc * hr];
         let k_tile = &inp.k[inp.k_layout.offset(u.b, j0, kvh)..];
         let v_tile = &inp.v[inp.v_layout.offset(u.b, j0, kvh)..];
@@ -416,7 +418,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         }
         // Score epilogue (only with options, or on tiles some row cannot fully see).
         if adjust || boundary {
-            epilogue_t(plan, u, &span.queries(), st, hr, Keys::Run(j0), n, boundary, adjust, sc.tmp);
+            epilogue_t(plan, u, &span.queries(), st, hr, Keys::Run(j0), n, hidden, adjust, sc.tmp);
         }
         // Online softmax: P = exp(S - m_new), alpha = exp(m_old - m_new), l updated.
         let (m, l) = (&mut sc.state.m[..hr], &mut sc.state.l[..hr]);
@@ -426,12 +428,12 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
             kernel.widen(&v_tile[t * v_ld..t * v_ld + dv], dst);
         }
         let acc = &mut sc.state.acc[..hr * dv];
-        let pv = PvBlock { j: j0, w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
-        pv_block(kernel, &span.queries(), g, dv, st, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
+        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
+        pv_block(kernel, &span.queries(), g, dv, st, &sc.vs[..n * dv], acc, hidden, &pv, sc.tmp);
     }
 }
 
-/// The score options and, on a boundary tile (of a run of keys), the mask, on transposed
+/// The score options and, on a tile some row cannot fully see, the mask, on transposed
 /// scores (`n × ld`, row `r` of the unit is column `r`).
 #[allow(clippy::too_many_arguments)]
 fn epilogue_t(
@@ -442,7 +444,7 @@ fn epilogue_t(
     ld: usize,
     keys: Keys<'_>,
     n: usize,
-    boundary: bool,
+    hidden: Hidden<'_>,
     adjust: bool,
     tmp: &mut [f32],
 ) {
@@ -461,15 +463,17 @@ fn epilogue_t(
                     st[jj * ld + r] = x;
                 }
             }
-            if let (true, Keys::Run(j0)) = (boundary, keys) {
-                // Hidden keys: everything outside the row's visible segments.
+            if hidden.any() {
+                // Everything outside the row's visible runs.
                 let mut next = 0;
-                let segs = visible_segments(&span.keys[i], j0, j0 + n).chain(core::iter::once((j0 + n, j0 + n)));
-                for (a, b) in segs {
-                    for jj in next..a - j0 {
+                hidden.visible_runs(&span.keys[i], i, n, |a, b| {
+                    for jj in next..a {
                         st[jj * ld + r] = f32::NEG_INFINITY;
                     }
-                    next = b - j0;
+                    next = b;
+                });
+                for jj in next..n {
+                    st[jj * ld + r] = f32::NEG_INFINITY;
                 }
             }
         }
@@ -485,6 +489,9 @@ struct TileRows<'a, KT: Element, VT: Element> {
     v: &'a [VT],
     v_ld: usize,
     v_hs: usize,
+    /// The same V rows already staged contiguous in f32 (a gathered tile's, one head), which the
+    /// NaN containment of a tile with hidden keys then reads instead of staging them again.
+    staged_v: Option<&'a [f32]>,
 }
 
 /// The scratch a decode tile's body writes.
@@ -511,7 +518,7 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
     sc: &mut Scratch<'_>,
     j0: usize,
     n: usize,
-    boundary: bool,
+    hidden: Hidden<'_>,
     adjust: bool,
 ) {
     let (kl, vl) = (&inp.k_layout, &inp.v_layout);
@@ -523,8 +530,9 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
         v: &inp.v[vl.offset(u.b, j0, u.kvh)..],
         v_ld: vl.strides[1],
         v_hs: vl.strides[2],
+        staged_v: None,
     };
-    tile_body(kernel, plan, u, span, body, Keys::Run(j0), n, &rows, boundary, adjust);
+    tile_body(kernel, plan, u, span, body, Keys::Run(j0), n, &rows, hidden, adjust);
 }
 
 /// [`decode_tile`] once its rows are located.
@@ -538,7 +546,7 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
     keys: Keys<'_>,
     n: usize,
     kv: &TileRows<'_, KT, VT>,
-    boundary: bool,
+    hidden: Hidden<'_>,
     adjust: bool,
 ) {
     let d = &plan.dims;
@@ -554,8 +562,8 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
     let pf = (kv.v, kv.v_ld, kv.v_hs, dv);
     let qs = &sc.qs[..rows * dk];
     kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, sc.tmp);
-    if adjust || boundary {
-        epilogue_t(plan, u, span, st, rows, keys, n, boundary, adjust, sc.tmp);
+    if adjust || hidden.any() {
+        epilogue_t(plan, u, span, st, rows, keys, n, hidden, adjust, sc.tmp);
     }
     let (m, l) = (&mut sc.state.m[..rows], &mut sc.state.l[..rows]);
     kernel.softmax_cols(st, rows, n, rows, m, l, sc.alpha, sc.tmp);
@@ -565,13 +573,19 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
         let acc = &mut sc.state.acc[r0 * dv..r1 * dv];
         let alpha = &sc.alpha[r0..r1];
         let v_h = &kv.v[hl * kv.v_hs..];
-        if let (true, Keys::Run(j0)) = (boundary, keys) {
+        if hidden.any() {
             // Staged, for the NaN containment of `pv_block`.
-            for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
-                kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
-            }
-            let pv = PvBlock { j: j0, w: n, rescale: Some(alpha), ld: rows };
-            pv_block(kernel, span, g, dv, p_h, &sc.vs[..n * dv], acc, boundary, &pv, sc.tmp);
+            let vs = match kv.staged_v {
+                Some(staged) => staged,
+                None => {
+                    for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
+                        kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
+                    }
+                    &sc.vs[..n * dv]
+                }
+            };
+            let pv = PvBlock { w: n, rescale: Some(alpha), ld: rows };
+            pv_block(kernel, span, g, dv, p_h, vs, acc, hidden, &pv, sc.tmp);
         } else {
             // V in place: one row block reads each element once.
             kernel.gemm_at(hr, dv, n, p_h, rows, v_h, kv.v_ld, acc, dv, Some(alpha), sc.tmp);
@@ -579,9 +593,8 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
     }
 }
 
-/// A block of P·V: keys `[j, j + w)`, the first `w` rows of the transposed scores.
+/// A block of P·V: the tile's first `w` keys, the first `w` rows of the transposed scores.
 struct PvBlock<'a> {
-    j: usize,
     w: usize,
     /// Rescale the output rows by these factors first.
     rescale: Option<&'a [f32]>,
@@ -600,13 +613,13 @@ fn pv_block<K: Kernel>(
     s: &[f32],
     vs: &[f32],
     acc: &mut [f32],
-    boundary: bool,
+    hidden: Hidden<'_>,
     pv: &PvBlock<'_>,
     tmp: &mut [f32],
 ) {
     let hr = g * span.tq;
-    let (j, w) = (pv.j, pv.w);
-    if boundary && !tile_is_finite(vs, w, dv, dv) {
+    let w = pv.w;
+    if hidden.any() && !tile_is_finite(vs, w, dv, dv) {
         // 0·NaN would leak a hidden key's non-finite value into rows that cannot see it:
         // multiply each row by its visible keys only.
         if let Some(alpha) = pv.rescale {
@@ -615,15 +628,14 @@ fn pv_block<K: Kernel>(
             }
         }
         for (i, rk) in span.keys[..span.tq].iter().enumerate() {
-            for (a, b) in visible_segments(rk, j, j + w) {
+            hidden.visible_runs(rk, i, w, |a, b| {
                 for hg in 0..g {
                     let r = hg * span.tq + i;
                     let acc_r = &mut acc[r * dv..(r + 1) * dv];
-                    let v = &vs[(a - j) * dv..];
-                    let p = &s[(a - j) * pv.ld + r..];
-                    kernel.gemm_at(1, dv, b - a, p, pv.ld, v, dv, acc_r, dv, None, tmp);
+                    let p = &s[a * pv.ld + r..];
+                    kernel.gemm_at(1, dv, b - a, p, pv.ld, &vs[a * dv..], dv, acc_r, dv, None, tmp);
                 }
-            }
+            });
         }
     } else {
         kernel.gemm_at(hr, dv, w, s, pv.ld, vs, dv, acc, dv, pv.rescale, tmp);
@@ -633,6 +645,57 @@ fn pv_block<K: Kernel>(
 /// True when the `n × dv` tile holds no NaN or infinity.
 fn tile_is_finite(v: &[f32], n: usize, dv: usize, ld: usize) -> bool {
     (0..n).all(|j| v[j * ld..j * ld + dv].iter().all(|x| x.is_finite()))
+}
+
+/// Which keys of a tile some of its rows may not see, so that their scores become `-inf` and
+/// P·V keeps a hidden key's non-finite value out of them: one description for dense tiles at the
+/// edge of a mask and for gathered tiles over the union of several rows' key lists.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Hidden<'m> {
+    /// Every row sees every key of the tile.
+    None,
+    /// The tile holds the keys `j0..` (its first is the payload): a row sees those inside its
+    /// visible segments ([`RowKeys`]).
+    Outside(usize),
+    /// A gathered tile: row `i` of the unit's block sees key `jj` when bit `i` of `masks[jj]` is
+    /// set (the row lists the key).
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
+    Unlisted(&'m [u32]),
+}
+
+impl Hidden<'_> {
+    /// True when some row may not see some key.
+    fn any(self) -> bool {
+        !matches!(self, Hidden::None)
+    }
+
+    /// Calls `f(a, b)` for each maximal run `a..b` (tile positions, in order) of the first `n`
+    /// keys of the tile that row `i` (with keys `rk`) sees.
+    fn visible_runs(self, rk: &RowKeys, i: usize, n: usize, mut f: impl FnMut(usize, usize)) {
+        match self {
+            Hidden::None => f(0, n),
+            Hidden::Outside(j0) => {
+                for (a, b) in visible_segments(rk, j0, j0 + n) {
+                    f(a - j0, b - j0);
+                }
+            }
+            Hidden::Unlisted(masks) => {
+                let bit = 1u32 << i;
+                let mut jj = 0;
+                while jj < n {
+                    if masks[jj] & bit == 0 {
+                        jj += 1;
+                        continue;
+                    }
+                    let a = jj;
+                    while jj < n && masks[jj] & bit != 0 {
+                        jj += 1;
+                    }
+                    f(a, jj);
+                }
+            }
+        }
+    }
 }
 
 /// The visible sub-ranges of `[j0, j1)` for one row.
@@ -727,12 +790,23 @@ pub(crate) fn finish_unit(
     t: &Tiling,
     u: &Unit,
     st: &mut RowState<'_>,
+    write: impl FnMut(usize, usize, usize, &[f32], f32),
+) {
+    finish_rows(plan, u, (u.q_tile * t.tq, u.tq(plan, t)), st, write);
+}
+
+/// [`finish_unit`] for the query rows `q0..q0 + tq` of a unit's KV heads (a gathered block's
+/// rows are its own, not a query tile's): learned sinks, normalisation, the output gate, and
+/// `write(b, i, h, row, lse)` for each row.
+pub(crate) fn finish_rows(
+    plan: &Plan<'_>,
+    u: &Unit,
+    (q0, tq): (usize, usize),
+    st: &mut RowState<'_>,
     mut write: impl FnMut(usize, usize, usize, &[f32], f32),
 ) {
     let d = &plan.dims;
     let (g, dv) = (d.group(), d.v_head_dim);
-    let q0 = u.q_tile * t.tq;
-    let tq = u.tq(plan, t);
     for hu in 0..u.nh * g {
         let h = u.kvh * g + hu;
         for i in 0..tq {

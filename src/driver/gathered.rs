@@ -3,21 +3,23 @@
 //! into contiguous tiles.
 //!
 //! A tile's scores are those of every row of the block against every gathered key; a key that
-//! row `i` does not list (or may not see) gets `-inf` in row `i`'s columns after the score
-//! options, so the softmax and P·V are those of a dense tile. Few rows per KV head score the
-//! keys one by one ([`Kernel::dot_heads`]), more with a gemm against the transposed queries, as
-//! dense units do. P·V multiplies a masked row's zero by the gathered V rows, so a tile with a
-//! non-finite V row and a masked entry falls back to summing each row's listed keys only, and a
-//! non-finite value never reaches a row that does not list its key.
+//! row `i` does not list is hidden from it ([`Hidden::Unlisted`]), exactly as a dense tile at a
+//! mask's edge hides the keys outside a row's segments: `-inf` after the score options, and P·V
+//! summing each row's own keys when the tile holds a non-finite V row, so such a value never
+//! reaches a row that does not list its key. Few rows per KV head run the decode tile body
+//! ([`tile_body`], as dense decode does); more score with a gemm against the transposed queries
+//! and share the epilogue, softmax and P·V of dense prefill tiles.
 
-use super::{epilogue_t, load_queries, tile_is_finite, Inputs, Keys, RowState, Scratch, TileQueries, Tiling, Unit};
+use super::{
+    epilogue_t, finish_rows, load_queries, pv_block, tile_body, Hidden, Inputs, Keys, PvBlock, RowState, Scratch,
+    TileQueries, TileRows, TileScratch, Tiling, Unit,
+};
 use crate::element::Element;
 use crate::kernel::geometry::MAX_GATHER_BC;
 use crate::kernel::Kernel;
 use crate::mask::RowKeys;
 use crate::plan::Plan;
 use crate::sink::Sink;
-use crate::softmax::{add_sink, finish_row};
 use crate::sparse::blocks::{visible, UnionSet, MAX_BLOCK_ROWS};
 
 /// One unit: rows `q0..q0 + tq` of batch `b` against KV head `kvh`.
@@ -155,80 +157,51 @@ impl<KE: Element, VE: Element> TileCtx<'_, '_, KE, VE> {
             let off = vl.offset(u.b, j, u.kvh);
             kernel.widen(&inp.v[off..off + dv], dst);
         }
-        let (ks, vs) = (&sc.ks[..n * dk], &sc.vs[..n * dv]);
-        let st = &mut sc.s[..n * hr];
-        if self.dot {
-            let pf = (vs, dv, 0, dv);
-            kernel.dot_heads(1, hr, n, dk, &sc.qs[..hr * dk], dk, ks, dk, 0, st, hr, pf, sc.tmp);
-        } else {
-            kernel.gemm(n, hr, dk, ks, dk, sc.qt, hr, st, hr, false);
-        }
-        if self.adjust {
-            epilogue_t(plan, u, span, st, hr, Keys::Listed(keys), n, false, true, sc.tmp);
-        }
-        // The rows that do not list a key: -inf after the score options (a softcap would turn
-        // -inf into -c).
+        // The rows that do not list a key (a bit per row) are hidden from it.
         let full = if tq == 32 { u32::MAX } else { (1u32 << tq) - 1 };
-        let partial = masks.is_some_and(|m| m.iter().any(|&m| m != full));
-        if let (true, Some(masks)) = (partial, masks) {
-            for (jj, &m) in masks.iter().enumerate() {
-                let mut hidden = !m & full;
-                while hidden != 0 {
-                    let i = hidden.trailing_zeros() as usize;
-                    hidden &= hidden - 1;
-                    for hg in 0..g {
-                        st[jj * hr + hg * tq + i] = f32::NEG_INFINITY;
-                    }
-                }
-            }
+        let hidden = match masks {
+            Some(m) if m.iter().any(|&m| m != full) => Hidden::Unlisted(m),
+            _ => Hidden::None,
+        };
+        let keys = Keys::Listed(keys);
+        if self.dot {
+            let (staged, rest) = sc.vs.split_at_mut(n * dv);
+            let staged = &*staged;
+            let body = TileScratch { qs: sc.qs, s: sc.s, tmp: sc.tmp, alpha: sc.alpha, state: &mut sc.state, vs: rest };
+            let rows = TileRows {
+                k: &sc.ks[..n * dk],
+                k_ld: dk,
+                k_hs: 0,
+                v: staged,
+                v_ld: dv,
+                v_hs: 0,
+                staged_v: Some(staged),
+            };
+            tile_body(kernel, plan, u, span, body, keys, n, &rows, hidden, self.adjust);
+            return;
+        }
+        let st = &mut sc.s[..n * hr];
+        kernel.gemm(n, hr, dk, &sc.ks[..n * dk], dk, sc.qt, hr, st, hr, false);
+        if self.adjust || hidden.any() {
+            epilogue_t(plan, u, span, st, hr, keys, n, hidden, self.adjust, sc.tmp);
         }
         let state: &mut RowState<'_> = &mut sc.state;
         let (m, l) = (&mut state.m[..hr], &mut state.l[..hr]);
         kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
-        let acc = &mut state.acc[..hr * dv];
-        let alpha = &sc.alpha[..hr];
-        if partial && !tile_is_finite(vs, n, dv, dv) {
-            // 0·NaN would leak an unlisted key's non-finite value: each row sums its own keys.
-            let masks = masks.unwrap_or(&[]);
-            for r in 0..hr {
-                let acc_r = &mut acc[r * dv..(r + 1) * dv];
-                kernel.scale(acc_r, alpha[r]);
-                let bit = 1u32 << (r % tq);
-                for (jj, _) in masks.iter().enumerate().filter(|(_, &m)| m & bit != 0) {
-                    let p = &st[jj * hr + r..];
-                    kernel.gemm_at(1, dv, 1, p, hr, &vs[jj * dv..], dv, acc_r, dv, None, sc.tmp);
-                }
-            }
-        } else {
-            kernel.gemm_at(hr, dv, n, st, hr, vs, dv, acc, dv, Some(alpha), sc.tmp);
-        }
+        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
+        pv_block(kernel, span, g, dv, st, &sc.vs[..n * dv], &mut state.acc[..hr * dv], hidden, &pv, sc.tmp);
     }
 }
 
-/// Applies learned sinks, normalises the block unit's rows and writes them to `sink`: the
-/// gathered counterpart of [`super::finish_unit`], with the same arithmetic.
+/// Finishes the block unit's rows ([`finish_rows`], the arithmetic of every unit) into `sink`.
 ///
 /// # Safety
 /// No other thread writes the unit's rows during the call (units own disjoint rows: their
 /// blocks partition each list's rows, and each (row, KV head) pair belongs to one unit).
 pub(crate) unsafe fn finish_block(plan: &Plan<'_>, t: &Tiling, bu: &BlockUnit, state: &mut [f32], sink: &Sink<'_>) {
-    let d = &plan.dims;
-    let (g, dv) = (d.group(), d.v_head_dim);
-    let st = RowState::of(t.state(plan), state);
-    for hg in 0..g {
-        let h = bu.kvh * g + hg;
-        for i in 0..bu.tq {
-            let r = hg * bu.tq + i;
-            let acc = &mut st.acc[r * dv..(r + 1) * dv];
-            if let Some(sinks) = plan.opts.sinks {
-                add_sink(&mut st.m[r], &mut st.l[r], acc, sinks[h]);
-            }
-            let lse = finish_row(st.m[r], st.l[r], acc);
-            if let Some(gate) = &plan.opts.output_gate {
-                gate.apply_row(bu.b, bu.q0 + i, h, acc);
-            }
-            // SAFETY: row (b, q0 + i, h) is this unit's, which no other thread writes (the contract).
-            unsafe { sink.write(plan, bu.b, bu.q0 + i, h, acc, lse) };
-        }
-    }
+    let mut st = RowState::of(t.state(plan), state);
+    finish_rows(plan, &bu.unit(), (bu.q0, bu.tq), &mut st, |b, i, h, row, lse| {
+        // SAFETY: row (b, i, h) is this unit's, which no other thread writes (the contract).
+        unsafe { sink.write(plan, b, i, h, row, lse) }
+    });
 }
