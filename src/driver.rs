@@ -449,11 +449,11 @@ fn epilogue_t(
     tmp: &mut [f32],
 ) {
     let g = plan.dims.group();
-    for hu in 0..u.nh * g {
-        let h = u.kvh * g + hu;
-        for i in 0..span.tq {
-            let r = hu * span.tq + i;
-            if adjust {
+    if adjust {
+        for hu in 0..u.nh * g {
+            let h = u.kvh * g + hu;
+            for i in 0..span.tq {
+                let r = hu * span.tq + i;
                 let row = &mut tmp[..n];
                 for (jj, x) in row.iter_mut().enumerate() {
                     *x = st[jj * ld + r];
@@ -463,19 +463,26 @@ fn epilogue_t(
                     st[jj * ld + r] = x;
                 }
             }
-            if hidden.any() {
-                // Everything outside the row's visible runs.
-                let mut next = 0;
-                hidden.visible_runs(&span.keys[i], i, n, |a, b| {
-                    for jj in next..a {
-                        st[jj * ld + r] = f32::NEG_INFINITY;
+        }
+    }
+    if hidden.any() {
+        // After the score options (a softcap would turn -inf into -c): everything outside each
+        // query's visible runs, found once per query for all the heads that share its keys.
+        let heads = u.nh * g;
+        for i in 0..span.tq {
+            let mut hide = |a: usize, b: usize| {
+                for jj in a..b {
+                    for hu in 0..heads {
+                        st[jj * ld + hu * span.tq + i] = f32::NEG_INFINITY;
                     }
-                    next = b;
-                });
-                for jj in next..n {
-                    st[jj * ld + r] = f32::NEG_INFINITY;
                 }
-            }
+            };
+            let mut next = 0;
+            hidden.visible_runs(&span.keys[i], i, n, |a, b| {
+                hide(next, a);
+                next = b;
+            });
+            hide(next, n);
         }
     }
 }
