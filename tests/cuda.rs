@@ -36,7 +36,7 @@ fn register_budget(k: KernelId) -> u32 {
         KernelKind::Fwd | KernelKind::Split => 128,
         // The tensor-core prefill keeps 4 Dv / 8 f32 accumulators, the S tile and the row state of
         // two rows per lane in registers (FlashAttention-2 uses up to 255): 2 blocks per SM.
-        KernelKind::FwdTc(_) => 255,
+        KernelKind::FwdTc(_) | KernelKind::SplitTc(_) => 255,
     }
 }
 
@@ -87,7 +87,7 @@ fn nvrtc_compiles_every_kernel_within_budget() {
             let (threads, dyn_smem) = match k.kind {
                 KernelKind::Combine => (32, 0),
                 KernelKind::KvAppend => (APPEND_THREADS, 0),
-                KernelKind::FwdTc(_) => (THREADS, tc_smem_bytes(k.class.max_dim())),
+                KernelKind::FwdTc(_) | KernelKind::SplitTc(_) => (THREADS, tc_smem_bytes(k.class.max_dim())),
                 _ => (THREADS, attn_smem_bytes(k.class.max_dim(), k.class.max_dim())),
             };
             assert_eq!(r.spill_bytes, 0, "{arch} {}: spills\n{}", k.name(), compiled.log);
