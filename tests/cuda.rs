@@ -189,6 +189,23 @@ fn gpu_tensor_core_prefill() {
     }
 }
 
+/// Split-KV decode on tensor cores (`attn_split_tc_*` + `attn_combine_dN`, f16 and bf16, GQA,
+/// q_len 1 and 4, sinks, softcap, LSE) against the reference with the tensor-core tolerance.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_tensor_core_decode() {
+    use gated_attention::DType::{BF16, F16};
+    let mut dev = gpu();
+    let sinks = [0.25f32; 32];
+    let w = AttentionOptions::new().causal().window(1500).sink_tokens(4).softcap(30.0).sinks(&sinks);
+    for dt in [F16, BF16] {
+        let c = Case::new(4, 1, 4000, 32, 8, 128).dtypes([dt; 4]).seed(11);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor-core decode, GQA 4, D 128");
+        let c = Case::new(1, 4, 3000, 32, 8, 64).dtypes([dt; 4]).seed(12);
+        gpu_tc_case(&mut dev, &c, &w, "tensor-core decode q 4, window + sinks + softcap, D 64");
+    }
+}
+
 /// One small multi-tile prefill and one split-KV decode: the case compute-sanitizer runs.
 #[test]
 #[ignore = "needs a GPU"]
