@@ -14,8 +14,14 @@
 // key's P is exactly 0, but 0 * NaN is NaN in an mma: a V tile holding a non-finite value takes a
 // scalar P V instead, which skips hidden keys, so a NaN stays in the rows that see it.
 //
-// One instantiation per storage type (BF16) and per score mode (OPTS: softcap, ALiBi or bias
-// set), chosen by the host (src/cuda/launch.rs, TcVariant), so the K/V loop holds one type's
+// Split-KV decode (SPLIT, flash-decoding): blockIdx.x = row_tile * n_splits + split as in
+// attn_split_dN (attn_fwd.cu); the block's keys are its split's chunk [split * split_len, + split_len)
+// (split_len a multiple of GA_TC_BN, so the chunk is whole tiles), and each row's unnormalised
+// state (acc, m, l) goes to the workspace in attn_split_dN's layout, merged by attn_combine_dN
+// unchanged. The learned sink, normalisation, gate and LSE are then the combine's.
+//
+// One instantiation per storage type (BF16), per score mode (OPTS: softcap, ALiBi or bias
+// set) and per mode (SPLIT), chosen by the host (src/cuda/launch.rs, TcVariant), so the K/V loop holds one type's
 // mma path and, without options, no score pass. The non-finite-V path leaves the K/V loop
 // (break) and re-enters it after the tile, so its code lies outside the loop the hot path runs
 // (scripts/sass_model.py counts that loop).
@@ -91,7 +97,7 @@ DEV unsigned ga_tc_pack(float lo, float hi, bool bf16) {
 
 DEV float ga_tc_round(float x, bool bf16) { return bf16 ? ga_bf2f(ga_f2bf(x)) : ga_h2f(ga_f2h(x)); }
 
-template <int DK, bool BF16, bool OPTS>
+template <int DK, bool BF16, bool OPTS, bool SPLIT>
 DEV void ga_attn_tc(const GaParams& p) {
     constexpr int P = DK + 8, NT = DK / 8;  // NT: n8 tiles of the output dims
     DYN_SMEM(unsigned short, smem);
@@ -106,7 +112,9 @@ DEV void ga_attn_tc(const GaParams& p) {
     // ga_score runs over the warp's S tile in shared memory (one inlined copy, not one per
     // register: 16 copies made NVRTC's compile nine times slower).
     constexpr bool plain = !OPTS;
-    const int n_rows = p.q_len * G, r0 = blockIdx.x * GA_TC_BM, kvh = blockIdx.y, b = blockIdx.z;
+    const int row_tile = SPLIT ? (int)(blockIdx.x / p.n_splits) : (int)blockIdx.x;
+    const int split = SPLIT ? (int)(blockIdx.x % p.n_splits) : 0;
+    const int n_rows = p.q_len * G, r0 = row_tile * GA_TC_BM, kvh = blockIdx.y, b = blockIdx.z;
     const ga_i64 n = p.kv_len;
 
     // Q tile, rotated in f32 and rounded back to the storage type; rows and dims past the end zero.
@@ -139,13 +147,19 @@ DEV void ga_attn_tc(const GaParams& p) {
         sQ[r * P + d] = bf16 ? ga_f2bf(x) : ga_f2h(x);
     }
 
-    // The block's key tiles, as attn_fwd.cu: the union of its rows' ranges; dead tiles between
-    // the sink prefix and the window are skipped (next_live).
+    // The block's key tiles, as attn_fwd.cu: the union of its rows' ranges, cut to the split;
+    // dead tiles between the sink prefix and the window are skipped (next_live). A split's
+    // bounds are tile bounds, so no key outside it is in a tile.
     const int last = (r0 + GA_TC_BM < n_rows ? r0 + GA_TC_BM : n_rows) - 1;
     GaRowKeys first_keys = ga_row_keys(p, r0 / G), last_keys = ga_row_keys(p, (last < r0 ? r0 : last) / G);
     const ga_i64 lo_min = first_keys.lo, hi_max = last_keys.hi, sinks_max = last_keys.sinks_end;
-    const ga_i64 t_begin = sinks_max > 0 ? 0 : lo_min / GA_TC_BN;
-    const ga_i64 t_end = (ga_min64(hi_max, n) + GA_TC_BN - 1) / GA_TC_BN;
+    ga_i64 t_begin = sinks_max > 0 ? 0 : lo_min / GA_TC_BN, end = ga_min64(hi_max, n);
+    if (SPLIT) {
+        const ga_i64 s_lo = (ga_i64)split * p.split_len;
+        t_begin = ga_max64(t_begin, s_lo / GA_TC_BN);
+        end = ga_min64(end, s_lo + p.split_len);
+    }
+    const ga_i64 t_end = (end + GA_TC_BN - 1) / GA_TC_BN;
     auto next_live = [&](ga_i64 t) -> ga_i64 {
         if (t * GA_TC_BN < sinks_max || t * GA_TC_BN + GA_TC_BN > lo_min) return t;
         return ga_max64(t, lo_min / GA_TC_BN);
@@ -180,6 +194,10 @@ DEV void ga_attn_tc(const GaParams& p) {
     ga_i64 tile = next_live(t_begin), next = 0;
     if (tile < t_end) ga_tc_load_kv<DK>(p, cp, sk_u, sv_u, sFlag, tile * GA_TC_BN);
     ga_cp_async_commit();
+    // Thread 0 has zeroed the first stage's flag before any thread may set it (its check of the
+    // first tile): without this barrier a thread that runs ahead flags a non-finite V in the
+    // block's first tile and thread 0 then clears it (later stages are zeroed between barriers).
+    __syncthreads();
     int s = 0;
     float sc[4][4];  // S, then P, of the current tile (live across the cold path's exit)
     for (;;) {
@@ -318,6 +336,20 @@ DEV void ga_attn_tc(const GaParams& p) {
     UNROLL for (int rr = 0; rr < 2; ++rr) {
         if (!row_ok[rr]) continue;
         const int i = row_i[rr], h = row_h[rr];
+        if (SPLIT) {
+            // workspace [batch, q_heads, q_len, n_splits, Dv + 2]: acc, then m and l (attn_split_dN's)
+            const int Dv = p.v_head_dim;
+            float* w = (float*)p.work + ((((ga_i64)b * p.q_heads + h) * p.q_len + i) * p.n_splits + split) * (Dv + 2);
+            UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                const int d = 8 * t + 2 * q + e;
+                if (d < Dv) w[d] = acc[t][2 * rr + e];
+            }
+            if (q == 0) {
+                w[Dv] = m[rr];
+                w[Dv + 1] = l[rr];
+            }
+            continue;
+        }
         float mr = m[rr], lr = l[rr], a = 1.f;
         if (p.sinks) {
             const float sk = ((const float*)p.sinks)[h], mf = fmaxf(mr, sk);
@@ -343,12 +375,21 @@ DEV void ga_attn_tc(const GaParams& p) {
     }
 }
 
-// Entry points: head class, storage type, and _opt for the score-option pass.
-KERNEL void attn_fwd_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false>(p); }
-KERNEL void attn_fwd_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false>(p); }
-KERNEL void attn_fwd_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true>(p); }
-KERNEL void attn_fwd_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true>(p); }
-KERNEL void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false>(p); }
-KERNEL void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false>(p); }
-KERNEL void attn_fwd_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true>(p); }
-KERNEL void attn_fwd_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true>(p); }
+// Entry points: head class, storage type, and _opt for the score-option pass; attn_split_tc_*
+// is the split-KV decode (SPLIT).
+KERNEL void attn_fwd_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, false>(p); }
+KERNEL void attn_fwd_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, false>(p); }
+KERNEL void attn_fwd_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, false>(p); }
+KERNEL void attn_fwd_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true, false>(p); }
+KERNEL void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false, false>(p); }
+KERNEL void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, false>(p); }
+KERNEL void attn_fwd_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, false>(p); }
+KERNEL void attn_fwd_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, false>(p); }
+KERNEL void attn_split_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, true>(p); }
+KERNEL void attn_split_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, true>(p); }
+KERNEL void attn_split_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, true>(p); }
+KERNEL void attn_split_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true, true>(p); }
+KERNEL void attn_split_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false, true>(p); }
+KERNEL void attn_split_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, true>(p); }
+KERNEL void attn_split_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, true>(p); }
+KERNEL void attn_split_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, true>(p); }

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Counts the SASS instruction mix of the tensor-core prefill's K/V inner loop (issue 13's model).
+"""Counts the SASS instruction mix of the tensor-core kernels' K/V inner loop (issue 13's model).
 
 Input: `cuobjdump -sass` text of one CUBIN (scripts/sass_model.sh makes it). For every kernel
-whose name starts with `attn_fwd_tc_` it finds the K/V loop and counts its instructions by class.
+whose name starts with `attn_fwd_tc_` (prefill) or `attn_split_tc_` (split-KV decode, the same
+loop over its split's tiles) it finds the K/V loop and counts its instructions by class.
 
 The K/V loop, defined on the SASS alone: a loop is a backward branch (`BRA` to a lower address)
 with the range [target, branch]; the K/V loop is the range holding the most HMMA, the narrowest
@@ -21,6 +22,7 @@ Usage:
 import re
 import sys
 
+TC_PREFIXES = ("attn_fwd_tc_", "attn_split_tc_")
 INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 FUNC = re.compile(r"Function : (\S+)")
 # Counted classes: (column name, opcode prefixes). An opcode counts in the first class it matches.
@@ -150,14 +152,14 @@ def table(path, label):
     funcs = parse(open(path).read())
     rows = []
     for name in sorted(funcs):
-        if not name.startswith("attn_fwd_tc_"):
+        if not name.startswith(TC_PREFIXES):
             continue
         row = loop_counts(funcs[name])
         if row is None:
             sys.exit(f"{label} {name}: no loop holds an HMMA")
         rows.append(" ".join([name, label] + [str(row[c]) for c in COLUMNS]))
     if not rows:
-        sys.exit(f"{path}: no attn_fwd_tc_* kernel")
+        sys.exit(f"{path}: no attn_fwd_tc_* or attn_split_tc_* kernel")
     return rows
 
 

@@ -3,7 +3,7 @@
 # CUBINs the crate's own NVRTC path builds (dumped by scripts/cuda_compile_check.sh through
 # GA_DUMP_CUBIN, NVRTC 12.8 and 13.0, sm_80 and sm_90) with cuobjdump/nvdisasm from pinned PyPI
 # wheels (installed into the ignored .cache/), and counts the instruction mix of each tensor-core
-# prefill kernel's K/V loop (scripts/sass_model.py says how the loop is found). The counts go to
+# kernel's K/V loop (prefill attn_fwd_tc_* and split-KV decode attn_split_tc_*) (scripts/sass_model.py says how the loop is found). The counts go to
 # kernels/sass/cudaXY.txt; the run fails when a kernel's inner-loop HMMA share falls more than
 # 10% below the committed figure, or a kernel appears or disappears (GA_BLESS=1 rewrites them).
 #
@@ -40,7 +40,7 @@ status=0
 for nv in 128 130; do
     new=$(mktemp)
     {
-        echo "# K/V loop of the tensor-core prefill, NVRTC ${nv:0:2}.${nv:2}, SASS by cuobjdump $version (scripts/sass_model.sh)"
+        echo "# K/V loop of the tensor-core prefill and split-KV decode, NVRTC ${nv:0:2}.${nv:2}, SASS by cuobjdump $version (scripts/sass_model.sh)"
         echo "# static counts, one pass of the loop body; hmma_share_pct = 100 hmma / insns; CI floor: 90% of it"
         echo "# kernel arch insns hmma ldsm ldgsts lds ldg sts stg shfl bar mufu hmma_share_pct loop_start loop_end"
         for arch in sm_80 sm_90; do

@@ -36,7 +36,7 @@ fn register_budget(k: KernelId) -> u32 {
         KernelKind::Fwd | KernelKind::Split => 128,
         // The tensor-core prefill keeps 4 Dv / 8 f32 accumulators, the S tile and the row state of
         // two rows per lane in registers (FlashAttention-2 uses up to 255): 2 blocks per SM.
-        KernelKind::FwdTc(_) => 255,
+        KernelKind::FwdTc(_) | KernelKind::SplitTc(_) => 255,
     }
 }
 
@@ -87,7 +87,7 @@ fn nvrtc_compiles_every_kernel_within_budget() {
             let (threads, dyn_smem) = match k.kind {
                 KernelKind::Combine => (32, 0),
                 KernelKind::KvAppend => (APPEND_THREADS, 0),
-                KernelKind::FwdTc(_) => (THREADS, tc_smem_bytes(k.class.max_dim())),
+                KernelKind::FwdTc(_) | KernelKind::SplitTc(_) => (THREADS, tc_smem_bytes(k.class.max_dim())),
                 _ => (THREADS, attn_smem_bytes(k.class.max_dim(), k.class.max_dim())),
             };
             assert_eq!(r.spill_bytes, 0, "{arch} {}: spills\n{}", k.name(), compiled.log);
@@ -186,6 +186,23 @@ fn gpu_tensor_core_prefill() {
         gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor cores, causal GQA 4, D 128");
         let c = Case::new(1, 200, 260, 8, 1, 64).dtypes([dt; 4]).seed(3);
         gpu_tc_case(&mut dev, &c, &w, "tensor cores, window + sinks + softcap, GQA 8, D 64");
+    }
+}
+
+/// Split-KV decode on tensor cores (`attn_split_tc_*` + `attn_combine_dN`, f16 and bf16, GQA,
+/// q_len 1 and 4, sinks, softcap, LSE) against the reference with the tensor-core tolerance.
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_tensor_core_decode() {
+    use gated_attention::DType::{BF16, F16};
+    let mut dev = gpu();
+    let sinks = [0.25f32; 32];
+    let w = AttentionOptions::new().causal().window(1500).sink_tokens(4).softcap(30.0).sinks(&sinks);
+    for dt in [F16, BF16] {
+        let c = Case::new(4, 1, 4000, 32, 8, 128).dtypes([dt; 4]).seed(11);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor-core decode, GQA 4, D 128");
+        let c = Case::new(1, 4, 3000, 32, 8, 64).dtypes([dt; 4]).seed(12);
+        gpu_tc_case(&mut dev, &c, &w, "tensor-core decode q 4, window + sinks + softcap, D 64");
     }
 }
 

@@ -52,7 +52,7 @@ fn check_emu(c: &Case, opts: &AttentionOptions<'_>, splits: Splits, label: &str)
 }
 
 fn uses_tensor_cores(launched: &[&str]) -> bool {
-    launched.iter().any(|k| k.starts_with("attn_fwd_tc"))
+    launched.iter().any(|k| k.starts_with("attn_fwd_tc") || k.starts_with("attn_split_tc"))
 }
 
 fn check_emu_inputs(
@@ -229,11 +229,78 @@ fn tensor_cores_take_f16_and_bf16_prefill() {
         let k = check_emu(&c, &AttentionOptions::new().softcap(30.0), Splits::Fixed(1), "tensor cores, softcap");
         assert_eq!(k, [format!("attn_fwd_tc_d64_{ty}_opt")]);
     }
-    // Not taken: f32 storage, mixed storage, D 256, a split decode.
+    // Not taken: f32 storage, mixed storage, D 256.
     let c = Case::new(1, 5, 40, 2, 1, 64).dtypes([DType::F16, DType::BF16, DType::F16, DType::F16]).seed(62);
     assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "mixed"), ["attn_fwd_d64"]);
     let c = Case::new(1, 5, 40, 2, 1, 256).dtypes([DType::F16; 4]).seed(63);
     assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "D 256"), ["attn_fwd_d256"]);
+}
+
+/// Split-KV decode (flash-decoding) on tensor cores: GQA rows over a KV long enough for several
+/// splits, every score and mask option, against the f64 reference with the tensor-core tolerance;
+/// the split tensor-core kernel and the shared combine are the ones launched.
+#[test]
+fn tensor_cores_take_f16_and_bf16_split_decode() {
+    for (dt, ty) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+        let run = |c: &Case, opts: &AttentionOptions<'_>, splits: Splits, label: &str| {
+            check_emu_inputs(&make_inputs(c), c, opts, splits, &format!("{label}, {ty}"))
+        };
+        // GQA 4 (8 query heads over 2 KV heads), q_len 1 and 4, 700 keys in 4 splits.
+        let c = Case::new(2, 1, 700, 8, 2, 64).dtypes([dt, dt, dt, DType::F32]).seed(80);
+        let k = run(&c, &AttentionOptions::new().causal(), Splits::Fixed(4), "decode, GQA 4");
+        assert_eq!(k, [format!("attn_split_tc_d64_{ty}"), "attn_combine_d64".into()]);
+        let c = Case::new(1, 4, 700, 8, 2, 128).dtypes([dt; 4]).seed(81);
+        let k = run(&c, &AttentionOptions::new().causal(), Splits::Fixed(4), "decode q 4, GQA 4, D 128");
+        assert_eq!(k, [format!("attn_split_tc_d128_{ty}"), "attn_combine_d128".into()]);
+        // A window across split bounds (dead splits between the sink prefix and the window),
+        // sink tokens and learned sinks; LSE is checked in every case.
+        let sinks = [0.5f32, -1.0, 2.0, 0.0, 1.0, -0.5, 0.25, 3.0];
+        let opts = AttentionOptions::new().causal().window(150).sink_tokens(5).sinks(&sinks);
+        let k = run(&c, &opts, Splits::Fixed(6), "decode q 4, window 150, 5 sink tokens, learned sinks");
+        assert_eq!(k[0], format!("attn_split_tc_d128_{ty}"));
+        // Softcap takes the split instantiation with the score pass.
+        let c = Case::new(1, 1, 700, 8, 2, 64).dtypes([dt; 4]).seed(82);
+        let k = run(&c, &AttentionOptions::new().causal().softcap(20.0), Splits::Fixed(3), "decode, softcap");
+        assert_eq!(k, [format!("attn_split_tc_d64_{ty}_opt"), "attn_combine_d64".into()]);
+        // The automatic split of a long decode.
+        let c = Case::new(1, 1, 1100, 4, 1, 64).dtypes([dt; 4]).seed(83);
+        let k = run(&c, &AttentionOptions::new().causal(), Splits::Auto, "decode, automatic split");
+        assert_eq!(k[0], format!("attn_split_tc_d64_{ty}"), "the automatic choice splits a 1100-key decode");
+    }
+    // f32 storage stays on the CUDA cores.
+    let c = Case::new(1, 1, 300, 8, 2, 64).seed(84);
+    let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(3), "decode, f32");
+    assert_eq!(k, ["attn_split_d64", "attn_combine_d64"]);
+}
+
+/// A NaN in V in one split of a tensor-core decode reaches only the rows that see its key: the
+/// split's tile takes the cold path, and the other splits and rows stay finite.
+#[test]
+fn nan_in_v_stays_in_its_rows_on_split_tensor_cores() {
+    for dt in [DType::F16, DType::BF16] {
+        let c = Case::new(1, 4, 400, 8, 2, 64).dtypes([dt; 4]).seed(85);
+        let mut inp = make_inputs(&c);
+        // Key 398's value (last split) is NaN: with q_len 4 bottom-right causal, rows 0 and 1
+        // (positions 396, 397) never see it, rows 2 and 3 do.
+        let vl = inp.vl;
+        for h in 0..2 {
+            for d in 0..64 {
+                inp.v.set(398 * vl.strides[1] + h * vl.strides[2] + d, f32::NAN);
+            }
+        }
+        let opts = AttentionOptions::new().causal();
+        let k = check_emu_inputs(&inp, &c, &opts, Splits::Fixed(4), "NaN in V, split decode");
+        assert!(k[0].starts_with("attn_split_tc_d64"), "{k:?}");
+        // The same in the prefill: a NaN in the block's first tile (key 5), which the reverse
+        // schedule once lost (its flag cleared by thread 0 after another thread had set it).
+        let c = Case::new(1, 40, 40, 2, 1, 64).dtypes([dt; 4]).seed(86);
+        let mut inp = make_inputs(&c);
+        for d in 0..64 {
+            inp.v.set(5 * inp.vl.strides[1] + d, f32::NAN);
+        }
+        let k = check_emu_inputs(&inp, &c, &opts, Splits::Fixed(1), "NaN in V in the first tile, prefill");
+        assert!(k[0].starts_with("attn_fwd_tc_d64"), "{k:?}");
+    }
 }
 
 #[test]

@@ -210,8 +210,8 @@ pub(crate) fn launch_attention<B: Backend>(
 ) -> Result<(), Error> {
     let dims = plan.dims;
     let opts = &plan.opts;
-    // f16/bf16 prefill on tensor cores where the operands allow it (same results within the
-    // tolerance of P's rounding; see kernels/attn_tc.cu).
+    // f16/bf16 on tensor cores where the operands allow it, prefill and split-KV decode (same
+    // results within the tolerance of P's rounding; see kernels/attn_tc.cu).
     let eligible = backend.tensor_cores()
         && super::launch::tc_eligible(
             &dims,

@@ -22,6 +22,8 @@ pub const DEFAULT_SMEM_LIMIT: usize = 48 * 1024;
 pub const TC_BLOCK_M: usize = 64;
 /// Keys per K/V tile of the tensor-core prefill kernel (`GA_TC_BN`).
 pub const TC_BLOCK_N: usize = 32;
+// A split's keys are whole tiles of the tensor-core kernel too (split_len is a multiple of BLOCK_N).
+const _: () = assert!(BLOCK_N % TC_BLOCK_N == 0);
 /// Keys per split-KV block when the split is chosen automatically.
 pub const SPLIT_LEN: usize = 512;
 
@@ -77,6 +79,9 @@ pub enum KernelKind {
     /// Prefill on tensor cores (sm_80+, f16/bf16 storage; classes D64 and D128 only), one entry
     /// point per [`TcVariant`].
     FwdTc(TcVariant),
+    /// Flash-decoding on tensor cores: [`KernelKind::Split`]'s blocks and workspace layout (merged
+    /// by [`KernelKind::Combine`]), [`KernelKind::FwdTc`]'s kernel and classes.
+    SplitTc(TcVariant),
 }
 
 /// One instantiation of the tensor-core prefill (`kernels/attn_tc.cu`): the storage type and
@@ -116,9 +121,13 @@ impl KernelId {
             .into_iter()
             .flat_map(|kind| HeadClass::ALL.into_iter().map(move |class| KernelId { kind, class }))
             .chain(core::iter::once(KernelId::KV_APPEND))
-            .chain([HeadClass::D64, HeadClass::D128].into_iter().flat_map(|class| {
-                TcVariant::ALL.into_iter().map(move |v| KernelId { kind: KernelKind::FwdTc(v), class })
-            }))
+            .chain([KernelKind::FwdTc as fn(TcVariant) -> KernelKind, KernelKind::SplitTc].into_iter().flat_map(
+                |kind| {
+                    [HeadClass::D64, HeadClass::D128].into_iter().flat_map(move |class| {
+                        TcVariant::ALL.into_iter().map(move |v| KernelId { kind: kind(v), class })
+                    })
+                },
+            ))
     }
 
     /// The RoPE-append kernel.
@@ -151,8 +160,21 @@ impl KernelId {
                 (false, true) => "attn_fwd_tc_d128_f16_opt",
                 (true, true) => "attn_fwd_tc_d128_bf16_opt",
             },
+            (SplitTc(v), D64) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_split_tc_d64_f16",
+                (true, false) => "attn_split_tc_d64_bf16",
+                (false, true) => "attn_split_tc_d64_f16_opt",
+                (true, true) => "attn_split_tc_d64_bf16_opt",
+            },
+            (SplitTc(v), D128) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_split_tc_d128_f16",
+                (true, false) => "attn_split_tc_d128_bf16",
+                (false, true) => "attn_split_tc_d128_f16_opt",
+                (true, true) => "attn_split_tc_d128_bf16_opt",
+            },
             // Never chosen (LaunchPlan::with_tensor_cores); a launch of it fails as unknown.
             (FwdTc(_), D256) => "attn_fwd_tc_d256",
+            (SplitTc(_), D256) => "attn_split_tc_d256",
         }
     }
 }
@@ -233,8 +255,8 @@ pub struct LaunchPlan {
     pub n_splits: usize,
     /// Keys per split (a multiple of [`BLOCK_N`]).
     pub split_len: usize,
-    /// Prefill on this instantiation of the tensor-core kernel (`row_tiles` then count
-    /// [`TC_BLOCK_M`] rows); `None` on the CUDA-core kernels.
+    /// This instantiation of the tensor-core kernel (`row_tiles` then count [`TC_BLOCK_M`] rows),
+    /// the prefill or, with `n_splits > 1`, the split-KV decode; `None` on the CUDA-core kernels.
     pub tensor_cores: Option<TcVariant>,
 }
 
@@ -282,12 +304,14 @@ impl LaunchPlan {
         Ok(LaunchPlan { class, row_tiles, n_splits, split_len, tensor_cores: None })
     }
 
-    /// This plan on instantiation `variant` of the tensor-core prefill kernel when one is given
-    /// (f16/bf16 storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`])
-    /// and the plan is a prefill (no split) of head class D64 or D128; otherwise unchanged.
+    /// This plan on instantiation `variant` of the tensor-core kernel when one is given (f16/bf16
+    /// storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`]) and the
+    /// plan's head class is D64 or D128; otherwise unchanged. A split plan keeps its splits
+    /// (`n_splits`, `split_len`, so the workspace and the combine are the same) and takes the
+    /// split-KV decode entry point; only the row tiles change (64 rows each).
     pub fn with_tensor_cores(&self, dims: &Dims, variant: Option<TcVariant>) -> LaunchPlan {
         let Some(v) = variant else { return *self };
-        if self.n_splits != 1 || self.class == HeadClass::D256 {
+        if self.class == HeadClass::D256 {
             return *self;
         }
         let rows = dims.q_len * dims.group();
@@ -317,7 +341,11 @@ impl LaunchPlan {
     /// The attention kernel to launch.
     pub fn attn_kernel(&self) -> KernelId {
         let kind = if let Some(v) = self.tensor_cores {
-            KernelKind::FwdTc(v)
+            if self.n_splits > 1 {
+                KernelKind::SplitTc(v)
+            } else {
+                KernelKind::FwdTc(v)
+            }
         } else if self.n_splits > 1 {
             KernelKind::Split
         } else {
@@ -403,11 +431,11 @@ mod tests {
         assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
         assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 26);
     }
 
     #[test]
-    fn tensor_cores_take_prefill_of_d64_and_d128_only() {
+    fn tensor_cores_take_prefill_and_decode_of_d64_and_d128_only() {
         let d = dims(100, 100, 8, 2, 128);
         let bf16 = Some(TcVariant { bf16: true, score_opts: false });
         let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, bf16);
@@ -423,7 +451,18 @@ mod tests {
             .with_tensor_cores(&d256, bf16)
             .tensor_cores
             .is_none());
-        assert!(LaunchPlan::new(&d, Splits::Fixed(2)).unwrap().with_tensor_cores(&d, bf16).tensor_cores.is_none());
+        // A split plan keeps its splits and takes the split-KV decode on tensor cores.
+        let split = LaunchPlan::new(&d, Splits::Fixed(2)).unwrap();
+        let p = split.with_tensor_cores(&d, bf16);
+        assert_eq!((p.n_splits, p.split_len), (split.n_splits, split.split_len));
+        assert_eq!(p.workspace_len(&d), split.workspace_len(&d));
+        assert_eq!(p.attn_kernel().name(), "attn_split_tc_d128_bf16");
+        assert_eq!(p.attn(&d).grid[0] as usize, 400usize.div_ceil(TC_BLOCK_M) * split.n_splits);
+        assert!(LaunchPlan::new(&d256, Splits::Fixed(2))
+            .unwrap()
+            .with_tensor_cores(&d256, bf16)
+            .tensor_cores
+            .is_none());
         assert!(LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, None).tensor_cores.is_none());
         let (f16, bf16) = (crate::DType::F16, crate::DType::BF16);
         let ok = (f16, 4096, [8192, 256, 128]);
