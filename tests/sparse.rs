@@ -2,17 +2,17 @@
 //! with every option, the indexers' scores, top-k and adaptive top-k selection, and the errors.
 
 mod common;
+mod sparse_common;
 
-use common::{
-    buffer_len, check_against, close, make_inputs, tolerance, Buf, Case, Inputs, Mem, Rng, INDEXER_TOL, LSE_TOL,
-};
+use common::{check_against, close, make_inputs, tolerance, Buf, Case, Mem, Rng, INDEXER_TOL, LSE_TOL};
 use gated_attention::gate::Gate;
 use gated_attention::reference::{self, sparse as rsparse};
 use gated_attention::rope::{Positions, RopeConfig, RopeTable};
 use gated_attention::sparse::{
     adaptive_top_k_indices, indexer_scores, sparse_attention, top_k_indices, AdaptiveTopK, Indexer, SparseIndices, PAD,
 };
-use gated_attention::{attention, AttentionOptions, Bias, DType, Error, Operand, Parallelism, Tensor, TensorMut};
+use gated_attention::{attention, AttentionOptions, Bias, DType, Error, Operand, Tensor, TensorMut};
+use sparse_common::{check_sparse, run_sparse};
 
 /// Random lists of `k` slots per (row[, KV head]): distinct keys, some slots PAD, some keys out
 /// of the causal range (the mask must drop them).
@@ -30,44 +30,6 @@ fn random_indices(rng: &mut Rng, lists: usize, k: usize, kv_len: usize, pad_ever
         }
     }
     out
-}
-
-fn run_sparse(inp: &Inputs, c: &Case, idx: &SparseIndices<'_>, opts: &AttentionOptions<'_>) -> (Buf, Vec<f32>) {
-    let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
-    let mut lse = vec![f32::NAN; c.dims.lse_len()];
-    sparse_attention(
-        &Tensor::new(inp.q.elems(), inp.ql),
-        &Tensor::new(inp.k.elems(), inp.kl),
-        &Tensor::new(inp.v.elems(), inp.vl),
-        idx,
-        TensorMut::new(out.elems_mut(), inp.ol),
-        Some(&mut lse),
-        opts,
-    )
-    .expect("sparse_attention");
-    (out, lse)
-}
-
-/// Runs a case sequentially and on rayon, checks both against the reference and that their bits
-/// agree.
-fn check_sparse(c: &Case, idx: &SparseIndices<'_>, opts: &AttentionOptions<'_>, label: &str) {
-    let inp = make_inputs(c);
-    let r = rsparse::sparse_attention(
-        &Tensor::new(inp.q.elems(), inp.ql),
-        &Tensor::new(inp.k.elems(), inp.kl),
-        &Tensor::new(inp.v.elems(), inp.vl),
-        idx,
-        opts,
-    )
-    .expect("reference");
-    let (seq, seq_lse) = run_sparse(&inp, c, idx, &opts.parallelism(Parallelism::Sequential));
-    let (par, par_lse) = run_sparse(&inp, c, idx, &opts.parallelism(Parallelism::Rayon));
-    check_against(&r, &inp, c, &seq, &seq_lse, &format!("{label} sequential"));
-    check_against(&r, &inp, c, &par, &par_lse, &format!("{label} rayon"));
-    for e in 0..seq.len() {
-        assert_eq!(seq.get(e).to_bits(), par.get(e).to_bits(), "{label}: thread count changed element {e}");
-    }
-    assert!(seq_lse.iter().zip(&par_lse).all(|(a, b)| a.to_bits() == b.to_bits()), "{label}: LSE bits differ");
 }
 
 #[test]

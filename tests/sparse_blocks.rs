@@ -6,11 +6,12 @@
 //! attending over their block's union unmasked) is rejected.
 
 mod common;
+mod sparse_common;
 
-use common::{buffer_len, check_against, make_inputs, Buf, Case, Inputs, Rng};
-use gated_attention::reference::sparse as rsparse;
-use gated_attention::sparse::{sparse_attention, SparseIndices, PAD};
-use gated_attention::{AttentionOptions, DType, Parallelism, Tensor, TensorMut};
+use common::{check_against, make_inputs, Case, Rng};
+use gated_attention::sparse::{SparseIndices, PAD};
+use gated_attention::{AttentionOptions, DType};
+use sparse_common::{check_sparse, run_sparse, sparse_reference};
 
 /// How the lists of a run of rows relate.
 #[derive(Clone, Copy, Debug)]
@@ -86,51 +87,6 @@ fn lists(rng: &mut Rng, lq: usize, lk: usize, k: usize, first: usize) -> Vec<i32
     out
 }
 
-fn run_sparse(inp: &Inputs, c: &Case, idx: &SparseIndices<'_>, opts: &AttentionOptions<'_>) -> (Buf, Vec<f32>) {
-    let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
-    let mut lse = vec![f32::NAN; c.dims.lse_len()];
-    sparse_attention(
-        &Tensor::new(inp.q.elems(), inp.ql),
-        &Tensor::new(inp.k.elems(), inp.kl),
-        &Tensor::new(inp.v.elems(), inp.vl),
-        idx,
-        TensorMut::new(out.elems_mut(), inp.ol),
-        Some(&mut lse),
-        opts,
-    )
-    .expect("sparse_attention");
-    (out, lse)
-}
-
-fn reference(
-    inp: &Inputs,
-    idx: &SparseIndices<'_>,
-    opts: &AttentionOptions<'_>,
-) -> gated_attention::reference::Reference {
-    rsparse::sparse_attention(
-        &Tensor::new(inp.q.elems(), inp.ql),
-        &Tensor::new(inp.k.elems(), inp.kl),
-        &Tensor::new(inp.v.elems(), inp.vl),
-        idx,
-        opts,
-    )
-    .expect("reference")
-}
-
-/// Checks a case sequentially and on rayon against the reference, and that their bits agree.
-fn check_blocks(c: &Case, idx: &SparseIndices<'_>, opts: &AttentionOptions<'_>, label: &str) {
-    let inp = make_inputs(c);
-    let r = reference(&inp, idx, opts);
-    let (seq, seq_lse) = run_sparse(&inp, c, idx, &opts.parallelism(Parallelism::Sequential));
-    let (par, par_lse) = run_sparse(&inp, c, idx, &opts.parallelism(Parallelism::Rayon));
-    check_against(&r, &inp, c, &seq, &seq_lse, &format!("{label} sequential"));
-    check_against(&r, &inp, c, &par, &par_lse, &format!("{label} rayon"));
-    for e in 0..seq.len() {
-        assert_eq!(seq.get(e).to_bits(), par.get(e).to_bits(), "{label}: thread count changed element {e}");
-    }
-    assert!(seq_lse.iter().zip(&par_lse).all(|(a, b)| a.to_bits() == b.to_bits()), "{label}: LSE bits differ");
-}
-
 #[test]
 fn row_blocks_match_reference_over_list_patterns() {
     let mut rng = Rng::new(21);
@@ -172,7 +128,7 @@ fn row_blocks_match_reference_over_list_patterns() {
                 ("softcap", AttentionOptions::new().causal().softcap(1.5)),
             ] {
                 let label = format!("lq {lq} lk {lk} h {hq}/{hkv} d {d} k {k} first {first} shared {shared}: {name}");
-                check_blocks(&c, &idx, &opts, &label);
+                check_sparse(&c, &idx, &opts, &label);
             }
         }
     }
@@ -201,7 +157,7 @@ fn row_blocks_in_every_dtype() {
     let idx = SparseIndices::shared(&data, 1, lq, k);
     for dt in [DType::F16, DType::BF16] {
         let c = Case::new(1, lq, lk, hq, hkv, d).dtypes([dt, dt, dt, dt]).seed(rng.next_u64());
-        check_blocks(&c, &idx, &AttentionOptions::new().causal(), &format!("{dt:?}"));
+        check_sparse(&c, &idx, &AttentionOptions::new().causal(), &format!("{dt:?}"));
     }
 }
 
@@ -236,7 +192,7 @@ fn non_finite_keys_stay_in_the_rows_that_list_them() {
         }
     }
     // The finite rows still match the reference.
-    let r = reference(&inp, &idx, &AttentionOptions::new());
+    let r = sparse_reference(&inp, &idx, &AttentionOptions::new());
     for h in 0..hq {
         for i in (0..lq).filter(|&i| i != 3 && i != 6) {
             for e in 0..d {
@@ -283,7 +239,7 @@ fn an_unmasked_union_is_rejected() {
     let inp = make_inputs(&c);
     let opts = AttentionOptions::new();
     let intended = SparseIndices::shared(&data, 1, lq, k);
-    let r = reference(&inp, &intended, &opts);
+    let r = sparse_reference(&inp, &intended, &opts);
     let (out, lse) = run_sparse(&inp, &c, &intended, &opts);
     check_against(&r, &inp, &c, &out, &lse, "intended lists");
     let (bad, bad_lse) = run_sparse(&inp, &c, &SparseIndices::shared(&mistaken, 1, lq, wide), &opts);
@@ -304,7 +260,7 @@ fn row_blocks_on_every_isa() {
             let idx = SparseIndices::shared(&data, 1, lq, k);
             let c = Case::new(1, lq, lk, hq, hkv, d).seed(rng.next_u64());
             let opts = AttentionOptions::new().causal().window(13).sink_tokens(2).softcap(2.0).isa(isa);
-            check_blocks(&c, &idx, &opts, &format!("{} lq {lq} h {hq}/{hkv}", isa.name()));
+            check_sparse(&c, &idx, &opts, &format!("{} lq {lq} h {hq}/{hkv}", isa.name()));
             assert_eq!(opts.resolved_isa(), Ok(isa));
         }
     }
