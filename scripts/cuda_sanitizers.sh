@@ -5,7 +5,8 @@
 #   AddressSanitizer on the fiber-mode emulator: no out-of-bounds access, and a planted read past
 #     the last key must be reported.
 # One multi-tile shape per kernel (cuda-emu/sanitize/harness.cpp; the tensor-core prefill in f16,
-# and in bf16 with softcap and a non-finite V that takes the cold path); the tensor-core unit kernels
+# and in bf16 with softcap and a non-finite V that takes the cold path; the tensor-core split-KV
+# decode in f16 with the combine); the tensor-core unit kernels
 # (cp.async, the double-buffered GEMM: cuda-emu/sanitize/tc_harness.cpp) likewise, with a planted
 # missing barrier before a stage is refilled that TSan must report.
 set -uo pipefail

@@ -1,7 +1,7 @@
 // Sanitizer driver for the emulated kernels (scripts/cuda_sanitizers.sh): one multi-tile shape
 // per kernel (prefill; split-KV decode + combine; RoPE-append into a cache; the tensor-core
 // prefill in f16, and in bf16 with softcap and a non-finite V value that sends one tile down the
-// cold path), built in thread mode under ThreadSanitizer
+// cold path; the tensor-core split-KV decode + combine in f16), built in thread mode under ThreadSanitizer
 // and in fiber mode under AddressSanitizer. The geometry below is what src/cuda/launch.rs
 // computes for these shapes (16-row tiles, 32-key tiles, 128 threads, combine: one warp per row);
 // the Rust emulator tests cover correctness, this program only has to run clean.
@@ -157,6 +157,31 @@ int main() {
                 rc = 1;
             }
         }
+    }
+    {  // tensor-core split-KV decode, f16: 1 query x 4 heads over 1 KV head (one 64-row tile), 150 keys
+       // in 3 splits of 64 (each split's tiles through the cp.async double buffer), then the combine.
+        const int b = 1, q = 1, kv = 150, hq = 4, hkv = 1, d = 64, splits = 3;
+        const size_t tc_smem = 2 * (64 + 4 * 32) * (d + 8) + 4 * 4 * 16 * 32 + 2 * 4;
+        auto half = [](const std::vector<float>& x) {
+            std::vector<unsigned short> h(x.size());
+            for (size_t i = 0; i < x.size(); ++i) h[i] = ga_f2h(x[i]);
+            return h;
+        };
+        auto Q = half(fill((size_t)b * q * hq * d, 13)), K = half(fill((size_t)b * kv * hkv * d, 14)),
+             V = half(fill((size_t)b * kv * hkv * d, 15));
+        std::vector<float> O((size_t)b * q * hq * d), lse((size_t)b * hq * q), work((size_t)b * hq * q * splits * (d + 2));
+        GaParams p = base(b, q, kv, hq, hkv, d, nullptr, nullptr, nullptr, O.data(), lse.data());
+        p.q = (ga_u64)Q.data();
+        p.k = (ga_u64)K.data();
+        p.v = (ga_u64)V.data();
+        p.q_dt = p.k_dt = p.v_dt = GA_DT_F16;
+        p.o_dt = GA_DT_F32;
+        p.n_splits = splits;
+        p.split_len = 64;
+        p.work = (ga_u64)work.data();
+        launch("attn_split_tc_d64_f16", splits * ((q * hq / hkv + 63) / 64), hkv, b, 128, tc_smem, p);
+        launch("attn_combine_d64", q, hq, b, 32, 0, p);
+        rc |= check(O, "attn_split_tc_d64_f16 + attn_combine_d64");
     }
     return rc;
 }
