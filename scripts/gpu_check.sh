@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The CUDA backend on a real GPU (H100/H200, CUDA 13, driver 580), in a few minutes:
-#   1. the gpu_* tests (every kernel against the f64 reference on the device; gpu_kv_cache_decode:
-#      the device KV cache against the CPU cache; gpu_device_buffers: caller-owned cudarc buffers),
-#   2. compute-sanitizer memcheck, racecheck and synccheck on the small test (gpu_small) and on
-#      the tensor-core prefill (gpu_tensor_core_prefill: mma.sync, ldmatrix, cp.async pipeline),
-#   3. the benchmark (examples/cuda.rs: TFLOP/s prefill, GB/s decode, GB/s decode against the device
-#      KV cache with its RoPE-append time, against the device's peaks),
-#   4. PyTorch's scaled_dot_product_attention on the same shapes, when torch is importable.
+#   1. the gpu_* tests (every kernel against the f64 reference on the device, the tensor-core
+#      prefill and split-KV decode included; gpu_kv_cache_decode: the device KV cache against the
+#      CPU cache; gpu_device_buffers: caller-owned cudarc buffers),
+#   2. the benchmark (examples/cuda.rs): FlashAttention's prefill matrix (L 1k-16k, D 64/128/256,
+#      causal and not, bf16, f16 at D 128), GQA prefill, decode, decode against the device KV
+#      cache; then scripts/gpu_bench_torch.py times PyTorch SDPA (flash and cuDNN backends) and
+#      flash_attn, where importable, on the same rows and prints the ratios,
+#   3. compute-sanitizer memcheck, racecheck and synccheck on the small CUDA-core case and the
+#      tensor-core prefill and decode (mma.sync, ldmatrix, cp.async pipeline), memcheck on the
+#      device KV cache,
+#   4. Nsight Compute on one tensor-core prefill launch (D 128, L 4k, bf16), where ncu reads the
+#      counters.
+# Logs, the benchmark rows (bench.csv) and the ratio table (bench.md) go to $OUT when it is set
+# (the device tool's output folder), else to target/gpu-check/.
 #
 # `scripts/gpu_check.sh --prepare` (on a build machine, no GPU needed) builds the test binary and
 # the example into target/gpu-bundle/ so a GPU machine without Rust can run
@@ -34,8 +41,9 @@ fi
 
 start=$SECONDS
 status=0
+out=${OUT:-target/gpu-check}
+mkdir -p "$out"
 step() { echo; echo "==> [+$((SECONDS - start))s] $*"; }
-
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$d" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
@@ -57,56 +65,51 @@ else
     example=("$bundle/cuda_example")
 fi
 
-step "gpu_* tests (every kernel vs the f64 reference)"
-timeout 300 "${tests[@]}" --ignored gpu_ --test-threads=1 || status=1
+# NVRTC compiles the kernels in the first process; the others read the CUBIN from this cache.
+export GA_CUBIN_CACHE=${GA_CUBIN_CACHE:-/tmp/ga-cubin-cache}
 
+# One process per test, each with its own time limit, so that a hang costs one test.
+mapfile -t gpu_tests < <("${tests[@]}" --ignored --list 2>/dev/null | sed -n 's/^\(gpu_[a-z0-9_]*\): test$/\1/p')
+for t in "${gpu_tests[@]}"; do
+    step "$t (vs the f64 reference)"
+    timeout 90 "${tests[@]}" --ignored --exact "$t" --test-threads=1 --nocapture >"$out/$t.log" 2>&1 ||
+        { status=1; echo "FAILED: $t"; }
+    tail -n 12 "$out/$t.log"
+done
+cat "$out"/gpu_*.log >"$out/tests.log" 2>/dev/null && rm -f "$out"/gpu_*.log
+
+step "benchmark (examples/cuda.rs), rows to $out/bench.csv"
+GA_BENCH_CSV="$out/bench.csv" timeout 240 "${example[@]}" 2>&1 | tee "$out/example.log" || status=1
+
+step "PyTorch SDPA (flash, cuDNN) and flash_attn on the same rows"
+if [ -s "$out/bench.csv" ]; then
+    PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_bench_torch.py "$out/bench.csv" "$out/bench.md" ||
+        echo "NOTE: the torch comparison failed or torch is not importable"
+fi
+
+# One process per tool (NVRTC compiles the kernels once per process).
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck synccheck; do
-        step "compute-sanitizer --tool $tool on gpu_small"
-        timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 99 "${tests[@]}" --ignored --exact gpu_small \
-            --test-threads=1 || status=1
+        cases=(gpu_small gpu_tensor_core_prefill gpu_tensor_core_decode)
+        [ "$tool" = memcheck ] && cases+=(gpu_kv_cache_decode)
+        step "compute-sanitizer --tool $tool on ${cases[*]}"
+        timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 99 "${tests[@]}" --ignored --exact \
+            "${cases[@]}" --test-threads=1 2>&1 | tee "$out/sanitizer-$tool.log" | tail -n 25 || status=1
     done
-    for tool in memcheck racecheck synccheck; do
-        step "compute-sanitizer --tool $tool on gpu_tensor_core_prefill"
-        timeout 180 compute-sanitizer --tool "$tool" --error-exitcode 99 "${tests[@]}" --ignored --exact \
-            gpu_tensor_core_prefill --test-threads=1 || status=1
-    done
-    step "compute-sanitizer --tool memcheck on gpu_kv_cache_decode (RoPE-append, compaction, decode)"
-    timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 "${tests[@]}" --ignored --exact \
-        gpu_kv_cache_decode --test-threads=1 || status=1
 else
     echo "NOTE: compute-sanitizer not found; sanitizer runs skipped"
 fi
 
-step "benchmark (examples/cuda.rs)"
-timeout 180 "${example[@]}" || status=1
-
-step "torch scaled_dot_product_attention on the same shapes"
-timeout 120 python3 - <<'PY' || echo "NOTE: torch comparison failed or torch is not importable"
-import torch, torch.nn.functional as F
-if not torch.cuda.is_available():
-    raise SystemExit("torch without CUDA")
-def bench(f, reps=10):
-    f(); torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps): f()
-    e.record(); torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps
-for L, causal in [(4096, True), (4096, False)]:
-    q = torch.randn(1, 32, L, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, 8, L, 128, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    ms = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True))
-    pairs = L * (L + 1) / 2 if causal else L * L
-    print(f"torch SDPA prefill bf16 L={L} Hq=32 Hkv=8 D=128 causal={causal}: {ms:.3f} ms, {4*32*pairs*128/ms/1e9:.1f} TFLOP/s")
-for B, S in [(1, 8192), (8, 4096), (32, 16384)]:
-    q = torch.randn(B, 32, 1, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(B, 8, S, 128, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    ms = bench(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-    print(f"torch SDPA decode bf16 batch={B} kv={S}: {ms:.3f} ms, {B*S*8*128*2*2/ms/1e6:.0f} GB/s of K/V")
-PY
+# The first launch of attn_fwd_tc_d128_bf16 after 133 others is the matrix's L 4k non-causal
+# D 128 row (1 correctness launch, then 33 per row for L 1k and 2k, causal and not).
+if command -v ncu >/dev/null; then
+    step "ncu on one tensor-core prefill launch (D 128, L 4k, bf16)"
+    timeout 150 ncu --clock-control none --kill yes --kernel-name attn_fwd_tc_d128_bf16 --launch-skip 133 \
+        --launch-count 1 --section SpeedOfLight --section Occupancy --section ComputeWorkloadAnalysis \
+        --section MemoryWorkloadAnalysis_Tables --section LaunchStats --section WarpStateStats \
+        "${example[@]}" >"$out/ncu.txt" 2>&1 || echo "NOTE: ncu failed (see $out/ncu.txt)"
+    grep -E "attn_fwd_tc|Duration|Throughput|Pipe|Bank|Occupancy|Registers|Warp Cycles|Stall" "$out/ncu.txt" | head -n 60
+fi
 
 step "done (status $status)"
 exit $status

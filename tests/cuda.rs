@@ -131,6 +131,30 @@ fn nvrtc_compiles_every_kernel_within_budget() {
     let _ = HeadClass::ALL;
 }
 
+/// The CUBIN disk cache (`GA_CUBIN_CACHE`): a valid file at the cache path is used as it is (no
+/// compile), a damaged one is recompiled and replaced, and the key differs per architecture.
+#[test]
+fn nvrtc_cubin_cache_reads_and_repairs() {
+    if !nvrtc::nvrtc_present() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ga-cubin-cache-{}", std::process::id()));
+    let path = nvrtc::cache_path(&dir, "sm_80").unwrap();
+    assert_ne!(path, nvrtc::cache_path(&dir, "sm_90").unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    // A planted ELF header is returned untouched: proof that the file, not NVRTC, answered.
+    std::fs::write(&path, b"\x7fELF planted").unwrap();
+    assert_eq!(nvrtc::compile_cached("sm_80", Some(&dir)).unwrap(), b"\x7fELF planted");
+    // A damaged file is compiled over, and the next read returns the new CUBIN.
+    std::fs::write(&path, b"not a cubin").unwrap();
+    let fresh = nvrtc::compile_cached("sm_80", Some(&dir)).unwrap();
+    assert_eq!(&fresh[..4], b"\x7fELF");
+    assert!(fresh.len() > 10_000, "a real CUBIN, {} bytes", fresh.len());
+    assert_eq!(std::fs::read(&path).unwrap(), fresh);
+    assert_eq!(nvrtc::compile_cached("sm_80", Some(&dir)).unwrap(), fresh);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A compile failure (here an architecture NVRTC does not know) is an `Error`, not a panic.
 #[test]
 fn nvrtc_reports_compile_errors_as_errors() {

@@ -26,7 +26,8 @@ fn driver_err(op: &'static str, e: impl core::fmt::Debug) -> Error {
     Error::Cuda { op, detail: alloc::format!("{e:?}") }
 }
 
-/// CUBINs per architecture, compiled once per process.
+/// CUBINs per architecture, compiled once per process (and read from `GA_CUBIN_CACHE`, a
+/// directory, when set: see [`nvrtc::compile_cached`]).
 fn cubin_cache() -> &'static Mutex<HashMap<String, Arc<Vec<u8>>>> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<Vec<u8>>>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
@@ -37,7 +38,8 @@ fn cubin_for(arch: &str) -> Result<Arc<Vec<u8>>, Error> {
     if let Some(c) = cache.get(arch) {
         return Ok(c.clone());
     }
-    let c = Arc::new(nvrtc::compile(arch, &[])?.cubin);
+    let dir = std::env::var_os("GA_CUBIN_CACHE").map(std::path::PathBuf::from);
+    let c = Arc::new(nvrtc::compile_cached(arch, dir.as_deref())?);
     cache.insert(arch.into(), c.clone());
     Ok(c)
 }

@@ -101,6 +101,41 @@ pub fn compile(arch: &str, defines: &[&str]) -> Result<Compiled, Error> {
     Ok(Compiled { cubin: cubin?, log })
 }
 
+/// The file a cached CUBIN for `arch` lives in under `dir`: named by the architecture and a
+/// 64-bit FNV-1a hash of everything that decides the compiler's output (NVRTC's version, the
+/// architecture and the kernel source), so a new crate version or toolkit never reads a stale one.
+pub fn cache_path(dir: &std::path::Path, arch: &str) -> Result<std::path::PathBuf, Error> {
+    let (major, minor) = nvrtc_version()?;
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in [alloc::format!("nvrtc {major}.{minor} {arch}\n"), source()] {
+        for b in part.bytes() {
+            hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    Ok(dir.join(alloc::format!("gated_attention-{arch}-{hash:016x}.cubin")))
+}
+
+/// The CUBIN for `arch`: read from the cache directory `dir` when a valid one is there (an ELF
+/// file at [`cache_path`]), else compiled by [`compile`] and written there (a failed write only
+/// costs the next process a compile; the file is written aside and renamed, so a reader never
+/// sees half of it). `dir: None` compiles. `CudaDevice::new` passes `GA_CUBIN_CACHE` as `dir`,
+/// which saves each later process NVRTC's 10-15 s.
+pub fn compile_cached(arch: &str, dir: Option<&std::path::Path>) -> Result<Vec<u8>, Error> {
+    let Some(dir) = dir else { return Ok(compile(arch, &[])?.cubin) };
+    let path = cache_path(dir, arch)?;
+    if let Ok(bytes) = std::fs::read(&path) {
+        if bytes.starts_with(b"\x7fELF") {
+            return Ok(bytes);
+        }
+    }
+    let cubin = compile(arch, &[])?.cubin;
+    let tmp = path.with_extension(alloc::format!("tmp{}", std::process::id()));
+    if std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&tmp, &cubin)).is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+    Ok(cubin)
+}
+
 /// ptxas' report for one kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resources {
