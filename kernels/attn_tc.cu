@@ -160,6 +160,12 @@ DEV void ga_attn_tc(const GaParams& p) {
         end = ga_min64(end, s_lo + p.split_len);
     }
     const ga_i64 t_end = (end + GA_TC_BN - 1) / GA_TC_BN;
+    // Full tiles show every key to every row of the block and skip the mask: hi, lo and
+    // sinks_end grow with the row, so the first row's hi and sinks_end and the last row's lo bound
+    // the block (rows past n_rows see all keys there too: their Q is zero and they are not stored).
+    // Tile t is full iff t < full_end and (t >= full_lo or t < sink_full_end); kv_len < 2^31.
+    const int full_end = (int)(first_keys.hi / GA_TC_BN), full_lo = (int)((last_keys.lo + GA_TC_BN - 1) / GA_TC_BN);
+    const int sink_full_end = (int)(first_keys.sinks_end / GA_TC_BN);
     auto next_live = [&](ga_i64 t) -> ga_i64 {
         if (t * GA_TC_BN < sinks_max || t * GA_TC_BN + GA_TC_BN > lo_min) return t;
         return ga_max64(t, lo_min / GA_TC_BN);
@@ -249,20 +255,30 @@ DEV void ga_attn_tc(const GaParams& p) {
             }
             // Scores, masks and the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1).
             float alpha[2];
+            const int ti = (int)tile;
+            const bool full = (ti < full_end) & ((ti >= full_lo) | (ti < sink_full_end));  // block-uniform
             UNROLL for (int rr = 0; rr < 2; ++rr) {
-                // ga_visible relative to the tile, in 32 bits and without branches: each bound
-                // clamped to [0, 32] keeps its comparison with a key 0..31 of the tile exact
-                // (hi <= kv_len, so keys past the end are hidden too).
-                const int hi_t = row_ok[rr] ? (int)ga_clamp64(keys[rr].hi - j0, 0, GA_TC_BN) : 0;
-                const int lo_t = (int)ga_clamp64(keys[rr].lo - j0, 0, GA_TC_BN);
-                const int se_t = (int)ga_clamp64(keys[rr].sinks_end - j0, 0, GA_TC_BN);
                 float mx = NEG_INF;
-                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                    const int jr = 8 * t + 2 * q + e;
-                    float& s_ = sc[t][2 * rr + e];
-                    const bool vis = (jr < hi_t) & ((jr >= lo_t) | (jr < se_t));
-                    s_ = vis ? (plain ? s_ * p.scale : s_) : NEG_INF;
-                    mx = fmaxf(mx, s_);
+                if (full) {
+                    UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                        float& s_ = sc[t][2 * rr + e];
+                        if (plain) s_ *= p.scale;
+                        mx = fmaxf(mx, s_);
+                    }
+                } else {
+                    // ga_visible relative to the tile, in 32 bits and without branches: each bound
+                    // clamped to [0, 32] keeps its comparison with a key 0..31 of the tile exact
+                    // (hi <= kv_len, so keys past the end are hidden too).
+                    const int hi_t = row_ok[rr] ? (int)ga_clamp64(keys[rr].hi - j0, 0, GA_TC_BN) : 0;
+                    const int lo_t = (int)ga_clamp64(keys[rr].lo - j0, 0, GA_TC_BN);
+                    const int se_t = (int)ga_clamp64(keys[rr].sinks_end - j0, 0, GA_TC_BN);
+                    UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                        const int jr = 8 * t + 2 * q + e;
+                        float& s_ = sc[t][2 * rr + e];
+                        const bool vis = (jr < hi_t) & ((jr >= lo_t) | (jr < se_t));
+                        s_ = vis ? (plain ? s_ * p.scale : s_) : NEG_INF;
+                        mx = fmaxf(mx, s_);
+                    }
                 }
                 mx = fmaxf(mx, SHFL_XOR(mx, 1));
                 mx = fmaxf(mx, SHFL_XOR(mx, 2));
@@ -385,6 +401,10 @@ KERNEL void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, fals
 KERNEL void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, false>(p); }
 KERNEL void attn_fwd_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, false>(p); }
 KERNEL void attn_fwd_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, false>(p); }
+KERNEL void attn_fwd_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, false>(p); }
+KERNEL void attn_fwd_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, false>(p); }
+KERNEL void attn_fwd_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, false>(p); }
+KERNEL void attn_fwd_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, false>(p); }
 KERNEL void attn_split_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, true>(p); }
 KERNEL void attn_split_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, true>(p); }
 KERNEL void attn_split_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, true>(p); }
@@ -393,3 +413,7 @@ KERNEL void attn_split_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, fa
 KERNEL void attn_split_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, true>(p); }
 KERNEL void attn_split_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, true>(p); }
 KERNEL void attn_split_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, true>(p); }
+KERNEL void attn_split_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, true>(p); }
+KERNEL void attn_split_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, true>(p); }
+KERNEL void attn_split_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, true>(p); }
+KERNEL void attn_split_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, true>(p); }

@@ -30,6 +30,9 @@ const EmuKernel emu_kernels[] = {
     EMU_K(attn_split_tc_d64_f16),   EMU_K(attn_split_tc_d64_bf16),   EMU_K(attn_split_tc_d64_f16_opt),
     EMU_K(attn_split_tc_d64_bf16_opt), EMU_K(attn_split_tc_d128_f16), EMU_K(attn_split_tc_d128_bf16),
     EMU_K(attn_split_tc_d128_f16_opt), EMU_K(attn_split_tc_d128_bf16_opt),
+    EMU_K(attn_fwd_tc_d256_f16),   EMU_K(attn_fwd_tc_d256_bf16),   EMU_K(attn_fwd_tc_d256_f16_opt),
+    EMU_K(attn_fwd_tc_d256_bf16_opt), EMU_K(attn_split_tc_d256_f16), EMU_K(attn_split_tc_d256_bf16),
+    EMU_K(attn_split_tc_d256_f16_opt), EMU_K(attn_split_tc_d256_bf16_opt),
 };
 }  // namespace
 

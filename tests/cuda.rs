@@ -10,7 +10,7 @@ use gated_attention::cuda::launch::{
     attn_smem_bytes, tc_smem_bytes, HeadClass, KernelId, KernelKind, APPEND_THREADS, THREADS,
 };
 use gated_attention::cuda::launch::{MAX_SMEM_SM80, MAX_SMEM_SM90};
-use gated_attention::cuda::{nvrtc, CudaDevice};
+use gated_attention::cuda::{nvrtc, Backend, CudaDevice};
 use gated_attention::{AttentionOptions, Error, Tensor, TensorMut};
 
 /// Without libcuda, a device is an error naming the driver, never cudarc's panic.
@@ -196,7 +196,7 @@ fn gpu_tc_case(dev: &mut CudaDevice, c: &Case, opts: &AttentionOptions<'_>, labe
     check_plus(&inp, c, opts, &out, &lse, label, tc_tolerance(&inp, c, opts));
 }
 
-/// The tensor-core prefill (f16 and bf16, D 64 and 128, masks, sinks, softcap, GQA) against the
+/// The tensor-core prefill (f16 and bf16, D 64, 128 and 256, masks, sinks, softcap, GQA) against the
 /// reference; also the case compute-sanitizer runs for the tensor-core kernel.
 #[test]
 #[ignore = "needs a GPU"]
@@ -210,6 +210,10 @@ fn gpu_tensor_core_prefill() {
         gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor cores, causal GQA 4, D 128");
         let c = Case::new(1, 200, 260, 8, 1, 64).dtypes([dt; 4]).seed(3);
         gpu_tc_case(&mut dev, &c, &w, "tensor cores, window + sinks + softcap, GQA 8, D 64");
+        let c = Case::new(1, 150, 150, 4, 2, 256).dtypes([dt; 4]).seed(4);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor cores, causal GQA 2, D 256");
+        let c = Case::new(1, 100, 130, 8, 1, 256).v_dim(200).dtypes([dt; 4]).seed(5);
+        gpu_tc_case(&mut dev, &c, &w, "tensor cores, window + sinks + softcap, D 256 / Dv 200");
     }
 }
 
@@ -227,6 +231,8 @@ fn gpu_tensor_core_decode() {
         gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor-core decode, GQA 4, D 128");
         let c = Case::new(1, 4, 3000, 32, 8, 64).dtypes([dt; 4]).seed(12);
         gpu_tc_case(&mut dev, &c, &w, "tensor-core decode q 4, window + sinks + softcap, D 64");
+        let c = Case::new(2, 1, 2000, 16, 4, 256).dtypes([dt; 4]).seed(13);
+        gpu_tc_case(&mut dev, &c, &AttentionOptions::new().causal(), "tensor-core decode, D 256");
     }
 }
 
@@ -254,9 +260,11 @@ fn gpu_prefill_matches_reference() {
     let c = Case::new(1, 50, 80, 4, 2, 256).seed(4);
     gpu_case(&mut dev, &c, &AttentionOptions::new().causal(), "D 256 (dynamic smem > 48 KiB)");
     use gated_attention::DType::*;
+    // f16/bf16 at D 128 run on the tensor cores on sm_80+ (P rounded to 16 bits before P·V).
+    let half_case = if dev.tensor_cores() { gpu_tc_case } else { gpu_case };
     for dt in [[F16, F16, F16, F16], [BF16, BF16, BF16, BF16]] {
         let c = Case::new(1, 64, 64, 4, 1, 128).dtypes(dt).seed(5);
-        gpu_case(&mut dev, &c, &AttentionOptions::new().causal(), &format!("{dt:?}"));
+        half_case(&mut dev, &c, &AttentionOptions::new().causal(), &format!("{dt:?}"));
     }
 }
 

@@ -229,11 +229,29 @@ fn tensor_cores_take_f16_and_bf16_prefill() {
         let k = check_emu(&c, &AttentionOptions::new().softcap(30.0), Splits::Fixed(1), "tensor cores, softcap");
         assert_eq!(k, [format!("attn_fwd_tc_d64_{ty}_opt")]);
     }
-    // Not taken: f32 storage, mixed storage, D 256.
+    // Not taken: f32 storage, mixed storage.
     let c = Case::new(1, 5, 40, 2, 1, 64).dtypes([DType::F16, DType::BF16, DType::F16, DType::F16]).seed(62);
     assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "mixed"), ["attn_fwd_d64"]);
-    let c = Case::new(1, 5, 40, 2, 1, 256).dtypes([DType::F16; 4]).seed(63);
-    assert_eq!(check_emu(&c, &AttentionOptions::new(), Splits::Fixed(1), "D 256"), ["attn_fwd_d256"]);
+}
+
+/// The D 256 class on tensor cores (16 rows x 256 dims of f32 accumulators per warp, 246-254
+/// registers): multi-tile rows and keys with GQA, causal; a window with sink tokens, learned sinks
+/// and softcap (the score-pass instantiation) at Dv 200 < D 256; and the split-KV decode.
+#[test]
+fn tensor_cores_take_head_dim_256() {
+    for (dt, ty) in [(DType::F16, "f16"), (DType::BF16, "bf16")] {
+        let c = Case::new(1, 40, 90, 4, 1, 256).dtypes([dt; 4]).seed(63);
+        let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(1), "tensor cores, D 256, GQA 4");
+        assert_eq!(k, [format!("attn_fwd_tc_d256_{ty}")]);
+        let c = Case::new(1, 30, 75, 2, 2, 256).v_dim(200).dtypes([dt, dt, dt, DType::F32]).seed(64);
+        let sinks = [0.5f32, -1.0];
+        let opts = AttentionOptions::new().causal().window(20).sink_tokens(3).sinks(&sinks).softcap(30.0);
+        let k = check_emu(&c, &opts, Splits::Fixed(1), "tensor cores, D 256 / Dv 200, window + sinks + softcap");
+        assert_eq!(k, [format!("attn_fwd_tc_d256_{ty}_opt")]);
+        let c = Case::new(1, 1, 300, 4, 1, 256).dtypes([dt; 4]).seed(65);
+        let k = check_emu(&c, &AttentionOptions::new().causal(), Splits::Fixed(3), "tensor-core decode, D 256");
+        assert_eq!(k, [format!("attn_split_tc_d256_{ty}"), "attn_combine_d256".into()]);
+    }
 }
 
 /// Split-KV decode (flash-decoding) on tensor cores: GQA rows over a KV long enough for several

@@ -219,7 +219,13 @@ impl Backend for CudaDevice {
         Ok(())
     }
     fn download(&mut self, buf: &CudaSlice<u8>, out: &mut [u8]) -> Result<(), Error> {
-        self.stream.memcpy_dtoh(buf, out).map_err(|e| driver_err("cuMemcpyDtoH", e))?;
+        // The first `out.len()` bytes (a download may read a prefix, e.g. one word to wait for
+        // the stream); cudarc asserts (panics) unless the lengths match, so slice and check here.
+        if out.len() > buf.len() {
+            return Err(driver_err("cuMemcpyDtoH", alloc::format!("{} bytes from {}", out.len(), buf.len())));
+        }
+        let prefix = buf.slice(..out.len());
+        self.stream.memcpy_dtoh(&prefix, out).map_err(|e| driver_err("cuMemcpyDtoH", e))?;
         self.synchronize()
     }
     fn smem_limit(&self) -> usize {

@@ -29,7 +29,8 @@ pub trait Backend {
     fn address(&mut self, buf: &Self::Buffer) -> u64;
     /// Launches `kernel` with one by-value [`GaParams`] argument.
     fn launch(&mut self, kernel: KernelId, geometry: &Geometry, params: &GaParams) -> Result<(), Error>;
-    /// Copies an allocation back (waits for the launches before it).
+    /// Copies the first `out.len()` bytes of an allocation back (waits for the launches before
+    /// it); `out` longer than the allocation is an error.
     fn download(&mut self, buf: &Self::Buffer, out: &mut [u8]) -> Result<(), Error>;
     /// Dynamic shared memory a block may use on this device.
     fn smem_limit(&self) -> usize;

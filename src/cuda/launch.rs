@@ -123,7 +123,7 @@ impl KernelId {
             .chain(core::iter::once(KernelId::KV_APPEND))
             .chain([KernelKind::FwdTc as fn(TcVariant) -> KernelKind, KernelKind::SplitTc].into_iter().flat_map(
                 |kind| {
-                    [HeadClass::D64, HeadClass::D128].into_iter().flat_map(move |class| {
+                    HeadClass::ALL.into_iter().flat_map(move |class| {
                         TcVariant::ALL.into_iter().map(move |v| KernelId { kind: kind(v), class })
                     })
                 },
@@ -172,9 +172,18 @@ impl KernelId {
                 (false, true) => "attn_split_tc_d128_f16_opt",
                 (true, true) => "attn_split_tc_d128_bf16_opt",
             },
-            // Never chosen (LaunchPlan::with_tensor_cores); a launch of it fails as unknown.
-            (FwdTc(_), D256) => "attn_fwd_tc_d256",
-            (SplitTc(_), D256) => "attn_split_tc_d256",
+            (FwdTc(v), D256) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_fwd_tc_d256_f16",
+                (true, false) => "attn_fwd_tc_d256_bf16",
+                (false, true) => "attn_fwd_tc_d256_f16_opt",
+                (true, true) => "attn_fwd_tc_d256_bf16_opt",
+            },
+            (SplitTc(v), D256) => match (v.bf16, v.score_opts) {
+                (false, false) => "attn_split_tc_d256_f16",
+                (true, false) => "attn_split_tc_d256_bf16",
+                (false, true) => "attn_split_tc_d256_f16_opt",
+                (true, true) => "attn_split_tc_d256_bf16_opt",
+            },
         }
     }
 }
@@ -305,15 +314,12 @@ impl LaunchPlan {
     }
 
     /// This plan on instantiation `variant` of the tensor-core kernel when one is given (f16/bf16
-    /// storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`]) and the
-    /// plan's head class is D64 or D128; otherwise unchanged. A split plan keeps its splits
+    /// storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`]); otherwise
+    /// unchanged. A split plan keeps its splits
     /// (`n_splits`, `split_len`, so the workspace and the combine are the same) and takes the
     /// split-KV decode entry point; only the row tiles change (64 rows each).
     pub fn with_tensor_cores(&self, dims: &Dims, variant: Option<TcVariant>) -> LaunchPlan {
         let Some(v) = variant else { return *self };
-        if self.class == HeadClass::D256 {
-            return *self;
-        }
         let rows = dims.q_len * dims.group();
         LaunchPlan { row_tiles: rows.div_ceil(TC_BLOCK_M), tensor_cores: Some(v), ..*self }
     }
@@ -431,11 +437,11 @@ mod tests {
         assert_eq!(huge.attn(&dims(1, 1, 1, 1, 64)).grid[0], u32::MAX);
         assert!(huge.attn(&dims(1, 1, 1, 1, 64)).check(MAX_SMEM_SM90).is_err());
         let names: std::collections::HashSet<_> = KernelId::all().map(|k| k.name()).collect();
-        assert_eq!(names.len(), 26);
+        assert_eq!(names.len(), 34);
     }
 
     #[test]
-    fn tensor_cores_take_prefill_and_decode_of_d64_and_d128_only() {
+    fn tensor_cores_take_prefill_and_decode_of_every_head_class() {
         let d = dims(100, 100, 8, 2, 128);
         let bf16 = Some(TcVariant { bf16: true, score_opts: false });
         let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, bf16);
@@ -446,11 +452,9 @@ mod tests {
         let p = LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, opt);
         assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d128_f16_opt");
         let d256 = dims(100, 100, 8, 2, 256);
-        assert!(LaunchPlan::new(&d256, Splits::Fixed(1))
-            .unwrap()
-            .with_tensor_cores(&d256, bf16)
-            .tensor_cores
-            .is_none());
+        let p = LaunchPlan::new(&d256, Splits::Fixed(1)).unwrap().with_tensor_cores(&d256, bf16);
+        assert_eq!(p.attn_kernel().name(), "attn_fwd_tc_d256_bf16");
+        p.attn(&d256).check(MAX_SMEM_SM80).unwrap();
         // A split plan keeps its splits and takes the split-KV decode on tensor cores.
         let split = LaunchPlan::new(&d, Splits::Fixed(2)).unwrap();
         let p = split.with_tensor_cores(&d, bf16);
@@ -458,11 +462,8 @@ mod tests {
         assert_eq!(p.workspace_len(&d), split.workspace_len(&d));
         assert_eq!(p.attn_kernel().name(), "attn_split_tc_d128_bf16");
         assert_eq!(p.attn(&d).grid[0] as usize, 400usize.div_ceil(TC_BLOCK_M) * split.n_splits);
-        assert!(LaunchPlan::new(&d256, Splits::Fixed(2))
-            .unwrap()
-            .with_tensor_cores(&d256, bf16)
-            .tensor_cores
-            .is_none());
+        let p = LaunchPlan::new(&d256, Splits::Fixed(2)).unwrap().with_tensor_cores(&d256, opt);
+        assert_eq!(p.attn_kernel().name(), "attn_split_tc_d256_f16_opt");
         assert!(LaunchPlan::new(&d, Splits::Fixed(1)).unwrap().with_tensor_cores(&d, None).tensor_cores.is_none());
         let (f16, bf16) = (crate::DType::F16, crate::DType::BF16);
         let ok = (f16, 4096, [8192, 256, 128]);
