@@ -30,7 +30,9 @@
 // aligned and ldmatrix conflict-free):
 //   sQ [64][P] | sK [2][32][P] | sV [2][32][P] | sP f32 [4 warps][16][32] | flag int [2]
 #define GA_TC_BM 64
+#ifndef GA_TC_BN
 #define GA_TC_BN 32
+#endif
 
 // This thread's share of every K/V tile, fixed for the whole loop: chunk i (16 bytes) is key row
 // jj0 + i * ROWS of the tile, dims d0 .. d0 + 7, where ROWS = GA_THREADS / (DK / 8) rows are
@@ -99,7 +101,7 @@ DEV float ga_tc_round(float x, bool bf16) { return bf16 ? ga_bf2f(ga_f2bf(x)) : 
 
 template <int DK, bool BF16, bool OPTS, bool SPLIT>
 DEV void ga_attn_tc(const GaParams& p) {
-    constexpr int P = DK + 8, NT = DK / 8;  // NT: n8 tiles of the output dims
+    constexpr int P = DK + 8, NT = DK / 8, NK = GA_TC_BN / 8;  // n8 tiles of the output dims, of the keys
     DYN_SMEM(unsigned short, smem);
     unsigned short* sQ = smem;
     unsigned short* sK = sQ + GA_TC_BM * P;
@@ -171,17 +173,18 @@ DEV void ga_attn_tc(const GaParams& p) {
         return ga_max64(t, lo_min / GA_TC_BN);
     };
 
-    // This lane's two rows: warp * 16 + g and + 8.
-    int row_i[2], row_h[2];
-    bool row_ok[2];
-    GaRowKeys keys[2];
+    // This lane's two rows: warp * 16 + g and + 8, with their key bounds in 32 bits (kv_len <
+    // 2^31, checked by the host; fewer registers than GaRowKeys' three 64-bit bounds: the D 256
+    // instantiations sit at ptxas' limit). The epilogue recomputes (query row, head).
+    int key_hi[2], key_lo[2], key_se[2];
     float m[2], l[2], acc[NT][4];
     UNROLL for (int rr = 0; rr < 2; ++rr) {
         const int pr = r0 + warp * 16 + g + 8 * rr;
-        row_ok[rr] = pr < n_rows;
-        row_i[rr] = (row_ok[rr] ? pr : r0) / G;
-        row_h[rr] = kvh * G + (row_ok[rr] ? pr : r0) % G;
-        keys[rr] = ga_row_keys(p, row_i[rr]);
+        const bool ok = pr < n_rows;
+        const GaRowKeys k = ga_row_keys(p, (ok ? pr : r0) / G);
+        key_hi[rr] = ok ? (int)k.hi : 0;  // a row past the end sees no key
+        key_lo[rr] = (int)k.lo;
+        key_se[rr] = (int)k.sinks_end;
         m[rr] = NEG_INF;
         l[rr] = 0.f;
     }
@@ -204,8 +207,46 @@ DEV void ga_attn_tc(const GaParams& p) {
     // first tile): without this barrier a thread that runs ahead flags a non-finite V in the
     // block's first tile and thread 0 then clears it (later stages are zeroed between barriers).
     __syncthreads();
+    // In a split-KV decode, warps whose 16 rows all lie past the block's last row (a decode step
+    // fills 4-16 rows of 64, all in warp 0) copy, wait and meet the barriers, and skip the math.
+    // Not in the prefill (only its last row block has such warps) nor at D 256 (no registers to
+    // spare for the two regions): there every warp runs the loop.
+    const bool live = !SPLIT || DK == 256 || r0 + warp * 16 < n_rows;
     int s = 0;
-    float sc[4][4];  // S, then P, of the current tile (live across the cold path's exit)
+    float sc[NK][4];  // S, then P, of the current tile (live across the cold path's exit)
+
+    // Row rr's scores of the tile in base 2 (x = score · c, hidden keys -inf) in place, and the
+    // row's new running max over its quad. A full tile skips the mask.
+    const float c = plain ? p.scale * 1.4426950408889634f : 1.4426950408889634f;
+    auto mask_and_max = [&](int rr, ga_i64 tile, ga_i64 j0) -> float {
+        const int ti = (int)tile;
+        const bool full = (ti < full_end) & ((ti >= full_lo) | (ti < sink_full_end));  // block-uniform
+        float mx = NEG_INF;
+        if (full) {
+            UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                float& x = sc[t][2 * rr + e];
+                x *= c;
+                mx = fmaxf(mx, x);
+            }
+        } else {
+            // ga_visible relative to the tile, in 32 bits and without branches: each bound
+            // clamped to [0, BN] keeps its comparison with a key of the tile exact (hi <= kv_len,
+            // so keys past the end are hidden too).
+            const int hi_t = (int)ga_clamp64(key_hi[rr] - j0, 0, GA_TC_BN);
+            const int lo_t = (int)ga_clamp64(key_lo[rr] - j0, 0, GA_TC_BN);
+            const int se_t = (int)ga_clamp64(key_se[rr] - j0, 0, GA_TC_BN);
+            UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                const int jr = 8 * t + 2 * q + e;
+                float& x = sc[t][2 * rr + e];
+                const bool vis = (jr < hi_t) & ((jr >= lo_t) | (jr < se_t));
+                x = vis ? x * c : NEG_INF;
+                mx = fmaxf(mx, x);
+            }
+        }
+        mx = fmaxf(mx, SHFL_XOR(mx, 1));
+        mx = fmaxf(mx, SHFL_XOR(mx, 2));
+        return fmaxf(m[rr], mx);
+    };
     for (;;) {
         // The K/V loop: the hot path only. A tile with a non-finite V leaves it after the softmax.
         for (; tile < t_end; s ^= 1, tile = next) {
@@ -220,116 +261,102 @@ DEV void ga_attn_tc(const GaParams& p) {
             ga_tc_check_v<DK, BF16>(cp, sV + s * GA_TC_BN * P, sFlag + s);
             __syncthreads();  // the tile (and its flag) from every thread is in shared memory
 
-            // S (16 x 32) = Q_w Kᵀ: 4 n8 key tiles, DK / 16 k-steps.
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) sc[t][i] = 0.f;
-            UNROLL for (int kk = 0; kk < DK / 16; ++kk) {
-                unsigned a[4];
-                ga_ldsm_x4(a, q_lane + 2 * kk * 16);
-                UNROLL for (int pr = 0; pr < 2; ++pr) {
-                    unsigned r[4];
-                    ga_ldsm_x4(r, k_s + 2 * (pr * 16 * P + kk * 16));
-                    const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                    if (bf16) {
-                        ga_mma_bf16(sc[2 * pr], a, b0, sc[2 * pr]);
-                        ga_mma_bf16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
-                    } else {
-                        ga_mma_f16(sc[2 * pr], a, b0, sc[2 * pr]);
-                        ga_mma_f16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+            if (live) {  // warp-uniform: a warp without rows only copies and waits
+                // S (16 x BN) = Q_w Kᵀ: NK n8 key tiles, DK / 16 k-steps.
+                UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int i = 0; i < 4; ++i) sc[t][i] = 0.f;
+                UNROLL for (int kk = 0; kk < DK / 16; ++kk) {
+                    unsigned a[4];
+                    ga_ldsm_x4(a, q_lane + 2 * kk * 16);
+                    UNROLL for (int pr = 0; pr < NK / 2; ++pr) {
+                        unsigned r[4];
+                        ga_ldsm_x4(r, k_s + 2 * (pr * 16 * P + kk * 16));
+                        const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                        if (bf16) {
+                            ga_mma_bf16(sc[2 * pr], a, b0, sc[2 * pr]);
+                            ga_mma_bf16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                        } else {
+                            ga_mma_f16(sc[2 * pr], a, b0, sc[2 * pr]);
+                            ga_mma_f16(sc[2 * pr + 1], a, b1, sc[2 * pr + 1]);
+                        }
                     }
                 }
-            }
-            if (OPTS) {
-                float* w = sP + warp * 16 * GA_TC_BN;
-                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
-                    w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = sc[t][i];
-                SYNCWARP();
-                for (int e = lane; e < 16 * GA_TC_BN; e += 32) {
-                    const int pr = r0 + warp * 16 + e / GA_TC_BN;
-                    const ga_i64 j = j0 + e % GA_TC_BN;
-                    if (pr < n_rows && j < n) w[e] = ga_score(p, w[e], b, kvh * G + pr % G, pr / G, j);
-                }
-                SYNCWARP();
-                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i)
-                    sc[t][i] = w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)];
-                SYNCWARP();  // w is reused below
-            }
-            // Scores, masks and the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1).
-            float alpha[2];
-            const int ti = (int)tile;
-            const bool full = (ti < full_end) & ((ti >= full_lo) | (ti < sink_full_end));  // block-uniform
-            UNROLL for (int rr = 0; rr < 2; ++rr) {
-                float mx = NEG_INF;
-                if (full) {
-                    UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                        float& s_ = sc[t][2 * rr + e];
-                        if (plain) s_ *= p.scale;
-                        mx = fmaxf(mx, s_);
+                if (OPTS) {
+                    float* w = sP + warp * 16 * GA_TC_BN;
+                    UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                        w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = sc[t][i];
+                    SYNCWARP();
+                    for (int e = lane; e < 16 * GA_TC_BN; e += 32) {
+                        const int pr = r0 + warp * 16 + e / GA_TC_BN;
+                        const ga_i64 j = j0 + e % GA_TC_BN;
+                        if (pr < n_rows && j < n) w[e] = ga_score(p, w[e], b, kvh * G + pr % G, pr / G, j);
                     }
-                } else {
-                    // ga_visible relative to the tile, in 32 bits and without branches: each bound
-                    // clamped to [0, 32] keeps its comparison with a key 0..31 of the tile exact
-                    // (hi <= kv_len, so keys past the end are hidden too).
-                    const int hi_t = row_ok[rr] ? (int)ga_clamp64(keys[rr].hi - j0, 0, GA_TC_BN) : 0;
-                    const int lo_t = (int)ga_clamp64(keys[rr].lo - j0, 0, GA_TC_BN);
-                    const int se_t = (int)ga_clamp64(keys[rr].sinks_end - j0, 0, GA_TC_BN);
-                    UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                        const int jr = 8 * t + 2 * q + e;
-                        float& s_ = sc[t][2 * rr + e];
-                        const bool vis = (jr < hi_t) & ((jr >= lo_t) | (jr < se_t));
-                        s_ = vis ? (plain ? s_ * p.scale : s_) : NEG_INF;
-                        mx = fmaxf(mx, s_);
+                    SYNCWARP();
+                    UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int i = 0; i < 4; ++i)
+                        sc[t][i] = w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)];
+                    SYNCWARP();  // w is reused below
+                }
+                // Scores in base 2 (x = score · log2 e, so P = 2^(x - m) is one MUFU.EX2), masks and
+                // the online softmax; sc[t][i] is row g + 8 (i >> 1), key 8 t + 2 q + (i & 1). A
+                // hidden key's x is -inf and its P exactly 0: m_use keeps 2^(x - m) defined while a
+                // row has seen no key (m = -inf), and a NaN score stays NaN through P, l and O.
+                float alpha[2];
+                UNROLL for (int rr = 0; rr < 2; ++rr) {
+                    const float m_new = mask_and_max(rr, tile, j0);
+                    const float m_use = m_new == NEG_INF ? 0.f : m_new;
+                    alpha[rr] = ga_exp2_ftz(m[rr] - m_use);
+                    float sum = 0.f;
+                    UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int e = 0; e < 2; ++e) {
+                        float& x = sc[t][2 * rr + e];
+                        x = ga_exp2_ftz(x - m_use);
+                        sum += x;
                     }
+                    sum += SHFL_XOR(sum, 1);
+                    sum += SHFL_XOR(sum, 2);
+                    l[rr] = l[rr] * alpha[rr] + sum;  // from the f32 P, as FlashAttention-2
+                    m[rr] = m_new;
                 }
-                mx = fmaxf(mx, SHFL_XOR(mx, 1));
-                mx = fmaxf(mx, SHFL_XOR(mx, 2));
-                const float m_new = fmaxf(m[rr], mx);
-                alpha[rr] = m_new == NEG_INF ? 1.f : ga_exp_ftz(m[rr] - m_new);
-                float sum = 0.f;
-                UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int e = 0; e < 2; ++e) {
-                    float& s_ = sc[t][2 * rr + e];
-                    const bool vis = s_ != NEG_INF;
-                    s_ = vis && m_new != NEG_INF ? ga_exp_ftz(s_ - m_new) : (vis ? 0.f : -1.f);  // -1: hidden
-                    sum += vis ? s_ : 0.f;
-                }
-                sum += SHFL_XOR(sum, 1);
-                sum += SHFL_XOR(sum, 2);
-                l[rr] = l[rr] * alpha[rr] + sum;  // from the f32 P, as FlashAttention-2
-                m[rr] = m_new;
+                UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] *= alpha[i >> 1];
             }
-            UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) acc[t][i] *= alpha[i >> 1];
-
             if (sFlag[s] != 0) break;  // block-uniform: the flag was set before the barrier above
-            // O += P V: P's S fragments are the A fragments (keys 16 kk ... of rows g, g + 8), rounded.
-            UNROLL for (int kk = 0; kk < 2; ++kk) {
-                unsigned a[4];
-                UNROLL for (int r = 0; r < 4; ++r) {
-                    const float* src = sc[2 * kk + (r >> 1)] + 2 * (r & 1);
-                    a[r] = ga_tc_pack(fmaxf(src[0], 0.f), fmaxf(src[1], 0.f), bf16);
-                }
-                UNROLL for (int t2 = 0; t2 < NT / 2; ++t2) {
-                    unsigned r[4];
-                    ga_ldsm_x4_t(r, v_s + 2 * (kk * 16 * P + t2 * 16));
-                    const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                    if (bf16) {
-                        ga_mma_bf16(acc[2 * t2], a, b0, acc[2 * t2]);
-                        ga_mma_bf16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
-                    } else {
-                        ga_mma_f16(acc[2 * t2], a, b0, acc[2 * t2]);
-                        ga_mma_f16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
+            if (live) {
+                // O += P V: P's S fragments are the A fragments (keys 16 kk ... of rows g, g + 8), rounded.
+                UNROLL for (int kk = 0; kk < GA_TC_BN / 16; ++kk) {
+                    unsigned a[4];
+                    UNROLL for (int r = 0; r < 4; ++r) {
+                        const float* src = sc[2 * kk + (r >> 1)] + 2 * (r & 1);
+                        a[r] = ga_tc_pack(src[0], src[1], bf16);
+                    }
+                    UNROLL for (int t2 = 0; t2 < NT / 2; ++t2) {
+                        unsigned r[4];
+                        ga_ldsm_x4_t(r, v_s + 2 * (kk * 16 * P + t2 * 16));
+                        const unsigned b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                        if (bf16) {
+                            ga_mma_bf16(acc[2 * t2], a, b0, acc[2 * t2]);
+                            ga_mma_bf16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
+                        } else {
+                            ga_mma_f16(acc[2 * t2], a, b0, acc[2 * t2]);
+                            ga_mma_f16(acc[2 * t2 + 1], a, b1, acc[2 * t2 + 1]);
+                        }
                     }
                 }
             }
             __syncthreads();  // stage s is refilled by the next iteration's prefetch
         }
         if (tile >= t_end) break;
-        {
+        if (live) {
             // Cold path, the tile in stage s holds a non-finite V: scalar P V that never touches
             // a hidden key's V row; then on to the next tile.
             const unsigned short* v_s = sV + s * GA_TC_BN * P;
+            // P from the hot loop's softmax; a key the mask hides gets -1 and its V row is never
+            // read, as the reference skips it (a visible key's P may be 0, from underflow or a -inf
+            // bias, and still meets its V: 0 · NaN is NaN there too).
+            const ga_i64 j0 = tile * GA_TC_BN;
             float* w = sP + warp * 16 * GA_TC_BN;
-            UNROLL for (int t = 0; t < 4; ++t) UNROLL for (int i = 0; i < 4; ++i) {
-                const float x = sc[t][i];
-                w[(g + 8 * (i >> 1)) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = x < 0.f ? -1.f : ga_tc_round(x, bf16);
+            UNROLL for (int t = 0; t < NK; ++t) UNROLL for (int i = 0; i < 4; ++i) {
+                const int rr = i >> 1;
+                const ga_i64 j = j0 + 8 * t + 2 * q + (i & 1);
+                const bool vis = j < key_hi[rr] && (j >= key_lo[rr] || j < key_se[rr]);  // ga_visible
+                w[(g + 8 * rr) * GA_TC_BN + 8 * t + 2 * q + (i & 1)] = vis ? ga_tc_round(sc[t][i], bf16) : -1.f;
             }
             SYNCWARP();
             for (int jj = 0; jj < GA_TC_BN; ++jj) {  // keys outermost: one unrolled body, not NT * 4 loops
@@ -337,7 +364,7 @@ DEV void ga_attn_tc(const GaParams& p) {
                 UNROLL for (int t = 0; t < NT; ++t) UNROLL for (int i = 0; i < 4; ++i) {
                     const float pk = i < 2 ? p0 : p1;
                     const unsigned short h = v_s[jj * P + 8 * t + 2 * q + (i & 1)];
-                    if (pk >= 0.f) acc[t][i] += pk * (bf16 ? ga_bf2f(h) : ga_h2f(h));
+                    if (!(pk < 0.f)) acc[t][i] += pk * (bf16 ? ga_bf2f(h) : ga_h2f(h));  // NaN P too
                 }
             }
             SYNCWARP();
@@ -348,10 +375,13 @@ DEV void ga_attn_tc(const GaParams& p) {
     }
     ga_cp_async_wait<0>();
 
-    // Epilogue per row: the learned sink, normalisation (no weight: zeros, LSE -inf), gate, store.
+    // Epilogue per row: the learned sink, normalisation (no weight: zeros, LSE -inf), gate, store;
+    // m back from base 2 to natural units (as the combine and the LSE take it).
     UNROLL for (int rr = 0; rr < 2; ++rr) {
-        if (!row_ok[rr]) continue;
-        const int i = row_i[rr], h = row_h[rr];
+        const int pr = r0 + warp * 16 + g + 8 * rr;
+        if (pr >= n_rows) continue;
+        m[rr] *= 0.6931471805599453f;
+        const int i = pr / G, h = kvh * G + pr % G;
         if (SPLIT) {
             // workspace [batch, q_heads, q_len, n_splits, Dv + 2]: acc, then m and l (attn_split_dN's)
             const int Dv = p.v_head_dim;
@@ -392,28 +422,32 @@ DEV void ga_attn_tc(const GaParams& p) {
 }
 
 // Entry points: head class, storage type, and _opt for the score-option pass; attn_split_tc_*
-// is the split-KV decode (SPLIT).
-KERNEL void attn_fwd_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, false>(p); }
-KERNEL void attn_fwd_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, false>(p); }
-KERNEL void attn_fwd_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, false>(p); }
-KERNEL void attn_fwd_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true, false>(p); }
-KERNEL void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false, false>(p); }
-KERNEL void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, false>(p); }
+// is the split-KV decode (SPLIT). KERNEL_BLOCKS(n) caps registers so that n blocks fit an SM
+// (the blocks sm_90's shared memory allows: d64 4, d128 3, d256 2), where ptxas then needs no
+// spill (kernels/ptxas/); without the cap its allocation drifts across those thresholds with
+// small source changes. Uncapped: the d128 _opt kernels (about 133 registers, 3 blocks anyway)
+// and the split-KV d128 and d64 _opt kernels (2 and 3 blocks; capped, they would spill).
+KERNEL_BLOCKS(4) void attn_fwd_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, false>(p); }
+KERNEL_BLOCKS(4) void attn_fwd_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, false>(p); }
+KERNEL_BLOCKS(4) void attn_fwd_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, false>(p); }
+KERNEL_BLOCKS(4) void attn_fwd_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true, false>(p); }
+KERNEL_BLOCKS(3) void attn_fwd_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false, false>(p); }
+KERNEL_BLOCKS(3) void attn_fwd_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, false>(p); }
 KERNEL void attn_fwd_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, false>(p); }
 KERNEL void attn_fwd_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, false>(p); }
-KERNEL void attn_fwd_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, false>(p); }
-KERNEL void attn_fwd_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, false>(p); }
-KERNEL void attn_fwd_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, false>(p); }
-KERNEL void attn_fwd_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, false>(p); }
-KERNEL void attn_split_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, true>(p); }
-KERNEL void attn_split_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, true>(p); }
+KERNEL_BLOCKS(2) void attn_fwd_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, false>(p); }
+KERNEL_BLOCKS(2) void attn_fwd_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, false>(p); }
+KERNEL_BLOCKS(2) void attn_fwd_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, false>(p); }
+KERNEL_BLOCKS(2) void attn_fwd_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, false>(p); }
+KERNEL_BLOCKS(4) void attn_split_tc_d64_f16(const GaParams p) { ga_attn_tc<64, false, false, true>(p); }
+KERNEL_BLOCKS(4) void attn_split_tc_d64_bf16(const GaParams p) { ga_attn_tc<64, true, false, true>(p); }
 KERNEL void attn_split_tc_d64_f16_opt(const GaParams p) { ga_attn_tc<64, false, true, true>(p); }
 KERNEL void attn_split_tc_d64_bf16_opt(const GaParams p) { ga_attn_tc<64, true, true, true>(p); }
 KERNEL void attn_split_tc_d128_f16(const GaParams p) { ga_attn_tc<128, false, false, true>(p); }
 KERNEL void attn_split_tc_d128_bf16(const GaParams p) { ga_attn_tc<128, true, false, true>(p); }
 KERNEL void attn_split_tc_d128_f16_opt(const GaParams p) { ga_attn_tc<128, false, true, true>(p); }
 KERNEL void attn_split_tc_d128_bf16_opt(const GaParams p) { ga_attn_tc<128, true, true, true>(p); }
-KERNEL void attn_split_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, true>(p); }
-KERNEL void attn_split_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, true>(p); }
-KERNEL void attn_split_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, true>(p); }
-KERNEL void attn_split_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, true>(p); }
+KERNEL_BLOCKS(2) void attn_split_tc_d256_f16(const GaParams p) { ga_attn_tc<256, false, false, true>(p); }
+KERNEL_BLOCKS(2) void attn_split_tc_d256_bf16(const GaParams p) { ga_attn_tc<256, true, false, true>(p); }
+KERNEL_BLOCKS(2) void attn_split_tc_d256_f16_opt(const GaParams p) { ga_attn_tc<256, false, true, true>(p); }
+KERNEL_BLOCKS(2) void attn_split_tc_d256_bf16_opt(const GaParams p) { ga_attn_tc<256, true, true, true>(p); }

@@ -4,6 +4,8 @@
 // The tensor-core helpers at the end (mma.sync, ldmatrix, cp.async) are inline PTX; their CPU
 // twins (warp collectives) are in kernels/emu_tc.hpp.
 #define KERNEL extern "C" __global__
+// An entry point that must fit `blocks` blocks of GA_THREADS per SM: ptxas caps its registers.
+#define KERNEL_BLOCKS(blocks) extern "C" __global__ __launch_bounds__(GA_THREADS, blocks)
 #define DEV static __device__ __forceinline__
 #define DYN_SMEM(T, name) extern __shared__ __align__(16) unsigned char ga_dyn_smem_[]; T* name = (T*)ga_dyn_smem_
 #define SHFL_XOR(v, m) __shfl_xor_sync(0xffffffffu, (v), (m))
@@ -34,6 +36,13 @@ DEV float ga_h2f(unsigned short h) {
 DEV float ga_exp_ftz(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
+}
+// 2^x, subnormal results flushed (the tensor-core softmax works in base 2: one MUFU.EX2, no
+// multiply by log2(e) per score). The CPU twin flushes the same way.
+DEV float ga_exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
 }
 DEV unsigned short ga_f2h(float f) {

@@ -303,6 +303,7 @@ static inline void emu_error(const char* what) { emu_fail(what); }
 
 // The portable subset, CPU side.
 #define KERNEL static
+#define KERNEL_BLOCKS(blocks) static
 #define DEV static inline
 #define __device__
 #define __forceinline__
@@ -330,6 +331,11 @@ typedef long long ga_i64;
 // ga_exp_ftz (compat_cuda.cuh): e^x with subnormal results flushed to zero.
 static inline float ga_exp_ftz(float x) {
     const float y = std::exp(x);
+    return y < 1.17549435e-38f ? 0.f : y;
+}
+// ga_exp2_ftz (compat_cuda.cuh): 2^x with subnormal results flushed to zero.
+static inline float ga_exp2_ftz(float x) {
+    const float y = std::exp2(x);
     return y < 1.17549435e-38f ? 0.f : y;
 }
 static inline float ga_h2f(unsigned short h) { return (float)std::bit_cast<_Float16>(h); }

@@ -13,7 +13,8 @@
 #   4. Nsight Compute on one tensor-core prefill launch (D 128, L 4k, bf16), where ncu reads the
 #      counters.
 # Logs, the benchmark rows (bench.csv) and the ratio table (bench.md) go to $OUT when it is set
-# (the device tool's output folder), else to target/gpu-check/.
+# (the device tool's output folder), else to target/gpu-check/. GA_GPU_STEPS picks steps (default
+# "tests bench sanitizers ncu").
 #
 # `scripts/gpu_check.sh --prepare` (on a build machine, no GPU needed) builds the test binary and
 # the example into target/gpu-bundle/ so a GPU machine without Rust can run
@@ -41,6 +42,8 @@ fi
 
 start=$SECONDS
 status=0
+steps=" ${GA_GPU_STEPS:-tests bench sanitizers ncu} "
+want() { [[ "$steps" == *" $1 "* ]]; }
 out=${OUT:-target/gpu-check}
 mkdir -p "$out"
 step() { echo; echo "==> [+$((SECONDS - start))s] $*"; }
@@ -69,8 +72,9 @@ fi
 export GA_CUBIN_CACHE=${GA_CUBIN_CACHE:-/tmp/ga-cubin-cache}
 
 # One process per test, each with its own time limit, so that a hang costs one test.
-mapfile -t gpu_tests < <("${tests[@]}" --ignored --list 2>/dev/null | sed -n 's/^\(gpu_[a-z0-9_]*\): test$/\1/p')
-for t in "${gpu_tests[@]}"; do
+want tests && mapfile -t gpu_tests < <("${tests[@]}" --ignored --list 2>/dev/null | sed -n 's/^\(gpu_[a-z0-9_]*\): test$/\1/p')
+for t in "${gpu_tests[@]:-}"; do
+    [ -n "$t" ] || continue
     step "$t (vs the f64 reference)"
     timeout 90 "${tests[@]}" --ignored --exact "$t" --test-threads=1 --nocapture >"$out/$t.log" 2>&1 ||
         { status=1; echo "FAILED: $t"; }
@@ -78,17 +82,21 @@ for t in "${gpu_tests[@]}"; do
 done
 cat "$out"/gpu_*.log >"$out/tests.log" 2>/dev/null && rm -f "$out"/gpu_*.log
 
-step "benchmark (examples/cuda.rs), rows to $out/bench.csv"
-GA_BENCH_CSV="$out/bench.csv" timeout 240 "${example[@]}" 2>&1 | tee "$out/example.log" || status=1
+if want bench; then
+    step "benchmark (examples/cuda.rs), rows to $out/bench.csv"
+    GA_BENCH_CSV="$out/bench.csv" timeout 240 "${example[@]}" 2>&1 | tee "$out/example.log" || status=1
+fi
 
-step "PyTorch SDPA (flash, cuDNN) and flash_attn on the same rows"
-if [ -s "$out/bench.csv" ]; then
+if want bench && [ -s "$out/bench.csv" ]; then
+    step "PyTorch SDPA (flash, cuDNN) and flash_attn on the same rows"
     PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_bench_torch.py "$out/bench.csv" "$out/bench.md" ||
         echo "NOTE: the torch comparison failed or torch is not importable"
 fi
 
 # One process per tool (NVRTC compiles the kernels once per process).
-if command -v compute-sanitizer >/dev/null; then
+if ! want sanitizers; then
+    :
+elif command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck synccheck; do
         cases=(gpu_small gpu_tensor_core_prefill gpu_tensor_core_decode)
         [ "$tool" = memcheck ] && cases+=(gpu_kv_cache_decode)
@@ -102,7 +110,7 @@ fi
 
 # The first launch of attn_fwd_tc_d128_bf16 after 133 others is the matrix's L 4k non-causal
 # D 128 row (1 correctness launch, then 33 per row for L 1k and 2k, causal and not).
-if command -v ncu >/dev/null; then
+if want ncu && command -v ncu >/dev/null; then
     step "ncu on one tensor-core prefill launch (D 128, L 4k, bf16)"
     timeout 150 ncu --clock-control none --kill yes --kernel-name attn_fwd_tc_d128_bf16 --launch-skip 133 \
         --launch-count 1 --section SpeedOfLight --section Occupancy --section ComputeWorkloadAnalysis \

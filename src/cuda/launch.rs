@@ -279,8 +279,24 @@ pub enum Splits {
     Fixed(usize),
 }
 
-/// Streaming multiprocessors the automatic split aims to fill (H100/H200 have 132).
-const TARGET_BLOCKS: usize = 2 * 132;
+/// Blocks resident at once that the automatic split aims to fill: H100/H200's 132 SMs × 3 (the
+/// D 128 tensor-core kernel's occupancy on sm_90; D 64 fits 4, D 256 2).
+const RESIDENT_BLOCKS: usize = 3 * 132;
+/// At most this many splits (the combine reads them all per output row).
+const MAX_SPLITS: usize = 128;
+
+/// Splits of `blocks` row blocks by FlashAttention-2's rule: n splits fill their last wave of
+/// [`RESIDENT_BLOCKS`] to the fraction `waves / ceil(waves)`; take the fewest splits within 85%
+/// of the best fraction (so a step never runs a nearly empty last wave, which on a memory-bound
+/// decode costs as much as a full one).
+fn wave_filling_splits(blocks: usize, max_splits: usize) -> usize {
+    let fill = |n: usize| {
+        let waves = (blocks * n) as f64 / RESIDENT_BLOCKS as f64;
+        waves / waves.ceil()
+    };
+    let best = (1..=max_splits).map(fill).fold(0.0, f64::max);
+    (1..=max_splits).find(|&n| fill(n) >= 0.85 * best).unwrap_or(1)
+}
 
 impl LaunchPlan {
     /// The launches for `dims`.
@@ -295,10 +311,11 @@ impl LaunchPlan {
             Splits::Fixed(n) => n.max(1),
             Splits::Auto => {
                 let blocks = (row_tiles * dims.kv_heads * dims.batch).max(1);
-                if blocks >= TARGET_BLOCKS || dims.kv_len < 2 * SPLIT_LEN {
+                let max_splits = dims.kv_len.div_ceil(SPLIT_LEN).min(MAX_SPLITS);
+                if blocks >= RESIDENT_BLOCKS || max_splits < 2 {
                     1
                 } else {
-                    TARGET_BLOCKS.div_ceil(blocks).min(dims.kv_len.div_ceil(SPLIT_LEN))
+                    wave_filling_splits(blocks, max_splits)
                 }
             }
         };
@@ -410,6 +427,35 @@ mod tests {
         let p = LaunchPlan::new(&dims(4096, 4096, 32, 8, 128), Splits::Auto).unwrap();
         assert_eq!(p.n_splits, 1);
         assert_eq!(p.attn_kernel().kind, KernelKind::Fwd);
+    }
+
+    /// The automatic split fills the last wave: the old rule (2 × 132 blocks) gave batch 32 × 8
+    /// KV heads 2 splits, 512 blocks, a second wave 29% full; three fill it to 97%.
+    #[test]
+    fn automatic_splits_fill_the_last_wave() {
+        let waves = |d: &Dims| {
+            let p = LaunchPlan::new(d, Splits::Auto).unwrap();
+            (p.n_splits, (p.row_tiles * p.n_splits * d.kv_heads * d.batch) as f64 / RESIDENT_BLOCKS as f64)
+        };
+        let mut d = dims(1, 16384, 32, 8, 128);
+        d.batch = 32;
+        assert_eq!(waves(&d).0, 3);
+        d.batch = 8;
+        d.kv_len = 4096;
+        let (n, w) = waves(&d);
+        assert!(n == 6 && w > 0.95 && w <= 1.0, "{n} splits, {w} waves");
+        // Too few blocks to fill one wave: as many splits as the keys allow (512 keys each).
+        d.batch = 1;
+        d.kv_len = 8192;
+        assert!(waves(&d).0 >= 14);
+        // A full wave without splitting: none.
+        d.batch = 64;
+        assert_eq!(waves(&d).0, 1);
+        // Many keys: enough splits for one nearly full wave, not more (and never above MAX_SPLITS).
+        d.batch = 1;
+        d.kv_len = 1 << 24;
+        let (n, w) = waves(&d);
+        assert!(n <= MAX_SPLITS && w > 0.85 && w <= 1.0, "{n} splits, {w} waves");
     }
 
     #[test]
