@@ -2,9 +2,15 @@
 // of one type), f32 accumulation. One block per (64-row tile, KV head, batch); rows are packed
 // (query row, head of the KV group) pairs as in attn_fwd.cu. 4 warps, each owns 16 rows: S = Q Kᵀ
 // with mma.m16n8k16 (Q fragments by ldmatrix, K stored [key][dim] = [n][k] by ldmatrix), the
-// online softmax on the S fragments (each row's 4 lanes reduce with 2 shuffles), P rounded to the
-// storage type in registers and reused as the A fragment of P V (V stored [key][dim] = [k][n] by
-// ldmatrix.trans). K/V tiles of 32 keys arrive through a 2-stage cp.async pipeline.
+// online softmax on the S fragments in base 2 (each row's 4 lanes reduce with 2 shuffles; a tile
+// every row of the block sees whole skips the mask), P rounded to the storage type in registers
+// and reused as the A fragment of P V (V stored [key][dim] = [k][n] by ldmatrix.trans). K/V tiles
+// of 32 keys arrive through a 2-stage cp.async pipeline.
+//
+// Budget per head class on sm_90 (NVRTC 13.0; every kernel and arch in kernels/ptxas/): d64
+// 35,848 B of shared memory and at most 128 registers, 4 blocks per SM; d128 60,424 B and 168, 3
+// blocks; d256 109,576 B and 243-245 (16 rows x 256 dims of f32 accumulators are 128 per lane),
+// 2 blocks (1 on sm_80's 164 KB).
 //
 // Requires (checked by src/cuda/launch.rs before choosing this kernel): head dims multiples of 8
 // and at most DK, K/V base addresses 16-byte aligned and their strides multiples of 8 elements.
@@ -30,9 +36,7 @@
 // aligned and ldmatrix conflict-free):
 //   sQ [64][P] | sK [2][32][P] | sV [2][32][P] | sP f32 [4 warps][16][32] | flag int [2]
 #define GA_TC_BM 64
-#ifndef GA_TC_BN
 #define GA_TC_BN 32
-#endif
 
 // This thread's share of every K/V tile, fixed for the whole loop: chunk i (16 bytes) is key row
 // jj0 + i * ROWS of the tile, dims d0 .. d0 + 7, where ROWS = GA_THREADS / (DK / 8) rows are
