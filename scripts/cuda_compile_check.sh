@@ -17,6 +17,7 @@ wheels=(
     "nvidia-cuda-nvrtc-cu12==12.8.93 nvidia/cuda_nvrtc/lib"
     "nvidia-cuda-nvrtc==13.0.48 nvidia/cu13/lib"
 )
+libpaths=()
 for entry in "${wheels[@]}"; do
     read -r wheel libdir <<<"$entry"
     version=${wheel#*==}
@@ -25,8 +26,27 @@ for entry in "${wheels[@]}"; do
         echo "==> pip install $wheel into $dest"
         python3 -m pip install -q --disable-pip-version-check --no-deps --target "$dest" "$wheel"
     fi
-    echo "==> NVRTC $version: every kernel for sm_80 and sm_90"
-    LD_LIBRARY_PATH="$PWD/$dest/$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GA_REQUIRE_NVRTC=1 \
-        GA_DUMP_CUBIN="$PWD/target/cubin" \
-        cargo test --release --features cuda --test cuda nvrtc -- --nocapture
+    libpaths+=("$version $PWD/$dest/$libdir")
 done
+
+# Build once, then one process per NVRTC version, side by side (each compiles the D 256 kernels
+# for two architectures, about 40 s per architecture on one core); logs are printed in order.
+cargo test --release --features cuda --test cuda --no-run
+logs=$(mktemp -d)
+pids=()
+for entry in "${libpaths[@]}"; do
+    read -r version libpath <<<"$entry"
+    LD_LIBRARY_PATH="$libpath${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GA_REQUIRE_NVRTC=1 \
+        GA_DUMP_CUBIN="$PWD/target/cubin" \
+        cargo test --release --features cuda --test cuda nvrtc -- --nocapture >"$logs/$version.log" 2>&1 &
+    pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+    read -r version _ <<<"${libpaths[$i]}"
+    wait "${pids[$i]}" || status=1
+    echo "==> NVRTC $version: every kernel for sm_80 and sm_90"
+    cat "$logs/$version.log"
+done
+rm -rf "$logs"
+exit $status

@@ -145,7 +145,12 @@ fn nvrtc_cubin_cache_reads_and_repairs() {
     // A planted ELF header is returned untouched: proof that the file, not NVRTC, answered.
     std::fs::write(&path, b"\x7fELF planted").unwrap();
     assert_eq!(nvrtc::compile_cached("sm_80", Some(&dir)).unwrap(), b"\x7fELF planted");
-    // A damaged file is compiled over, and the next read returns the new CUBIN.
+    // A damaged file is compiled over, and the next read returns the new CUBIN. (The cache does
+    // not depend on NVRTC's version, so CI, which runs this under 12.8 and 13.0, compiles once.)
+    if nvrtc::nvrtc_version().unwrap().0 < 13 {
+        std::fs::remove_dir_all(&dir).unwrap();
+        return;
+    }
     std::fs::write(&path, b"not a cubin").unwrap();
     let fresh = nvrtc::compile_cached("sm_80", Some(&dir)).unwrap();
     assert_eq!(&fresh[..4], b"\x7fELF");

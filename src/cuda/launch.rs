@@ -332,9 +332,11 @@ impl LaunchPlan {
 
     /// This plan on instantiation `variant` of the tensor-core kernel when one is given (f16/bf16
     /// storage on an sm_80+ device with the kernel's alignment, see [`tc_eligible`]); otherwise
-    /// unchanged. A split plan keeps its splits
-    /// (`n_splits`, `split_len`, so the workspace and the combine are the same) and takes the
-    /// split-KV decode entry point; only the row tiles change (64 rows each).
+    /// unchanged. A split plan keeps its splits (`n_splits`, `split_len`, so the workspace and the
+    /// combine are the same) and takes the split-KV decode entry point; only the row tiles change
+    /// (64 rows each). The caller checks the geometry against the device's shared memory (D 256
+    /// needs 109,576 B per block, more than sm_86/sm_89 allow) and keeps the CUDA-core plan if it
+    /// does not fit.
     pub fn with_tensor_cores(&self, dims: &Dims, variant: Option<TcVariant>) -> LaunchPlan {
         let Some(v) = variant else { return *self };
         let rows = dims.q_len * dims.group();
