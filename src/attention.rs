@@ -1,14 +1,15 @@
 //! The checked entry points.
 
-use crate::driver::{finish_into, run_unit, Inputs, Scratch, Tiling, Unit};
-use crate::element::Element;
+use crate::driver::{finish_into, run_unit, Inputs, KvScales, Scratch, Tiling, Unit};
+use crate::element::Storage;
 use crate::error::{Error, Operand};
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
-use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
+use crate::int8::Int8Tensor;
+use crate::kernel::{dispatch_kv, dispatch_kv_int8, Isa, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::sink::Sink;
-use crate::tensor::{Tensor, TensorMut};
+use crate::tensor::{KvOperand, Tensor, TensorMut};
 use crate::Dims;
 
 /// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options
@@ -63,7 +64,20 @@ pub fn attention_with_scratch(
     opts: &AttentionOptions<'_>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
+    run_with_scratch(q, k, v, out, lse, opts, scratch)
+}
+
+/// [`attention_with_scratch`] for float or int8 K and V.
+pub(crate) fn run_with_scratch<KV: KvPair>(
+    q: &Tensor<'_>,
+    k: &KV,
+    v: &KV,
+    out: TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+    opts: &AttentionOptions<'_>,
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
     let needed = tiling.scratch;
@@ -73,7 +87,7 @@ pub fn attention_with_scratch(
     let isa = opts.resolved_isa()?;
     let sink = Sink::new(out.data, out.layout, lse);
     let workers = Workers::Calling(scratch);
-    run(isa, Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers });
+    run(isa, Call { plan: &plan, tiling: &tiling, q, kv: KV::args(k, v), sink: &sink, workers });
     Ok(())
 }
 
@@ -111,19 +125,57 @@ pub fn attention(
     lse: Option<&mut [f32]>,
     opts: &AttentionOptions<'_>,
 ) -> Result<(), Error> {
-    let plan = Plan::new(Dims::from_tensors(q, k, v)?, opts)?;
+    run_allocating(q, k, v, out, lse, opts)
+}
+
+/// [`attention`] for float or int8 K and V.
+#[cfg(feature = "alloc")]
+pub(crate) fn run_allocating<KV: KvPair>(
+    q: &Tensor<'_>,
+    k: &KV,
+    v: &KV,
+    out: TensorMut<'_>,
+    lse: Option<&mut [f32]>,
+    opts: &AttentionOptions<'_>,
+) -> Result<(), Error> {
+    let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
     plan.check_buffers(q, k, v, &out, lse.as_deref())?;
     let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
     let isa = opts.resolved_isa()?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
-        run(isa, Call { plan: &plan, tiling: &tiling, q, k, v, sink: &sink, workers })
+        run(isa, Call { plan: &plan, tiling: &tiling, q, kv: KV::args(k, v), sink: &sink, workers })
     });
     Ok(())
 }
 
+/// K and V operands of one kind (both float or both int8), as a call takes them.
+pub(crate) trait KvPair: KvOperand {
+    fn args<'c>(k: &'c Self, v: &'c Self) -> KvArgs<'c>
+    where
+        Self: 'c;
+}
+
+impl KvPair for Tensor<'_> {
+    fn args<'c>(k: &'c Self, v: &'c Self) -> KvArgs<'c>
+    where
+        Self: 'c,
+    {
+        KvArgs::Float(k, v)
+    }
+}
+
+impl KvPair for Int8Tensor<'_> {
+    fn args<'c>(k: &'c Self, v: &'c Self) -> KvArgs<'c>
+    where
+        Self: 'c,
+    {
+        KvArgs::Int8(k, v)
+    }
+}
+
 /// A dense attention call on the scheduler: [`Tiling`]'s units, each run by the driver.
-struct Dense<'c, K: Kernel, KE: Element, VE: Element> {
+struct Dense<'c, K: Kernel, KE: Storage, VE: Storage> {
     kernel: K,
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
@@ -131,7 +183,7 @@ struct Dense<'c, K: Kernel, KE: Element, VE: Element> {
     sink: &'c Sink<'c>,
 }
 
-impl<K: Kernel, KE: Element, VE: Element> SplitWork for Dense<'_, K, KE, VE> {
+impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Dense<'_, K, KE, VE> {
     fn units(&self) -> usize {
         self.tiling.units(self.plan)
     }
@@ -166,13 +218,21 @@ impl<K: Kernel, KE: Element, VE: Element> SplitWork for Dense<'_, K, KE, VE> {
     }
 }
 
+/// The K and V of a checked call.
+#[derive(Clone, Copy)]
+pub(crate) enum KvArgs<'c> {
+    /// f32, f16 or bf16 views.
+    Float(&'c Tensor<'c>, &'c Tensor<'c>),
+    /// int8 values with their row scales.
+    Int8(&'c Int8Tensor<'c>, &'c Int8Tensor<'c>),
+}
+
 /// One checked call, its K and V not yet typed.
 struct Call<'c, 's> {
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
     q: &'c Tensor<'c>,
-    k: &'c Tensor<'c>,
-    v: &'c Tensor<'c>,
+    kv: KvArgs<'c>,
     sink: &'c Sink<'c>,
     workers: Workers<'s>,
 }
@@ -182,14 +242,24 @@ fn run(isa: Isa, call: Call<'_, '_>) {
         // No query row: nothing to write (and no scratch to carve).
         return;
     }
-    let (k, v) = (call.k.data, call.v.data);
-    dispatch_kv(isa, call, k, v);
+    match call.kv {
+        KvArgs::Float(k, v) => dispatch_kv(isa, call, k.data, v.data),
+        KvArgs::Int8(k, v) => dispatch_kv_int8(isa, call, k.data, v.data),
+    }
 }
 
 impl KvVisitor for Call<'_, '_> {
-    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
+    fn visit<K: Kernel, KE: Storage, VE: Storage>(self, kernel: K, k: &[KE], v: &[VE]) {
         debug_assert_eq!(K::GEOMETRY, self.tiling.geo, "the call was cut for another kernel");
-        let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
+        let (k_layout, v_layout, scales) = match self.kv {
+            KvArgs::Float(kt, vt) => (kt.layout, vt.layout, None),
+            KvArgs::Int8(kt, vt) => (
+                kt.layout,
+                vt.layout,
+                Some(KvScales { k: kt.scales, k_layout: kt.scale_layout, v: vt.scales, v_layout: vt.scale_layout }),
+            ),
+        };
+        let inp = Inputs { q: *self.q, k, k_layout, v, v_layout, scales };
         let work = Dense { kernel, plan: self.plan, tiling: self.tiling, inp, sink: self.sink };
         run_split(self.workers, &work);
     }

@@ -26,7 +26,12 @@ pub struct Dims {
 impl Dims {
     /// Reads the sizes off query, key and value views and checks that they agree.
     pub fn from_tensors(q: &Tensor<'_>, k: &Tensor<'_>, v: &Tensor<'_>) -> Result<Dims, Error> {
-        let (ql, kl, vl) = (&q.layout, &k.layout, &v.layout);
+        Self::from_layouts(&q.layout, &k.layout, &v.layout)
+    }
+
+    /// [`Dims::from_tensors`] from the views' layouts alone (the K and V of an
+    /// [`Int8Tensor`](crate::Int8Tensor) included).
+    pub fn from_layouts(ql: &Layout, kl: &Layout, vl: &Layout) -> Result<Dims, Error> {
         let mismatch = |operand, dim, expected, found| {
             if expected == found {
                 Ok(())

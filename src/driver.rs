@@ -14,7 +14,7 @@
 //! gathered into contiguous tiles and masked per row. Nothing here depends on the number of
 //! threads, so results are bit-identical for every thread count.
 
-use crate::element::{Element, Elems};
+use crate::element::{Elems, Storage};
 use crate::error::{Error, Operand};
 use crate::exec::StateShape;
 use crate::kernel::geometry::MAX_ROWS_TARGET;
@@ -264,12 +264,28 @@ impl Unit {
     }
 }
 
-/// The read-only inputs of a call with K and V of known element types.
-pub(crate) struct Inputs<'a, KE: Element, VE: Element> {
+/// The read-only inputs of a call with K and V of known storage types.
+pub(crate) struct Inputs<'a, KE: Storage, VE: Storage> {
     pub q: Tensor<'a>,
     pub k: &'a [KE],
     pub k_layout: Layout,
     pub v: &'a [VE],
+    pub v_layout: Layout,
+    /// The row scales of int8 K and V; `None` for float storage.
+    pub scales: Option<KvScales<'a>>,
+}
+
+/// The per-row scales of int8 K and V: row `(b, j, h)` of K stands for
+/// `k[k_layout.offset(b, j, h)] · K[b, j, h, ..]` (V likewise). The loop nest applies them where
+/// they cost least and change no masking: a prefill unit dequantises its staged K and V tiles; a
+/// decode tile scales its scores by K's (before the score options, as the reference sees them)
+/// and its probabilities by V's (after the row sums, which are over the unscaled ones), or its
+/// staged V rows when the tile has hidden keys (so that the NaN containment sees the values).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KvScales<'a> {
+    pub k: &'a [f32],
+    pub k_layout: Layout,
+    pub v: &'a [f32],
     pub v_layout: Layout,
 }
 
@@ -354,7 +370,7 @@ pub(crate) fn load_queries<K: Kernel>(
 }
 
 /// Computes the unit's state over the keys of chunk `chunk` into `sc.state` (reset first).
-pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
+pub(crate) fn run_unit<K: Kernel, KE: Storage, VE: Storage>(
     kernel: K,
     plan: &Plan<'_>,
     t: &Tiling,
@@ -410,6 +426,9 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         // of 4 KiB apart, where they evict each other from L1 between the gemm's column strips.
         for (t, dst) in sc.ks[..n * dk].chunks_exact_mut(dk).enumerate() {
             kernel.widen(&k_tile[t * k_ld..t * k_ld + dk], dst);
+            if let Some(s) = &inp.scales {
+                kernel.scale(dst, s.k[s.k_layout.offset(u.b, j0 + t, kvh)]);
+            }
         }
         kernel.gemm(n, hr, dk, sc.ks, dk, sc.qt, hr, st, hr, false);
         if j1 < r1 {
@@ -426,6 +445,9 @@ pub(crate) fn run_unit<K: Kernel, KE: Element, VE: Element>(
         // O = alpha·O + P·V, V staged contiguous (as K).
         for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
             kernel.widen(&v_tile[t * v_ld..t * v_ld + dv], dst);
+            if let Some(s) = &inp.scales {
+                kernel.scale(dst, s.v[s.v_layout.offset(u.b, j0 + t, kvh)]);
+            }
         }
         let acc = &mut sc.state.acc[..hr * dv];
         let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
@@ -489,7 +511,7 @@ fn epilogue_t(
 
 /// The K and V rows of a decode tile: row `jj` of KV head `hl` of the unit is
 /// `k[jj·k_ld + hl·k_hs..][..dk]` (V likewise).
-struct TileRows<'a, KT: Element, VT: Element> {
+struct TileRows<'a, KT: Storage, VT: Storage> {
     k: &'a [KT],
     k_ld: usize,
     k_hs: usize,
@@ -499,6 +521,19 @@ struct TileRows<'a, KT: Element, VT: Element> {
     /// The same V rows already staged contiguous in f32 (a gathered tile's, one head), which the
     /// NaN containment of a tile with hidden keys then reads instead of staging them again.
     staged_v: Option<&'a [f32]>,
+    /// The rows' int8 scales (see [`KvScales`]).
+    scales: Option<TileScales<'a>>,
+}
+
+/// [`KvScales`] from a tile's first key on: key `jj` of KV head `hl` of the unit has the scales
+/// `k[jj·k_ld + hl·k_hs]` and `v[jj·v_ld + hl·v_hs]`.
+struct TileScales<'a> {
+    k: &'a [f32],
+    k_ld: usize,
+    k_hs: usize,
+    v: &'a [f32],
+    v_ld: usize,
+    v_hs: usize,
 }
 
 /// The scratch a decode tile's body writes.
@@ -516,7 +551,7 @@ struct TileScratch<'a, 's> {
 /// the block), read in place from the call's K/V: the scores, their options, the online softmax
 /// and P·V.
 #[allow(clippy::too_many_arguments)]
-fn decode_tile<K: Kernel, KE: Element, VE: Element>(
+fn decode_tile<K: Kernel, KE: Storage, VE: Storage>(
     kernel: K,
     plan: &Plan<'_>,
     inp: &Inputs<'_, KE, VE>,
@@ -538,13 +573,21 @@ fn decode_tile<K: Kernel, KE: Element, VE: Element>(
         v_ld: vl.strides[1],
         v_hs: vl.strides[2],
         staged_v: None,
+        scales: inp.scales.map(|s| TileScales {
+            k: &s.k[s.k_layout.offset(u.b, j0, u.kvh)..],
+            k_ld: s.k_layout.strides[1],
+            k_hs: s.k_layout.strides[2],
+            v: &s.v[s.v_layout.offset(u.b, j0, u.kvh)..],
+            v_ld: s.v_layout.strides[1],
+            v_hs: s.v_layout.strides[2],
+        }),
     };
     tile_body(kernel, plan, u, span, body, Keys::Run(j0), n, &rows, hidden, adjust);
 }
 
 /// [`decode_tile`] once its rows are located.
 #[allow(clippy::too_many_arguments)]
-fn tile_body<K: Kernel, KT: Element, VT: Element>(
+fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
     kernel: K,
     plan: &Plan<'_>,
     u: &Unit,
@@ -569,11 +612,18 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
     let pf = (kv.v, kv.v_ld, kv.v_hs, dv);
     let qs = &sc.qs[..rows * dk];
     kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, sc.tmp);
+    if let Some(s) = &kv.scales {
+        scale_heads(st, rows, hr, n, u.nh, (s.k, s.k_ld, s.k_hs));
+    }
     if adjust || hidden.any() {
         epilogue_t(plan, u, span, st, rows, keys, n, hidden, adjust, sc.tmp);
     }
     let (m, l) = (&mut sc.state.m[..rows], &mut sc.state.l[..rows]);
     kernel.softmax_cols(st, rows, n, rows, m, l, sc.alpha, sc.tmp);
+    if let Some(s) = kv.scales.as_ref().filter(|_| !hidden.any()) {
+        // After the row sums: V's scales weight the probabilities, as V is read in place below.
+        scale_heads(st, rows, hr, n, u.nh, (s.v, s.v_ld, s.v_hs));
+    }
     for hl in 0..u.nh {
         let (r0, r1) = (hl * hr, (hl + 1) * hr);
         let p_h = &st[r0..];
@@ -587,6 +637,9 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
                 None => {
                     for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
                         kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
+                        if let Some(s) = &kv.scales {
+                            kernel.scale(dst, s.v[t * s.v_ld + hl * s.v_hs]);
+                        }
                     }
                     &sc.vs[..n * dv]
                 }
@@ -596,6 +649,19 @@ fn tile_body<K: Kernel, KT: Element, VT: Element>(
         } else {
             // V in place: one row block reads each element once.
             kernel.gemm_at(hr, dv, n, p_h, rows, v_h, kv.v_ld, acc, dv, Some(alpha), sc.tmp);
+        }
+    }
+}
+
+/// Multiplies the transposed scores `st` (`n × ld`, the `hr` columns of head `hl` from `hl·hr`
+/// on) of key `jj` and head `hl` by `scales.0[jj·scales.1 + hl·scales.2]`: one factor per
+/// (key, KV head) of an int8 tile.
+fn scale_heads(st: &mut [f32], ld: usize, hr: usize, n: usize, heads: usize, scales: (&[f32], usize, usize)) {
+    let (f, f_ld, f_hs) = scales;
+    for (jj, row) in st.chunks_mut(ld).take(n).enumerate() {
+        for (hl, cols) in row[..heads * hr].chunks_exact_mut(hr).enumerate() {
+            let s = f[jj * f_ld + hl * f_hs];
+            cols.iter_mut().for_each(|x| *x *= s);
         }
     }
 }

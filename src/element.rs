@@ -1,6 +1,65 @@
 //! Storage element types: f32, f16 and bf16. All arithmetic happens in f32.
+//!
+//! The kernels also read i8 (the values of an [`Int8Tensor`](crate::Int8Tensor), whose scales
+//! the loop nest applies): they are generic over the crate-private [`Storage`], which the
+//! three public element types and `i8` implement.
 
 use half::{bf16, f16};
+
+pub(crate) use storage::{Kind, Storage};
+
+mod storage {
+    /// What a kernel needs to load a stored value: its kind (for the vector loads, which
+    /// reinterpret the pointer by kind) and its exact widening to f32.
+    ///
+    /// Implemented by exactly `f32`, `f16`, `bf16` and `i8`, with distinct kinds, so a match on
+    /// `KIND` identifies the type. Public only inside this private module (as a supertrait of
+    /// [`Element`](super::Element) must be), so downstream crates can neither name nor implement it.
+    pub trait Storage: Copy + Send + Sync + 'static {
+        /// Which of the four types this is.
+        const KIND: Kind;
+        /// The stored value widened to f32 (exact for every type; an i8 without its scale).
+        fn as_f32(self) -> f32;
+    }
+
+    /// The storage types of [`Storage`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        F32,
+        F16,
+        BF16,
+        I8,
+    }
+
+    impl Storage for f32 {
+        const KIND: Kind = Kind::F32;
+        #[inline(always)]
+        fn as_f32(self) -> f32 {
+            self
+        }
+    }
+    impl Storage for half::f16 {
+        const KIND: Kind = Kind::F16;
+        #[inline(always)]
+        fn as_f32(self) -> f32 {
+            half::f16::to_f32(self)
+        }
+    }
+    impl Storage for half::bf16 {
+        const KIND: Kind = Kind::BF16;
+        #[inline(always)]
+        fn as_f32(self) -> f32 {
+            half::bf16::to_f32(self)
+        }
+    }
+    impl Storage for i8 {
+        const KIND: Kind = Kind::I8;
+        #[inline(always)]
+        fn as_f32(self) -> f32 {
+            self as f32
+        }
+    }
+}
 
 /// The storage type of a tensor's elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,7 +92,7 @@ mod sealed {
 /// An element type the kernels read and write: `f32`, [`half::f16`] or [`half::bf16`].
 ///
 /// Sealed: the kernels rely on the bit layouts of exactly these three types.
-pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
+pub trait Element: sealed::Sealed + Storage + Copy + Send + Sync + 'static {
     /// The runtime tag of this type.
     const DTYPE: DType;
     /// Widens to f32 (exact for every type).

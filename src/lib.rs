@@ -162,6 +162,7 @@ mod element;
 mod error;
 mod exec;
 pub mod gate;
+pub mod int8;
 pub mod kernel;
 #[cfg(feature = "layer")]
 pub mod layer;
@@ -191,6 +192,9 @@ pub use dims::Dims;
 pub use element::{DType, Element, Elems, ElemsMut};
 pub use error::{Error, Operand};
 pub use half::{bf16, f16};
+#[cfg(feature = "alloc")]
+pub use int8::attention_int8;
+pub use int8::{attention_int8_with_scratch, Int8Tensor};
 pub use kernel::Isa;
 #[cfg(feature = "alloc")]
 pub use options::QueryRope;

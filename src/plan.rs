@@ -3,7 +3,7 @@
 use crate::error::{Error, Operand};
 use crate::mask::MaskGeometry;
 use crate::options::{Alignment, AttentionOptions};
-use crate::tensor::{Tensor, TensorMut};
+use crate::tensor::{KvOperand, Tensor, TensorMut};
 use crate::Dims;
 
 /// Kept here for the callers that check their own counts (`sparse::indexer`).
@@ -47,15 +47,15 @@ impl<'a> Plan<'a> {
     }
 
     /// Checks the buffers of one call against the plan.
-    pub fn check_buffers(
+    pub fn check_buffers<KV: KvOperand>(
         &self,
         q: &Tensor<'_>,
-        k: &Tensor<'_>,
-        v: &Tensor<'_>,
+        k: &KV,
+        v: &KV,
         out: &TensorMut<'_>,
         lse: Option<&[f32]>,
     ) -> Result<(), Error> {
-        let got = Dims::from_tensors(q, k, v)?;
+        let got = Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?;
         let d = self.dims;
         let dims_of = |t: &Dims| [t.batch, t.q_len, t.kv_len, t.q_heads, t.kv_heads, t.head_dim, t.v_head_dim];
         const NAMES: [&str; 7] = ["batch", "q_len", "kv_len", "q_heads", "kv_heads", "head_dim", "v_head_dim"];
@@ -64,9 +64,9 @@ impl<'a> Plan<'a> {
                 return Err(Error::ShapeMismatch { operand: Operand::Query, dim: name, expected: e, found: f });
             }
         }
-        for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (v, Operand::Value)] {
-            t.layout.check(operand, t.data.len())?;
-        }
+        q.layout.check(Operand::Query, q.data.len())?;
+        k.check(Operand::Key)?;
+        v.check(Operand::Value)?;
         let ol = out.layout;
         let expect = [d.batch, d.q_len, d.q_heads, d.v_head_dim];
         const ONAMES: [&str; 4] = ["batch", "q_len", "heads", "head_dim"];

@@ -138,6 +138,25 @@ impl<'a> Tensor<'a> {
     }
 }
 
+/// A K or V operand as the argument checks see it: a [`Tensor`] or an
+/// [`Int8Tensor`](crate::Int8Tensor).
+pub(crate) trait KvOperand {
+    /// The values' layout.
+    fn layout(&self) -> Layout;
+    /// The operand's buffers against its layout(s): [`Error::BufferTooSmall`] or
+    /// [`Error::ShapeOverflow`] (and the scales' shape for an int8 operand).
+    fn check(&self, operand: Operand) -> Result<(), Error>;
+}
+
+impl KvOperand for Tensor<'_> {
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+    fn check(&self, operand: Operand) -> Result<(), Error> {
+        self.layout.check(operand, self.data.len())
+    }
+}
+
 /// A mutable strided view, used for outputs.
 #[derive(Debug)]
 pub struct TensorMut<'a> {

@@ -14,7 +14,7 @@ use super::{
     epilogue_t, finish_rows, load_queries, pv_block, tile_body, Hidden, Inputs, Keys, PvBlock, RowState, Scratch,
     TileQueries, TileRows, TileScratch, Tiling, Unit,
 };
-use crate::element::Element;
+use crate::element::Storage;
 use crate::kernel::geometry::MAX_GATHER_BC;
 use crate::kernel::Kernel;
 use crate::mask::RowKeys;
@@ -41,7 +41,7 @@ impl BlockUnit {
 /// Computes block unit `bu` into `sc.state` (reset first): `list(i)` is the list of row
 /// `q0 + i`, `set` the worker's union scratch (big enough for the block's lists).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run_block_unit<'l, K: Kernel, KE: Element, VE: Element>(
+pub(crate) fn run_block_unit<'l, K: Kernel, KE: Storage, VE: Storage>(
     kernel: K,
     plan: &Plan<'_>,
     t: &Tiling,
@@ -113,7 +113,7 @@ pub(crate) fn run_block_unit<'l, K: Kernel, KE: Element, VE: Element>(
 }
 
 /// Requests the K and V rows of `keys` of the unit's KV head.
-fn prefetch_rows<K: Kernel, KE: Element, VE: Element>(
+fn prefetch_rows<K: Kernel, KE: Storage, VE: Storage>(
     kernel: K,
     inp: &Inputs<'_, KE, VE>,
     u: &Unit,
@@ -127,7 +127,7 @@ fn prefetch_rows<K: Kernel, KE: Element, VE: Element>(
 }
 
 /// What every tile of a unit shares.
-struct TileCtx<'a, 'p, KE: Element, VE: Element> {
+struct TileCtx<'a, 'p, KE: Storage, VE: Storage> {
     plan: &'a Plan<'p>,
     inp: &'a Inputs<'a, KE, VE>,
     u: &'a Unit,
@@ -137,7 +137,7 @@ struct TileCtx<'a, 'p, KE: Element, VE: Element> {
     adjust: bool,
 }
 
-impl<KE: Element, VE: Element> TileCtx<'_, '_, KE, VE> {
+impl<KE: Storage, VE: Storage> TileCtx<'_, '_, KE, VE> {
     /// One tile of gathered `keys`; `masks[jj]` has bit `i` set when row `i` of the block lists
     /// key `jj` (`None`: every row does).
     fn run<K: Kernel>(&self, kernel: K, sc: &mut Scratch<'_>, keys: &[usize], masks: Option<&[u32]>) {
@@ -176,6 +176,7 @@ impl<KE: Element, VE: Element> TileCtx<'_, '_, KE, VE> {
                 v_ld: dv,
                 v_hs: 0,
                 staged_v: Some(staged),
+                scales: None,
             };
             tile_body(kernel, plan, u, span, body, keys, n, &rows, hidden, self.adjust);
             return;

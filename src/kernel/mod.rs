@@ -53,7 +53,7 @@ mod tests;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
-use crate::element::{Element, Elems};
+use crate::element::{Elems, Storage};
 use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
 pub(crate) use geometry::Geometry;
 
@@ -224,7 +224,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
 
     /// `out[i·ldo + j] = Σₚ a[i·lda + p] · b[j·ldb + p]` for `i < m`, `j < n`, `p < k`: the
     /// rows of `b` (keys, in any element type) against the rows of `a` (queries, f32).
-    fn dot_rows<E: Element>(
+    fn dot_rows<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -242,7 +242,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// `i < m`, `j < n`, `p < k` (head `h`'s query rows follow head `h − 1`'s). Kernels may read
     /// the key rows in address order and request the rows `pf.0[j·pf.1 + h·pf.2 ..][..pf.3]` (the
     /// same keys' values) alongside. `tmp` is scratch of at least `m·n` floats.
-    fn dot_heads<E: Element, F: Element>(
+    fn dot_heads<E: Storage, F: Storage>(
         self,
         heads: usize,
         m: usize,
@@ -280,10 +280,10 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
 
     /// `dst[p·ldd + j] = b[j·ldb + p]` widened to f32, for `j < n`, `p < k` (stages a K tile
     /// transposed for [`Kernel::gemm`]).
-    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize);
+    fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize);
 
     /// `dst[i] = src[i]` widened to f32; the lengths must match.
-    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]);
+    fn widen<E: Storage>(self, src: &[E], dst: &mut [f32]);
 
     /// `x[i] = exp(x[i] - max)` and returns `Σ x[i]`. `exp(-inf) = 0`; results below
     /// `f32::MIN_POSITIVE` flush to 0; NaN propagates.
@@ -327,7 +327,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// [`Kernel::gemm_rescale`] (or an accumulating gemm without `alpha`) with A stored
     /// transposed (`k × m`) and B in any element type, read in place by kernels that can. `stage`
     /// is scratch of at least `m·k + k·n` floats for kernels that rearrange A and widen B first.
-    fn gemm_at<E: Element>(
+    fn gemm_at<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -428,7 +428,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
 
     /// A hint that rows `b[j·ld..j·ld + len]`, `j < rows`, are read soon (rows past the end of
     /// `b` are skipped). Changes no result.
-    fn prefetch<E: Element>(self, b: &[E], rows: usize, len: usize, ld: usize) {
+    fn prefetch<E: Storage>(self, b: &[E], rows: usize, len: usize, ld: usize) {
         let _ = (b, rows, len, ld);
     }
 }
@@ -471,9 +471,27 @@ pub(crate) fn dispatch<V: KernelVisitor>(isa: Isa, visitor: V) -> V::Output {
     }
 }
 
-/// A computation generic over the ISA and the element types of K and V.
+/// A computation generic over the ISA and the storage types of K and V.
 pub(crate) trait KvVisitor {
-    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]);
+    fn visit<K: Kernel, KE: Storage, VE: Storage>(self, kernel: K, k: &[KE], v: &[VE]);
+}
+
+/// Runs `visitor` on the kernel of the resolved `isa` with int8 `k` and `v` (one instantiation
+/// per ISA; the float pairs are [`dispatch_kv`]'s, so paths that never read int8 are not
+/// instantiated for it).
+pub(crate) fn dispatch_kv_int8<V: KvVisitor>(isa: Isa, visitor: V, k: &[i8], v: &[i8]) {
+    struct Int8<'a, V> {
+        visitor: V,
+        k: &'a [i8],
+        v: &'a [i8],
+    }
+    impl<V: KvVisitor> KernelVisitor for Int8<'_, V> {
+        type Output = ();
+        fn visit<K: Kernel>(self, kernel: K) {
+            self.visitor.visit(kernel, self.k, self.v)
+        }
+    }
+    dispatch(isa, Int8 { visitor, k, v })
 }
 
 /// Runs `visitor` on the kernel of the resolved `isa` with `k` and `v` as slices of their

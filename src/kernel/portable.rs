@@ -12,7 +12,7 @@ use wide::{f32x8, i32x8, CmpGt, CmpLt};
 use super::bounds::{assert_fits, assert_fits_read, dot_rows_prologue};
 use super::exp::{HI, LN2_HI, LN2_LO, LO, LOG2E, P, ROUND_MAGIC};
 use super::{Geometry, Isa, Kernel};
-use crate::element::{DType, Element};
+use crate::element::{Kind, Storage};
 
 /// `wide` vectors; always available.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,10 +44,10 @@ fn store(s: &mut [f32], v: f32x8) {
 }
 
 /// `dst[i] = src[i]` widened; the lengths must match.
-pub(crate) fn widen_slice<E: Element>(src: &[E], dst: &mut [f32]) {
+pub(crate) fn widen_slice<E: Storage>(src: &[E], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "widen: length mismatch");
-    if E::DTYPE == DType::F16 {
-        // SAFETY: `Element` is sealed and only `half::f16` has `DTYPE == F16`, so `src` is a
+    if E::KIND == Kind::F16 {
+        // SAFETY: `Storage` has exactly four impls and only `half::f16` has `KIND == F16`, so `src` is a
         // `&[f16]` already; the pointer and length come from that slice.
         let src = unsafe { core::slice::from_raw_parts(src.as_ptr().cast::<f16>(), src.len()) };
         // PERF: `half` converts slices with F16C when the CPU has it (run-time detected).
@@ -55,7 +55,7 @@ pub(crate) fn widen_slice<E: Element>(src: &[E], dst: &mut [f32]) {
     } else {
         // f32 copies and bf16 shifts; both vectorise as written.
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
+            *d = s.as_f32();
         }
     }
 }
@@ -137,7 +137,7 @@ impl Kernel for Portable {
         }
     }
 
-    fn dot_rows<E: Element>(
+    fn dot_rows<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -185,7 +185,7 @@ impl Kernel for Portable {
         }
     }
 
-    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
+    fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
         assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         let (n8, k8) = (n & !7, k & !7);
@@ -206,12 +206,12 @@ impl Kernel for Portable {
         for j in 0..n {
             let p_start = if j < n8 { k8 } else { 0 };
             for p in p_start..k {
-                dst[p * ldd + j] = b[j * ldb + p].to_f32();
+                dst[p * ldd + j] = b[j * ldb + p].as_f32();
             }
         }
     }
 
-    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]) {
+    fn widen<E: Storage>(self, src: &[E], dst: &mut [f32]) {
         widen_slice(src, dst);
     }
 

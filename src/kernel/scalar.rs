@@ -2,7 +2,7 @@
 
 use super::bounds::{assert_fits, assert_fits_read, dot_rows_prologue};
 use super::{Geometry, Isa, Kernel};
-use crate::element::Element;
+use crate::element::Storage;
 
 /// One lane at a time; always available.
 #[derive(Clone, Copy, Debug, Default)]
@@ -49,7 +49,7 @@ impl Kernel for Scalar {
         }
     }
 
-    fn dot_rows<E: Element>(
+    fn dot_rows<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -70,14 +70,14 @@ impl Kernel for Scalar {
                 let b_row = &b[j * ldb..j * ldb + k];
                 let mut acc = 0.0f32;
                 for (&x, &y) in a_row.iter().zip(b_row) {
-                    acc += x * y.to_f32();
+                    acc += x * y.as_f32();
                 }
                 out[i * ldo + j] = acc;
             }
         }
     }
 
-    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
+    fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
         assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         if n == 0 || k == 0 {
@@ -85,15 +85,15 @@ impl Kernel for Scalar {
         }
         for j in 0..n {
             for p in 0..k {
-                dst[p * ldd + j] = b[j * ldb + p].to_f32();
+                dst[p * ldd + j] = b[j * ldb + p].as_f32();
             }
         }
     }
 
-    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]) {
+    fn widen<E: Storage>(self, src: &[E], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "widen: length mismatch");
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
+            *d = s.as_f32();
         }
     }
 

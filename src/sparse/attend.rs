@@ -9,7 +9,7 @@
 
 use crate::driver::gathered::{finish_block, run_block_unit, BlockUnit};
 use crate::driver::{Inputs, Scratch, Tiling};
-use crate::element::Element;
+use crate::element::Storage;
 use crate::error::Error;
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
 use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
@@ -108,8 +108,8 @@ struct Call<'c, 's> {
 }
 
 impl KvVisitor for Call<'_, '_> {
-    fn visit<K: Kernel, KE: Element, VE: Element>(self, kernel: K, k: &[KE], v: &[VE]) {
-        let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout };
+    fn visit<K: Kernel, KE: Storage, VE: Storage>(self, kernel: K, k: &[KE], v: &[VE]) {
+        let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout, scales: None };
         let (plan, tiling, blocks, entries) = (self.plan, self.tiling, self.blocks, self.entries);
         let work = Sparse { kernel, plan, tiling, blocks, entries, inp, indices: *self.indices, sink: self.sink };
         run_split(self.workers, &work);
@@ -117,7 +117,7 @@ impl KvVisitor for Call<'_, '_> {
 }
 
 /// A sparse attention call on the scheduler.
-struct Sparse<'c, K: Kernel, KE: Element, VE: Element> {
+struct Sparse<'c, K: Kernel, KE: Storage, VE: Storage> {
     kernel: K,
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
@@ -129,14 +129,14 @@ struct Sparse<'c, K: Kernel, KE: Element, VE: Element> {
     sink: &'c Sink<'c>,
 }
 
-impl<K: Kernel, KE: Element, VE: Element> Sparse<'_, K, KE, VE> {
+impl<K: Kernel, KE: Storage, VE: Storage> Sparse<'_, K, KE, VE> {
     fn unit(&self, u: usize) -> BlockUnit {
         let (b, kvh, q0, tq) = self.blocks.unit(u);
         BlockUnit { b, kvh, q0, tq }
     }
 }
 
-impl<K: Kernel, KE: Element, VE: Element> SplitWork for Sparse<'_, K, KE, VE> {
+impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Sparse<'_, K, KE, VE> {
     fn units(&self) -> usize {
         self.blocks.units()
     }

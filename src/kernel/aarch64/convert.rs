@@ -1,8 +1,8 @@
-//! Element loads widened to f32 (f16 by `FCVTL`, bf16 by a shift), `widen`, and the staged
+//! Stored-value loads widened to f32 (f16 by `FCVTL`, bf16 by a shift, i8 by two `SXTL`), `widen`, and the staged
 //! K-tile transpose.
 //!
 //! `Element` is sealed with exactly three impls and distinct `DTYPE`s, so matching on
-//! `E::DTYPE` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
+//! `E::KIND` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
 //! The match is on a constant and folds away in each monomorphisation.
 //!
 //! f16: `FCVTL Vd.4S, Vn.4H` (half to single) is part of the base ARMv8.0 Advanced SIMD set
@@ -13,7 +13,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use crate::element::{DType, Element};
+use crate::element::{Kind, Storage};
 
 /// Four f16 bit patterns widened to f32, exactly (every f16, subnormals included, is an f32).
 #[inline(always)]
@@ -32,16 +32,22 @@ pub(super) fn cvt_f16x4(h: uint16x4_t) -> float32x4_t {
 /// # Safety
 /// `p..p + 4` is readable.
 #[inline(always)]
-pub(super) unsafe fn load4<E: Element>(p: *const E) -> float32x4_t {
+pub(super) unsafe fn load4<E: Storage>(p: *const E) -> float32x4_t {
     // SAFETY: the caller guarantees that 4 elements of `E` are readable; the casts follow
-    // `E::DTYPE` (see the module docs), and f16/bf16 are 2 bytes, so 4 of them are exactly the
-    // 8 bytes `vld1_u16` reads. NEON is baseline here.
+    // `E::KIND` (see the module docs): f16/bf16 are 2 bytes, so 4 of them are exactly the
+    // 8 bytes `vld1_u16` reads, and 4 i8 the 4 bytes of the unaligned `i32` read. NEON is
+    // baseline here.
     unsafe {
-        match E::DTYPE {
-            DType::F32 => vld1q_f32(p.cast::<f32>()),
-            DType::F16 => cvt_f16x4(vld1_u16(p.cast::<u16>())),
+        match E::KIND {
+            Kind::F32 => vld1q_f32(p.cast::<f32>()),
+            Kind::F16 => cvt_f16x4(vld1_u16(p.cast::<u16>())),
             // bf16 is the upper half of an f32: widen the 16 bits and shift them into place.
-            DType::BF16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p.cast::<u16>()))),
+            Kind::BF16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p.cast::<u16>()))),
+            // Sign-extend twice (i8 → i16 → i32), then convert (exact: |x| ≤ 128).
+            Kind::I8 => {
+                let bytes = vreinterpret_s8_s32(vdup_n_s32(p.cast::<i32>().read_unaligned()));
+                vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(bytes))))
+            }
         }
     }
 }
@@ -51,9 +57,9 @@ pub(super) unsafe fn load4<E: Element>(p: *const E) -> float32x4_t {
 /// # Safety
 /// `p..p + len` is readable.
 #[inline(always)]
-pub(super) unsafe fn load_partial<E: Element>(p: *const E, len: usize) -> float32x4_t {
+pub(super) unsafe fn load_partial<E: Storage>(p: *const E, len: usize) -> float32x4_t {
     debug_assert!(len < 4);
-    // All-zero bits are +0.0 in f32, f16 and bf16, so a zeroed buffer of 4 f32s (enough bytes
+    // All-zero bits are +0.0 in f32, f16 and bf16 (and 0 in i8), so a zeroed buffer of 4 f32s (enough bytes
     // for 4 elements of any `E`) pads every type. PERF: once per row tail.
     let mut buf = [0u32; 4];
     // SAFETY: the caller guarantees `len` readable elements; `buf` holds 16 bytes, at least
@@ -83,7 +89,7 @@ pub(super) unsafe fn store_partial(p: *mut f32, v: float32x4_t, len: usize) {
 /// # Safety
 /// `src` holds `len` readable elements and `dst` `len` writable floats.
 #[inline(always)]
-pub(super) unsafe fn widen<E: Element>(src: *const E, dst: *mut f32, len: usize) {
+pub(super) unsafe fn widen<E: Storage>(src: *const E, dst: *mut f32, len: usize) {
     let mut i = 0;
     // SAFETY: every access is inside the `len` elements the caller guarantees: full vectors while
     // `i + 8 <= len` (then `i + 4`), then a partial one of `len − i < 4`.
@@ -112,7 +118,7 @@ pub(super) unsafe fn widen<E: Element>(src: *const E, dst: *mut f32, len: usize)
 /// [`crate::kernel::bounds::assert_fits_read`]) and `dst` a `k × n` one with `ldd` (as in
 /// [`crate::kernel::bounds::assert_fits`]).
 #[inline(always)]
-pub(super) unsafe fn transpose_widen<E: Element>(
+pub(super) unsafe fn transpose_widen<E: Storage>(
     n: usize,
     k: usize,
     b: *const E,
@@ -149,7 +155,7 @@ pub(super) unsafe fn transpose_widen<E: Element>(
         for j in 0..n {
             let p_start = if j < n4 { k4 } else { 0 };
             for p in p_start..k {
-                *dst.add(p * ldd + j) = (*b.add(j * ldb + p)).to_f32();
+                *dst.add(p * ldd + j) = (*b.add(j * ldb + p)).as_f32();
             }
         }
     }

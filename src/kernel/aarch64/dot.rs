@@ -8,7 +8,7 @@
 use core::arch::aarch64::*;
 
 use super::convert::{load4, load_partial};
-use crate::element::Element;
+use crate::element::Storage;
 
 /// Query rows per [`dot_block`].
 const RB: usize = 4;
@@ -18,7 +18,7 @@ const RB: usize = 4;
 /// # Safety
 /// Each `q[r]` points at `k` readable floats and `key` at `k` readable elements.
 #[inline(always)]
-unsafe fn dot_block<E: Element, const R: usize>(q: [*const f32; R], key: *const E, k: usize) -> [f32; R] {
+unsafe fn dot_block<E: Storage, const R: usize>(q: [*const f32; R], key: *const E, k: usize) -> [f32; R] {
     // SAFETY: every access is at `p + 8 <= k`, `p + 4 <= k` or a partial `k − p < 4` elements,
     // inside the rows the caller guarantees; NEON is baseline.
     unsafe {
@@ -57,7 +57,7 @@ unsafe fn dot_block<E: Element, const R: usize>(q: [*const f32; R], key: *const 
 /// `a` holds `m` rows of `k` floats (stride `lda`), `key` `k` elements, and `out + i·ldo_i` is
 /// writable for `i < m`.
 #[inline(always)]
-unsafe fn rows_vs_key<E: Element>(
+unsafe fn rows_vs_key<E: Storage>(
     m: usize,
     k: usize,
     a: *const f32,
@@ -102,7 +102,7 @@ unsafe fn rows_vs_key<E: Element>(
 /// in the sense of [`crate::kernel::bounds::assert_fits_read`], and `out` an `m × n` one
 /// (`ldo`) in the sense of [`crate::kernel::bounds::assert_fits`].
 #[inline(always)]
-pub(super) unsafe fn dot_rows<E: Element>(
+pub(super) unsafe fn dot_rows<E: Storage>(
     m: usize,
     n: usize,
     k: usize,
@@ -130,7 +130,7 @@ pub(super) unsafe fn dot_rows<E: Element>(
 /// exist for `j < n`, `h < heads`, and `out` holds an `n × heads·m` matrix (`ldo`) in the sense
 /// of [`crate::kernel::bounds::assert_fits`].
 #[inline(always)]
-pub(super) unsafe fn dot_heads<E: Element>(
+pub(super) unsafe fn dot_heads<E: Storage>(
     heads: usize,
     m: usize,
     n: usize,

@@ -18,7 +18,7 @@
 use core::arch::aarch64::*;
 
 use super::convert::{load4, load_partial, store_partial};
-use crate::element::Element;
+use crate::element::Storage;
 
 /// Rows per full microkernel.
 pub(super) const MR: usize = 6;
@@ -65,7 +65,7 @@ const fn strip_vectors(at: bool) -> usize {
 /// With `AT`, A is stored transposed: element `(i, p)` is `a[p·lda + i]` and `a` holds a
 /// `k × m` matrix.
 #[inline(always)]
-pub(super) unsafe fn gemm<E: Element, const AT: bool>(
+pub(super) unsafe fn gemm<E: Storage, const AT: bool>(
     m: usize,
     n: usize,
     k: usize,
@@ -144,7 +144,7 @@ fn a_at<const AT: bool>(a: *const f32, i: usize, p: usize, lda: usize) -> *const
 /// # Safety
 /// As [`gemm`], for the strip's columns; `k > 0`.
 #[inline(always)]
-unsafe fn strip<E: Element, const AT: bool, const NV: usize, const PARTIAL: bool>(
+unsafe fn strip<E: Storage, const AT: bool, const NV: usize, const PARTIAL: bool>(
     m: usize,
     k: usize,
     a: *const f32,
@@ -194,7 +194,7 @@ unsafe fn strip<E: Element, const AT: bool, const NV: usize, const PARTIAL: bool
 /// # Safety
 /// Row `p` of B holds the strip's columns.
 #[inline(always)]
-unsafe fn load_b<E: Element, const NV: usize, const PARTIAL: bool>(
+unsafe fn load_b<E: Storage, const NV: usize, const PARTIAL: bool>(
     b: *const E,
     p: usize,
     ldb: usize,
@@ -237,7 +237,7 @@ fn fma_row_d<const LANE: i32, const NV: usize>(acc: &mut [float32x4_t; NV], b: &
 /// `k` rows of the block's columns (stride `ldb`) and `c` at `R` rows of them (`ldc`); a
 /// `Rescale` pointer holds `R` factors.
 #[inline(always)]
-unsafe fn micro<E: Element, const AT: bool, const R: usize, const NV: usize, const PARTIAL: bool>(
+unsafe fn micro<E: Storage, const AT: bool, const R: usize, const NV: usize, const PARTIAL: bool>(
     k: usize,
     a: *const f32,
     lda: usize,

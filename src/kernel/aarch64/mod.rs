@@ -25,7 +25,7 @@ use super::{
     bounds::{assert_fits, assert_fits_read, assert_heads_fit, dot_rows_prologue},
     Geometry, Isa, Kernel,
 };
-use crate::element::Element;
+use crate::element::Storage;
 
 /// Proof that the CPU has NEON: always true where this module is compiled.
 #[derive(Clone, Copy, Debug)]
@@ -68,7 +68,7 @@ impl Kernel for Neon {
         unsafe { gemm::gemm::<_, false>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
     }
 
-    fn dot_rows<E: Element>(
+    fn dot_rows<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -87,7 +87,7 @@ impl Kernel for Neon {
         unsafe { dot::dot_rows(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, out.as_mut_ptr(), ldo) }
     }
 
-    fn dot_heads<E: Element, F: Element>(
+    fn dot_heads<E: Storage, F: Storage>(
         self,
         heads: usize,
         m: usize,
@@ -110,14 +110,14 @@ impl Kernel for Neon {
         unsafe { dot::dot_heads(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo) }
     }
 
-    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
+    fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
         assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         // SAFETY: both matrices fit their slices.
         unsafe { convert::transpose_widen(n, k, b.as_ptr(), ldb, dst.as_mut_ptr(), ldd) }
     }
 
-    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]) {
+    fn widen<E: Storage>(self, src: &[E], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "widen: length mismatch");
         // SAFETY: both slices hold `src.len()` elements.
         unsafe { convert::widen(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
@@ -135,7 +135,7 @@ impl Kernel for Neon {
         reduce::scale(x, alpha)
     }
 
-    fn gemm_at<E: Element>(
+    fn gemm_at<E: Storage>(
         self,
         m: usize,
         n: usize,

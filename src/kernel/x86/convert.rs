@@ -1,31 +1,33 @@
 //! Element loads widened to f32, `widen` and the staged K-tile transpose.
 //!
 //! `Element` is sealed with exactly three impls and distinct `DTYPE`s, so matching on
-//! `E::DTYPE` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
+//! `E::KIND` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
 //! The match is on a constant and folds away in each monomorphisation.
 
 use core::arch::x86_64::*;
 
-use crate::element::{DType, Element};
+use crate::element::{Kind, Storage};
 
 /// Loads 8 consecutive elements at `p`, widened to f32.
 ///
 /// # Safety
 /// The CPU supports AVX2 and F16C, and `p..p + 8` is readable.
 #[inline(always)]
-pub(super) unsafe fn load8<E: Element>(p: *const E) -> __m256 {
+pub(super) unsafe fn load8<E: Storage>(p: *const E) -> __m256 {
     // SAFETY: the caller guarantees the features and that 8 elements of `E` are readable; the
-    // casts follow `E::DTYPE` (see the module docs), and f16/bf16 are 2 bytes, so 8 of them
+    // casts follow `E::KIND` (see the module docs), and f16/bf16 are 2 bytes, so 8 of them
     // are exactly the 16 bytes `_mm_loadu_si128` reads.
     unsafe {
-        match E::DTYPE {
-            DType::F32 => _mm256_loadu_ps(p.cast::<f32>()),
-            DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())),
+        match E::KIND {
+            Kind::F32 => _mm256_loadu_ps(p.cast::<f32>()),
+            Kind::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())),
             // bf16 is the upper half of an f32: zero-extend, then shift into place.
-            DType::BF16 => {
+            Kind::BF16 => {
                 let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
                 _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
             }
+            // Sign-extend to i32 (`vpmovsxbd`), then convert (exact: |x| ≤ 128).
+            Kind::I8 => _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast::<__m128i>()))),
         }
     }
 }
@@ -35,9 +37,9 @@ pub(super) unsafe fn load8<E: Element>(p: *const E) -> __m256 {
 /// # Safety
 /// The CPU supports AVX2 and F16C, and `p..p + len` is readable.
 #[inline(always)]
-pub(super) unsafe fn load_partial<E: Element>(p: *const E, len: usize) -> __m256 {
+pub(super) unsafe fn load_partial<E: Storage>(p: *const E, len: usize) -> __m256 {
     debug_assert!(len < 8);
-    // All-zero bits are +0.0 in f32, f16 and bf16, so a zeroed buffer of 8 f32s (enough bytes
+    // All-zero bits are +0.0 in f32, f16 and bf16 (and 0 in i8), so a zeroed buffer of 8 f32s (enough bytes
     // for 8 elements of any `E`) pads every type. PERF: a few cycles once per row tail; AVX2
     // has no 16-bit masked load.
     let mut buf = [0u32; 8];
@@ -67,7 +69,7 @@ pub(super) unsafe fn lane_mask(len: usize) -> __m256i {
 /// # Safety
 /// The CPU supports AVX2 and F16C; `src` and `dst` are valid for `len` elements.
 #[inline(always)]
-pub(super) unsafe fn widen<E: Element>(src: *const E, dst: *mut f32, len: usize) {
+pub(super) unsafe fn widen<E: Storage>(src: *const E, dst: *mut f32, len: usize) {
     let mut i = 0;
     while i + 16 <= len {
         // SAFETY: `i + 16 <= len`, and the caller guarantees the features.
@@ -131,7 +133,7 @@ unsafe fn transpose8(r: &mut [__m256; 8]) {
 /// The CPU supports AVX2 and F16C; `b` holds an `n × k` matrix with leading dimension `ldb`
 /// and `dst` a `k × n` one with leading dimension `ldd`.
 #[inline(always)]
-pub(super) unsafe fn transpose_widen<E: Element>(
+pub(super) unsafe fn transpose_widen<E: Storage>(
     n: usize,
     k: usize,
     b: *const E,
@@ -162,7 +164,7 @@ pub(super) unsafe fn transpose_widen<E: Element>(
         for t in 0..8 {
             for p in k8..k {
                 // SAFETY: key `j + t < n`, dim `p < k`.
-                unsafe { *dst.add(p * ldd + j + t) = (*b.add((j + t) * ldb + p)).to_f32() };
+                unsafe { *dst.add(p * ldd + j + t) = (*b.add((j + t) * ldb + p)).as_f32() };
             }
         }
         j += 8;
@@ -170,7 +172,7 @@ pub(super) unsafe fn transpose_widen<E: Element>(
     for j in j..n {
         for p in 0..k {
             // SAFETY: key `j < n`, dim `p < k`.
-            unsafe { *dst.add(p * ldd + j) = (*b.add(j * ldb + p)).to_f32() };
+            unsafe { *dst.add(p * ldd + j) = (*b.add(j * ldb + p)).as_f32() };
         }
     }
 }

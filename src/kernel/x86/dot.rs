@@ -9,7 +9,7 @@
 use core::arch::x86_64::*;
 
 use super::convert::{load8, load_partial};
-use crate::element::Element;
+use crate::element::Storage;
 
 /// Keys per chunk; a multiple of every `NK` below.
 const KEY_CHUNK: usize = 8;
@@ -21,7 +21,7 @@ const KEY_CHUNK: usize = 8;
 /// one (`ldb`) in the sense of [`crate::kernel::bounds::assert_fits_read`] (rows may overlap),
 /// `out` an `m × n` one (`ldo`) in the sense of [`crate::kernel::bounds::assert_fits`].
 #[inline(always)]
-pub(super) unsafe fn dot_rows<E: Element>(
+pub(super) unsafe fn dot_rows<E: Storage>(
     m: usize,
     n: usize,
     k: usize,
@@ -71,7 +71,7 @@ pub(super) unsafe fn dot_rows<E: Element>(
 /// # Safety
 /// As [`dot_rows`], with rows `i..i + MR` and keys `j..j_end` in range and `k > 0`.
 #[inline(always)]
-unsafe fn keys<E: Element, const MR: usize, const NK: usize>(
+unsafe fn keys<E: Storage, const MR: usize, const NK: usize>(
     i: usize,
     j: usize,
     j_end: usize,
@@ -109,7 +109,7 @@ unsafe fn keys<E: Element, const MR: usize, const NK: usize>(
 /// The CPU supports AVX2, FMA and F16C; `a` points at `MR` rows of `k > 0` elements (`lda`),
 /// `b` at `NK` rows of `k` elements (`ldb`), and `out` at `MR` rows of `NK` elements (`ldo`).
 #[inline(always)]
-unsafe fn block<E: Element, const MR: usize, const NK: usize>(
+unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
     k: usize,
     a: *const f32,
     lda: usize,
@@ -188,7 +188,7 @@ unsafe fn block<E: Element, const MR: usize, const NK: usize>(
 /// key rows `b[j·ldb + h·ldh ..][..k]` for `j < n`, `h < heads`, `out` `n` rows of `heads·m`
 /// floats (`ldo`), and `pf` the rows `pf[j·pf_ld + h·pf_lh ..][..pf_len]` (or `pf_len == 0`).
 #[inline(always)]
-pub(super) unsafe fn dot_heads<E: Element, F: Element>(
+pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
     heads: usize,
     m: usize,
     n: usize,
@@ -247,7 +247,7 @@ struct HeadRows {
 /// # Safety
 /// As [`dot_heads`], for the `M` rows of each head that `g` points at; `k > 0`.
 #[inline(always)]
-unsafe fn heads_rows<E: Element, F: Element, const M: usize, const HB: usize>(
+unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const HB: usize>(
     heads: usize,
     n: usize,
     k: usize,
@@ -326,7 +326,7 @@ fn prefetch_row(p: *const i8, bytes: usize) {
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements.
 #[inline(always)]
-unsafe fn head_block<E: Element, const M: usize, const HB: usize>(
+unsafe fn head_block<E: Storage, const M: usize, const HB: usize>(
     k: usize,
     a: *const f32,
     lda: usize,

@@ -11,7 +11,7 @@ use core::arch::x86_64::*;
 use core::mem::MaybeUninit;
 
 use super::convert::{lane_mask, load8, load_partial};
-use crate::element::{DType, Element};
+use crate::element::{Kind, Storage};
 
 /// Rows per full microkernel.
 pub(super) const MR: usize = 6;
@@ -58,7 +58,7 @@ impl Acc {
 /// [`Acc::Rescale`], its pointer holds `m` floats. With `AT`, A is stored transposed: element
 /// `(i, p)` is `a[p·lda + i]` and `a` holds a `k × m` matrix.
 #[inline(always)]
-pub(super) unsafe fn gemm<E: Element, const AT: bool>(
+pub(super) unsafe fn gemm<E: Storage, const AT: bool>(
     m: usize,
     n: usize,
     k: usize,
@@ -145,7 +145,7 @@ pub(super) unsafe fn gemm<E: Element, const AT: bool>(
 /// # Safety
 /// As [`gemm`], for the strip's columns; `k > 0`.
 #[inline(always)]
-unsafe fn strip<E: Element, const AT: bool, const NV: usize, const MASKED: bool>(
+unsafe fn strip<E: Storage, const AT: bool, const NV: usize, const MASKED: bool>(
     m: usize,
     k: usize,
     a: *const f32,
@@ -211,7 +211,7 @@ fn a_at<const AT: bool>(a: *const f32, i: usize, p: usize, lda: usize) -> *const
 /// or transposed with `AT`),
 /// `b` at `k` rows of the block's columns (stride `ldb`) and `c` at `R` rows of them (`ldc`).
 #[inline(always)]
-unsafe fn micro<E: Element, const AT: bool, const R: usize, const NV: usize, const MASKED: bool>(
+unsafe fn micro<E: Storage, const AT: bool, const R: usize, const NV: usize, const MASKED: bool>(
     k: usize,
     a: *const f32,
     lda: usize,
@@ -231,12 +231,12 @@ unsafe fn micro<E: Element, const AT: bool, const R: usize, const NV: usize, con
         for (v, x) in bv.iter_mut().enumerate() {
             let bp = b.wrapping_add(p * ldb + v * 8);
             // SAFETY: row `p < k` of B holds this block's columns (`width` of them when
-            // masked); masked lanes are not read. `E::DTYPE == F32` makes `E` f32 (see
+            // masked); masked lanes are not read. `E::KIND == F32` makes `E` f32 (see
             // `convert`), so the cast reinterprets nothing.
             *x = unsafe {
                 if !MASKED {
                     load8(bp)
-                } else if E::DTYPE == DType::F32 {
+                } else if E::KIND == Kind::F32 {
                     _mm256_maskload_ps(bp.cast::<f32>(), mask)
                 } else {
                     load_partial(bp, width)

@@ -14,7 +14,7 @@ use super::{
     bounds::{assert_fits, assert_fits_read},
     Geometry, Isa, Kernel,
 };
-use crate::element::Element;
+use crate::element::Storage;
 
 /// Proof that the CPU has AVX2, FMA and F16C.
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +78,7 @@ impl Kernel for Avx2Fma {
         unsafe { gemm_avx2_fma::<_, false>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
     }
 
-    fn dot_rows<E: Element>(
+    fn dot_rows<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -97,7 +97,7 @@ impl Kernel for Avx2Fma {
         unsafe { dot_rows_avx2_fma(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, out.as_mut_ptr(), ldo) }
     }
 
-    fn dot_heads<E: Element, F: Element>(
+    fn dot_heads<E: Storage, F: Storage>(
         self,
         heads: usize,
         m: usize,
@@ -123,14 +123,14 @@ impl Kernel for Avx2Fma {
         unsafe { dot_heads_avx2_fma(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo, pf) }
     }
 
-    fn transpose_widen<E: Element>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
+    fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
         assert_fits_read(b.len(), n, k, ldb);
         assert_fits(dst.len(), k, n, ldd);
         // SAFETY: the token proves the features; both matrices fit their slices.
         unsafe { transpose_widen_avx2_fma(n, k, b.as_ptr(), ldb, dst.as_mut_ptr(), ldd) }
     }
 
-    fn widen<E: Element>(self, src: &[E], dst: &mut [f32]) {
+    fn widen<E: Storage>(self, src: &[E], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "widen: length mismatch");
         // SAFETY: the token proves the features; both slices hold `src.len()` elements.
         unsafe { widen_avx2_fma(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
@@ -151,7 +151,7 @@ impl Kernel for Avx2Fma {
         unsafe { scale_avx2_fma(x, alpha) }
     }
 
-    fn gemm_at<E: Element>(
+    fn gemm_at<E: Storage>(
         self,
         m: usize,
         n: usize,
@@ -218,7 +218,7 @@ impl Kernel for Avx2Fma {
         }
     }
 
-    fn prefetch<E: Element>(self, b: &[E], rows: usize, len: usize, ld: usize) {
+    fn prefetch<E: Storage>(self, b: &[E], rows: usize, len: usize, ld: usize) {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         if len == 0 {
             return;
@@ -246,7 +246,7 @@ impl Kernel for Avx2Fma {
 /// # Safety
 /// See [`gemm::gemm`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_avx2_fma<E: Element, const AT: bool>(
+unsafe fn gemm_avx2_fma<E: Storage, const AT: bool>(
     m: usize,
     n: usize,
     k: usize,
@@ -265,7 +265,7 @@ unsafe fn gemm_avx2_fma<E: Element, const AT: bool>(
 /// # Safety
 /// See [`dot::dot_rows`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2_fma<E: Element>(
+unsafe fn dot_rows_avx2_fma<E: Storage>(
     m: usize,
     n: usize,
     k: usize,
@@ -283,7 +283,7 @@ unsafe fn dot_rows_avx2_fma<E: Element>(
 /// # Safety
 /// See [`dot::dot_heads`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_heads_avx2_fma<E: Element, F: Element>(
+unsafe fn dot_heads_avx2_fma<E: Storage, F: Storage>(
     heads: usize,
     m: usize,
     n: usize,
@@ -304,7 +304,7 @@ unsafe fn dot_heads_avx2_fma<E: Element, F: Element>(
 /// # Safety
 /// See [`convert::transpose_widen`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn transpose_widen_avx2_fma<E: Element>(n: usize, k: usize, b: *const E, ldb: usize, dst: *mut f32, ldd: usize) {
+unsafe fn transpose_widen_avx2_fma<E: Storage>(n: usize, k: usize, b: *const E, ldb: usize, dst: *mut f32, ldd: usize) {
     // SAFETY: forwarded from this function's contract.
     unsafe { convert::transpose_widen(n, k, b, ldb, dst, ldd) }
 }
@@ -312,7 +312,7 @@ unsafe fn transpose_widen_avx2_fma<E: Element>(n: usize, k: usize, b: *const E, 
 /// # Safety
 /// See [`convert::widen`].
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_avx2_fma<E: Element>(src: *const E, dst: *mut f32, len: usize) {
+unsafe fn widen_avx2_fma<E: Storage>(src: *const E, dst: *mut f32, len: usize) {
     // SAFETY: forwarded from this function's contract.
     unsafe { convert::widen(src, dst, len) }
 }

@@ -1,0 +1,347 @@
+//! Int8 K and V (`gated_attention::int8`): the quantiser's contract, the kernels on every ISA
+//! against the f64 reference on the dequantised values (the f32 tolerance, see `tests/common`),
+//! NaN containment, thread invariance, the argument errors, and the quantisation's own effect.
+
+mod common;
+use common::*;
+use gated_attention::int8::{quantize, quantize_row, QMAX};
+use gated_attention::{
+    attention, attention_int8, attention_int8_with_scratch, scratch_len, AttentionOptions, DType, Error, Int8Tensor,
+    Isa, Layout, Operand, Parallelism, Tensor, TensorMut,
+};
+
+/// An int8 copy of a float operand in the same (possibly strided) layout, with its scales in
+/// `[batch, heads, seq]` order (another order than the values', so both strides are exercised).
+struct Quantised {
+    data: Vec<i8>,
+    scales: Vec<f32>,
+    layout: Layout,
+    scale_layout: Layout,
+}
+
+impl Quantised {
+    fn of(x: &Buf, l: Layout) -> Quantised {
+        let [b, s, h, d] = l.shape;
+        let scale_layout = Layout::bhsd(b, h, s, 1);
+        let mut data = vec![0i8; x.len()];
+        let mut scales = vec![f32::NAN; b * s * h];
+        let mut row = vec![0.0f32; d];
+        for bi in 0..b {
+            for si in 0..s {
+                for hi in 0..h {
+                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
+                    for (e, r) in row.iter_mut().enumerate() {
+                        *r = x.get(off + e);
+                    }
+                    let so = bi * scale_layout.strides[0] + si * scale_layout.strides[1] + hi * scale_layout.strides[2];
+                    scales[so] = quantize_row(&row, &mut data[off..off + d]).unwrap();
+                }
+            }
+        }
+        Quantised { data, scales, layout: l, scale_layout }
+    }
+
+    fn tensor(&self) -> Int8Tensor<'_> {
+        Int8Tensor::new(&self.data, self.layout, &self.scales, self.scale_layout)
+    }
+
+    /// The dequantised values in the same layout (what the reference reads).
+    fn dequantised(&self) -> Buf {
+        let l = self.layout;
+        let mut out = vec![0.0f32; self.data.len()];
+        for bi in 0..l.shape[0] {
+            for si in 0..l.shape[1] {
+                for hi in 0..l.shape[2] {
+                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
+                    let so = bi * self.scale_layout.strides[0]
+                        + si * self.scale_layout.strides[1]
+                        + hi * self.scale_layout.strides[2];
+                    for e in 0..l.shape[3] {
+                        out[off + e] = self.scales[so] * self.data[off + e] as f32;
+                    }
+                }
+            }
+        }
+        Buf::F32(out)
+    }
+}
+
+/// Runs the int8 kernel on the case's K and V quantised, checks it against the reference on the
+/// dequantised values through every entry point, and returns the rayon result.
+fn check_int8(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>) -> (Buf, Vec<f32>) {
+    let (kq, vq) = (Quantised::of(&inp.k, inp.kl), Quantised::of(&inp.v, inp.vl));
+    let deq = Inputs { q: inp.q.clone(), k: kq.dequantised(), v: vq.dequantised(), ..*inp };
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let mut results = Vec::new();
+    for entry in [Entry::Scratch, Entry::Sequential, Entry::Rayon] {
+        let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
+        let mut lse = vec![f32::NAN; c.dims.lse_len()];
+        let o = TensorMut::new(out.elems_mut(), inp.ol);
+        match entry {
+            Entry::Scratch => {
+                let mut scratch = vec![f32::NAN; scratch_len(&c.dims, opts).unwrap()];
+                attention_int8_with_scratch(&q, &kq.tensor(), &vq.tensor(), o, Some(&mut lse), opts, &mut scratch)
+            }
+            Entry::Sequential => attention_int8(
+                &q,
+                &kq.tensor(),
+                &vq.tensor(),
+                o,
+                Some(&mut lse),
+                &opts.parallelism(Parallelism::Sequential),
+            ),
+            Entry::Rayon => attention_int8(
+                &q,
+                &kq.tensor(),
+                &vq.tensor(),
+                o,
+                Some(&mut lse),
+                &opts.parallelism(Parallelism::default()),
+            ),
+        }
+        .expect("attention_int8");
+        let label = format!("int8 {entry:?} on {:?}", opts.resolved_isa());
+        check(&deq, c, opts, &out, &lse, &label);
+        results.push((out, lse));
+    }
+    // Bit-identical for every thread count and entry point.
+    let bits = |(o, l): &(Buf, Vec<f32>)| {
+        (
+            (0..o.len()).map(|i| o.get(i).to_bits()).collect::<Vec<_>>(),
+            l.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+        )
+    };
+    assert!(results.iter().all(|r| bits(r) == bits(&results[0])), "int8 results differ between entry points");
+    results.pop().unwrap()
+}
+
+/// Prefill (GQA, causal), decode over a split KV range, masks and score options, other layouts,
+/// half-precision Q and O: every path a dense call can take, with int8 K and V.
+fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
+    static SINKS: [f32; 8] = [0.5, -1.0, 2.0, 0.0, 1.5, -0.5, 3.0, 0.25];
+    vec![
+        (Case::new(2, 70, 70, 8, 2, 64), AttentionOptions::new().causal()),
+        (Case::new(1, 1, 3000, 8, 2, 128), AttentionOptions::new().causal()),
+        (Case::new(2, 4, 1500, 8, 1, 64).v_dim(48), AttentionOptions::new().causal().window(600).sink_tokens(3)),
+        (Case::new(1, 67, 200, 4, 4, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal().softcap(3.0)),
+        (Case::new(1, 19, 40, 8, 2, 7).v_dim(13).mem(Mem::Padded, Mem::Bhsd), AttentionOptions::new().sinks(&SINKS)),
+        (
+            Case::new(1, 3, 700, 4, 1, 40).dtypes([DType::BF16, DType::F32, DType::F32, DType::F16]),
+            AttentionOptions::new().causal().window(100),
+        ),
+    ]
+}
+
+#[test]
+fn int8_kv_matches_the_reference_on_the_dequantised_values_on_every_isa() {
+    let mut ran = 0;
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for (c, opts) in cases() {
+            let opts = opts.isa(isa);
+            check_int8(&make_inputs(&c), &c, &opts);
+        }
+        ran += 1;
+    }
+    assert!(ran >= 2, "scalar and at least one vector ISA must run");
+}
+
+/// A non-finite input row quantises to scale NaN: the rows that see it get NaN, the others
+/// (before it under the causal mask, or outside the window) stay finite, in both the prefill and
+/// the decode path, for K and for V.
+#[test]
+fn a_non_finite_row_reaches_only_the_rows_that_see_it() {
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for (q_len, poison) in [(40usize, 25usize), (1, 35), (1, 5)] {
+            for (operand, value) in [("k", f32::NAN), ("v", f32::INFINITY), ("v", f32::NAN)] {
+                let c = Case::new(1, q_len, 40, 4, 2, 32);
+                let mut inp = make_inputs(&c);
+                let buf = if operand == "k" { &mut inp.k } else { &mut inp.v };
+                buf.set(inp.kl.offset_of(0, poison, 1) + 3, value);
+                let opts = AttentionOptions::new().causal().window(8).isa(isa);
+                let (out, _) = check_int8(&inp, &c, &opts);
+                // Query i sees keys (i + 40 - q_len) - 7 ..= i + 40 - q_len; head 1 of the KV pair
+                // serves query heads 2 and 3.
+                for i in 0..q_len {
+                    let pos = i + 40 - q_len;
+                    let sees = poison <= pos && pos < poison + 8;
+                    for h in 0..4 {
+                        let off = inp.ol.offset_of(0, i, h);
+                        let nan = (0..32).any(|e| !out.get(off + e).is_finite());
+                        assert_eq!(
+                            nan,
+                            sees && h >= 2,
+                            "{operand}={value} at key {poison}: query {i} head {h} ({isa:?})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+trait OffsetOf {
+    fn offset_of(&self, b: usize, s: usize, h: usize) -> usize;
+}
+impl OffsetOf for Layout {
+    fn offset_of(&self, b: usize, s: usize, h: usize) -> usize {
+        b * self.strides[0] + s * self.strides[1] + h * self.strides[2]
+    }
+}
+
+#[test]
+fn the_quantiser_keeps_its_contract() {
+    let mut rng = Rng::new(5);
+    for d in [1usize, 7, 64, 128, 600] {
+        let x: Vec<f32> = (0..d).map(|_| rng.uniform() * 10.0).collect();
+        let mut q = vec![0i8; d];
+        let s = quantize_row(&x, &mut q).unwrap();
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(s, amax / 127.0);
+        assert!(q.iter().all(|&v| v.abs() <= QMAX), "the range is symmetric");
+        assert!(q.iter().any(|&v| v.abs() == QMAX), "the largest value takes the full range");
+        for (&xv, &qv) in x.iter().zip(&q) {
+            // Half a step, plus the f32 roundings of x / s and of s · q.
+            let err = (xv as f64 - s as f64 * qv as f64).abs();
+            assert!(err <= s as f64 * (0.5 + 1e-5), "|{xv} - {s}·{qv}| = {err:e} > half a step");
+        }
+    }
+    let mut q = [5i8; 3];
+    assert_eq!(quantize_row(&[0.0, -0.0, 0.0], &mut q), Ok(0.0));
+    assert_eq!(q, [0; 3]);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut q = [5i8; 3];
+        assert!(quantize_row(&[1.0, bad, 2.0], &mut q).unwrap().is_nan());
+        assert_eq!(q, [0; 3]);
+    }
+    // Ties go to even: 0.5 and 1.5 steps.
+    let mut q = [0i8; 3];
+    quantize_row(&[127.0, 0.5, 1.5], &mut q).unwrap();
+    assert_eq!(q, [127, 0, 2]);
+    let mut q = [9i8; 2];
+    assert!(matches!(quantize_row(&[1.0; 3], &mut q), Err(Error::ShapeMismatch { operand: Operand::Output, .. })));
+    assert_eq!(q, [9, 9], "nothing written on Err");
+}
+
+/// `quantize` of a strided f16 tensor equals `quantize_row` of each row, and `dequantize_into`
+/// returns `scale · q` row by row.
+#[test]
+fn quantize_and_dequantize_agree_with_the_row_quantiser() {
+    let c = Case::new(2, 5, 9, 3, 3, 20).mem(Mem::Padded, Mem::Bshd).dtypes([DType::F16; 4]);
+    let inp = make_inputs(&c);
+    let [b, s, h, d] = inp.kl.shape;
+    let (mut data, mut scales) = (vec![0i8; b * s * h * d], vec![0.0f32; b * s * h]);
+    quantize(&Tensor::new(inp.k.elems(), inp.kl), &mut data, &mut scales).unwrap();
+    let mut deq = vec![0.0f32; data.len()];
+    Int8Tensor::bshd(&data, &scales, b, s, h, d).dequantize_into(&mut deq).unwrap();
+    let mut r = 0;
+    for bi in 0..b {
+        for si in 0..s {
+            for hi in 0..h {
+                let off = inp.kl.offset_of(bi, si, hi);
+                let row: Vec<f32> = (0..d).map(|e| inp.k.get(off + e)).collect();
+                let mut q = vec![0i8; d];
+                let sc = quantize_row(&row, &mut q).unwrap();
+                assert_eq!((sc, &q[..]), (scales[r], &data[r * d..(r + 1) * d]));
+                for e in 0..d {
+                    assert_eq!(deq[r * d + e], sc * q[e] as f32);
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_int8_arguments_are_errors_and_write_nothing() {
+    let (b, l, hq, hkv, d) = (1, 4, 2, 1, 8);
+    let q = vec![0.5f32; b * l * hq * d];
+    let kv = vec![1i8; b * l * hkv * d];
+    let scales = vec![0.1f32; b * l * hkv];
+    let good = Int8Tensor::bshd(&kv, &scales, b, l, hkv, d);
+    let qt = Tensor::bshd(&q[..], b, l, hq, d);
+    let run = |k: &Int8Tensor<'_>, v: &Int8Tensor<'_>| {
+        let mut out = vec![7.0f32; b * l * hq * d];
+        let r = attention_int8(&qt, k, v, TensorMut::bshd(&mut out[..], b, l, hq, d), None, &AttentionOptions::new());
+        assert!(r.is_err() || out.iter().all(|&x| x != 7.0));
+        if r.is_err() {
+            assert!(out.iter().all(|&x| x == 7.0), "nothing written on Err");
+        }
+        r
+    };
+    assert_eq!(run(&good, &good), Ok(()));
+    // Scales in the shape of another sequence.
+    let wrong_shape = Int8Tensor { scale_layout: Layout::bshd(b, l + 1, hkv, 1), ..good };
+    assert!(matches!(
+        run(&wrong_shape, &good),
+        Err(Error::ShapeMismatch { operand: Operand::Key, dim: "scales seq", .. })
+    ));
+    let wide = Int8Tensor { scale_layout: Layout::bshd(b, l, hkv, 2), ..good };
+    assert!(matches!(run(&good, &wide), Err(Error::ShapeMismatch { operand: Operand::Value, .. })));
+    // Too few scales, too few values.
+    let short = Int8Tensor { scales: &scales[..l - 1], ..good };
+    assert!(matches!(run(&good, &short), Err(Error::BufferTooSmall { operand: Operand::Value, .. })));
+    let short = Int8Tensor { data: &kv[..kv.len() - 1], ..good };
+    assert!(matches!(run(&short, &good), Err(Error::BufferTooSmall { operand: Operand::Key, .. })));
+    // Values checked before scales.
+    let both = Int8Tensor { data: &kv[..1], scales: &scales[..1], ..good };
+    assert!(
+        matches!(run(&both, &good), Err(Error::BufferTooSmall { operand: Operand::Key, needed, .. }) if needed == kv.len())
+    );
+    // A huge scale stride is an overflow, not a wrap.
+    let huge = Int8Tensor { scale_layout: Layout { shape: [b, l, hkv, 1], strides: [1, usize::MAX / 2, 1] }, ..good };
+    assert!(matches!(run(&huge, &good), Err(Error::ShapeOverflow { operand: Operand::Key })));
+    // The sizes contract: a V of another sequence length.
+    let v5 = vec![1i8; (l + 1) * hkv * d];
+    let s5 = vec![0.1f32; l + 1];
+    let longer = Int8Tensor::bshd(&v5, &s5, b, l + 1, hkv, d);
+    assert!(matches!(run(&good, &longer), Err(Error::ShapeMismatch { operand: Operand::Value, dim: "kv_len", .. })));
+    // quantize's and dequantize_into's buffers.
+    let x = vec![1.0f32; 2 * 8];
+    let (mut data, mut sc) = (vec![3i8; 16], vec![4.0f32; 1]);
+    let xt = Tensor::bshd(&x[..], 1, 2, 1, 8);
+    assert!(matches!(quantize(&xt, &mut data, &mut sc), Err(Error::ShapeMismatch { operand: Operand::Output, .. })));
+    assert_eq!((data[0], sc[0]), (3, 4.0), "nothing written on Err");
+    let mut o = vec![0.0f32; 3];
+    assert!(matches!(good.dequantize_into(&mut o), Err(Error::ShapeMismatch { operand: Operand::Output, .. })));
+}
+
+/// The quantisation's own effect, against f32 K and V: for Gaussian-like K and V the output moves
+/// by a small fraction of its scale. The bound is asserted with a margin over what was measured
+/// (`benches/README.md`, "Int8 KV"); prints the measured figures.
+#[test]
+fn the_quantisation_error_stays_within_its_documented_size() {
+    for (kv_len, dk) in [(256usize, 64usize), (4096, 128)] {
+        let c = Case::new(1, 1, kv_len, 8, 2, dk);
+        let inp = make_inputs(&c);
+        let opts = AttentionOptions::new().causal();
+        let (int8_out, _) = check_int8(&inp, &c, &opts);
+        let (f32_out, _) = run_kernel(&inp, &c, &opts, Entry::Sequential);
+        let mut worst = 0.0f64;
+        let mut scale = 0.0f64;
+        for i in 0..f32_out.len() {
+            worst = worst.max((int8_out.get(i) as f64 - f32_out.get(i) as f64).abs());
+            scale = scale.max((f32_out.get(i) as f64).abs());
+        }
+        println!("int8 KV, kv_len {kv_len}, head_dim {dk}: max |O_int8 - O_f32| = {worst:.3e}, max |O| = {scale:.3e}");
+        assert!(worst <= 0.02 * scale, "int8 error {worst:e} beyond 2% of the output scale {scale:e}");
+    }
+}
+
+/// The float path is untouched by the int8 one: the same call with f32 K/V equal to the
+/// dequantised values gives the same result bits as the int8 call in the prefill path (which
+/// dequantises its staged tiles exactly as `scale · q`).
+#[test]
+fn prefill_dequantises_exactly() {
+    let c = Case::new(1, 64, 64, 4, 1, 32);
+    let inp = make_inputs(&c);
+    let (kq, vq) = (Quantised::of(&inp.k, inp.kl), Quantised::of(&inp.v, inp.vl));
+    let (kd, vd) = (kq.dequantised(), vq.dequantised());
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let opts = AttentionOptions::new().causal().parallelism(Parallelism::Sequential);
+    let mut a = vec![0.0f32; buffer_len(&inp.ol)];
+    let mut b = a.clone();
+    attention_int8(&q, &kq.tensor(), &vq.tensor(), TensorMut::new(&mut a[..], inp.ol), None, &opts).unwrap();
+    let (kt, vt) = (Tensor::new(kd.elems(), inp.kl), Tensor::new(vd.elems(), inp.vl));
+    attention(&q, &kt, &vt, TensorMut::new(&mut b[..], inp.ol), None, &opts).unwrap();
+    assert_eq!(a, b);
+}
