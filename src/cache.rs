@@ -37,8 +37,12 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+mod int8;
+pub use int8::Int8KvCache;
+
 use crate::element::{DType, Element, Elems};
 use crate::error::{Error, Operand};
+use crate::int8::Int8Tensor;
 use crate::options::AttentionOptions;
 use crate::rope::{Positions, RopeTable};
 use crate::tensor::{Layout, Tensor, TensorMut};
@@ -153,13 +157,20 @@ enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
+    /// [`Int8KvCache`]'s: `dim` values per row and one scale per row (`int8` module).
+    I8 {
+        values: Vec<i8>,
+        scales: Vec<f32>,
+        dim: usize,
+    },
 }
 
-/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0).
+/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0, integer 0).
 trait ZeroBits: Copy {}
 impl ZeroBits for f32 {}
 impl ZeroBits for f16 {}
 impl ZeroBits for bf16 {}
+impl ZeroBits for i8 {}
 
 /// `n` zeros from the allocator's zeroed memory (untouched pages stay lazy, as with `vec!`), or an
 /// `Err` when the allocator refuses: never an abort.
@@ -180,21 +191,41 @@ fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
 }
 
 impl Store {
-    fn new(dtype: DType, n: usize) -> Result<Store, Error> {
-        Ok(match dtype {
-            DType::F32 => Store::F32(zeros(n)?),
-            DType::F16 => Store::F16(zeros(n)?),
-            DType::BF16 => Store::BF16(zeros(n)?),
+    fn new(format: Format, n: usize, dim: usize) -> Result<Store, Error> {
+        Ok(match format {
+            Format::Float(DType::F32) => Store::F32(zeros(n)?),
+            Format::Float(DType::F16) => Store::F16(zeros(n)?),
+            Format::Float(DType::BF16) => Store::BF16(zeros(n)?),
+            Format::Int8 => Store::I8 { values: zeros(n)?, scales: zeros(n / dim)?, dim },
         })
     }
+    /// The float elements. Only [`Int8KvCache`] holds an int8 store, and it reads it through
+    /// [`KvCache::int8_view`] alone.
     fn elems(&self) -> Elems<'_> {
         match self {
             Store::F32(v) => Elems::F32(v),
             Store::F16(v) => Elems::F16(v),
             Store::BF16(v) => Elems::BF16(v),
+            Store::I8 { .. } => unreachable!("an int8 store is read through int8_view"),
         }
     }
-    /// Writes `src` (f32) at `off`, rounding to the storage type.
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::F16(v) => v.len() * 2,
+            Store::BF16(v) => v.len() * 2,
+            Store::I8 { values, scales, .. } => values.len() + scales.len() * 4,
+        }
+    }
+    /// Element `i` widened to f32 (an int8 one dequantised).
+    fn get_f32(&self, i: usize) -> f32 {
+        match self {
+            Store::I8 { values, scales, dim } => scales[i / dim] * values[i] as f32,
+            _ => self.elems().get_f32(i),
+        }
+    }
+    /// Writes `src` (f32) at `off`, rounding to the storage type; an int8 store takes whole rows
+    /// (`off` a multiple of its `dim`, `src` one row) and quantises them.
     fn write(&mut self, off: usize, src: &[f32]) {
         fn put<E: Element>(d: &mut [E], src: &[f32]) {
             for (x, &s) in d.iter_mut().zip(src) {
@@ -206,13 +237,22 @@ impl Store {
             Store::F32(v) => put(&mut v[off..off + n], src),
             Store::F16(v) => put(&mut v[off..off + n], src),
             Store::BF16(v) => put(&mut v[off..off + n], src),
+            Store::I8 { values, scales, dim } => {
+                debug_assert!(off % *dim == 0 && n == *dim, "an int8 store is written a row at a time");
+                scales[off / *dim] = crate::int8::quantize_into(src, &mut values[off..off + n]);
+            }
         }
     }
+    /// Moves whole rows (`src` and `dst` multiples of the row length).
     fn copy_within(&mut self, src: core::ops::Range<usize>, dst: usize) {
         match self {
             Store::F32(v) => v.copy_within(src, dst),
             Store::F16(v) => v.copy_within(src, dst),
             Store::BF16(v) => v.copy_within(src, dst),
+            Store::I8 { values, scales, dim } => {
+                scales.copy_within(src.start / *dim..src.end / *dim, dst / *dim);
+                values.copy_within(src, dst);
+            }
         }
     }
 }
@@ -237,6 +277,23 @@ impl Row {
     }
 }
 
+/// How a cache stores its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Float(DType),
+    Int8,
+}
+
+impl Format {
+    /// Bytes of a row of `dim` elements.
+    fn row_bytes(self, dim: usize) -> Option<usize> {
+        match self {
+            Format::Float(d) => dim.checked_mul(d.size()),
+            Format::Int8 => dim.checked_add(core::mem::size_of::<f32>()),
+        }
+    }
+}
+
 /// An owned KV cache.
 #[derive(Clone, Debug)]
 pub struct KvCache {
@@ -253,6 +310,10 @@ fn bad(reason: &'static str) -> Error {
 impl KvCache {
     /// Allocates the storage.
     pub fn new(cfg: KvCacheConfig) -> Result<KvCache, Error> {
+        Self::with_format(cfg, Format::Float(cfg.dtype))
+    }
+
+    fn with_format(cfg: KvCacheConfig, format: Format) -> Result<KvCache, Error> {
         if cfg.batch == 0 || cfg.kv_heads == 0 || cfg.head_dim == 0 || cfg.v_head_dim == 0 || cfg.capacity == 0 {
             return Err(bad("batch, kv_heads, head dims and capacity must be > 0"));
         }
@@ -269,16 +330,15 @@ impl KvCache {
         }
         // Element counts and the bytes of both stores, checked against isize::MAX (the most any
         // allocation may hold) before anything is reserved.
-        let per = |d: usize| {
-            cfg.batch
-                .checked_mul(cfg.kv_heads)
-                .and_then(|x| x.checked_mul(cfg.capacity))
-                .and_then(|x| x.checked_mul(d))
-                .filter(|&n| n.checked_mul(cfg.dtype.size()).is_some_and(|b| b <= isize::MAX as usize))
-                .ok_or(Error::ShapeOverflow { operand: Operand::Cache })
-        };
+        let slots = cfg.batch.checked_mul(cfg.kv_heads).and_then(|x| x.checked_mul(cfg.capacity));
+        // Elements of each store; the bytes of both (which bound each) are checked next.
+        let per =
+            |d: usize| slots.and_then(|x| x.checked_mul(d)).ok_or(Error::ShapeOverflow { operand: Operand::Cache });
         let (nk, nv) = (per(cfg.head_dim)?, per(cfg.v_head_dim)?);
-        let bytes = (nk.checked_add(nv)).and_then(|n| n.checked_mul(cfg.dtype.size()));
+        let bytes = slots.and_then(|n| {
+            let row = format.row_bytes(cfg.head_dim)?.checked_add(format.row_bytes(cfg.v_head_dim)?)?;
+            n.checked_mul(row)
+        });
         if bytes.is_none_or(|b| b > isize::MAX as usize) {
             return Err(Error::ShapeOverflow { operand: Operand::Cache });
         }
@@ -288,7 +348,8 @@ impl KvCache {
             bytes: cfg.batch.saturating_mul(core::mem::size_of::<Row>()),
         })?;
         rows.resize(cfg.batch, Row::default());
-        Ok(KvCache { cfg, k: Store::new(cfg.dtype, nk)?, v: Store::new(cfg.dtype, nv)?, rows })
+        let (k, v) = (Store::new(format, nk, cfg.head_dim)?, Store::new(format, nv, cfg.v_head_dim)?);
+        Ok(KvCache { cfg, k, v, rows })
     }
 
     /// The configuration.
@@ -297,12 +358,7 @@ impl KvCache {
     }
     /// Bytes actually allocated for keys and values (equals [`KvCacheConfig::storage_bytes`]).
     pub fn allocated_bytes(&self) -> usize {
-        let n = |s: &Store| match s {
-            Store::F32(v) => v.len() * 4,
-            Store::F16(v) => v.len() * 2,
-            Store::BF16(v) => v.len() * 2,
-        };
-        n(&self.k) + n(&self.v)
+        self.k.bytes() + self.v.bytes()
     }
     /// Tokens held by batch row `b`.
     ///
@@ -377,6 +433,26 @@ impl KvCache {
         let row = c.kv_heads * c.capacity * dim;
         let len = self.rows[b].len;
         (b * row, Layout { shape: [1, len, c.kv_heads, dim], strides: [row, dim, c.capacity * dim] })
+    }
+
+    /// Row `b`'s int8 `values` (rows of `dim`) and `scales` as `[1, len, kv_heads, dim]`.
+    fn int8_view<'s>(&self, values: &'s [i8], scales: &'s [f32], dim: usize, b: usize) -> Int8Tensor<'s> {
+        let c = &self.cfg;
+        let (off, layout) = self.layout(dim, b);
+        let per_batch = c.kv_heads * c.capacity;
+        let scale_layout = Layout { shape: [1, layout.seq(), c.kv_heads, 1], strides: [per_batch, 1, c.capacity] };
+        Int8Tensor::new(&values[off..], layout, &scales[b * per_batch..], scale_layout)
+    }
+
+    /// The keys and values of batch row `b`, read in place.
+    fn row_kv(&self, b: usize) -> RowKv<'_> {
+        match (&self.k, &self.v) {
+            (Store::I8 { values: kv, scales: ks, .. }, Store::I8 { values: vv, scales: vs, .. }) => RowKv::Int8(
+                self.int8_view(kv, ks, self.cfg.head_dim, b),
+                self.int8_view(vv, vs, self.cfg.v_head_dim, b),
+            ),
+            _ => RowKv::Float(self.keys(b), self.values(b)),
+        }
     }
 
     fn view<'s>(store: &'s Store, off: usize, layout: Layout) -> Tensor<'s> {
@@ -775,9 +851,11 @@ impl KvCache {
                         None => crate::attention(&qb, &kt, &vt, ob, lb, &oo)?,
                     }
                 }
-                _ => match scratch.as_deref_mut() {
-                    Some(s) => crate::attention_with_scratch(&qb, &self.keys(b), &self.values(b), ob, lb, &oo, s)?,
-                    None => crate::attention(&qb, &self.keys(b), &self.values(b), ob, lb, &oo)?,
+                _ => match (self.row_kv(b), scratch.as_deref_mut()) {
+                    (RowKv::Float(k, v), Some(s)) => crate::attention_with_scratch(&qb, &k, &v, ob, lb, &oo, s)?,
+                    (RowKv::Float(k, v), None) => crate::attention(&qb, &k, &v, ob, lb, &oo)?,
+                    (RowKv::Int8(k, v), Some(s)) => crate::attention::run_with_scratch(&qb, &k, &v, ob, lb, &oo, s)?,
+                    (RowKv::Int8(k, v), None) => crate::attention::run_allocating(&qb, &k, &v, ob, lb, &oo)?,
                 },
             }
         }
@@ -804,7 +882,8 @@ impl KvCache {
             let off = b.saturating_mul(bias.strides[0]).min(bias.data.len());
             oo.bias = Some(crate::Bias::new(&bias.data[off..], bias.strides));
         }
-        let dims = crate::Dims::from_tensors(&batch_row(q, b), &self.keys(b), &self.values(b))?;
+        let (kl, vl) = (self.layout(c.head_dim, b).1, self.layout(c.v_head_dim, b).1);
+        let dims = crate::Dims::from_layouts(&batch_row(q, b).layout, &kl, &vl)?;
         let (kv_len, first) = match c.policy {
             CachePolicy::StreamingLlm { recent, .. } => {
                 if t > recent {
@@ -845,13 +924,12 @@ impl KvCache {
     fn gather(&self, store: &Store, dim: usize, b: usize, slots: &[usize], rope: Option<&RopeTable>) -> Vec<f32> {
         let c = &self.cfg;
         let mut buf = vec![0.0f32; slots.len() * c.kv_heads * dim];
-        let src = store.elems();
         for (i, &slot) in slots.iter().enumerate() {
             for h in 0..c.kv_heads {
                 let off = ((b * c.kv_heads + h) * c.capacity + slot) * dim;
                 let dst = &mut buf[(i * c.kv_heads + h) * dim..(i * c.kv_heads + h + 1) * dim];
                 for (e, d) in dst.iter_mut().enumerate() {
-                    *d = src.get_f32(off + e);
+                    *d = store.get_f32(off + e);
                 }
                 if let Some(r) = rope {
                     r.rotate_row(dst, i);
@@ -860,6 +938,12 @@ impl KvCache {
         }
         buf
     }
+}
+
+/// The K and V of one batch row as the kernels read them.
+enum RowKv<'s> {
+    Float(Tensor<'s>, Tensor<'s>),
+    Int8(Int8Tensor<'s>, Int8Tensor<'s>),
 }
 
 fn read_row(x: &Tensor<'_>, b: usize, s: usize, h: usize, dst: &mut [f32]) {
