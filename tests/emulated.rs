@@ -6,7 +6,7 @@
 //!
 //! Shapes are sized for emulation (about 15× slower than native): together they cover prefill
 //! and decode tiles, the gemm/dot edges (head dims 7, 13, 40, 64), f32/f16/bf16 K/V, causal,
-//! window, GQA, sinks, softcap, split-KV decode, sparse attention and the KV cache's `attend`.
+//! window, GQA, sinks, softcap, split-KV decode, int8 K/V, sparse attention and the KV cache's `attend`.
 //! With `--cfg gated_attention_selftest` the kernel unit tests (`src/kernel/tests.rs`: each
 //! kernel method against the scalar kernel, `exp` bit for bit) run first.
 //!
@@ -49,6 +49,25 @@ fn attention_cases(isa: Isa) {
         for entry in [Entry::Scratch, Entry::Sequential] {
             let (out, lse) = run_kernel(&inp, &c, &opts, entry);
             check(&inp, &c, &opts, &out, &lse, &format!("{} {label} {entry:?}", isa.name()));
+        }
+    }
+}
+
+/// Int8 K and V (NEON's `SXTL` loads): prefill, decode over a split range, a window with sink
+/// tokens, odd head dims; against the reference on the dequantised values.
+fn int8_cases(isa: Isa) {
+    let causal = AttentionOptions::new().causal();
+    let cases = [
+        (Case::new(1, 45, 45, 4, 2, 64), causal, "int8 prefill GQA"),
+        (Case::new(2, 1, 1100, 8, 2, 64), causal, "int8 split-KV decode"),
+        (Case::new(1, 17, 70, 2, 1, 32), causal.sink_tokens(4).window(12), "int8 sink tokens + window"),
+        (Case::new(1, 19, 19, 2, 1, 7).v_dim(13).mem(Mem::Padded, Mem::Bhsd), AttentionOptions::new(), "int8 odd dims"),
+    ];
+    for (c, opts, label) in cases {
+        let opts = opts.isa(isa).parallelism(Parallelism::Sequential);
+        let inp = make_inputs(&c);
+        for entry in [Entry::Scratch, Entry::Sequential] {
+            check_int8_case(&inp, &c, &opts, entry, &format!("{} {label}", isa.name()));
         }
     }
 }
@@ -181,8 +200,9 @@ fn main() {
     #[cfg(not(gated_attention_selftest))]
     println!("note: kernel unit tests not built in (they need --cfg gated_attention_selftest)");
     for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
-        let checks: [Check; 4] = [
+        let checks: [Check; 5] = [
             ("attention", attention_cases),
+            ("int8", int8_cases),
             ("overlapping_rows", overlapping_rows),
             ("sparse", sparse_case),
             ("cache_attend", cache_case),

@@ -10,101 +10,12 @@ use gated_attention::{
     Isa, Layout, Operand, Parallelism, Tensor, TensorMut,
 };
 
-/// An int8 copy of a float operand in the same (possibly strided) layout, with its scales in
-/// `[batch, heads, seq]` order (another order than the values', so both strides are exercised).
-struct Quantised {
-    data: Vec<i8>,
-    scales: Vec<f32>,
-    layout: Layout,
-    scale_layout: Layout,
-}
-
-impl Quantised {
-    fn of(x: &Buf, l: Layout) -> Quantised {
-        let [b, s, h, d] = l.shape;
-        let scale_layout = Layout::bhsd(b, h, s, 1);
-        let mut data = vec![0i8; x.len()];
-        let mut scales = vec![f32::NAN; b * s * h];
-        let mut row = vec![0.0f32; d];
-        for bi in 0..b {
-            for si in 0..s {
-                for hi in 0..h {
-                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
-                    for (e, r) in row.iter_mut().enumerate() {
-                        *r = x.get(off + e);
-                    }
-                    let so = bi * scale_layout.strides[0] + si * scale_layout.strides[1] + hi * scale_layout.strides[2];
-                    scales[so] = quantize_row(&row, &mut data[off..off + d]).unwrap();
-                }
-            }
-        }
-        Quantised { data, scales, layout: l, scale_layout }
-    }
-
-    fn tensor(&self) -> Int8Tensor<'_> {
-        Int8Tensor::new(&self.data, self.layout, &self.scales, self.scale_layout)
-    }
-
-    /// The dequantised values in the same layout (what the reference reads).
-    fn dequantised(&self) -> Buf {
-        let l = self.layout;
-        let mut out = vec![0.0f32; self.data.len()];
-        for bi in 0..l.shape[0] {
-            for si in 0..l.shape[1] {
-                for hi in 0..l.shape[2] {
-                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
-                    let so = bi * self.scale_layout.strides[0]
-                        + si * self.scale_layout.strides[1]
-                        + hi * self.scale_layout.strides[2];
-                    for e in 0..l.shape[3] {
-                        out[off + e] = self.scales[so] * self.data[off + e] as f32;
-                    }
-                }
-            }
-        }
-        Buf::F32(out)
-    }
-}
-
-/// Runs the int8 kernel on the case's K and V quantised, checks it against the reference on the
-/// dequantised values through every entry point, and returns the rayon result.
+/// Runs the int8 kernel through every entry point against the reference on the dequantised
+/// values; the results must be bit-identical. Returns the rayon result.
 fn check_int8(inp: &Inputs, c: &Case, opts: &AttentionOptions<'_>) -> (Buf, Vec<f32>) {
-    let (kq, vq) = (Quantised::of(&inp.k, inp.kl), Quantised::of(&inp.v, inp.vl));
-    let deq = Inputs { q: inp.q.clone(), k: kq.dequantised(), v: vq.dequantised(), ..*inp };
-    let q = Tensor::new(inp.q.elems(), inp.ql);
-    let mut results = Vec::new();
-    for entry in [Entry::Scratch, Entry::Sequential, Entry::Rayon] {
-        let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
-        let mut lse = vec![f32::NAN; c.dims.lse_len()];
-        let o = TensorMut::new(out.elems_mut(), inp.ol);
-        match entry {
-            Entry::Scratch => {
-                let mut scratch = vec![f32::NAN; scratch_len(&c.dims, opts).unwrap()];
-                attention_int8_with_scratch(&q, &kq.tensor(), &vq.tensor(), o, Some(&mut lse), opts, &mut scratch)
-            }
-            Entry::Sequential => attention_int8(
-                &q,
-                &kq.tensor(),
-                &vq.tensor(),
-                o,
-                Some(&mut lse),
-                &opts.parallelism(Parallelism::Sequential),
-            ),
-            Entry::Rayon => attention_int8(
-                &q,
-                &kq.tensor(),
-                &vq.tensor(),
-                o,
-                Some(&mut lse),
-                &opts.parallelism(Parallelism::default()),
-            ),
-        }
-        .expect("attention_int8");
-        let label = format!("int8 {entry:?} on {:?}", opts.resolved_isa());
-        check(&deq, c, opts, &out, &lse, &label);
-        results.push((out, lse));
-    }
-    // Bit-identical for every thread count and entry point.
+    let label = format!("on {:?}", opts.resolved_isa());
+    let mut results: Vec<_> =
+        [Entry::Scratch, Entry::Sequential, Entry::Rayon].map(|e| check_int8_case(inp, c, opts, e, &label)).into();
     let bits = |(o, l): &(Buf, Vec<f32>)| {
         (
             (0..o.len()).map(|i| o.get(i).to_bits()).collect::<Vec<_>>(),

@@ -4,9 +4,10 @@
 
 pub use gated_attention::reference::error_model;
 
+use gated_attention::int8::quantize_row;
 use gated_attention::{
     attention, attention_with_scratch, bf16, f16, reference, scratch_len, AttentionOptions, DType, Dims, Elems,
-    ElemsMut, Layout, Parallelism, Tensor, TensorMut,
+    ElemsMut, Int8Tensor, Layout, Parallelism, Tensor, TensorMut,
 };
 
 #[path = "../../src/splitmix.rs"]
@@ -407,4 +408,90 @@ pub fn check_case(c: &Case, opts: &AttentionOptions<'_>) {
         let (out, lse) = run_kernel(&inp, c, opts, entry);
         check(&inp, c, opts, &out, &lse, &format!("{entry:?}"));
     }
+}
+
+/// An int8 copy of a float operand in the same (possibly strided) layout, with its scales in
+/// `[batch, heads, seq]` order (another order than the values', so both strides are exercised).
+pub struct Quantised {
+    pub data: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub layout: Layout,
+    pub scale_layout: Layout,
+}
+
+impl Quantised {
+    pub fn of(x: &Buf, l: Layout) -> Quantised {
+        let [b, s, h, d] = l.shape;
+        let scale_layout = Layout::bhsd(b, h, s, 1);
+        let mut data = vec![0i8; x.len()];
+        let mut scales = vec![f32::NAN; b * s * h];
+        let mut row = vec![0.0f32; d];
+        for bi in 0..b {
+            for si in 0..s {
+                for hi in 0..h {
+                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
+                    for (e, r) in row.iter_mut().enumerate() {
+                        *r = x.get(off + e);
+                    }
+                    let so = bi * scale_layout.strides[0] + si * scale_layout.strides[1] + hi * scale_layout.strides[2];
+                    scales[so] = quantize_row(&row, &mut data[off..off + d]).unwrap();
+                }
+            }
+        }
+        Quantised { data, scales, layout: l, scale_layout }
+    }
+
+    pub fn tensor(&self) -> Int8Tensor<'_> {
+        Int8Tensor::new(&self.data, self.layout, &self.scales, self.scale_layout)
+    }
+
+    /// The dequantised values in the same layout (what the reference reads).
+    pub fn dequantised(&self) -> Buf {
+        let l = self.layout;
+        let mut out = vec![0.0f32; self.data.len()];
+        for bi in 0..l.shape[0] {
+            for si in 0..l.shape[1] {
+                for hi in 0..l.shape[2] {
+                    let off = bi * l.strides[0] + si * l.strides[1] + hi * l.strides[2];
+                    let so = bi * self.scale_layout.strides[0]
+                        + si * self.scale_layout.strides[1]
+                        + hi * self.scale_layout.strides[2];
+                    for e in 0..l.shape[3] {
+                        out[off + e] = self.scales[so] * self.data[off + e] as f32;
+                    }
+                }
+            }
+        }
+        Buf::F32(out)
+    }
+}
+
+/// [`run_kernel`] with K and V quantised to int8 (`attention_int8[_with_scratch]`; `Rayon` as
+/// `Sequential` without the feature), checked against the reference on the dequantised values.
+pub fn check_int8_case(
+    inp: &Inputs,
+    c: &Case,
+    opts: &AttentionOptions<'_>,
+    entry: Entry,
+    label: &str,
+) -> (Buf, Vec<f32>) {
+    use gated_attention::{attention_int8, attention_int8_with_scratch};
+    let (kq, vq) = (Quantised::of(&inp.k, inp.kl), Quantised::of(&inp.v, inp.vl));
+    let deq = Inputs { q: inp.q.clone(), k: kq.dequantised(), v: vq.dequantised(), ..*inp };
+    let q = Tensor::new(inp.q.elems(), inp.ql);
+    let mut out = Buf::filled(buffer_len(&inp.ol), f32::NAN, c.dtypes[3]);
+    let mut lse = vec![f32::NAN; c.dims.lse_len()];
+    let o = TensorMut::new(out.elems_mut(), inp.ol);
+    let (k, v) = (kq.tensor(), vq.tensor());
+    match entry {
+        Entry::Scratch => {
+            let mut scratch = vec![f32::NAN; scratch_len(&c.dims, opts).expect("scratch_len")];
+            attention_int8_with_scratch(&q, &k, &v, o, Some(&mut lse), opts, &mut scratch)
+        }
+        Entry::Sequential => attention_int8(&q, &k, &v, o, Some(&mut lse), &opts.parallelism(Parallelism::Sequential)),
+        Entry::Rayon => attention_int8(&q, &k, &v, o, Some(&mut lse), &opts.parallelism(Parallelism::default())),
+    }
+    .expect("attention_int8");
+    check(&deq, c, opts, &out, &lse, &format!("int8 {label} {entry:?}"));
+    (out, lse)
 }
