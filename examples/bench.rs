@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- [--threads N] [--workloads P1,P2,P3,D1,D2] [--reps N]
-//!     [--json-only] [--kv f32,f16,bf16] [--cache warm|cold|both] [--isa scalar|portable|avx2-fma|neon]
+//!     [--json-only] [--kv f32,f16,bf16,i8] [--cache warm|cold|both] [--isa scalar|portable|avx2-fma|neon]
 //!     [--bw-mib N] [--no-check]
 //! ```
 //!
@@ -34,7 +34,7 @@ usage: cargo run --release --example bench -- [options]
   --workloads LIST     comma list of P1,P2,P3,D1,D2 (default all)
   --reps N             timed calls per workload after warm-up (default 9)
   --json-only          print only the JSON lines on stdout (progress still goes to stderr)
-  --kv LIST            KV dtypes for every selected workload, of f32,f16,bf16
+  --kv LIST            KV dtypes for every selected workload, of f32,f16,bf16,i8
                        (default: f32 for P1-P3, f32,f16 for D1 and D2)
   --cache MODE         decode only: warm (KV left in cache between calls, as the peers run),
                        cold (last-level cache evicted before every timed call) or both (default)

@@ -194,9 +194,18 @@ fn quantize_with(get: impl Fn(usize) -> f32, dst: &mut [i8]) -> f32 {
     let q = QMAX as f32;
     for (e, d) in dst.iter_mut().enumerate() {
         // |x / scale| ≤ 127 up to one rounding; the clamp keeps the symmetric range exactly.
-        *d = libm::rintf(get(e) / scale).clamp(-q, q) as i8;
+        *d = round_ties_even(get(e) / scale).clamp(-q, q) as i8;
     }
     scale
+}
+
+/// `x` rounded to the nearest integer, ties to even, for `|x| < 2²²`: adding 1.5·2²³ leaves no
+/// fraction bits, so the f32 addition itself rounds (to nearest even), and subtracting it back is
+/// exact. (`libm::rintf` does the same in software, several times slower.)
+#[inline(always)]
+fn round_ties_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (x + MAGIC) - MAGIC
 }
 
 /// Quantises every row of `x` (any layout and element type) into contiguous

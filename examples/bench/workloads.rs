@@ -2,7 +2,10 @@
 //! inputs. Shared by `examples/bench.rs` and `benches/attention.rs` (through `#[path]`).
 #![allow(dead_code)] // shared by several targets (bench, decode_sweep, benches/attention), each using a part
 
-use gated_attention::{attention, bf16, f16, AttentionOptions, Error, Isa, Tensor, TensorMut};
+use gated_attention::int8::quantize;
+use gated_attention::{
+    attention, attention_int8, bf16, f16, AttentionOptions, Error, Int8Tensor, Isa, Tensor, TensorMut,
+};
 
 /// Storage type of the keys and values (queries and outputs are always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +16,8 @@ pub enum KvDtype {
     F16,
     /// bfloat16.
     Bf16,
+    /// int8 with one f32 scale per (token, KV head) row (`gated_attention::int8`).
+    I8,
 }
 
 impl KvDtype {
@@ -22,6 +27,7 @@ impl KvDtype {
             KvDtype::F32 => "f32",
             KvDtype::F16 => "f16",
             KvDtype::Bf16 => "bf16",
+            KvDtype::I8 => "i8",
         }
     }
 
@@ -31,15 +37,17 @@ impl KvDtype {
             "f32" => Some(KvDtype::F32),
             "f16" => Some(KvDtype::F16),
             "bf16" => Some(KvDtype::Bf16),
+            "i8" | "int8" => Some(KvDtype::I8),
             _ => None,
         }
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes of one row of `d` elements (an int8 row with its f32 scale).
+    pub fn row_bytes(self, d: usize) -> usize {
         match self {
-            KvDtype::F32 => 4,
-            KvDtype::F16 | KvDtype::Bf16 => 2,
+            KvDtype::F32 => 4 * d,
+            KvDtype::F16 | KvDtype::Bf16 => 2 * d,
+            KvDtype::I8 => d + 4,
         }
     }
 }
@@ -132,9 +140,10 @@ impl Workload {
         4.0 * self.lq as f64 * self.lk_eff() * self.d as f64 * self.hq as f64
     }
 
-    /// Bytes of K and V one call must read at least: 2 · Lk · Hkv · D · sizeof(kv).
+    /// Bytes of K and V one call must read at least: 2 · Lk · Hkv · D · sizeof(kv) (int8: D + 4
+    /// bytes per row, its scale included).
     pub fn kv_bytes(&self, dt: KvDtype) -> f64 {
-        2.0 * self.lk as f64 * self.hkv as f64 * self.d as f64 * dt.size() as f64
+        2.0 * self.lk as f64 * self.hkv as f64 * dt.row_bytes(self.d) as f64
     }
 
     /// True for the one-query decode workloads.
@@ -163,24 +172,45 @@ pub enum KvBuf {
     F16(Vec<f16>),
     /// bf16 elements.
     Bf16(Vec<bf16>),
+    /// int8 rows of `dim` values, one scale each, and their dequantised values (for the reference).
+    I8 { values: Vec<i8>, scales: Vec<f32>, dequantised: Vec<f32> },
 }
 
 impl KvBuf {
-    /// `n` values in [-1, 1] from `seed`, rounded to `dt`.
-    pub fn random(dt: KvDtype, n: usize, seed: u64) -> KvBuf {
+    /// `n` values in [-1, 1] from `seed`, rounded to `dt` (quantised in rows of `dim` for int8).
+    pub fn random(dt: KvDtype, n: usize, dim: usize, seed: u64) -> KvBuf {
         let x = random_f32(n, seed);
         match dt {
             KvDtype::F32 => KvBuf::F32(x),
             KvDtype::F16 => KvBuf::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
             KvDtype::Bf16 => KvBuf::Bf16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+            KvDtype::I8 => {
+                let (mut values, mut scales) = (vec![0i8; n], vec![0.0f32; n / dim]);
+                quantize(&Tensor::bshd(&x[..], 1, n / dim, 1, dim), &mut values, &mut scales).expect("quantize");
+                let mut dequantised = vec![0.0f32; n];
+                Int8Tensor::bshd(&values, &scales, 1, n / dim, 1, dim)
+                    .dequantize_into(&mut dequantised)
+                    .expect("dequantize");
+                KvBuf::I8 { values, scales, dequantised }
+            }
         }
     }
 
-    /// BSHD view of the first `seq` positions.
+    /// BSHD int8 view of the first `seq` positions (`None` for float storage).
+    pub fn int8(&self, seq: usize, heads: usize, dim: usize) -> Option<Int8Tensor<'_>> {
+        match self {
+            KvBuf::I8 { values, scales, .. } => {
+                Some(Int8Tensor::bshd(&values[..seq * heads * dim], &scales[..seq * heads], 1, seq, heads, dim))
+            }
+            _ => None,
+        }
+    }
+
+    /// BSHD view of the first `seq` positions (int8: the dequantised values).
     pub fn tensor(&self, seq: usize, heads: usize, dim: usize) -> Tensor<'_> {
         let n = seq * heads * dim;
         match self {
-            KvBuf::F32(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
+            KvBuf::F32(x) | KvBuf::I8 { dequantised: x, .. } => Tensor::bshd(&x[..n], 1, seq, heads, dim),
             KvBuf::F16(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
             KvBuf::Bf16(x) => Tensor::bshd(&x[..n], 1, seq, heads, dim),
         }
@@ -212,8 +242,8 @@ impl Inputs {
             w,
             dt,
             q: random_f32(w.lq * w.hq * w.d, 0x5EED_0001),
-            k: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0002),
-            v: KvBuf::random(dt, w.lk * w.hkv * w.d, 0x5EED_0003),
+            k: KvBuf::random(dt, w.lk * w.hkv * w.d, w.d, 0x5EED_0002),
+            v: KvBuf::random(dt, w.lk * w.hkv * w.d, w.d, 0x5EED_0003),
             o: vec![0.0; w.lq * w.hq * w.d],
             isa: None,
         }
@@ -224,13 +254,11 @@ impl Inputs {
         let w = self.w;
         let mut opts = w.options();
         opts.isa = self.isa;
-        attention(
-            &Tensor::bshd(&self.q[..], 1, w.lq, w.hq, w.d),
-            &self.k.tensor(w.lk, w.hkv, w.d),
-            &self.v.tensor(w.lk, w.hkv, w.d),
-            TensorMut::bshd(&mut self.o[..], 1, w.lq, w.hq, w.d),
-            None,
-            &opts,
-        )
+        let q = Tensor::bshd(&self.q[..], 1, w.lq, w.hq, w.d);
+        let o = TensorMut::bshd(&mut self.o[..], 1, w.lq, w.hq, w.d);
+        match (self.k.int8(w.lk, w.hkv, w.d), self.v.int8(w.lk, w.hkv, w.d)) {
+            (Some(k), Some(v)) => attention_int8(&q, &k, &v, o, None, &opts),
+            _ => attention(&q, &self.k.tensor(w.lk, w.hkv, w.d), &self.v.tensor(w.lk, w.hkv, w.d), o, None, &opts),
+        }
     }
 }
