@@ -6,8 +6,10 @@
 //! output against f32 K/V.
 //!
 //! ```text
-//! cargo run --release --example kv_int8 -- [--threads 2] [--pairs 31] [--len 32768]
+//! cargo run --release --example kv_int8 -- [--threads 2] [--pairs 31] [--len 32768] [--warm]
 //! ```
+//! `--warm` leaves the caches as the previous call left them (no eviction): with a short cache
+//! that fits the last-level cache, this measures the kernels' arithmetic alone.
 //! Shape: Hq = 32, Hkv = 8, D = 128, one query token (DESIGN.md §6 D2 at `--len 32768`, D1 at
 //! 8192). See `benches/README.md`, "Int8 KV".
 
@@ -26,11 +28,15 @@ use gated_attention::{AttentionOptions, DType, Tensor, TensorMut};
 const EVICT_MIB: usize = 128;
 
 fn main() {
-    let (mut threads, mut pairs, mut len) = (2usize, 31usize, 32768usize);
+    let (mut threads, mut pairs, mut len, mut warm) = (2usize, 31usize, 32768usize, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--warm" {
+            warm = true;
+            continue;
+        }
         let v: usize = it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-            eprintln!("usage: kv_int8 [--threads N] [--pairs N] [--len N]");
+            eprintln!("usage: kv_int8 [--threads N] [--pairs N] [--len N] [--warm]");
             std::process::exit(2)
         });
         match flag.as_str() {
@@ -99,7 +105,9 @@ fn main() {
             // Alternate which goes first, so neither always follows the eviction's own traffic.
             for k in 0..2 {
                 let which = (k + p) % 2;
-                buf.evict_caches(EVICT_MIB);
+                if !warm {
+                    buf.evict_caches(EVICT_MIB);
+                }
                 let t = Instant::now();
                 step(which, &mut out);
                 pair[which] = t.elapsed().as_secs_f64();
@@ -121,8 +129,10 @@ fn main() {
     let bytes = |row: usize| (2 * len * hkv * row) as f64;
     let (b16, b8) = (bytes(2 * d), bytes(d + 4));
     let bw = read_bw.max(read_bw_end);
+    let mode = if warm { "warm" } else { "cold" };
     println!(
-        "int8 vs f16 KV cache, decode step: Hq={hq} Hkv={hkv} D={d}, {len} tokens, {threads} threads, {pairs} pairs"
+        "int8 vs f16 KV cache, decode step: Hq={hq} Hkv={hkv} D={d}, {len} tokens, {threads} threads, {pairs} pairs, \
+         {mode}"
     );
     println!("  read bandwidth of the run {bw:.1} GB/s (start {read_bw:.1}, end {read_bw_end:.1})");
     println!(
@@ -146,7 +156,7 @@ fn main() {
     println!("  int8 / f16 time, median of {pairs} paired ratios: {mr:.3} (quartiles {lo:.3} … {hi:.3})");
     println!("  output error against f32 K/V (max |o|·{scale:.3e}): int8 {:.3e}, f16 {:.3e}", err(&o8), err(&o16));
     println!(
-        "{{\"bench\":\"kv_int8\",\"len\":{len},\"threads\":{threads},\"pairs\":{pairs},\"f16_ms\":{:.4},\"int8_ms\":{:.4},\"ratio_median\":{mr:.4},\"ratio_q1\":{lo:.4},\"ratio_q3\":{hi:.4},\"read_bw\":{bw:.2},\"err_int8\":{:.3e},\"err_f16\":{:.3e},\"out_max\":{scale:.3e}}}",
+        "{{\"bench\":\"kv_int8\",\"cache\":\"{mode}\",\"len\":{len},\"threads\":{threads},\"pairs\":{pairs},\"f16_ms\":{:.4},\"int8_ms\":{:.4},\"ratio_median\":{mr:.4},\"ratio_q1\":{lo:.4},\"ratio_q3\":{hi:.4},\"read_bw\":{bw:.2},\"err_int8\":{:.3e},\"err_f16\":{:.3e},\"out_max\":{scale:.3e}}}",
         m16 * 1e3,
         m8 * 1e3,
         err(&o8),
