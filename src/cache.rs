@@ -1,5 +1,6 @@
 //! A KV cache for token-by-token decoding: owned `[batch, kv_heads, capacity, dim]` storage in
-//! f32, f16 or bf16, per-batch-row lengths, and three eviction policies.
+//! f32, f16 or bf16 ([`KvCache`]) or int8 with one f32 scale per row ([`Int8KvCache`]),
+//! per-batch-row lengths, and three eviction policies.
 //!
 //! Keys always sit in position order, so the attention kernel reads the cache in place with its
 //! masks as loop bounds. Eviction is amortised compaction: when an append does not fit, the rows

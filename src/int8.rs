@@ -14,8 +14,12 @@
 //!   run on the *dequantised* K and V ([`Int8Tensor::dequantize_into`]), with the f32 tolerance
 //!   and error model of every other path: int8 storage adds no kernel error.
 //! * **The quantisation** is the caller's choice and is not part of that bound. Its effect on the
-//!   output, measured against f32 K and V (`tests/int8.rs` asserts a bound; `benches/README.md`
-//!   has the measured table), is about 0.3–1% of the output's scale for Gaussian K and V.
+//!   output, measured against f32 K and V (decode over 4096 keys, D 128; the table is in
+//!   `benches/README.md`, "Int8 KV", and `tests/int8.rs` asserts it), is 0.6% of the output's
+//!   largest magnitude for uniform K and V and 1.1% for Gaussian ones (bf16 storage: 0.3%), but
+//!   11% when one channel of K is 20× the others: a per-row scale spends its range on the
+//!   outlier. Per-channel K scales (KIVI) or blocks of 32 (llama.cpp's `q8_0`) would confine it;
+//!   this format does not.
 //! * **Non-finite input**: a row holding NaN or ±inf is stored with scale NaN and all-zero
 //!   values, so it dequantises to NaN: the rows that see it get NaN, the others never do.
 //!

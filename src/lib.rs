@@ -14,7 +14,9 @@
 //!   visited; only boundary tiles are masked. No `L × L` tensor exists anywhere.
 //! * **Score options**: custom scale, softcap, ALiBi, additive bias, learned per-head sink logits
 //!   (gpt-oss).
-//! * **Storage**: Q, K, V and O each f32, f16 or bf16; accumulation is always f32.
+//! * **Storage**: Q, K, V and O each f32, f16 or bf16; accumulation is always f32. K and V may
+//!   also be int8 with one f32 scale per (token, head) row ([`int8`]: [`attention_int8`], the
+//!   cache's `Int8KvCache`), read in place and dequantised in registers.
 //! * **LSE** per `(batch, head, row)` in natural log, on request.
 //! * **Around the kernel** (feature `alloc`): [`rope`], the KV [`cache`], output [`gate`]s, gated
 //!   [`sparse`] attention (DSA and GSA indexers, top-k, the sparse kernel); with feature `layer`
@@ -77,7 +79,8 @@
 //! ## Entry points
 //! * [`attention`] (feature `alloc`): allocates its scratch, runs on rayon by default.
 //! * [`attention_with_scratch`] + [`scratch_len`]: allocation-free, on the calling thread; the
-//!   only entry point without `alloc`.
+//!   only entry point without `alloc` (with [`attention_int8_with_scratch`] for int8 K and V).
+//! * [`attention_int8`] (feature `alloc`): [`attention`] with int8 K and V ([`Int8Tensor`]).
 //! * [`reference::attention`] (feature `alloc`): the f64 oracle, with its own argument checks
 //!   (the kernels' [`Error`] for the same input) and its own RoPE frequencies.
 //!

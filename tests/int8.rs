@@ -216,26 +216,54 @@ fn bad_int8_arguments_are_errors_and_write_nothing() {
     assert!(matches!(good.dequantize_into(&mut o), Err(Error::ShapeMismatch { operand: Operand::Output, .. })));
 }
 
-/// The quantisation's own effect, against f32 K and V: for Gaussian-like K and V the output moves
-/// by a small fraction of its scale. The bound is asserted with a margin over what was measured
-/// (`benches/README.md`, "Int8 KV"); prints the measured figures.
+/// The quantisation's own effect: the output with int8 K and V against the output with f32 K and
+/// V (the same kernel), next to f16 and bf16 storage of the same values, for three kinds of K:
+/// uniform, Gaussian-like, and Gaussian with one outlier channel 20× larger (per-token scales
+/// spend their range on it). Prints the table of `benches/README.md` ("Int8 KV") and asserts its
+/// int8 column with a margin over what was measured.
 #[test]
 fn the_quantisation_error_stays_within_its_documented_size() {
-    for (kv_len, dk) in [(256usize, 64usize), (4096, 128)] {
-        let c = Case::new(1, 1, kv_len, 8, 2, dk);
-        let inp = make_inputs(&c);
-        let opts = AttentionOptions::new().causal();
-        let (int8_out, _) = check_int8(&inp, &c, &opts);
-        let (f32_out, _) = run_kernel(&inp, &c, &opts, Entry::Sequential);
-        let mut worst = 0.0f64;
-        let mut scale = 0.0f64;
-        for i in 0..f32_out.len() {
-            worst = worst.max((int8_out.get(i) as f64 - f32_out.get(i) as f64).abs());
-            scale = scale.max((f32_out.get(i) as f64).abs());
+    let c = Case::new(1, 1, 4096, 32, 8, 128);
+    let opts = AttentionOptions::new().causal().parallelism(Parallelism::Sequential);
+    println!("K/V values          | int8 | f16 | bf16  (max |O - O_f32| / max |O_f32|)");
+    // An outlier channel costs per-token scales an order of magnitude (measured 0.111): the
+    // documented limit of this format (per-channel K scales, as KIVI uses, or blocks of 32, as
+    // llama.cpp's q8_0, would confine it).
+    for (kind, bound) in [("uniform", 0.02), ("gaussian", 0.02), ("gaussian + outlier channel", 0.15)] {
+        let mut inp = make_inputs(&c);
+        let mut rng = Rng::new(21);
+        let n = inp.k.len();
+        let mut gauss = || (0..4).map(|_| rng.uniform()).sum::<f32>() * 0.87;
+        if kind != "uniform" {
+            for i in 0..n {
+                let outlier = kind.ends_with("channel") && i % c.dims.head_dim == 5;
+                inp.k.set(i, gauss() * if outlier { 20.0 } else { 1.0 });
+                inp.v.set(i, gauss());
+            }
         }
-        println!("int8 KV, kv_len {kv_len}, head_dim {dk}: max |O_int8 - O_f32| = {worst:.3e}, max |O| = {scale:.3e}");
-        assert!(worst <= 0.02 * scale, "int8 error {worst:e} beyond 2% of the output scale {scale:e}");
+        let (f32_out, _) = run_kernel(&inp, &c, &opts, Entry::Sequential);
+        let scale = (0..f32_out.len()).map(|i| f32_out.get(i).abs() as f64).fold(0.0, f64::max);
+        let rel =
+            |o: &Buf| (0..o.len()).map(|i| (o.get(i) as f64 - f32_out.get(i) as f64).abs()).fold(0.0, f64::max) / scale;
+        let int8 = rel(&check_int8_case(&inp, &c, &opts, Entry::Sequential, kind).0);
+        let half = |dt: DType| {
+            let h = Inputs {
+                q: inp.q.clone(),
+                k: Buf::from_f32(&to_vec(&inp.k), dt),
+                v: Buf::from_f32(&to_vec(&inp.v), dt),
+                ..inp
+            };
+            rel(&run_kernel(&h, &c, &opts, Entry::Sequential).0)
+        };
+        let (f16e, bf16e) = (half(DType::F16), half(DType::BF16));
+        println!("{kind:<27} | {int8:.2e} | {f16e:.2e} | {bf16e:.2e}");
+        assert!(int8 <= bound, "{kind}: int8 moves the output by {int8:e} of its scale, beyond {bound}");
+        assert!(int8 > f16e, "{kind}: int8 cannot be more exact than f16 here");
     }
+}
+
+fn to_vec(b: &Buf) -> Vec<f32> {
+    (0..b.len()).map(|i| b.get(i)).collect()
 }
 
 /// The float path is untouched by the int8 one: the same call with f32 K/V equal to the
