@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use gated_attention::int8::{quantize, quantize_row, QMAX};
 use gated_attention::{
-    attention, attention_int8, AttentionOptions, DType, Error, Int8Tensor, Isa, Layout, Operand, Parallelism, Tensor,
-    TensorMut,
+    attention, attention_int8, attention_int8_with_scratch, AttentionOptions, DType, Error, Int8Tensor, Isa, Layout,
+    Operand, Parallelism, Tensor, TensorMut,
 };
 
 /// Runs the int8 kernel through every entry point against the reference on the dequantised
@@ -283,4 +283,92 @@ fn prefill_dequantises_exactly() {
     let (kt, vt) = (Tensor::new(kd.elems(), inp.kl), Tensor::new(vd.elems(), inp.vl));
     attention(&q, &kt, &vt, TensorMut::new(&mut b[..], inp.ol), None, &opts).unwrap();
     assert_eq!(a, b);
+}
+
+/// Hostile views: empty sequences, stride-0 values and scales of a long logical sequence, scales
+/// shared by every row, a query-less call; each either computes what the reference computes on
+/// the dequantised values or is an `Error`, never a panic.
+#[test]
+fn hostile_int8_views_are_computed_or_refused() {
+    let (hq, hkv, d) = (4usize, 2usize, 16usize);
+    let q = vec![0.25f32; 3 * hq * d];
+    let mut out = vec![0.0f32; 3 * hq * d];
+    let mut lse = vec![0.0f32; 3 * hq];
+    // kv_len 0: every row sees nothing: zeros and LSE -inf.
+    let empty = Int8Tensor::bshd(&[], &[], 1, 0, hkv, d);
+    let qt = Tensor::bshd(&q[..], 1, 3, hq, d);
+    attention_int8(
+        &qt,
+        &empty,
+        &empty,
+        TensorMut::bshd(&mut out[..], 1, 3, hq, d),
+        Some(&mut lse),
+        &AttentionOptions::new(),
+    )
+    .unwrap();
+    assert!(out.iter().all(|&x| x == 0.0) && lse.iter().all(|&x| x == f32::NEG_INFINITY));
+    // One stored row and one scale broadcast over 1000 keys by stride 0: every key the same, so
+    // the output is that row's dequantised values.
+    let row: Vec<i8> = (0..hkv * d).map(|i| (i % 50) as i8 - 25).collect();
+    let scale = [0.02f32, 0.03];
+    let long = Int8Tensor::new(
+        &row,
+        Layout { shape: [1, 1000, hkv, d], strides: [0, 0, d] },
+        &scale,
+        Layout { shape: [1, 1000, hkv, 1], strides: [0, 0, 1] },
+    );
+    attention_int8(
+        &qt,
+        &long,
+        &long,
+        TensorMut::bshd(&mut out[..], 1, 3, hq, d),
+        None,
+        &AttentionOptions::new().causal(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        for h in 0..hq {
+            for e in 0..d {
+                let want = scale[h / 2] * row[(h / 2) * d + e] as f32;
+                let got = out[(i * hq + h) * d + e];
+                assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "row {i} head {h} dim {e}: {got} vs {want}");
+            }
+        }
+    }
+    // No queries: nothing to compute, nothing written, scratch 0.
+    let none = Tensor::bshd(&q[..0], 1, 0, hq, d);
+    attention_int8_with_scratch(
+        &none,
+        &long,
+        &long,
+        TensorMut::bshd(&mut out[..0], 1, 0, hq, d),
+        None,
+        &AttentionOptions::new(),
+        &mut [],
+    )
+    .unwrap();
+    // Logical sizes past isize::MAX through stride 0: refused as overflow, not computed.
+    let huge = Int8Tensor::new(
+        &row,
+        Layout { shape: [1, usize::MAX / 2, hkv, d], strides: [0, 0, d] },
+        &scale,
+        Layout { shape: [1, usize::MAX / 2, hkv, 1], strides: [0, 0, 1] },
+    );
+    let r =
+        attention_int8(&qt, &huge, &huge, TensorMut::bshd(&mut out[..], 1, 3, hq, d), None, &AttentionOptions::new());
+    assert!(matches!(r, Err(Error::ShapeOverflow { .. })), "{r:?}");
+    // Scales whose layout overflows while the values fit.
+    let bad_scales =
+        Int8Tensor { scale_layout: Layout { shape: [1, 1000, hkv, 1], strides: [0, usize::MAX, 1] }, ..long };
+    let r = attention_int8(
+        &qt,
+        &bad_scales,
+        &long,
+        TensorMut::bshd(&mut out[..], 1, 3, hq, d),
+        None,
+        &AttentionOptions::new(),
+    );
+    assert!(matches!(r, Err(Error::ShapeOverflow { operand: Operand::Key })), "{r:?}");
+    // dequantize_into of a huge stride-0 view: an error, not an allocation or a panic.
+    assert!(huge.dequantize_into(&mut out).is_err());
 }
