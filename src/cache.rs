@@ -41,6 +41,25 @@ use alloc::vec::Vec;
 mod int8;
 pub use int8::Int8KvCache;
 
+/// The caches a [`GatedAttention`](crate::layer::GatedAttention) layer decodes through:
+/// [`KvCache`] (f32, f16 or bf16 rows) and [`Int8KvCache`]. Sealed.
+pub trait DecodeCache: sealed::Inner {}
+impl DecodeCache for KvCache {}
+impl DecodeCache for Int8KvCache {}
+
+pub(crate) mod sealed {
+    /// The float or int8 cache underneath (an [`Int8KvCache`](super::Int8KvCache) is a
+    /// [`KvCache`](super::KvCache) with int8 stores).
+    pub trait Inner {
+        fn kv_mut(&mut self) -> &mut super::KvCache;
+    }
+    impl Inner for super::KvCache {
+        fn kv_mut(&mut self) -> &mut super::KvCache {
+            self
+        }
+    }
+}
+
 use crate::element::{DType, Element, Elems};
 use crate::error::{Error, Operand};
 use crate::int8::Int8Tensor;
@@ -166,7 +185,7 @@ enum Store {
     },
 }
 
-/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0, integer 0).
+/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0 for f32, f16, bf16; 0 for i8).
 trait ZeroBits: Copy {}
 impl ZeroBits for f32 {}
 impl ZeroBits for f16 {}
@@ -443,6 +462,13 @@ impl KvCache {
         let per_batch = c.kv_heads * c.capacity;
         let scale_layout = Layout { shape: [1, layout.seq(), c.kv_heads, 1], strides: [per_batch, 1, c.capacity] };
         Int8Tensor::new(&values[off..], layout, &scales[b * per_batch..], scale_layout)
+    }
+
+    /// Element `e` of the key in slot `slot` of KV head `h` in batch row `b`, widened (an int8
+    /// one dequantised). The indices are the caller's to keep in range.
+    pub(crate) fn key_f32(&self, b: usize, slot: usize, h: usize, e: usize) -> f32 {
+        let c = &self.cfg;
+        self.k.get_f32(((b * c.kv_heads + h) * c.capacity + slot) * c.head_dim + e)
     }
 
     /// The keys and values of batch row `b`, read in place.

@@ -147,8 +147,10 @@ impl KvOperand for Int8Tensor<'_> {
 /// Quantises one row: writes `dst[e] = round(src[e] / scale)` (ties to even, within `±127`)
 /// and returns `scale = max|src| / 127`.
 ///
-/// An all-zero row (or an empty one) gets scale 0. A row holding NaN or ±inf gets scale NaN and
-/// zeros, so it dequantises to NaN (see the [module documentation](self)).
+/// An all-zero row (or an empty one) gets scale 0, and so does a row whose largest magnitude is
+/// below `127 · 2⁻¹⁴⁹` (its scale would round to 0; it is stored as zeros). Below `127 · 2⁻¹²⁶`
+/// the scale is subnormal and its step relatively coarser. A row holding NaN or ±inf gets scale
+/// NaN and zeros, so it dequantises to NaN (see the [module documentation](self)).
 ///
 /// # Errors
 /// [`Error::ShapeMismatch`] with [`Operand::Output`] when the lengths differ; `dst` is then
@@ -190,11 +192,13 @@ fn quantize_with(get: impl Fn(usize) -> f32, dst: &mut [i8]) -> f32 {
         }
         amax = amax.max(a);
     }
-    if amax == 0.0 {
+    let scale = amax / QMAX as f32;
+    if scale == 0.0 {
+        // All zeros, or a largest magnitude below 127 · 2⁻¹⁴⁹ (whose scale would round to 0):
+        // the row is stored as zeros (off by at most 2⁻¹⁴²).
         dst.fill(0);
         return 0.0;
     }
-    let scale = amax / QMAX as f32;
     let q = QMAX as f32;
     for (e, d) in dst.iter_mut().enumerate() {
         // |x / scale| ≤ 127 up to one rounding; the clamp keeps the symmetric range exactly.

@@ -33,6 +33,8 @@ fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
     vec![
         (Case::new(2, 70, 70, 8, 2, 64), AttentionOptions::new().causal()),
         (Case::new(1, 1, 3000, 8, 2, 128), AttentionOptions::new().causal()),
+        // 4 queries × GQA 2 = 8 rows: decode tiles with hidden keys (window edges).
+        (Case::new(1, 4, 300, 4, 2, 32), AttentionOptions::new().causal().window(37)),
         (Case::new(2, 4, 1500, 8, 1, 64).v_dim(48), AttentionOptions::new().causal().window(600).sink_tokens(3)),
         (Case::new(1, 67, 200, 4, 4, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal().softcap(3.0)),
         (Case::new(1, 19, 40, 8, 2, 7).v_dim(13).mem(Mem::Padded, Mem::Bhsd), AttentionOptions::new().sinks(&SINKS)),
@@ -62,7 +64,9 @@ fn int8_kv_matches_the_reference_on_the_dequantised_values_on_every_isa() {
 #[test]
 fn a_non_finite_row_reaches_only_the_rows_that_see_it() {
     for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
-        for (q_len, poison) in [(40usize, 25usize), (1, 35), (1, 5)] {
+        // (4, 30): 4 queries × 2 heads of a group = 8 rows, the decode path, whose tile [29, 40)
+        // hides key 30 from queries 2 and 3 (the window): the staged-V containment.
+        for (q_len, poison) in [(40usize, 25usize), (4, 30), (1, 35), (1, 5)] {
             for (operand, value) in [("k", f32::NAN), ("v", f32::INFINITY), ("v", f32::NAN)] {
                 let c = Case::new(1, q_len, 40, 4, 2, 32);
                 let mut inp = make_inputs(&c);

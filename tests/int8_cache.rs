@@ -229,3 +229,41 @@ fn bad_arguments_are_errors_and_write_nothing() {
     assert!(out.iter().all(|&o| o == 7.0), "nothing written on Err");
     assert!(matches!(cache.rollback(0, 4), Err(Error::RollbackTooFar { .. })));
 }
+
+/// The layer decodes through an int8 cache as through a float one: its output stays within the
+/// quantisation's effect of the f32 cache's (a bound measured with a margin, as in `tests/int8.rs`),
+/// `forward_with` equals `forward` bit for bit, and the statistics see the int8 first key.
+#[test]
+fn the_layer_decodes_through_an_int8_cache() {
+    use gated_attention::layer::{ForwardStats, GateConfig, GatedAttention, GatedAttentionConfig, LayerWorkspace};
+    let mut cfg = GatedAttentionConfig::new(128, 8, 2, 32);
+    cfg.gate = Some(GateConfig::qwen3_next());
+    let layer = GatedAttention::seeded(cfg, 3).unwrap();
+    let (mut c8, mut c8b, mut c32) = (
+        layer.new_int8_cache(2, 32).unwrap(),
+        layer.new_int8_cache(2, 32).unwrap(),
+        layer.new_cache(2, 32, DType::F32).unwrap(),
+    );
+    let mut rng = Rng::new(4);
+    let mut ws = LayerWorkspace::new();
+    let mut stats = ForwardStats::default();
+    let mut worst = 0.0f32;
+    for step in 0..10 {
+        let l = if step == 0 { 6 } else { 1 };
+        let x: Vec<f32> = (0..2 * l * 128).map(|_| rng.uniform()).collect();
+        let y8 = layer.forward(&x, 2, &mut c8, None).unwrap();
+        let y8b = layer.forward_with(&mut ws, &x, 2, &mut c8b, None).unwrap();
+        assert_eq!(&y8[..], y8b, "step {step}");
+        let y32 = layer.forward_with_stats(&x, 2, &mut c32, None, &mut stats).unwrap();
+        let scale = y32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let err = y8.iter().zip(&y32).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        worst = worst.max(err / scale);
+    }
+    println!("layer output, int8 cache against f32 cache: max |Δ| / max |y| = {worst:.2e}");
+    assert!(worst > 0.0 && worst < 0.03, "int8 cache moves the layer output by {worst:e} of its scale");
+    let mut st8 = ForwardStats::default();
+    let x: Vec<f32> = (0..2 * 128).map(|_| rng.uniform()).collect();
+    layer.forward_with_stats(&x, 2, &mut c8, None, &mut st8).unwrap();
+    assert!(st8.first_token_mass.iter().all(|&(p, n)| n == 2 && p > 0.0 && p < 2.0));
+    assert_eq!(c8.len(0), 16);
+}

@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use gated_attention::cache::{CachePolicy, KvCache, KvCacheConfig};
+use gated_attention::cache::{CachePolicy, DecodeCache, KvCache, KvCacheConfig};
 use gated_attention::layer::{
     GateConfig, GateGranularity, GatePosition, GateSharing, GatedAttention, GatedAttentionConfig, LayerWorkspace,
     QkNorm,
@@ -74,7 +74,7 @@ fn inputs(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Prefills 6 tokens, takes 3 warm-up steps, then counts 6 steps (on the calling thread).
-fn steady_allocations(layer: &GatedAttention, cache: &mut KvCache, batch: usize, explicit: bool) -> usize {
+fn steady_allocations<C: DecodeCache>(layer: &GatedAttention, cache: &mut C, batch: usize, explicit: bool) -> usize {
     let dm = layer.config().hidden_size;
     let mut ws = LayerWorkspace::new();
     let prompt = inputs(batch * 6 * dm, 1);
@@ -82,7 +82,7 @@ fn steady_allocations(layer: &GatedAttention, cache: &mut KvCache, batch: usize,
     layer.forward_with(&mut ws, &prompt, batch, cache, explicit.then_some(&pos[..])).unwrap();
     let steps = inputs(9 * batch * dm, 2);
     let positions: Vec<Vec<usize>> = (0..9).map(|s| vec![6 + s; batch]).collect();
-    let step = |s: usize, ws: &mut LayerWorkspace, cache: &mut KvCache| {
+    let step = |s: usize, ws: &mut LayerWorkspace, cache: &mut C| {
         let x = &steps[s * batch * dm..(s + 1) * batch * dm];
         let y = layer.forward_with(ws, x, batch, cache, explicit.then_some(&positions[s][..])).unwrap();
         assert!(y.iter().all(|v| v.is_finite()));
@@ -146,6 +146,9 @@ fn a_sequential_decode_step_allocates_nothing() {
                     "{name}, {weights:?} weights, {cache_dtype:?} cache, batch {batch}, explicit {explicit}"
                 );
             }
+            let mut int8 = layer.new_int8_cache(2, capacity(&cfg)).unwrap();
+            let n = steady_allocations(&layer, &mut int8, 2, false);
+            assert_eq!(n, 0, "{name}, {weights:?} weights, int8 cache, batch 2");
         }
     }
 }

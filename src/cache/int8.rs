@@ -36,6 +36,12 @@ pub struct Int8KvCache {
     inner: KvCache,
 }
 
+impl super::sealed::Inner for Int8KvCache {
+    fn kv_mut(&mut self) -> &mut KvCache {
+        &mut self.inner
+    }
+}
+
 impl Int8KvCache {
     /// Allocates the storage: [`Int8KvCache::storage_bytes`].
     ///
@@ -55,7 +61,8 @@ impl Int8KvCache {
             .saturating_mul(cfg.head_dim.saturating_add(cfg.v_head_dim).saturating_add(8))
     }
 
-    /// The configuration.
+    /// The configuration (its `dtype` unused, so its [`KvCacheConfig::storage_bytes`] is not this
+    /// cache's: that is [`Int8KvCache::storage_bytes`]).
     pub fn config(&self) -> &KvCacheConfig {
         self.inner.config()
     }

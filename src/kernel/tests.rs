@@ -18,7 +18,7 @@ use super::exp::{exp_f32, HI, LO};
 use super::portable::{self, Portable};
 use super::scalar::Scalar;
 use super::Kernel;
-use crate::element::Element;
+use crate::element::{Element, Storage};
 use crate::splitmix::SplitMix64 as Rng;
 
 /// gemm: `|c − c_scalar| ≤ GEMM_RTOL · √k · (Σₚ |a·b| + |c₀|)`.
@@ -42,11 +42,33 @@ fn fit_len(rows: usize, cols: usize, ld: usize) -> usize {
     }
 }
 
+/// What the checks need of a stored type: [`Storage`] and a value from f32. The three float
+/// types round; i8 takes `127·x` rounded and clamped (x in [-1, 1) gives the full range), and,
+/// holding no NaN or infinity, 0 for NaN and ±127 beyond (so an i8 gap poisons nothing; the float
+/// types' gaps still do).
+trait TestElem: Storage {
+    fn from_f32(x: f32) -> Self;
+}
+impl<E: Element> TestElem for E {
+    fn from_f32(x: f32) -> Self {
+        <E as Element>::from_f32(x)
+    }
+}
+impl TestElem for i8 {
+    fn from_f32(x: f32) -> Self {
+        if x.is_nan() {
+            0
+        } else {
+            libm::rintf(x * 127.0).clamp(-127.0, 127.0) as i8
+        }
+    }
+}
+
 /// A random `rows × cols` matrix, exactly as long as it must be, with NaN in the gaps between
 /// rows so that a kernel reading them poisons its result.
-fn matrix<E: Element>(rng: &mut Rng, rows: usize, cols: usize, ld: usize) -> Vec<E> {
+fn matrix<E: TestElem>(rng: &mut Rng, rows: usize, cols: usize, ld: usize) -> Vec<E> {
     (0..fit_len(rows, cols, ld))
-        .map(|i| E::from_f32(if i % ld.max(1) < cols { rng.uniform() } else { f32::NAN }))
+        .map(|i| <E as TestElem>::from_f32(if i % ld.max(1) < cols { rng.uniform() } else { f32::NAN }))
         .collect()
 }
 
@@ -222,6 +244,7 @@ enum DTypeTag {
     F32,
     F16,
     BF16,
+    I8,
 }
 
 /// `gemm_rescale` and `gemm_at` against `alpha·C + A·B` from the scalar gemm (B widened, A
@@ -252,9 +275,11 @@ fn check_gemm_variant<K: Kernel>(
     // B rounded to the variant's type, so the reference sees the values the kernel widens.
     let (b16, bb16): (Vec<f16>, Vec<bf16>) =
         (b32.iter().map(|&x| f16::from_f32(x)).collect(), b32.iter().map(|&x| bf16::from_f32(x)).collect());
+    let b8: Vec<i8> = b32.iter().map(|&x| <i8 as TestElem>::from_f32(x)).collect();
     let b_ref: Vec<f32> = match v {
         Variant::Transposed(DTypeTag::F16, _) => b16.iter().map(|x| x.to_f32()).collect(),
         Variant::Transposed(DTypeTag::BF16, _) => bb16.iter().map(|x| x.to_f32()).collect(),
+        Variant::Transposed(DTypeTag::I8, _) => b8.iter().map(|&x| x as f32).collect(),
         _ => b32.clone(),
     };
     let mut c = c0.clone();
@@ -267,6 +292,7 @@ fn check_gemm_variant<K: Kernel>(
         Variant::Transposed(DTypeTag::BF16, _) => {
             kern.gemm_at(m, n, k, &a, lda, &bb16, ldb, &mut c, ldc, al, &mut stage)
         }
+        Variant::Transposed(DTypeTag::I8, _) => kern.gemm_at(m, n, k, &a, lda, &b8, ldb, &mut c, ldc, al, &mut stage),
     }
     let mut want = c0.clone();
     if rescale && n > 0 {
@@ -301,6 +327,8 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
         Variant::Transposed(DTypeTag::F16, true),
         Variant::Transposed(DTypeTag::F16, false),
         Variant::Transposed(DTypeTag::BF16, true),
+        Variant::Transposed(DTypeTag::I8, true),
+        Variant::Transposed(DTypeTag::I8, false),
     ];
     for v in variants {
         for &m in &[0, 1, 4, 5, 6, 7, 13, 96] {
@@ -317,7 +345,7 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
 }
 
 /// `dot_heads` against `dot_rows` per head of the scalar kernel.
-fn check_dot_heads<K: Kernel, E: Element>(
+fn check_dot_heads<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,
     heads: usize,
@@ -328,7 +356,7 @@ fn check_dot_heads<K: Kernel, E: Element>(
     let ldo = heads * m + 2;
     let a = matrix::<f32>(rng, heads * m, k, lda);
     let b_len = if n * heads * k == 0 { 0 } else { (n - 1) * ldb + (heads - 1) * ldh + k };
-    let b: Vec<E> = (0..b_len).map(|_| E::from_f32(rng.uniform())).collect();
+    let b: Vec<E> = (0..b_len).map(|_| <E as TestElem>::from_f32(rng.uniform())).collect();
     let pf: Vec<f16> = vec![f16::ZERO; b_len];
     let o0 = vec![f32::NAN; fit_len(n, heads * m, ldo)];
     let mut o = o0.clone();
@@ -339,7 +367,7 @@ fn check_dot_heads<K: Kernel, E: Element>(
             for j in 0..n {
                 let (mut want, mut mag) = (0.0f64, 0.0f64);
                 for p in 0..k {
-                    let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].to_f32() as f64;
+                    let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].as_f32() as f64;
                     want += x;
                     mag += x.abs();
                 }
@@ -348,7 +376,7 @@ fn check_dot_heads<K: Kernel, E: Element>(
                 assert!(
                     (got - want).abs() <= tol,
                     "dot_heads<{:?}> h{heads} {m}x{n}x{k} at ({h},{i},{j}): {got} vs {want}",
-                    E::DTYPE
+                    E::KIND
                 );
             }
         }
@@ -369,6 +397,7 @@ fn dot_heads_matches_scalar<K: Kernel>(kern: K) {
                 check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1));
                 check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1));
                 check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k));
+                check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), (heads * (k + 3), k + 3));
             }
         }
     }
@@ -449,7 +478,7 @@ fn softmax_matches_scalar<K: Kernel>(kern: K) {
     }
 }
 
-fn check_dot<K: Kernel, E: Element>(
+fn check_dot<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,
     (m, n, k): (usize, usize, usize),
@@ -465,7 +494,7 @@ fn check_dot<K: Kernel, E: Element>(
         Scalar.dot_rows(m, n, k, &a, lda, &b, ldb, &mut want, ldo);
         // Σₚ |a·b|, the size the rounding errors scale with.
         let abs_a: Vec<f32> = a.iter().map(|v| v.abs()).collect();
-        let abs_b: Vec<f32> = b.iter().map(|v| v.to_f32().abs()).collect();
+        let abs_b: Vec<f32> = b.iter().map(|v| v.as_f32().abs()).collect();
         Scalar.dot_rows(m, n, k, &abs_a, lda, &abs_b, ldb, &mut mag, ldo);
     } else {
         fill_rows(&mut want, m, n, ldo);
@@ -481,7 +510,7 @@ fn check_dot<K: Kernel, E: Element>(
         assert!(
             ((got - want) as f64).abs() <= tol,
             "dot_rows<{:?}> {m}x{n}x{k} at ({i},{j}): {got} vs {want}",
-            E::DTYPE
+            E::KIND
         );
     }
 }
@@ -495,6 +524,7 @@ fn dot_rows_matches_scalar<K: Kernel>(kern: K) {
                 check_dot::<K, f32>(kern, &mut rng, (m, n, k), lds);
                 check_dot::<K, f16>(kern, &mut rng, (m, n, k), lds);
                 check_dot::<K, bf16>(kern, &mut rng, (m, n, k), lds);
+                check_dot::<K, i8>(kern, &mut rng, (m, n, k), lds);
             }
         }
     }
@@ -503,25 +533,25 @@ fn dot_rows_matches_scalar<K: Kernel>(kern: K) {
 }
 
 /// Values whose conversion has edges: signed zeros, infinities, f16 subnormals and extremes.
-fn special<E: Element>() -> Vec<E> {
+fn special<E: TestElem>() -> Vec<E> {
     let v = [0.0, -0.0, 1.0, -2.5, f32::INFINITY, f32::NEG_INFINITY, 6.0e-8, -6.1e-5, 65504.0, 1e-30, 3.0e38];
-    v.iter().map(|&x| E::from_f32(x)).collect()
+    v.iter().map(|&x| <E as TestElem>::from_f32(x)).collect()
 }
 
 fn same_bits(x: f32, y: f32) -> bool {
     x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())
 }
 
-fn check_conversions<K: Kernel, E: Element>(kern: K, rng: &mut Rng) {
+fn check_conversions<K: Kernel, E: TestElem>(kern: K, rng: &mut Rng) {
     for len in (0..=40).chain([63, 64, 65, 127, 128, 129]) {
-        let mut src: Vec<E> = (0..len).map(|_| E::from_f32(rng.uniform() * 100.0)).collect();
-        for (s, x) in src.iter_mut().zip(special::<E>().into_iter().chain([E::from_f32(f32::NAN)])) {
+        let mut src: Vec<E> = (0..len).map(|_| <E as TestElem>::from_f32(rng.uniform() * 100.0)).collect();
+        for (s, x) in src.iter_mut().zip(special::<E>().into_iter().chain([<E as TestElem>::from_f32(f32::NAN)])) {
             *s = x;
         }
         let mut dst = vec![f32::NAN; len];
         kern.widen(&src, &mut dst);
         for (s, d) in src.iter().zip(&dst) {
-            assert!(same_bits(s.to_f32(), *d), "widen<{:?}> len {len}: {d} vs {}", E::DTYPE, s.to_f32());
+            assert!(same_bits(s.as_f32(), *d), "widen<{:?}> len {len}: {d} vs {}", E::KIND, s.as_f32());
         }
     }
     for &n in &SIZES {
@@ -538,7 +568,7 @@ fn check_conversions<K: Kernel, E: Element>(kern: K, rng: &mut Rng) {
             kern.transpose_widen(n, k, &b, ldb, &mut dst, ldd);
             Scalar.transpose_widen(n, k, &b, ldb, &mut want, ldd);
             for (idx, (d, w)) in dst.iter().zip(&want).enumerate() {
-                assert!(same_bits(*d, *w), "transpose_widen<{:?}> {n}x{k} at {idx}: {d} vs {w}", E::DTYPE);
+                assert!(same_bits(*d, *w), "transpose_widen<{:?}> {n}x{k} at {idx}: {d} vs {w}", E::KIND);
             }
         }
     }
@@ -549,6 +579,7 @@ fn conversions_exact<K: Kernel>(kern: K) {
     check_conversions::<K, f32>(kern, &mut rng);
     check_conversions::<K, f16>(kern, &mut rng);
     check_conversions::<K, bf16>(kern, &mut rng);
+    check_conversions::<K, i8>(kern, &mut rng);
 }
 
 /// `|got − exp(x)|` in units in the last place of the f32 nearest `exp(x)`; 0 when both are

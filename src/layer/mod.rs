@@ -42,7 +42,7 @@ use linear::LinearWeight;
 use alloc::borrow::Cow;
 use alloc::vec::Vec;
 
-use crate::cache::{CachePolicy, KvCache, KvCacheConfig};
+use crate::cache::{CachePolicy, DecodeCache, Int8KvCache, KvCache, KvCacheConfig};
 use crate::element::DType;
 use crate::error::Error;
 use crate::gate::{apply_gate, Gate};
@@ -465,12 +465,30 @@ impl GatedAttention {
 
     /// A cache sized for this layer (sliding-window policy when the config has a window).
     pub fn new_cache(&self, batch: usize, capacity: usize, dtype: DType) -> Result<KvCache, Error> {
+        KvCache::new(self.cache_config(batch, capacity, dtype))
+    }
+
+    /// [`GatedAttention::new_cache`] with int8 rows ([`Int8KvCache`]: `head_dim + 4` bytes per
+    /// key row and per value row). Every `forward` takes either cache.
+    ///
+    /// ```
+    /// use gated_attention::layer::{GatedAttention, GatedAttentionConfig};
+    /// let layer = GatedAttention::seeded(GatedAttentionConfig::new(64, 4, 2, 16), 7).unwrap();
+    /// let mut cache = layer.new_int8_cache(1, 16).unwrap();
+    /// let y = layer.forward(&[0.25f32; 3 * 64], 1, &mut cache, None).unwrap();
+    /// assert_eq!((y.len(), cache.len(0)), (3 * 64, 3));
+    /// ```
+    pub fn new_int8_cache(&self, batch: usize, capacity: usize) -> Result<Int8KvCache, Error> {
+        Int8KvCache::new(self.cache_config(batch, capacity, DType::F32))
+    }
+
+    fn cache_config(&self, batch: usize, capacity: usize, dtype: DType) -> KvCacheConfig {
         let c = &self.config;
-        let mut cfg = KvCacheConfig::new(batch, c.num_kv_heads, c.head_dim, capacity, dtype);
-        if let Some(w) = c.sliding_window {
-            cfg = cfg.policy(CachePolicy::SlidingWindow { window: w, sink_tokens: 0 });
+        let cfg = KvCacheConfig::new(batch, c.num_kv_heads, c.head_dim, capacity, dtype);
+        match c.sliding_window {
+            Some(w) => cfg.policy(CachePolicy::SlidingWindow { window: w, sink_tokens: 0 }),
+            None => cfg,
         }
-        KvCache::new(cfg)
     }
 
     /// Runs `x` (`[batch, L, hidden]`, the newest `L` tokens of each row) through the layer,
@@ -483,11 +501,11 @@ impl GatedAttention {
         &self,
         x: &[f32],
         batch: usize,
-        cache: &mut KvCache,
+        cache: &mut impl DecodeCache,
         positions: Option<&[usize]>,
     ) -> Result<Vec<f32>, Error> {
         let mut ws = LayerWorkspace::new();
-        let len = self.forward_inner(&mut ws, x, batch, cache, positions, None)?;
+        let len = self.forward_inner(&mut ws, x, batch, cache.kv_mut(), positions, None)?;
         let mut out = core::mem::take(&mut ws.out);
         out.truncate(len);
         Ok(out)
@@ -523,10 +541,10 @@ impl GatedAttention {
         ws: &'w mut LayerWorkspace,
         x: &[f32],
         batch: usize,
-        cache: &mut KvCache,
+        cache: &mut impl DecodeCache,
         positions: Option<&[usize]>,
     ) -> Result<&'w [f32], Error> {
-        let len = self.forward_inner(ws, x, batch, cache, positions, None)?;
+        let len = self.forward_inner(ws, x, batch, cache.kv_mut(), positions, None)?;
         Ok(&ws.out[..len])
     }
 
@@ -536,12 +554,12 @@ impl GatedAttention {
         &self,
         x: &[f32],
         batch: usize,
-        cache: &mut KvCache,
+        cache: &mut impl DecodeCache,
         positions: Option<&[usize]>,
         stats: &mut ForwardStats,
     ) -> Result<Vec<f32>, Error> {
         let mut ws = LayerWorkspace::new();
-        let len = self.forward_inner(&mut ws, x, batch, cache, positions, Some(stats))?;
+        let len = self.forward_inner(&mut ws, x, batch, cache.kv_mut(), positions, Some(stats))?;
         let mut out = core::mem::take(&mut ws.out);
         out.truncate(len);
         Ok(out)
@@ -792,18 +810,19 @@ impl GatedAttention {
         st.first_token_mass.resize(h, (0.0, 0));
         let scale = 1.0 / libm::sqrt(d as f64);
         for b in 0..batch {
-            let keys = cache.keys(b);
             if cache.positions(b).next() != Some(0) {
                 continue; // position 0 evicted: its probability is 0 by construction
             }
             for hh in 0..h {
                 let kvh = hh / g;
-                let k0 = keys.layout.offset(0, 0, kvh);
                 for i in 0..l {
                     let row = &q[((b * l + i) * h + hh) * d..((b * l + i) * h + hh + 1) * d];
-                    let s0: f64 =
-                        row.iter().enumerate().map(|(e, &x)| x as f64 * keys.data.get_f32(k0 + e) as f64).sum::<f64>()
-                            * scale;
+                    let s0: f64 = row
+                        .iter()
+                        .enumerate()
+                        .map(|(e, &x)| x as f64 * cache.key_f32(b, 0, kvh, e) as f64)
+                        .sum::<f64>()
+                        * scale;
                     let visible = c.sliding_window.is_none_or(|w| pos[b * l + i] < w);
                     let p = if visible { libm::exp(s0 - lse[(b * h + hh) * l + i] as f64) } else { 0.0 };
                     let e = &mut st.first_token_mass[hh];

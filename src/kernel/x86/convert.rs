@@ -1,6 +1,7 @@
-//! Element loads widened to f32, `widen` and the staged K-tile transpose.
+//! Stored-value loads widened to f32 (f16 by F16C, bf16 by a shift, i8 by `vpmovsxbd`), `widen`
+//! and the staged K-tile transpose.
 //!
-//! `Element` is sealed with exactly three impls and distinct `DTYPE`s, so matching on
+//! `Storage` has exactly four impls (f32, f16, bf16, i8) with distinct `KIND`s, so matching on
 //! `E::KIND` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
 //! The match is on a constant and folds away in each monomorphisation.
 
@@ -15,8 +16,9 @@ use crate::element::{Kind, Storage};
 #[inline(always)]
 pub(super) unsafe fn load8<E: Storage>(p: *const E) -> __m256 {
     // SAFETY: the caller guarantees the features and that 8 elements of `E` are readable; the
-    // casts follow `E::KIND` (see the module docs), and f16/bf16 are 2 bytes, so 8 of them
-    // are exactly the 16 bytes `_mm_loadu_si128` reads.
+    // casts follow `E::KIND` (see the module docs): f16/bf16 are 2 bytes, so 8 of them are
+    // exactly the 16 bytes `_mm_loadu_si128` reads, and 8 i8 are the 8 bytes `_mm_loadl_epi64`
+    // reads.
     unsafe {
         match E::KIND {
             Kind::F32 => _mm256_loadu_ps(p.cast::<f32>()),
