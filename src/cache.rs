@@ -466,6 +466,7 @@ impl KvCache {
 
     /// Element `e` of the key in slot `slot` of KV head `h` in batch row `b`, widened (an int8
     /// one dequantised). The indices are the caller's to keep in range.
+    #[cfg(feature = "layer")]
     pub(crate) fn key_f32(&self, b: usize, slot: usize, h: usize, e: usize) -> f32 {
         let c = &self.cfg;
         self.k.get_f32(((b * c.kv_heads + h) * c.capacity + slot) * c.head_dim + e)
