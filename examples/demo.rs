@@ -10,6 +10,7 @@
 
 use std::time::Instant;
 
+use gated_attention::cache::DecodeCache;
 use gated_attention::layer::{ForwardStats, GateConfig, GateGranularity, GatedAttention, GatedAttentionConfig};
 use gated_attention::{DType, Isa};
 
@@ -57,6 +58,38 @@ fn rms_norm(x: &[f32], dm: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Prefill `prompt` tokens, then decode the rest of `x` one token at a time, through `layers`
+/// with pre-norm residuals; returns the hidden states and the prefill and decode seconds.
+fn generate<C: DecodeCache>(
+    layers: &[GatedAttention],
+    x: &[f32],
+    prompt: usize,
+    dm: usize,
+    caches: &mut [C],
+    stats: &mut [ForwardStats],
+) -> (Vec<f32>, f64, f64) {
+    let mut hidden = x.to_vec();
+    let mut run = |range: std::ops::Range<usize>, hidden: &mut Vec<f32>| {
+        let mut h = hidden[range.start * dm..range.end * dm].to_vec();
+        for (li, layer) in layers.iter().enumerate() {
+            let y =
+                layer.forward_with_stats(&rms_norm(&h, dm), 1, &mut caches[li], None, &mut stats[li]).expect("forward");
+            for (a, b) in h.iter_mut().zip(&y) {
+                *a += b;
+            }
+        }
+        hidden[range.start * dm..range.end * dm].copy_from_slice(&h);
+    };
+    let t0 = Instant::now();
+    run(0..prompt, &mut hidden);
+    let prefill = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    for t in prompt..x.len() / dm {
+        run(t..t + 1, &mut hidden);
+    }
+    (hidden, prefill, t1.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args = match parse() {
         Ok(a) => a,
@@ -99,28 +132,11 @@ fn main() {
     // Cached, tiled path: prefill, then one token at a time.
     let mut caches: Vec<_> = layers.iter().map(|l| l.new_cache(1, total, DType::F32).expect("cache")).collect();
     let mut stats: Vec<ForwardStats> = vec![ForwardStats::default(); args.layers];
-    let mut hidden = x.clone();
-    let run =
-        |range: std::ops::Range<usize>, hidden: &mut Vec<f32>, caches: &mut Vec<_>, stats: &mut Vec<ForwardStats>| {
-            let mut h = hidden[range.start * dm..range.end * dm].to_vec();
-            for (li, layer) in layers.iter().enumerate() {
-                let y = layer
-                    .forward_with_stats(&rms_norm(&h, dm), 1, &mut caches[li], None, &mut stats[li])
-                    .expect("forward");
-                for (a, b) in h.iter_mut().zip(&y) {
-                    *a += b;
-                }
-            }
-            hidden[range.start * dm..range.end * dm].copy_from_slice(&h);
-        };
-    let t0 = Instant::now();
-    run(0..args.prompt, &mut hidden, &mut caches, &mut stats);
-    let prefill = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for t in args.prompt..total {
-        run(t..t + 1, &mut hidden, &mut caches, &mut stats);
-    }
-    let decode = t1.elapsed().as_secs_f64();
+    let (hidden, prefill, decode) = generate(&layers, &x, args.prompt, dm, &mut caches, &mut stats);
+    // The same through int8 KV caches (one i8 per element and an f32 scale per row).
+    let mut int8: Vec<_> = layers.iter().map(|l| l.new_int8_cache(1, total).expect("cache")).collect();
+    let mut int8_stats = vec![ForwardStats::default(); args.layers];
+    let (hidden8, _, decode8) = generate(&layers, &x, args.prompt, dm, &mut int8, &mut int8_stats);
 
     // The f64 reference: the whole sequence at once through every layer.
     let mut reference = x.clone();
@@ -149,6 +165,14 @@ fn main() {
     }
     println!(
         "max |cached - f64 reference| over all {total} tokens and layers: {max_err:.2e} (max |value| {max_abs:.2})"
+    );
+    let err8 = hidden8.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let bytes = |c: &dyn Fn() -> usize| c() as f64 / total as f64 / 1024.0;
+    println!(
+        "int8 KV cache: decode {:.0} tokens/s, {:.2} KiB per token per layer (f32 {:.2}), max |int8 - f64 reference| {err8:.2e}",
+        args.decode as f64 / decode8,
+        bytes(&|| int8[0].allocated_bytes()),
+        bytes(&|| caches[0].allocated_bytes()),
     );
     println!();
     println!(

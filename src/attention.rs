@@ -77,9 +77,7 @@ pub(crate) fn run_with_scratch<KV: KvPair>(
     opts: &AttentionOptions<'_>,
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
-    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
+    let (plan, tiling) = checked(q, k, v, &out, lse.as_deref(), opts)?;
     let needed = tiling.scratch;
     if scratch.len() < needed {
         return Err(Error::BufferTooSmall { operand: Operand::Scratch, needed, len: scratch.len() });
@@ -138,15 +136,29 @@ pub(crate) fn run_allocating<KV: KvPair>(
     lse: Option<&mut [f32]>,
     opts: &AttentionOptions<'_>,
 ) -> Result<(), Error> {
-    let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
-    plan.check_buffers(q, k, v, &out, lse.as_deref())?;
-    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
+    let (plan, tiling) = checked(q, k, v, &out, lse.as_deref(), opts)?;
     let isa = opts.resolved_isa()?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
         run(isa, Call { plan: &plan, tiling: &tiling, q, kv: KV::args(k, v), sink: &sink, workers })
     });
     Ok(())
+}
+
+/// The checks every dense entry point runs first, in the documented order: sizes and options,
+/// then the buffers; and the call's tiles.
+fn checked<'o, KV: KvPair>(
+    q: &Tensor<'_>,
+    k: &KV,
+    v: &KV,
+    out: &TensorMut<'_>,
+    lse: Option<&[f32]>,
+    opts: &AttentionOptions<'o>,
+) -> Result<(Plan<'o>, Tiling), Error> {
+    let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
+    plan.check_buffers(q, k, v, out, lse)?;
+    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
+    Ok((plan, tiling))
 }
 
 /// K and V operands of one kind (both float or both int8), as a call takes them.
