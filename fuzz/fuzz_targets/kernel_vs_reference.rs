@@ -16,6 +16,10 @@
 //!   reaches the trivial `2·max|v|` (one ulp of such a score is far larger than 1, which no f32
 //!   kernel can avoid).
 //!
+//! Every call the reference accepts runs a second time with K and V quantised to int8
+//! (`gated_attention::int8`, in their own layouts), through `attention_int8` on each ISA, against
+//! the reference on the dequantised K and V with the same checks.
+//!
 //! `±Inf` is injected into q and k only: an infinite value whose weight underflows to 0 in f32 but
 //! not in f64 gives `0·inf = NaN` against `tiny·inf = inf`, a difference of precision, not a bug.
 //!
@@ -27,7 +31,7 @@ use std::fmt::Write as _;
 use gated_attention::kernel::Isa;
 use gated_attention::reference::{self, OutputDesc, Reference};
 use gated_attention::{
-    bf16, f16, Alignment, AttentionOptions, DType, Dims, Elems, Layout, Parallelism, Tensor, TensorMut,
+    bf16, f16, Alignment, AttentionOptions, DType, Dims, Elems, Int8Tensor, Layout, Parallelism, Tensor, TensorMut,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -454,6 +458,95 @@ fn run(case: &Case) {
             }
         }
     }
+    if verdict.is_ok() {
+        run_int8(case, &q, &k, &v, &opts, ol, lse_len);
+    }
+}
+
+/// A K or V view quantised row by row into int8 in its own layout (scales `[batch, seq, heads]`),
+/// and the dequantised values in that layout.
+struct Quantised {
+    values: Vec<i8>,
+    scales: Vec<f32>,
+    dequantised: Vec<f32>,
+    layout: Layout,
+}
+
+impl Quantised {
+    fn of(t: &Tensor<'_>) -> Quantised {
+        let l = t.layout;
+        let [batch, seq, heads, dim] = l.shape;
+        let n = t.data.len();
+        let (mut values, mut scales, mut dequantised) =
+            (vec![0i8; n], vec![0.0f32; batch * seq * heads], vec![0.0f32; n]);
+        let mut row = vec![0.0f32; dim];
+        for b in 0..batch {
+            for s in 0..seq {
+                for h in 0..heads {
+                    let off = offset(&l, b, s, h, 0);
+                    for (e, x) in row.iter_mut().enumerate() {
+                        *x = t.data.get_f32(off + e);
+                    }
+                    let r = (b * seq + s) * heads + h;
+                    scales[r] =
+                        gated_attention::int8::quantize_row(&row, &mut values[off..off + dim]).expect("one row");
+                    for e in 0..dim {
+                        dequantised[off + e] = scales[r] * values[off + e] as f32;
+                    }
+                }
+            }
+        }
+        Quantised { values, scales, dequantised, layout: l }
+    }
+
+    fn int8(&self) -> Int8Tensor<'_> {
+        let [batch, seq, heads, _] = self.layout.shape;
+        Int8Tensor::new(&self.values, self.layout, &self.scales, Layout::bshd(batch, seq, heads, 1))
+    }
+
+    fn dequantised(&self) -> Tensor<'_> {
+        Tensor::new(&self.dequantised[..], self.layout)
+    }
+}
+
+/// [`run`]'s accepted call again with int8 K and V, against the reference on the dequantised
+/// values.
+fn run_int8(
+    case: &Case,
+    q: &Tensor<'_>,
+    k: &Tensor<'_>,
+    v: &Tensor<'_>,
+    opts: &AttentionOptions<'_>,
+    ol: Layout,
+    lse_len: usize,
+) {
+    let (kq, vq) = (Quantised::of(k), Quantised::of(v));
+    let (kd, vd) = (kq.dequantised(), vq.dequantised());
+    let r = reference::attention_with_stats(q, &kd, &vd, opts).expect("the float call was accepted");
+    let b = error_model::bounds(&r, DType::F32).expect("stats");
+    let canary = f32::from_bits(CANARY);
+    let (mut out, mut lse) = (vec![canary; ol_len(&case.dims)], vec![canary; lse_len]);
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.is_available()) {
+        let opts = opts.isa(isa);
+        out.fill(canary);
+        lse.fill(canary);
+        let lse_arg = if case.with_lse { Some(&mut lse[..]) } else { None };
+        let fail = |msg: String| -> ! {
+            panic!("\n[{} int8] {msg}\n--- case ---\n{}\n", isa.name(), case.summary());
+        };
+        if let Err(e) =
+            gated_attention::attention_int8(q, &kq.int8(), &vq.int8(), TensorMut::new(&mut out[..], ol), lse_arg, &opts)
+        {
+            fail(format!("int8 kernel Err({e:?}) on a call the reference accepts"));
+        }
+        if let Err(msg) = compare(case, q, &kd, &opts, &r, &b, &out, ol, case.with_lse.then_some(&lse[..])) {
+            fail(msg);
+        }
+    }
+}
+
+fn ol_len(d: &Dims) -> usize {
+    d.batch * d.q_len * d.q_heads * d.v_head_dim
 }
 
 /// Checks a kernel result against the reference `r` within the error model's `bounds`.
