@@ -141,9 +141,19 @@ pub struct View<'py> {
 impl<'py> View<'py> {
     /// Views `obj`, a 4-d array whose axes are `axes`, as `operand`.
     pub fn tensor(obj: &Bound<'py, PyAny>, axes: Axes, declared: Option<DType>, operand: Operand) -> PyResult<Self> {
-        let what = operand.to_string();
-        let array = as_array(obj, &what)?;
-        let dtype = storage_dtype(&array, declared, &what)?;
+        Self::named(obj, axes, declared, operand, &operand.to_string())
+    }
+
+    /// [`View::tensor`] with the argument called `what` in the messages of its own checks.
+    pub fn named(
+        obj: &Bound<'py, PyAny>,
+        axes: Axes,
+        declared: Option<DType>,
+        operand: Operand,
+        what: &str,
+    ) -> PyResult<Self> {
+        let array = as_array(obj, what)?;
+        let dtype = storage_dtype(&array, declared, what)?;
         let shape = array.shape().to_vec();
         if shape.len() != 4 {
             let names = match axes {
@@ -155,7 +165,7 @@ impl<'py> View<'py> {
                 axes.name()
             )));
         }
-        let strides = element_strides(&array, dtype.size(), &what)?;
+        let strides = element_strides(&array, dtype.size(), what)?;
         if shape[3] > 1 && strides[3] != 1 {
             return Err(value_error(Error::NonContiguousHeadDim { operand }));
         }
@@ -169,8 +179,8 @@ impl<'py> View<'py> {
                 strides: [strides[0], strides[2], strides[1]],
             },
         };
-        let span = span(&shape, &strides, &what)?;
-        let ptr = data_ptr(&array, dtype.size(), span, &what)?;
+        let span = span(&shape, &strides, what)?;
+        let ptr = data_ptr(&array, dtype.size(), span, what)?;
         Ok(View { array, ptr, span, dtype, layout })
     }
 

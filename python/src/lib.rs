@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod attention;
 mod cache;
+mod int8;
 mod layer;
 mod measure;
 mod options;
@@ -22,6 +23,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(attention::reference_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention::reference_bounds, m)?)?;
     m.add_function(wrap_pyfunction!(attention::_bench_rust_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(int8::quantize_int8, m)?)?;
+    m.add_function(wrap_pyfunction!(int8::dequantize_int8, m)?)?;
+    m.add_function(wrap_pyfunction!(int8::attention_int8, m)?)?;
     m.add_class::<rope::PyRopeTable>()?;
     m.add_class::<cache::PyKvCache>()?;
     m.add_class::<layer::PyGatedAttention>()?;

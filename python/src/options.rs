@@ -238,8 +238,12 @@ pub struct Parsed<'py> {
 impl<'py> Parsed<'py> {
     /// Parses the options of a call whose queries and keys are `q` and `k`.
     pub fn parse(py: Python<'py>, kw: &Kwargs<'py>, axes: Axes, q: &View<'py>, k: &View<'py>) -> PyResult<Self> {
+        Self::parse_kv_len(py, kw, axes, q, k.layout.shape[1])
+    }
+
+    /// [`Parsed::parse`] for keys that are not a [`View`] (int8 K): only their length matters.
+    pub fn parse_kv_len(py: Python<'py>, kw: &Kwargs<'py>, axes: Axes, q: &View<'py>, kv_len: usize) -> PyResult<Self> {
         let [batch, q_len, q_heads, _] = q.layout.shape;
-        let kv_len = k.layout.shape[1];
         let alignment = match kw.string("alignment")?.as_deref() {
             None | Some("bottom_right") => Alignment::BottomRight,
             Some("top_left") => Alignment::TopLeft,
