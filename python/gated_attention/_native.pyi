@@ -82,6 +82,60 @@ def reference_bounds(
 
 def _bench_rust_attention(iters: int, q: Array, k: Array, v: Array, **options: Any) -> float: ...
 
+def quantize_int8(
+    x: Array, *, layout: Layout = "bshd", dtype: Optional[StorageName] = None
+) -> Tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]:
+    """Int8 K/V storage: ``(values, scales)``, one float32 scale per ``(batch, token, head)`` row.
+
+    ``values`` is int8 with x's shape, ``scales`` float32 with its first three axes (``[batch,
+    seq, heads]``, or ``[batch, heads, seq]`` with ``layout="bhsd"``), both C-contiguous. Each row
+    gets ``scale = max|x| / 127`` and ``q = round(x / scale)`` (ties to even, within +-127), so
+    ``scale * q`` is within half a step of x; a zero row gets scale 0, a row holding NaN or +-inf
+    scale NaN and zeros (it dequantises to NaN).
+
+    >>> import numpy as np, gated_attention as ga
+    >>> q, s = ga.quantize_int8(np.array([1.0, -0.5, 0.25, 0.0], np.float32).reshape(1, 1, 1, 4))
+    >>> q.ravel().tolist(), s.shape
+    ([127, -64, 32, 0], (1, 1, 1))
+    """
+
+def dequantize_int8(
+    values: npt.NDArray[np.int8], scales: npt.NDArray[np.float32], *, layout: Layout = "bshd"
+) -> npt.NDArray[np.float32]:
+    """``scale * q`` as float32 with the values' shape: the K or V that :func:`attention_int8`
+    attends over, to hand to :func:`reference_attention` or :func:`assert_attention_close`.
+
+    >>> import numpy as np, gated_attention as ga
+    >>> ga.dequantize_int8(np.int8([[[[127, -127]]]]), np.float32([[[0.5]]])).ravel().tolist()
+    [63.5, -63.5]
+    """
+
+def attention_int8(
+    q: Array,
+    k_values: npt.NDArray[np.int8],
+    k_scales: npt.NDArray[np.float32],
+    v_values: npt.NDArray[np.int8],
+    v_scales: npt.NDArray[np.float32],
+    **options: Any,
+) -> Tuple[Array, npt.NDArray[np.float32]]:
+    """:func:`attention` with int8 K and V (as :func:`quantize_int8` returns them), read in place
+    and dequantised in registers: the same options, layouts and outputs (``out`` has q's type).
+
+    It equals :func:`reference_attention` on the dequantised K and V within the f32 error model;
+    the quantisation's own error (half a step per element) is the caller's choice. Values must be
+    int8 with a contiguous last axis, scales float32 of shape ``values.shape[:3]`` (strided
+    views, such as the first tokens of a preallocated cache, are read in place). Wrong element
+    types raise TypeError, wrong shapes and the crate's errors ValueError.
+
+    >>> import numpy as np, gated_attention as ga
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.standard_normal((1, 4, 2, 16), dtype=np.float32) for _ in range(3))
+    >>> (kq, ks), (vq, vs) = ga.quantize_int8(k), ga.quantize_int8(v)
+    >>> out, lse = ga.attention_int8(q, kq, ks, vq, vs, causal=True)
+    >>> kd, vd = ga.dequantize_int8(kq, ks), ga.dequantize_int8(vq, vs)
+    >>> ga.assert_attention_close((out, lse), q, kd, vd, causal=True)
+    """
+
 class RopeTable:
     """cos/sin tables of rotary position embeddings, every scaling of transformers.
 

@@ -29,7 +29,8 @@ def test_stub_examples():
 def test_native_docstrings():
     """The extension's own docstrings (help(ga.attention)) and their examples."""
     assert "window" in ga.attention.__doc__ and "(q, k, v, *, layout='bshd'" in ga.attention.__text_signature__
-    for f in (ga.attention, ga.reference_attention):
+    assert "(q, k_values, k_scales, v_values, v_scales, *, layout='bshd'" in ga.attention_int8.__text_signature__
+    for f in (ga.attention, ga.reference_attention, ga.quantize_int8, ga.dequantize_int8, ga.attention_int8):
         test = doctest.DocTestParser().get_doctest(f.__doc__, {}, f.__name__, None, 0)
         runner = doctest.DocTestRunner()
         runner.run(test)
