@@ -1,8 +1,9 @@
 """Verify attention kernels against an f64 oracle, from Python.
 
 The Rust crate ``gated-attention`` on numpy arrays: its f64 reference (``reference_attention``),
-its error model (``assert_attention_close``), its flash-attention CPU kernels (``attention``), RoPE
-tables, the KV cache, the sparse indexers and the gating measurements.
+its error model (``assert_attention_close``), its flash-attention CPU kernels (``attention``, and
+``attention_int8`` over int8 K/V from ``quantize_int8``), RoPE tables, the KV cache, the sparse
+indexers and the gating measurements.
 
 Arrays are read in place (no copy) when their dtype is float32, float16, ``ml_dtypes.bfloat16``
 (or uint16 bit patterns with ``dtype="bfloat16"``) and their last axis is contiguous; torch
