@@ -148,7 +148,7 @@ impl KvOperand for Int8Tensor<'_> {
 /// and returns `scale = max|src| / 127`.
 ///
 /// An all-zero row (or an empty one) gets scale 0, and so does a row whose largest magnitude is
-/// below `127 · 2⁻¹⁴⁹` (its scale would round to 0; it is stored as zeros). Below `127 · 2⁻¹²⁶`
+/// at most `63.5 · 2⁻¹⁴⁹` (its scale rounds to 0; it is stored as zeros). Below `127 · 2⁻¹²⁶`
 /// the scale is subnormal and its step relatively coarser. A row holding NaN or ±inf gets scale
 /// NaN and zeros, so it dequantises to NaN (see the [module documentation](self)).
 ///
@@ -194,8 +194,8 @@ fn quantize_with(get: impl Fn(usize) -> f32, dst: &mut [i8]) -> f32 {
     }
     let scale = amax / QMAX as f32;
     if scale == 0.0 {
-        // All zeros, or a largest magnitude below 127 · 2⁻¹⁴⁹ (whose scale would round to 0):
-        // the row is stored as zeros (off by at most 2⁻¹⁴²).
+        // All zeros, or a largest magnitude of at most 63.5 · 2⁻¹⁴⁹ (whose scale rounds to 0):
+        // the row is stored as zeros (off by at most 2⁻¹⁴³).
         dst.fill(0);
         return 0.0;
     }
