@@ -207,13 +207,17 @@ fn unit_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
         2usize.checked_mul(rows)?.checked_mul(bc)?,
         2usize.checked_mul(bc)?.checked_mul(dv)?,
         rows,
+        // Each of the seven slices may skip up to a line to start on one (see `split`).
+        7 * (crate::exec::LINE - 1),
     ];
     let n = terms.iter().try_fold(0usize, |a, &x| a.checked_add(x))?;
     (n <= isize::MAX as usize / core::mem::size_of::<f32>()).then_some(n)
 }
 
+/// The next `n` floats of `buf` from its next cache line on: a 16-float row of an operand the
+/// microkernels stream (Qᵀ, the K and V tiles, the scores) is then one line, not two.
 fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
-    let (head, tail) = core::mem::take(buf).split_at_mut(n);
+    let (head, tail) = crate::exec::line_aligned(core::mem::take(buf)).split_at_mut(n);
     *buf = tail;
     head
 }
