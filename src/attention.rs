@@ -25,7 +25,8 @@ use crate::Dims;
 /// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa))?.scratch)
+    // The scratch does not depend on the storage type (only the decode tiles' lengths do).
+    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa), 4)?.scratch)
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.
@@ -157,7 +158,8 @@ fn checked<'o, KV: KvPair>(
 ) -> Result<(Plan<'o>, Tiling), Error> {
     let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
     plan.check_buffers(q, k, v, out, lse)?;
-    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa))?;
+    let kv_bytes = k.elem_bytes().max(v.elem_bytes());
+    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa), kv_bytes)?;
     Ok((plan, tiling))
 }
 

@@ -57,7 +57,7 @@ pub(crate) struct Tiling {
     pub chunk_len: usize,
     /// Rows of the largest unit (`hb · g · tq`).
     pub rows: usize,
-    /// Keys per KV tile (`geo.bc`, or `geo.decode_bc` when the rows score keys from memory,
+    /// Keys per KV tile (`geo.bc`, or `geo.decode_keys(..)` when the rows score keys from memory,
     /// `geo.bc` for gathered keys, of which few-row units use `geo.gather_bc`).
     pub bc: usize,
     /// The tiles of the kernel that runs the call.
@@ -71,9 +71,10 @@ pub(crate) struct Tiling {
 }
 
 impl Tiling {
-    /// Cuts a validated plan into units; [`Error::ShapeOverflow`] for the scratch when one
-    /// worker's scratch cannot be counted in `usize` (or allocated as f32s).
-    pub fn new(plan: &Plan<'_>, geo: Geometry) -> Result<Tiling, Error> {
+    /// Cuts a validated plan into units, with K and V stored in `kv_bytes`-byte values;
+    /// [`Error::ShapeOverflow`] for the scratch when one worker's scratch cannot be counted in
+    /// `usize` (or allocated as f32s).
+    pub fn new(plan: &Plan<'_>, geo: Geometry, kv_bytes: usize) -> Result<Tiling, Error> {
         let d = &plan.dims;
         let g = d.group();
         let tq = (geo.rows_target / g).max(1).min(d.q_len.max(1));
@@ -82,7 +83,7 @@ impl Tiling {
         let decode = head_rows <= geo.dot_rows_max;
         let hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
         let blocks = d.kv_heads.div_ceil(hb);
-        let bc = if decode { geo.decode_bc } else { geo.bc };
+        let bc = if decode { geo.decode_keys(kv_bytes) } else { geo.bc };
         let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
         if q_tiles == 1 && d.kv_len > SPLIT_MIN {
             // With q_len ≥ 1, batch · blocks ≤ batch · q_heads ≤ Q's element count ≤ isize::MAX.

@@ -131,6 +131,10 @@ impl KvOperand for Int8Tensor<'_> {
         self.layout
     }
 
+    fn elem_bytes(&self) -> usize {
+        1
+    }
+
     fn check(&self, operand: Operand) -> Result<(), Error> {
         self.layout.check(operand, self.data.len())?;
         let [batch, seq, heads, _] = self.layout.shape;

@@ -146,6 +146,8 @@ pub(crate) trait KvOperand {
     /// The operand's buffers against its layout(s): [`Error::BufferTooSmall`] or
     /// [`Error::ShapeOverflow`] (and the scales' shape for an int8 operand).
     fn check(&self, operand: Operand) -> Result<(), Error>;
+    /// Bytes per stored value.
+    fn elem_bytes(&self) -> usize;
 }
 
 impl KvOperand for Tensor<'_> {
@@ -154,6 +156,9 @@ impl KvOperand for Tensor<'_> {
     }
     fn check(&self, operand: Operand) -> Result<(), Error> {
         self.layout.check(operand, self.data.len())
+    }
+    fn elem_bytes(&self) -> usize {
+        self.dtype().size()
     }
 }
 
