@@ -397,9 +397,9 @@ unsafe fn exp_cols<const MASKED: bool>(
         let mut j = 0;
         while j + KS <= n {
             let mut x = [base; KS];
-            for t in 0..KS {
+            for (t, x) in x.iter_mut().enumerate() {
                 let p = s.add((j + t) * ld);
-                x[t] = _mm256_sub_ps(if MASKED { _mm256_maskload_ps(p, mask) } else { _mm256_loadu_ps(p) }, base);
+                *x = _mm256_sub_ps(if MASKED { _mm256_maskload_ps(p, mask) } else { _mm256_loadu_ps(p) }, base);
             }
             let e = exp8n_nonpos(x);
             for t in 0..KS {
