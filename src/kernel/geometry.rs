@@ -34,7 +34,8 @@ impl Geometry {
     /// The tiles the AVX2 kernel was tuned with on Zen 3 (see the driver's benchmarks): 72 keys
     /// (12 gemm blocks of 6 rows; measured a few per cent faster than 60, 64 or 96 on P1), 96
     /// rows (a multiple of 6 and of the usual GQA group sizes; 144 and 192 measured no faster),
-    /// 64-key decode tiles (16, 32 and 48 measured up to 10% slower on D2, 72 the same).
+    /// 64-key decode tiles for 2-byte K/V (16, 32 and 48 measured up to 10% slower on D2, 72
+    /// the same; 4-byte values take half, see [`Geometry::decode_keys`]).
     /// The scalar and portable kernels use the same tiles scaled to their own microkernels,
     /// whose speed depends little on them.
     pub const TUNED: Geometry =
