@@ -273,7 +273,16 @@ impl KvVisitor for Call<'_, '_> {
                 Some(KvScales { k: kt.scales, k_layout: kt.scale_layout, v: vt.scales, v_layout: vt.scale_layout }),
             ),
         };
-        let inp = Inputs { q: *self.q, k, k_layout, v, v_layout, scales };
+        let inp = Inputs {
+            q: *self.q,
+            k,
+            k_layout,
+            v,
+            v_layout,
+            scales,
+            #[cfg(feature = "std")]
+            panel_call: Some(crate::driver::panel::next_call()),
+        };
         let work = Dense { kernel, plan: self.plan, tiling: self.tiling, inp, sink: self.sink };
         run_split(self.workers, &work);
     }

@@ -24,9 +24,11 @@ use crate::plan::Plan;
 use crate::sink::Sink;
 use crate::softmax::{add_sink, finish_row};
 use crate::tensor::{Layout, Tensor};
+use panel::{Panel, PanelKey};
 
 #[cfg(feature = "alloc")]
 pub(crate) mod gathered;
+pub(crate) mod panel;
 
 /// Most keys per chunk when a single query tile splits the KV range (flash decoding).
 pub(crate) const SPLIT_CHUNK: usize = 1024;
@@ -278,6 +280,10 @@ pub(crate) struct Inputs<'a, KE: Storage, VE: Storage> {
     pub v_layout: Layout,
     /// The row scales of int8 K and V; `None` for float storage.
     pub scales: Option<KvScales<'a>>,
+    /// The call's id for the threads' K/V panels ([`panel`]); `None` stages every tile in the
+    /// unit's scratch.
+    #[cfg(feature = "std")]
+    pub panel_call: Option<u64>,
 }
 
 /// The per-row scales of int8 K and V: row `(b, j, h)` of K stands for
@@ -411,34 +417,78 @@ pub(crate) fn run_unit<K: Kernel, KE: Storage, VE: Storage>(
         }
         return;
     }
-    let (k_ld, v_ld) = (inp.k_layout.strides[1], inp.v_layout.strides[1]);
-    let kvh = u.kvh;
     // The scores are computed transposed, Sᵀ = K·(scale·Q)ᵀ (`n × hr`): K is the A operand as
     // it lies (no transpose per tile), Qᵀ is made once per unit, and the softmax runs down the
     // columns of Sᵀ, eight rows per vector, with no horizontal reductions.
     kernel.transpose_widen(hr, dk, &sc.qs[..hr * dk], dk, sc.qt, hr);
+    #[cfg(feature = "std")]
+    if let Some(call) = inp.panel_call {
+        let key = PanelKey { call, b: u.b, kvh: u.kvh };
+        return panel::with(|p| prefill_tiles(kernel, plan, t, inp, u, &span, tiles, sc, Some((p, key))));
+    }
+    prefill_tiles(kernel, plan, t, inp, u, &span, tiles, sc, None);
+}
+
+/// The KV tiles `(j0, j1, r1)` of a prefill unit (`r1`: the end of the tile's key range), with
+/// its queries transposed in `sc.qt`: scores, softmax and P·V into `sc.state`. K and V are
+/// staged contiguous f32 (in place, a head-interleaved layout puts a head's rows a multiple of
+/// 4 KiB apart, where they evict each other from L1 between the gemm's column strips): into the
+/// thread's K/V panel when one is given and has room, where the head's next query tiles find
+/// them, else into `sc`.
+#[allow(clippy::too_many_arguments)]
+fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
+    kernel: K,
+    plan: &Plan<'_>,
+    t: &Tiling,
+    inp: &Inputs<'_, KE, VE>,
+    u: &Unit,
+    span: &UnitSpan,
+    tiles: impl Iterator<Item = (usize, usize, usize)>,
+    sc: &mut Scratch<'_>,
+    mut panel: Option<(&mut Panel, PanelKey)>,
+) {
+    let d = &plan.dims;
+    let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
+    let hr = g * span.tq;
+    let adjust = adjusts_scores(plan);
+    let (k_ld, v_ld) = (inp.k_layout.strides[1], inp.v_layout.strides[1]);
+    let (b, kvh) = (u.b, u.kvh);
+    let k_src =
+        RowSource { data: inp.k, layout: &inp.k_layout, scales: inp.scales.as_ref().map(|s| (s.k, &s.k_layout)) };
+    let v_src =
+        RowSource { data: inp.v, layout: &inp.v_layout, scales: inp.scales.as_ref().map(|s| (s.v, &s.v_layout)) };
     // LOOP: KV tiles.
     for (j0, j1, r1) in tiles {
         let n = j1 - j0;
         let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
         let hidden = if boundary { Hidden::Outside(j0) } else { Hidden::None };
         let st = &mut sc.s[..t.bc * hr];
-        let k_tile = &inp.k[inp.k_layout.offset(u.b, j0, kvh)..];
-        let v_tile = &inp.v[inp.v_layout.offset(u.b, j0, kvh)..];
+        // The keys `fresh` of the tile are read from K and V and staged; the panel holds the rest.
+        let reserved = panel.as_mut().and_then(|(p, key)| p.reserve(*key, (j0, j1), dk, dv));
+        let fresh = reserved.map_or(j0..j1, |r| r.first..r.end);
         // This tile's V arrives during the scores, the next tile's K after them.
-        kernel.prefetch(v_tile, n, dv, v_ld);
-        // K staged contiguous f32: in place, a head-interleaved layout puts its rows a multiple
-        // of 4 KiB apart, where they evict each other from L1 between the gemm's column strips.
-        for (t, dst) in sc.ks[..n * dk].chunks_exact_mut(dk).enumerate() {
-            kernel.widen(&k_tile[t * k_ld..t * k_ld + dk], dst);
-            if let Some(s) = &inp.scales {
-                kernel.scale(dst, s.k[s.k_layout.offset(u.b, j0 + t, kvh)]);
-            }
+        match &panel {
+            Some((p, _)) if fresh.is_empty() => kernel.prefetch(p.v_rows((j0, j1), dv), n, dv, dv),
+            _ if fresh.is_empty() => {}
+            _ => kernel.prefetch(&inp.v[inp.v_layout.offset(b, fresh.start, kvh)..], fresh.len(), dv, v_ld),
         }
-        kernel.gemm(n, hr, dk, sc.ks, dk, sc.qt, hr, st, hr, false);
-        if j1 < r1 {
-            let nn = (j1 + t.bc).min(r1) - j1;
-            kernel.prefetch(&inp.k[inp.k_layout.offset(u.b, j1, kvh)..], nn, dk, k_ld);
+        let ks: &[f32] = match (&mut panel, reserved) {
+            (Some((p, _)), Some(r)) => {
+                stage_rows(kernel, k_src, (b, kvh), r.first..r.end, dk, p.rows_mut(r, dk, dv).0);
+                p.k_rows((j0, j1), dk)
+            }
+            _ => {
+                stage_rows(kernel, k_src, (b, kvh), j0..j1, dk, &mut sc.ks[..n * dk]);
+                &sc.ks[..n * dk]
+            }
+        };
+        kernel.gemm(n, hr, dk, ks, dk, sc.qt, hr, st, hr, false);
+        let next = (j1, (j1 + t.bc).min(r1));
+        if next.0 < next.1 {
+            match &panel {
+                Some((p, key)) if p.holds(*key, next) => kernel.prefetch(p.k_rows(next, dk), next.1 - next.0, dk, dk),
+                _ => kernel.prefetch(&inp.k[inp.k_layout.offset(b, j1, kvh)..], next.1 - next.0, dk, k_ld),
+            }
         }
         // Score epilogue (only with options, or on tiles some row cannot fully see).
         if adjust || boundary {
@@ -447,17 +497,50 @@ pub(crate) fn run_unit<K: Kernel, KE: Storage, VE: Storage>(
         // Online softmax: P = exp(S - m_new), alpha = exp(m_old - m_new), l updated.
         let (m, l) = (&mut sc.state.m[..hr], &mut sc.state.l[..hr]);
         kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
-        // O = alpha·O + P·V, V staged contiguous (as K).
-        for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
-            kernel.widen(&v_tile[t * v_ld..t * v_ld + dv], dst);
-            if let Some(s) = &inp.scales {
-                kernel.scale(dst, s.v[s.v_layout.offset(u.b, j0 + t, kvh)]);
+        // O = alpha·O + P·V.
+        let vs: &[f32] = match (&mut panel, reserved) {
+            (Some((p, _)), Some(r)) => {
+                stage_rows(kernel, v_src, (b, kvh), r.first..r.end, dv, p.rows_mut(r, dk, dv).1);
+                p.commit(r);
+                p.v_rows((j0, j1), dv)
             }
-        }
+            _ => {
+                stage_rows(kernel, v_src, (b, kvh), j0..j1, dv, &mut sc.vs[..n * dv]);
+                &sc.vs[..n * dv]
+            }
+        };
         let acc = &mut sc.state.acc[..hr * dv];
         let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
-        pv_block(kernel, &span.queries(), g, dv, st, &sc.vs[..n * dv], acc, hidden, &pv, sc.tmp);
+        pv_block(kernel, &span.queries(), g, dv, st, vs, acc, hidden, &pv, sc.tmp);
     }
+}
+
+/// Widens the rows of `keys` (of KV head `kvh` in batch row `b`) into the consecutive `dim`-float
+/// rows of `dst`, each times its scale when the storage is int8.
+fn stage_rows<K: Kernel, E: Storage>(
+    kernel: K,
+    src: RowSource<'_, E>,
+    (b, kvh): (usize, usize),
+    keys: core::ops::Range<usize>,
+    dim: usize,
+    dst: &mut [f32],
+) {
+    for (j, row) in keys.zip(dst.chunks_exact_mut(dim)) {
+        let off = src.layout.offset(b, j, kvh);
+        kernel.widen(&src.data[off..off + dim], row);
+        if let Some((s, sl)) = src.scales {
+            kernel.scale(row, s[sl.offset(b, j, kvh)]);
+        }
+    }
+}
+
+/// K or V of a call as [`stage_rows`] reads it: the values, their layout, and for int8 the row
+/// scales with theirs.
+#[derive(Clone, Copy)]
+struct RowSource<'a, E> {
+    data: &'a [E],
+    layout: &'a Layout,
+    scales: Option<(&'a [f32], &'a Layout)>,
 }
 
 /// The score options and, on a tile some row cannot fully see, the mask, on transposed

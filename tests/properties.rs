@@ -37,6 +37,37 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
+/// A thread keeps the staged K/V rows of a call's KV head for the head's next query tiles (the
+/// driver's K/V panel). A later call on that thread, here over the same buffers with new
+/// contents, must see the new keys and values: with one KV head and batch row (the first case)
+/// the call's last unit leaves the very rows the next call's first unit reads. A head longer
+/// than the panel (2 MiB of rows: 1024 keys at D 256) restarts it as it goes; both entry points
+/// (the pool and the caller's scratch) share the thread's panel.
+#[test]
+fn staged_kv_rows_never_outlive_their_call() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let opts = AttentionOptions::new().causal();
+    let cases =
+        [Case::new(1, 300, 300, 2, 1, 32), Case::new(2, 300, 300, 4, 2, 32), Case::new(1, 1100, 1100, 2, 1, 256)];
+    for c in cases {
+        let mut inp = make_inputs(&c);
+        for round in 0..3 {
+            for entry in [Entry::Rayon, Entry::Scratch] {
+                let (out, lse) = pool.install(|| run_kernel(&inp, &c, &opts, entry));
+                check(&inp, &c, &opts, &out, &lse, &format!("round {round}, {entry:?}, {c:?}"));
+            }
+            // New keys and values in the same buffers.
+            let mut rng = Rng::new(100 + round);
+            for i in 0..inp.k.len() {
+                inp.k.set(i, rng.uniform() * 2.0);
+            }
+            for i in 0..inp.v.len() {
+                inp.v.set(i, rng.uniform());
+            }
+        }
+    }
+}
+
 /// Runs attention for query rows `[a, b)` against keys `[0, b)` of contiguous bshd buffers.
 fn run_rows(
     q: &[f32],

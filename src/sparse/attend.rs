@@ -109,7 +109,16 @@ struct Call<'c, 's> {
 
 impl KvVisitor for Call<'_, '_> {
     fn visit<K: Kernel, KE: Storage, VE: Storage>(self, kernel: K, k: &[KE], v: &[VE]) {
-        let inp = Inputs { q: *self.q, k, k_layout: self.k.layout, v, v_layout: self.v.layout, scales: None };
+        let inp = Inputs {
+            q: *self.q,
+            k,
+            k_layout: self.k.layout,
+            v,
+            v_layout: self.v.layout,
+            scales: None,
+            #[cfg(feature = "std")]
+            panel_call: None,
+        };
         let (plan, tiling, blocks, entries) = (self.plan, self.tiling, self.blocks, self.entries);
         let work = Sparse { kernel, plan, tiling, blocks, entries, inp, indices: *self.indices, sink: self.sink };
         run_split(self.workers, &work);
