@@ -38,6 +38,8 @@ usage: cargo run --release --example bench -- [options]
                        (default: f32 for P1-P3, f32,f16 for D1 and D2)
   --cache MODE         decode only: warm (KV left in cache between calls, as the peers run),
                        cold (last-level cache evicted before every timed call) or both (default)
+  --evict WHERE        cold decode: which threads read the eviction buffer: pool (default; every
+                       thread of the pool, as a model's other work between layers) or calling
   --isa NAME           force scalar, portable, avx2-fma or neon (default: automatic)
   --bw-mib N           size of the bandwidth buffer (default 1024, 512 when memory is short)
   --no-check           skip the check of sampled output rows against the f64 reference";
@@ -55,6 +57,7 @@ struct Args {
     json_only: bool,
     kv: Option<Vec<KvDtype>>,
     cache: Vec<CacheMode>,
+    evict_on_pool: bool,
     isa: Option<Isa>,
     bw_mib: Option<usize>,
     check: bool,
@@ -83,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         json_only: false,
         kv: None,
         cache: vec![CacheMode::Warm, CacheMode::Cold],
+        evict_on_pool: true,
         isa: None,
         bw_mib: None,
         check: true,
@@ -126,6 +130,13 @@ fn parse_args() -> Result<Args, String> {
                     "cold" => vec![CacheMode::Cold],
                     "both" => vec![CacheMode::Warm, CacheMode::Cold],
                     s => return Err(format!("--cache: warm, cold or both, not {s}")),
+                }
+            }
+            "--evict" => {
+                a.evict_on_pool = match value("--evict")?.as_str() {
+                    "pool" => true,
+                    "calling" => false,
+                    s => return Err(format!("--evict: pool or calling, not {s}")),
                 }
             }
             "--isa" => {
@@ -232,6 +243,8 @@ struct Row {
     w: Workload,
     dt: KvDtype,
     cache: Option<CacheMode>,
+    /// Cold calls: which threads read the eviction buffer before each (`pool` or `calling`).
+    evict: Option<&'static str>,
     reps: usize,
     ms: Stats,
     gflops: f64,
@@ -287,6 +300,7 @@ fn check(inp: &Inputs) -> Result<f64, String> {
 fn measure(
     inp: &mut Inputs,
     mode: Option<CacheMode>,
+    evict_on_pool: bool,
     reps: usize,
     buf: &BwBuffer,
 ) -> Result<(Stats, Option<f64>), String> {
@@ -303,7 +317,11 @@ fn measure(
     let cpu0 = sysload::sample();
     for _ in 0..reps {
         if mode == Some(CacheMode::Cold) {
-            buf.evict_caches(EVICT_MIB);
+            if evict_on_pool {
+                buf.evict_caches_on_pool(EVICT_MIB);
+            } else {
+                buf.evict_caches(EVICT_MIB);
+            }
         }
         let t = Instant::now();
         call(inp)?;
@@ -382,7 +400,7 @@ fn main() -> ExitCode {
                 if w.is_decode() { args.cache.iter().map(|&m| Some(m)).collect() } else { vec![None] };
             let mut max_abs_err = None;
             for (k, &mode) in modes.iter().enumerate() {
-                let (ms, others_cpu) = match measure(&mut inp, mode, args.reps, &buf) {
+                let (ms, others_cpu) = match measure(&mut inp, mode, args.evict_on_pool, args.reps, &buf) {
                     Ok(s) => s,
                     Err(e) => {
                         eprintln!(" failed: {e}");
@@ -411,6 +429,11 @@ fn main() -> ExitCode {
                     w,
                     dt,
                     cache: mode,
+                    evict: (mode == Some(CacheMode::Cold)).then_some(if args.evict_on_pool {
+                        "pool"
+                    } else {
+                        "calling"
+                    }),
                     reps: args.reps,
                     gflops: w.flops() / t / 1e9,
                     gbps: w.is_decode().then(|| w.kv_bytes(dt) / t / 1e9),
@@ -478,7 +501,7 @@ fn main() -> ExitCode {
     for r in &rows {
         println!(
             "{{\"workload\":\"{}\",\"dtype_kv\":\"{}\",\"threads\":{threads},\"median_ms\":{},\"min_ms\":{},\"max_ms\":{},\
-\"gflops\":{},\"frac_fma_peak\":{},\"gbps\":{},\"frac_read_bw\":{},\"isa\":\"{isa}\",\"cache\":{},\"reps\":{},\
+\"gflops\":{},\"frac_fma_peak\":{},\"gbps\":{},\"frac_read_bw\":{},\"isa\":\"{isa}\",\"cache\":{},\"evict\":{},\"reps\":{},\
 \"lk_eff\":{},\"max_abs_err\":{},\"others_cpu\":{}}}",
             r.w.name,
             r.dt.name(),
@@ -490,6 +513,7 @@ fn main() -> ExitCode {
             json_opt(r.gbps),
             json_opt(r.gbps.map(|g| g / bw)),
             r.cache.map_or_else(|| "null".to_string(), |m| format!("\"{}\"", m.name())),
+            r.evict.map_or_else(|| "null".to_string(), |e| format!("\"{e}\"")),
             r.reps,
             json_num(r.w.lk_eff()),
             r.max_abs_err.map_or_else(|| "null".to_string(), |e| format!("{e:.3e}")),

@@ -106,7 +106,7 @@ fn main() {
             for k in 0..2 {
                 let which = (k + p) % 2;
                 if !warm {
-                    buf.evict_caches(EVICT_MIB);
+                    buf.evict_caches_on_pool(EVICT_MIB);
                 }
                 let t = Instant::now();
                 step(which, &mut out);

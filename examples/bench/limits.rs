@@ -216,10 +216,35 @@ impl BwBuffer {
         best
     }
 
-    /// Reads the first `mib` MiB (more than the last-level cache) to evict other data from it.
+    /// Reads the first `mib` MiB (more than the last-level cache) on the calling thread, to evict
+    /// other data from the caches.
     pub fn evict_caches(&self, mib: usize) -> f32 {
         let n = (mib * (1 << 20) / 4).min(self.data.len());
         black_box(sum(&self.data[..n]))
+    }
+
+    /// [`BwBuffer::evict_caches`] with every thread of the current rayon pool reading a
+    /// contiguous share, as the other work of a model's layer runs between two attention calls.
+    ///
+    /// Why the decode benchmarks evict this way: after an eviction on the calling thread alone,
+    /// with the pool's threads idle, the next 2-thread decode call of D1 (f16) took 2.5–4.3 ms
+    /// (median of 21) instead of 1.6–2.0 ms, close to its 1-thread time, in every run. It is not
+    /// the pool's wake-up (a broadcast after 5 ms idle starts within 0.1 ms), nor the cores'
+    /// clocks (a 1 ms spin on every pool thread after the eviction did not help), nor the time
+    /// between the two (sleeping 1–30 ms did not help); evicting on one pool thread alone did.
+    /// The effect belongs to the host and its scheduler, not to the kernel, so the benchmarks
+    /// measure the state a model leaves: every thread busy with the layer's other work.
+    #[cfg(feature = "rayon")]
+    pub fn evict_caches_on_pool(&self, mib: usize) -> f32 {
+        let n = (mib * (1 << 20) / 4).min(self.data.len());
+        let share = n.div_ceil(rayon::current_num_threads());
+        rayon::broadcast(|ctx| {
+            let lo = (ctx.index() * share).min(n);
+            let hi = (lo + share).min(n);
+            black_box(sum(&self.data[lo..hi]))
+        })
+        .iter()
+        .sum()
     }
 }
 
