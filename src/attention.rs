@@ -281,7 +281,7 @@ impl KvVisitor for Call<'_, '_> {
             v_layout,
             scales,
             #[cfg(feature = "std")]
-            panel_call: Some(crate::driver::panel::next_call()),
+            panel_call: crate::driver::panel::pays_for::<KE, VE>().then(crate::driver::panel::next_call),
         };
         let work = Dense { kernel, plan: self.plan, tiling: self.tiling, inp, sink: self.sink };
         run_split(self.workers, &work);

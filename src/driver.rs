@@ -407,7 +407,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Storage, VE: Storage>(
     // cut every `t.bc` keys.
     let tiles = span.ranges.iter().flat_map(|&(r0, r1)| {
         let (r0, r1) = (r0.max(k_begin), r1.min(k_end));
-        (r0..r1).step_by(t.bc).map(move |j0| (j0, (j0 + t.bc).min(r1), r1))
+        (r0..r1).step_by(t.bc).map(move |j0| (j0, (j0 + t.bc).min(r1), (r0, r1)))
     });
     if hr <= t.geo.dot_rows_max {
         for (j0, j1, _) in tiles {
@@ -429,7 +429,7 @@ pub(crate) fn run_unit<K: Kernel, KE: Storage, VE: Storage>(
     prefill_tiles(kernel, plan, t, inp, u, &span, tiles, sc, None);
 }
 
-/// The KV tiles `(j0, j1, r1)` of a prefill unit (`r1`: the end of the tile's key range), with
+/// The KV tiles `(j0, j1, (r0, r1))` of a prefill unit (`r0..r1`: the tile's key range), with
 /// its queries transposed in `sc.qt`: scores, softmax and P·V into `sc.state`. K and V are
 /// staged contiguous f32 (in place, a head-interleaved layout puts a head's rows a multiple of
 /// 4 KiB apart, where they evict each other from L1 between the gemm's column strips): into the
@@ -443,7 +443,7 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
     inp: &Inputs<'_, KE, VE>,
     u: &Unit,
     span: &UnitSpan,
-    tiles: impl Iterator<Item = (usize, usize, usize)>,
+    tiles: impl Iterator<Item = (usize, usize, (usize, usize))>,
     sc: &mut Scratch<'_>,
     mut panel: Option<(&mut Panel, PanelKey)>,
 ) {
@@ -458,13 +458,13 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
     let v_src =
         RowSource { data: inp.v, layout: &inp.v_layout, scales: inp.scales.as_ref().map(|s| (s.v, &s.v_layout)) };
     // LOOP: KV tiles.
-    for (j0, j1, r1) in tiles {
+    for (j0, j1, (r0, r1)) in tiles {
         let n = j1 - j0;
         let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
         let hidden = if boundary { Hidden::Outside(j0) } else { Hidden::None };
         let st = &mut sc.s[..t.bc * hr];
         // The keys `fresh` of the tile are read from K and V and staged; the panel holds the rest.
-        let reserved = panel.as_mut().and_then(|(p, key)| p.reserve(*key, (j0, j1), dk, dv));
+        let reserved = panel.as_mut().and_then(|(p, key)| p.reserve(*key, r0, (j0, j1), dk, dv));
         let fresh = reserved.map_or(j0..j1, |r| r.first..r.end);
         // This tile's V arrives during the scores, the next tile's K after them.
         match &panel {
