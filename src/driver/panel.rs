@@ -16,9 +16,12 @@
 //! another call, head or batch row, or one that starts before the panel or past its end, starts
 //! it afresh; a tile that would grow it past [`MAX_FLOATS`] is staged in the unit's scratch as
 //! before, and the panel keeps its rows: a long causal head keeps its first keys, which every
-//! query tile visits, and a sliding window passes the panel's end and starts it again further on. The rows are the same values the scratch would hold, read by
-//! the same kernels with the same leading dimension, so results do not depend on whether, or
-//! on which thread, a tile came from the panel.
+//! query tile visits, and a sliding window passes the panel's end and starts it again further
+//! on.
+//!
+//! The rows are the values the scratch would hold, read by the same kernels with the same
+//! leading dimension, so results do not depend on whether, or on which thread, a tile came from
+//! the panel.
 
 #[cfg(feature = "std")]
 use alloc::vec::Vec;
