@@ -223,6 +223,8 @@ fn gemm_matches_scalar<K: Kernel>(kern: K) {
     for accumulate in [false, true] {
         check_gemm(kern, &mut rng, (13, 40, 300), (300, 1024, 41), accumulate);
         check_gemm(kern, &mut rng, (7, 33, 5), (6, 2048, 33), accumulate);
+        // Under a single row block, passes of a few rows (the last one short).
+        check_gemm(kern, &mut rng, (5, 40, 19), (19, 1024, 41), accumulate);
     }
     // A single row (or a single k step) may have any leading dimension, even 0.
     check_gemm(kern, &mut rng, (1, 37, 19), (0, 40, 0), false);
@@ -338,9 +340,11 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
                 }
             }
         }
-        // Strides that are 4 KiB multiples (packed when more than one row block reads B).
+        // Strides that are 4 KiB multiples (packed when more than one row block reads B, else read
+        // a few rows per pass).
         check_gemm_variant(kern, &mut rng, (13, 40, 70), (100, 1024, 41), v);
         check_gemm_variant(kern, &mut rng, (4, 128, 32), (200, 2048, 128), v);
+        check_gemm_variant(kern, &mut rng, (6, 24, 13), (20, 1024, 30), v);
     }
 }
 
