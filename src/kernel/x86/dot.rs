@@ -186,12 +186,13 @@ unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
 
 /// See [`crate::kernel::Kernel::dot_heads`].
 ///
-/// Keys go one at a time and, per key, the heads in order, so a BSHD cache (all heads of a key
-/// adjacent) is read strictly in address order, which the hardware prefetchers follow at full
-/// bandwidth (interleaving two keys' rows halves it), and each head's row [`KEY_AHEAD_BYTES`]
-/// further on is requested as it is scored. A block holds `HB` heads × `M` rows (at
-/// most 8 accumulators); the queries are memory operands from L1. The block's sums are adjacent
-/// in the transposed output, so one hadd tree and one store finish it.
+/// Keys go in blocks of `KB` (8 / `M` for `M` ≤ 4 query rows per head, else 1) and, per block,
+/// the heads in order: a block of `KB` keys × `M` rows holds 8 accumulators, each query vector
+/// loaded once feeds `KB` FMAs, and each widened key vector `M`. Blocking heads instead (one
+/// key, `8 / M` heads) loads every query vector for a single FMA; at 4 rows per head that is
+/// 10 loads per 8 FMAs against 6 here, which measured 1.45× slower from L1. Each head's row
+/// [`KEY_AHEAD_BYTES`] further along the keys is requested as its block is scored, so the
+/// reads, a few keys' rows at a time, do not wait on the hardware prefetchers.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `a` holds `heads·m` rows of `k` floats (`lda`), `b` the
@@ -251,13 +252,14 @@ struct HeadRows {
     out: *mut f32,
 }
 
-/// `M` rows of every head against keys `0..n`, `HB` heads per block, with the prefetch rows of
-/// each key requested as its key rows are read.
+/// `M` rows of every head against keys `0..n`, `KB` keys per block, with each block's rows
+/// [`KEY_AHEAD_BYTES`] ahead and its prefetch rows requested as it is read.
 ///
 /// # Safety
 /// As [`dot_heads`], for the `M` rows of each head that `g` points at; `k > 0`.
 #[inline(always)]
-unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const HB: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
     heads: usize,
     n: usize,
     k: usize,
@@ -271,56 +273,35 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const HB: usize>(
 ) {
     let (pf_p, pf_ld, pf_lh, pf_len) = pf;
     let pf_bytes = pf_len * size_of::<F>();
-    let a_hs = g.m * lda;
-    if heads == 1 && HB > 1 {
-        // One head (a gathered tile): blocks of `HB` keys take the heads' place, so the
-        // accumulators and the horizontal sums are as full as with `HB` heads.
-        let mut j = 0;
-        while j < n {
-            let kb = if j + HB <= n { HB } else { 1 };
-            let (bj, o) = (b.wrapping_add(j * ldb), g.out.wrapping_add(j * ldo));
-            // SAFETY: keys `j..j + kb` exist (rows `ldb` apart, outputs `ldo` apart); the queries
-            // are the same rows for each (stride 0); see `head_block`.
-            unsafe {
-                if kb == HB {
-                    head_block::<E, M, HB>(k, g.a, lda, 0, bj, ldb, o, ldo);
-                } else {
-                    head_block::<E, M, 1>(k, g.a, lda, 0, bj, ldb, o, ldo);
-                }
-            }
-            for t in 0..kb {
-                prefetch_row(pf_p.wrapping_add((j + t) * pf_ld).cast::<i8>(), pf_bytes);
-            }
-            j += kb;
-        }
-        return;
-    }
-    let key_bytes = (ldb * size_of::<E>()).max(1);
-    let ahead = KEY_AHEAD_BYTES.div_ceil(key_bytes);
+    let ahead = KEY_AHEAD_BYTES.div_ceil((ldb * size_of::<E>()).max(1));
     let k_bytes = k * size_of::<E>();
-    for j in 0..n {
-        let mut h = 0;
-        // LOOP: the heads of key `j`, in address order.
-        while h < heads {
-            let hb = if h + HB <= heads { HB } else { 1 };
-            for t in 0..hb {
-                prefetch_row(b.wrapping_add((j + ahead) * ldb + (h + t) * ldh).cast::<i8>(), k_bytes);
+    let mut j = 0;
+    // LOOP: blocks of `KB` keys (single keys at the end), every head of each.
+    while j < n {
+        let kb = if j + KB <= n { KB } else { 1 };
+        for h in 0..heads {
+            let (a, bj, o) = (
+                g.a.wrapping_add(h * g.m * lda),
+                b.wrapping_add(j * ldb + h * ldh),
+                g.out.wrapping_add(j * ldo + h * g.m),
+            );
+            for t in j..j + kb {
+                prefetch_row(b.wrapping_add((t + ahead) * ldb + h * ldh).cast::<i8>(), k_bytes);
             }
-            let (a, bj, o) =
-                (g.a.wrapping_add(h * a_hs), b.wrapping_add(j * ldb + h * ldh), g.out.wrapping_add(j * ldo + h * g.m));
-            // SAFETY: heads `h..h + hb` exist; see `head_block`.
+            // SAFETY: keys `j..j + kb` of head `h` exist (rows `ldb` apart, their scores `ldo`
+            // apart), and so do the head's `M` query rows; see `key_block`.
             unsafe {
-                if hb == HB {
-                    head_block::<E, M, HB>(k, a, lda, a_hs, bj, ldh, o, g.m);
+                if kb == KB {
+                    key_block::<E, M, KB>(k, a, lda, bj, ldb, o, ldo);
                 } else {
-                    head_block::<E, M, 1>(k, a, lda, a_hs, bj, ldh, o, g.m);
+                    key_block::<E, M, 1>(k, a, lda, bj, ldb, o, ldo);
                 }
             }
-            for t in 0..hb {
-                prefetch_row(pf_p.wrapping_add(j * pf_ld + (h + t) * pf_lh).cast::<i8>(), pf_bytes);
+            for t in j..j + kb {
+                prefetch_row(pf_p.wrapping_add(t * pf_ld + h * pf_lh).cast::<i8>(), pf_bytes);
             }
-            h += hb;
         }
+        j += kb;
     }
 }
 
@@ -338,36 +319,35 @@ fn prefetch_row(p: *const i8, bytes: usize) {
     }
 }
 
-/// `out[t·o_hs + r] = a[t·a_hs + r·lda ..] · b[t·ldh ..]` (length `k`) for `t < HB`, `r < M`:
-/// `HB` heads' rows against one key, into one row of the transposed scores.
+/// `out[t·ldo + r] = a[r·lda ..] · b[t·ldb ..]` (length `k`) for `t < KB`, `r < M`: `M` query
+/// rows of one head against `KB` of its keys.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements.
 #[inline(always)]
-unsafe fn head_block<E: Storage, const M: usize, const HB: usize>(
+unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     k: usize,
     a: *const f32,
     lda: usize,
-    a_hs: usize,
     b: *const E,
-    ldh: usize,
+    ldb: usize,
     out: *mut f32,
-    o_hs: usize,
+    ldo: usize,
 ) {
-    const { assert!(M * HB <= 8) };
+    const { assert!(M * KB <= 8) };
     // SAFETY: AVX is available (caller); no memory is touched.
     let zero = unsafe { _mm256_setzero_ps() };
-    let mut acc = [[zero; M]; HB];
+    let mut acc = [[zero; M]; KB];
     let k8 = k & !7;
     let mut p = 0;
     while p < k8 {
-        for (t, acc_t) in acc.iter_mut().enumerate() {
-            // SAFETY: key row `t` holds `k >= p + 8` elements, and so does query row `r`.
-            unsafe {
-                let kv = load8(b.add(t * ldh + p));
-                for (r, acc_tr) in acc_t.iter_mut().enumerate() {
-                    let q = _mm256_loadu_ps(a.add(t * a_hs + r * lda + p));
-                    *acc_tr = _mm256_fmadd_ps(q, kv, *acc_tr);
+        // SAFETY: query row `r` and key row `t` hold `k >= p + 8` elements.
+        unsafe {
+            let q: [__m256; M] = core::array::from_fn(|r| _mm256_loadu_ps(a.add(r * lda + p)));
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let kv = load8(b.add(t * ldb + p));
+                for (acc_tr, &q_r) in acc_t.iter_mut().zip(&q) {
+                    *acc_tr = _mm256_fmadd_ps(q_r, kv, *acc_tr);
                 }
             }
         }
@@ -375,15 +355,14 @@ unsafe fn head_block<E: Storage, const M: usize, const HB: usize>(
     }
     if p < k {
         let w = k - p;
-        // SAFETY: AVX2 is available (caller).
-        let mask = unsafe { super::convert::lane_mask(w) };
-        for (t, acc_t) in acc.iter_mut().enumerate() {
-            // SAFETY: rows hold `p + w = k` elements; masked lanes are not read (0 in `kv`).
-            unsafe {
-                let kv = load_partial(b.add(t * ldh + p), w);
-                for (r, acc_tr) in acc_t.iter_mut().enumerate() {
-                    let q = _mm256_maskload_ps(a.add(t * a_hs + r * lda + p), mask);
-                    *acc_tr = _mm256_fmadd_ps(q, kv, *acc_tr);
+        // SAFETY: rows hold `p + w = k` elements; masked lanes are not read (0 in `kv`).
+        unsafe {
+            let mask = super::convert::lane_mask(w);
+            let q: [__m256; M] = core::array::from_fn(|r| _mm256_maskload_ps(a.add(r * lda + p), mask));
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                let kv = load_partial(b.add(t * ldb + p), w);
+                for (acc_tr, &q_r) in acc_t.iter_mut().zip(&q) {
+                    *acc_tr = _mm256_fmadd_ps(q_r, kv, *acc_tr);
                 }
             }
         }
@@ -394,17 +373,25 @@ unsafe fn head_block<E: Storage, const M: usize, const HB: usize>(
     }
     // SAFETY: AVX is available (caller).
     let sums = unsafe { hsum8(&flat) };
-    if o_hs == M && M * HB == 8 {
-        // SAFETY: the `HB` heads' `M` sums are the 8 adjacent floats at `out`.
+    if M == 8 {
+        // SAFETY: the single key's 8 sums go to the 8 adjacent floats at `out`.
         unsafe { _mm256_storeu_ps(out, sums) };
+    } else if M == 4 {
+        // SAFETY: key `t`'s 4 sums (lanes `4t..4t + 4`) go to the 4 floats at `out + t·ldo`.
+        unsafe {
+            _mm_storeu_ps(out, _mm256_castps256_ps128(sums));
+            if KB > 1 {
+                _mm_storeu_ps(out.add(ldo), _mm256_extractf128_ps::<1>(sums));
+            }
+        }
     } else {
         let mut lanes = [0.0f32; 8];
         // SAFETY: AVX is available (caller); `lanes` holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums) };
-        for t in 0..HB {
+        for t in 0..KB {
             for r in 0..M {
-                // SAFETY: the score of row `r` of head `t` is at `out + t·o_hs + r`.
-                unsafe { *out.add(t * o_hs + r) = lanes[t * M + r] };
+                // SAFETY: the score of row `r` against key `t` is at `out + t·ldo + r`.
+                unsafe { *out.add(t * ldo + r) = lanes[t * M + r] };
             }
         }
     }
