@@ -218,12 +218,29 @@ mod loops {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn run_avx2<E: Value>(k: &[E], v: &[E], arith: bool) -> f32 {
+        // SAFETY: the caller's contract; inlined here, the loop gets the features.
+        unsafe { run_inline(k, v, arith) }
+    }
+
+    /// [`run_avx2`]'s body (intrinsics stay `unsafe` calls here on every Rust version).
+    ///
+    /// # Safety
+    /// As [`run_avx2`].
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn run_inline<E: Value>(k: &[E], v: &[E], arith: bool) -> f32 {
         use core::arch::x86_64::*;
         let row = super::HKV * super::D;
         let ahead = 8192usize.div_ceil(row * size_of::<E>());
-        // Four "query rows" of weights, as a KV head's GQA group.
-        let q = [_mm256_set1_ps(0.5), _mm256_set1_ps(-0.25), _mm256_set1_ps(0.125), _mm256_set1_ps(1.0)];
-        let mut acc = [_mm256_setzero_ps(); 8];
+        // SAFETY: AVX is available (caller); no memory is touched.
+        let (zero, q) = unsafe {
+            // Four "query rows" of weights, as a KV head's GQA group.
+            (
+                _mm256_setzero_ps(),
+                [_mm256_set1_ps(0.5), _mm256_set1_ps(-0.25), _mm256_set1_ps(0.125), _mm256_set1_ps(1.0)],
+            )
+        };
+        let mut acc = [zero; 8];
         let keys = k.len() / row;
         if !arith {
             for x in [k, v] {
@@ -239,8 +256,11 @@ mod loops {
                     let ka = k.as_ptr().wrapping_add((j + ahead) * row).cast::<i8>();
                     // This key's row 8 KiB ahead and its V row into L2, as the decode kernel asks.
                     for off in (0..row * size_of::<E>()).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T1>(ka.wrapping_add(off));
-                        _mm_prefetch::<_MM_HINT_T1>(vr.cast::<i8>().wrapping_add(off));
+                        // SAFETY: a prefetch has no architectural effect and never faults.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T1>(ka.wrapping_add(off));
+                            _mm_prefetch::<_MM_HINT_T1>(vr.cast::<i8>().wrapping_add(off));
+                        }
                     }
                     for i in (0..row).step_by(16) {
                         // SAFETY: 16 values from `i` lie inside key row `j`.
@@ -254,9 +274,11 @@ mod loops {
             }
         }
         let mut lanes = [0.0f32; 8];
-        let s = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+        // SAFETY: AVX is available (caller); `lanes` holds 8 floats.
+        unsafe {
+            let s = acc.iter().fold(zero, |s, &a| _mm256_add_ps(s, a));
+            _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+        }
         lanes.iter().sum()
     }
 

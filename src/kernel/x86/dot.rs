@@ -343,7 +343,10 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     while p < k8 {
         // SAFETY: query row `r` and key row `t` hold `k >= p + 8` elements.
         unsafe {
-            let q: [__m256; M] = core::array::from_fn(|r| _mm256_loadu_ps(a.add(r * lda + p)));
+            let mut q = [zero; M];
+            for (r, q_r) in q.iter_mut().enumerate() {
+                *q_r = _mm256_loadu_ps(a.add(r * lda + p));
+            }
             for (t, acc_t) in acc.iter_mut().enumerate() {
                 let kv = load8(b.add(t * ldb + p));
                 for (acc_tr, &q_r) in acc_t.iter_mut().zip(&q) {
@@ -358,7 +361,10 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
         // SAFETY: rows hold `p + w = k` elements; masked lanes are not read (0 in `kv`).
         unsafe {
             let mask = super::convert::lane_mask(w);
-            let q: [__m256; M] = core::array::from_fn(|r| _mm256_maskload_ps(a.add(r * lda + p), mask));
+            let mut q = [zero; M];
+            for (r, q_r) in q.iter_mut().enumerate() {
+                *q_r = _mm256_maskload_ps(a.add(r * lda + p), mask);
+            }
             for (t, acc_t) in acc.iter_mut().enumerate() {
                 let kv = load_partial(b.add(t * ldb + p), w);
                 for (acc_tr, &q_r) in acc_t.iter_mut().zip(&q) {
