@@ -156,6 +156,39 @@ fn huge_kv_len_over_stride0_buffers_visits_only_the_visible_keys() {
 }
 
 #[test]
+fn single_key_with_any_sequence_stride() {
+    // With one key, the sequence stride of K and V never addresses anything, so any value is a
+    // legal layout; the decode kernel, which requests rows ahead along that stride, must neither
+    // overflow nor read there. The output is that key's V row in every query head.
+    let (hq, hkv, d) = (8, 2, 16);
+    let mut rng = common::Rng::new(22);
+    let mut gen = |n: usize| (0..n).map(|_| rng.uniform()).collect::<Vec<f32>>();
+    let (qd, kd, vd) = (gen(hq * d), gen(hkv * d), gen(hkv * d));
+    let q = Tensor::bshd(&qd[..], 1, 1, hq, d);
+    // f16 copies of K and V exact in f16, so the f16 call's output is the same V row.
+    let round = |x: &[f32]| x.iter().map(|&x| gated_attention::f16::from_f32(x)).collect::<Vec<_>>();
+    let (kh, vh) = (round(&kd), round(&vd));
+    let vd: Vec<f32> = vh.iter().map(|x| x.to_f32()).collect();
+    for stride in [usize::MAX, usize::MAX / 2, 1 << 40] {
+        let l = Layout { shape: [1, 1, hkv, d], strides: [0, stride, d] };
+        for half in [false, true] {
+            let (k, v) = if half {
+                (Tensor::new(&kh[..], l), Tensor::new(&vh[..], l))
+            } else {
+                (Tensor::new(&kd[..], l), Tensor::new(&vd[..], l))
+            };
+            let mut out = vec![f32::NAN; hq * d];
+            attention(&q, &k, &v, TensorMut::bshd(&mut out[..], 1, 1, hq, d), None, &AttentionOptions::new())
+                .unwrap_or_else(|e| panic!("stride {stride}: {e}"));
+            for h in 0..hq {
+                let want = &vd[(h / (hq / hkv)) * d..][..d];
+                assert_eq!(&out[h * d..(h + 1) * d], want, "stride {stride}, f16 {half}, head {h}");
+            }
+        }
+    }
+}
+
+#[test]
 fn sparse_attention_over_huge_kv_len() {
     let (hq, hkv, d) = (2, 1, 4);
     let huge = isize::MAX as usize / (hkv * d);

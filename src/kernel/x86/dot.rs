@@ -273,7 +273,8 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
 ) {
     let (pf_p, pf_ld, pf_lh, pf_len) = pf;
     let pf_bytes = pf_len * size_of::<F>();
-    let ahead = KEY_AHEAD_BYTES.div_ceil((ldb * size_of::<E>()).max(1));
+    // Saturating: with a single key, `ldb` is any stride the caller's layout names.
+    let ahead = KEY_AHEAD_BYTES.div_ceil(ldb.saturating_mul(size_of::<E>()).max(1));
     let k_bytes = k * size_of::<E>();
     let mut j = 0;
     // LOOP: blocks of `KB` keys (single keys at the end), every head of each.
@@ -286,7 +287,9 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
                 g.out.wrapping_add(j * ldo + h * g.m),
             );
             for t in j..j + kb {
-                prefetch_row(b.wrapping_add((t + ahead) * ldb + h * ldh).cast::<i8>(), k_bytes);
+                // Wrapping: the row ahead may lie past the keys, where only the address is formed.
+                let ahead_row = (t + ahead).wrapping_mul(ldb).wrapping_add(h * ldh);
+                prefetch_row(b.wrapping_add(ahead_row).cast::<i8>(), k_bytes);
             }
             // SAFETY: keys `j..j + kb` of head `h` exist (rows `ldb` apart, their scores `ldo`
             // apart), and so do the head's `M` query rows; see `key_block`.

@@ -99,7 +99,8 @@ pub(super) unsafe fn gemm<E: Storage, const AT: bool>(
         }
         return;
     }
-    let aliased = (ldb * size_of::<E>()) % PACK_STRIDE_BYTES == 0 && k > 1;
+    // `k > 1` first: B's rows then lie inside its slice, so the stride's bytes cannot overflow.
+    let aliased = k > 1 && (ldb * size_of::<E>()) % PACK_STRIDE_BYTES == 0;
     if !aliased {
         // SAFETY: the caller's contract.
         unsafe { in_place::<E, AT>(m, n, k, a, lda, b, ldb, c, ldc, acc) };
