@@ -125,14 +125,12 @@ impl Tiling {
 
     /// Sparse attention's cut: units of up to `block_rows` query rows and one KV head (rows: the
     /// head's GQA group times the block's rows), each over the keys the rows list, gathered
-    /// `geo.bc` (few rows: `geo.gather_bc`) at a time, and `extra` more floats of unit scratch
-    /// (the union of the lists). Never split. `q_tiles` counts rows, so [`Tiling::units`] is
+    /// `geo.bc` (few rows: `geo.gather_bc`) at a time. Never split. `q_tiles` counts rows, so [`Tiling::units`] is
     /// non-zero exactly when the call has rows; the units themselves are the blocks'.
     #[cfg(feature = "alloc")]
-    pub fn gathered(plan: &Plan<'_>, geo: Geometry, block_rows: usize, extra: usize) -> Result<Tiling, Error> {
+    pub fn gathered(plan: &Plan<'_>, geo: Geometry, block_rows: usize) -> Result<Tiling, Error> {
         let d = &plan.dims;
-        let overflow = Error::ShapeOverflow { operand: Operand::Scratch };
-        let rows = d.group().checked_mul(block_rows).ok_or(overflow.clone())?;
+        let rows = d.group().checked_mul(block_rows).ok_or(Error::ShapeOverflow { operand: Operand::Scratch })?;
         let t = Tiling {
             tq: block_rows,
             q_tiles: d.q_len,
@@ -146,14 +144,7 @@ impl Tiling {
             unit_scratch: 0,
             scratch: 0,
         };
-        let mut t = t.sized(plan)?;
-        if t.units(plan) > 0 {
-            t.unit_scratch = t.unit_scratch.checked_add(extra).ok_or(overflow.clone())?;
-            t.scratch = crate::exec::split_scratch_len(t.state(plan), t.unit_scratch)
-                .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
-                .ok_or(overflow)?;
-        }
-        Ok(t)
+        t.sized(plan)
     }
 
     /// The layout of a unit's online-softmax state.

@@ -20,36 +20,38 @@ use crate::kernel::Kernel;
 use crate::mask::RowKeys;
 use crate::plan::Plan;
 use crate::sink::Sink;
-use crate::sparse::blocks::{visible, UnionSet, MAX_BLOCK_ROWS};
+use crate::sparse::blocks::{visible, MAX_BLOCK_ROWS};
 
-/// One unit: rows `q0..q0 + tq` of batch `b` against KV head `kvh`.
+/// One unit: rows `q0..q0 + tq` of batch `b` against KV head `kvh`, and with several rows the
+/// union of their visible listed keys with each key's row bits ([`Blocks::union`]).
+///
+/// [`Blocks::union`]: crate::sparse::blocks::Blocks::union
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct BlockUnit {
+pub(crate) struct BlockUnit<'a> {
     pub b: usize,
     pub kvh: usize,
     pub q0: usize,
     pub tq: usize,
+    pub union: (&'a [u32], &'a [u32]),
 }
 
-impl BlockUnit {
+impl BlockUnit<'_> {
     /// The driver's unit of one KV head (`q_tile` is unused by the gathered path).
     fn unit(&self) -> Unit {
         Unit { b: self.b, kvh: self.kvh, nh: 1, q_tile: self.q0 }
     }
 }
 
-/// Computes block unit `bu` into `sc.state` (reset first): `list(i)` is the list of row
-/// `q0 + i`, `set` the worker's union scratch (big enough for the block's lists).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_block_unit<'l, K: Kernel, KE: Storage, VE: Storage>(
+/// Computes block unit `bu` into `sc.state` (reset first): `list` is the list of its first row
+/// (read when the unit is a single row).
+pub(crate) fn run_block_unit<K: Kernel, KE: Storage, VE: Storage>(
     kernel: K,
     plan: &Plan<'_>,
     t: &Tiling,
     inp: &Inputs<'_, KE, VE>,
-    bu: &BlockUnit,
-    list: impl Fn(usize) -> &'l [i32],
+    bu: &BlockUnit<'_>,
+    list: &[i32],
     sc: &mut Scratch<'_>,
-    set: &mut UnionSet<'_>,
 ) {
     let d = &plan.dims;
     let (g, dk, dv) = (d.group(), d.head_dim, d.v_head_dim);
@@ -74,7 +76,7 @@ pub(crate) fn run_block_unit<'l, K: Kernel, KE: Storage, VE: Storage>(
     if tq == 1 {
         // One row: its visible listed keys in list order, no mask.
         let rk = &rks[0];
-        let row = list(0);
+        let row = list;
         let mut n = 0;
         for (slot, &e) in row.iter().enumerate() {
             if visible(rk, e) {
@@ -92,14 +94,7 @@ pub(crate) fn run_block_unit<'l, K: Kernel, KE: Storage, VE: Storage>(
         }
         return;
     }
-    let bound = (0..tq).map(|i| list(i).len()).sum();
-    set.begin(bound);
-    for (i, rk) in rks[..tq].iter().enumerate() {
-        for &e in list(i).iter().filter(|&&e| visible(rk, e)) {
-            set.insert(e as u32, 1 << i);
-        }
-    }
-    let (all, masks) = set.entries();
+    let (all, masks) = bu.union;
     let mut masks_buf = [0u32; MAX_GATHER_BC];
     for (c, (kc, mc)) in all.chunks(bc).zip(masks.chunks(bc)).enumerate() {
         let next = all.get((c + 1) * bc..).unwrap_or(&[]).iter().take(bc).map(|&e| e as usize);
@@ -199,7 +194,7 @@ impl<KE: Storage, VE: Storage> TileCtx<'_, '_, KE, VE> {
 /// # Safety
 /// No other thread writes the unit's rows during the call (units own disjoint rows: their
 /// blocks partition each list's rows, and each (row, KV head) pair belongs to one unit).
-pub(crate) unsafe fn finish_block(plan: &Plan<'_>, t: &Tiling, bu: &BlockUnit, state: &mut [f32], sink: &Sink<'_>) {
+pub(crate) unsafe fn finish_block(plan: &Plan<'_>, t: &Tiling, bu: &BlockUnit<'_>, state: &mut [f32], sink: &Sink<'_>) {
     let mut st = RowState::of(t.state(plan), state);
     finish_rows(plan, &bu.unit(), (bu.q0, bu.tq), &mut st, |b, i, h, row, lse| {
         // SAFETY: row (b, i, h) is this unit's, which no other thread writes (the contract).

@@ -16,7 +16,7 @@ use crate::kernel::{dispatch_kv, Isa, Kernel, KvVisitor};
 use crate::options::AttentionOptions;
 use crate::plan::Plan;
 use crate::sink::Sink;
-use crate::sparse::blocks::{block_rows_cap, Blocks, UnionSet};
+use crate::sparse::blocks::{block_rows_cap, Blocks};
 use crate::sparse::indices::SparseIndices;
 use crate::tensor::{Tensor, TensorMut};
 use crate::Dims;
@@ -28,8 +28,10 @@ use crate::Dims;
 /// `AttentionOptions::new().causal()`. Every other option of [`AttentionOptions`] applies as in
 /// [`attention`](crate::attention): scale, softcap, ALiBi, bias, learned sinks, the fused query
 /// RoPE and the output gate (G1). A row whose list names no visible key gets zeros and LSE
-/// `-inf` (the sink logit with learned sinks). Cost `O(rows · k · head_dim)`; results are
-/// bit-identical for every thread count. On `Err` nothing has been written.
+/// `-inf` (the sink logit with learned sinks). Cost `O(rows · k · head_dim)`; besides the
+/// workers' scratch a call holds the union of each block of rows' lists, at most 12 bytes per
+/// listed index (1.5 × the listed keys, 8 bytes each). Results are bit-identical for every
+/// thread count. On `Err` nothing has been written.
 ///
 /// # Errors
 /// Those of [`attention_with_scratch`](crate::attention_with_scratch) (the size contract of
@@ -75,10 +77,7 @@ pub fn sparse_attention(
     indices.validate(&plan.dims)?;
     let geo = Isa::tiles_for(opts.isa);
     let cap = block_rows_cap(plan.dims.group(), geo.rows_target, indices.k());
-    let entries = if cap > 1 { cap * indices.k() } else { 0 };
-    let overflow = Error::ShapeOverflow { operand: crate::Operand::Scratch };
-    let extra = UnionSet::scratch_len(entries).ok_or(overflow)?;
-    let tiling = Tiling::gathered(&plan, geo, cap, extra)?;
+    let tiling = Tiling::gathered(&plan, geo, cap)?;
     let isa = opts.resolved_isa()?;
     if tiling.units(&plan) == 0 {
         return Ok(());
@@ -86,8 +85,7 @@ pub fn sparse_attention(
     let blocks = Blocks::new(&plan, indices, cap)?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
-        let call =
-            Call { plan: &plan, tiling: &tiling, blocks: &blocks, entries, q, k, v, indices, sink: &sink, workers };
+        let call = Call { plan: &plan, tiling: &tiling, blocks: &blocks, q, k, v, indices, sink: &sink, workers };
         dispatch_kv(isa, call, k.data, v.data)
     });
     Ok(())
@@ -98,7 +96,6 @@ struct Call<'c, 's> {
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
     blocks: &'c Blocks,
-    entries: usize,
     q: &'c Tensor<'c>,
     k: &'c Tensor<'c>,
     v: &'c Tensor<'c>,
@@ -119,8 +116,8 @@ impl KvVisitor for Call<'_, '_> {
             #[cfg(feature = "std")]
             panel_call: None,
         };
-        let (plan, tiling, blocks, entries) = (self.plan, self.tiling, self.blocks, self.entries);
-        let work = Sparse { kernel, plan, tiling, blocks, entries, inp, indices: *self.indices, sink: self.sink };
+        let (plan, tiling, blocks) = (self.plan, self.tiling, self.blocks);
+        let work = Sparse { kernel, plan, tiling, blocks, inp, indices: *self.indices, sink: self.sink };
         run_split(self.workers, &work);
     }
 }
@@ -131,17 +128,15 @@ struct Sparse<'c, K: Kernel, KE: Storage, VE: Storage> {
     plan: &'c Plan<'c>,
     tiling: &'c Tiling,
     blocks: &'c Blocks,
-    /// Keys the union scratch holds (0: single-row blocks only).
-    entries: usize,
     inp: Inputs<'c, KE, VE>,
     indices: SparseIndices<'c>,
     sink: &'c Sink<'c>,
 }
 
 impl<K: Kernel, KE: Storage, VE: Storage> Sparse<'_, K, KE, VE> {
-    fn unit(&self, u: usize) -> BlockUnit {
+    fn unit(&self, u: usize) -> BlockUnit<'_> {
         let (b, kvh, q0, tq) = self.blocks.unit(u);
-        BlockUnit { b, kvh, q0, tq }
+        BlockUnit { b, kvh, q0, tq, union: self.blocks.union(u) }
     }
 }
 
@@ -174,15 +169,9 @@ impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Sparse<'_, K, KE, VE> {
     fn run(&self, u: usize, _: usize, state: &mut [f32], scratch: &mut [f32]) {
         let (plan, t) = (self.plan, self.tiling);
         let bu = self.unit(u);
-        let ints = UnionSet::scratch_len(self.entries).unwrap_or(0);
-        let (floats, tail) = scratch.split_at_mut(t.unit_scratch - ints);
-        // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is valid
-        // for both, so the tail reinterprets exactly (no prefix or suffix is left over).
-        let (_, tail, _) = unsafe { tail.align_to_mut::<u32>() };
-        let mut set = UnionSet::carve(tail, self.entries);
-        let mut sc = Scratch::carve(plan, t, floats, state);
-        let list = |i: usize| self.indices.row(bu.b, bu.q0 + i, bu.kvh);
-        run_block_unit(self.kernel, plan, t, &self.inp, &bu, list, &mut sc, &mut set);
+        let mut sc = Scratch::carve(plan, t, scratch, state);
+        let list = self.indices.row(bu.b, bu.q0, bu.kvh);
+        run_block_unit(self.kernel, plan, t, &self.inp, &bu, list, &mut sc);
     }
 
     fn finish(&self, u: usize, state: &mut [f32]) {
