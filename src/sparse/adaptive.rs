@@ -130,7 +130,7 @@ pub fn adaptive_top_k_indices(
     };
     for_each_row(&ops, out, width, &|row, scores, spare, dst| {
         let visible = d.visible(indexer, row % d.q_len);
-        select_top(&mut scores[..visible], k_of(row), spare, dst);
+        select_top(&scores[..visible], k_of(row), spare, dst);
     });
     if let Some(c) = counts {
         for (row, c) in c.iter_mut().enumerate() {

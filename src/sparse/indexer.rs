@@ -172,11 +172,7 @@ pub fn check_indexer(
     }
     // Each thread's scratch (`row_scratch_len`) must be countable and allocatable as f32s.
     let overflow = Error::ShapeOverflow { operand: Operand::Query };
-    d.kv_len
-        .checked_mul(2)
-        .and_then(|x| x.checked_add(d.heads.checked_mul(d.dim.checked_add(BK + 1)?)?))
-        .filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>())
-        .ok_or(overflow)?;
+    checked_row_scratch_len(&d).filter(|&n| n <= isize::MAX as usize / core::mem::size_of::<f32>()).ok_or(overflow)?;
     for (t, operand) in [(q, Operand::Query), (k, Operand::Key), (w, Operand::IndexerWeights)] {
         t.layout.check(operand, t.data.len())?;
     }
@@ -221,7 +217,7 @@ pub fn indexer_scores(
 /// layout). Rows that see fewer than `top_k` keys list all of them and pad with
 /// [`PAD`]. Equal scores rank the lower key first; a NaN score ranks as `-inf` (such a key is
 /// still listed when the row has no better one left). Each thread holds
-/// `2 · kv_len + H_I · (d_I + 257)` floats of scratch; with the `rayon` feature rows always run
+/// `3 · kv_len + 4 + H_I · (2 · d_I + 257) + 256 · d_I` floats of scratch; with the `rayon` feature rows always run
 /// in parallel (the indexer has no `Parallelism` switch).
 ///
 /// ```
@@ -258,7 +254,7 @@ pub fn top_k_indices(
     let ops = RowOps { q, k, w, indexer, dims: d, isa };
     for_each_row(&ops, out, top_k, &|row, scores, spare, dst| {
         let visible = d.visible(indexer, row % d.q_len);
-        select_top(&mut scores[..visible], top_k.min(visible), spare, dst);
+        select_top(&scores[..visible], top_k.min(visible), spare, dst);
     });
     Ok(())
 }
@@ -289,32 +285,66 @@ fn rank(x: f32) -> f32 {
     }
 }
 
+/// The sort key of a score: keys ascend as [`rank`]s descend (`f32::total_cmp`'s order), so the
+/// smallest key is the best score.
+#[inline]
+fn descending_key(x: f32) -> u32 {
+    let bits = rank(x).to_bits();
+    // total_cmp's order as unsigned bits: a negative value flips every bit, any other sets the
+    // sign bit.
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    !ascending
+}
+
+/// Floats of `spare` that [`select_top`] needs for `len` scores: a `u32` key per score, then a
+/// `u64` per chosen key and one more, at any alignment.
+pub(crate) const fn select_scratch_len(len: usize) -> usize {
+    2 * len + 4
+}
+
 /// Writes the `n` best keys of `scores` (ties: lower key first) into `dst`, best first, and
-/// pads the rest of `dst` with [`PAD`]. `spare` is scratch of `scores.len()` floats.
-pub(crate) fn select_top(scores: &mut [f32], n: usize, spare: &mut [f32], dst: &mut [i32]) {
-    use core::cmp::Ordering;
+/// pads the rest of `dst` with [`PAD`]. `spare` is scratch of at least
+/// [`select_scratch_len`]`(scores.len())` floats; `scores.len()` is below `2^31` (key indices
+/// fit in `i32`).
+pub(crate) fn select_top(scores: &[f32], n: usize, spare: &mut [f32], dst: &mut [i32]) {
     dst.fill(PAD);
     if n == 0 {
         return;
     }
-    for x in scores.iter_mut() {
-        *x = rank(*x);
+    let len = scores.len();
+    debug_assert!(n <= len && spare.len() >= select_scratch_len(len));
+    // SAFETY: u32 has f32's size and alignment and every bit pattern is valid for both, so the
+    // view is exact (no prefix or suffix).
+    let (_, keys, _) = unsafe { spare.align_to_mut::<u32>() };
+    let keys = &mut keys[..len];
+    for (k, &x) in keys.iter_mut().zip(scores) {
+        *k = descending_key(x);
     }
-    // The n-th best score, selected on a copy (O(kv_len)); the keys are then collected in key
-    // order, those above it first, then its ties, so equal scores favour lower keys.
-    let copy = &mut spare[..scores.len()];
-    copy.copy_from_slice(scores);
-    let (_, &mut threshold, _) = copy.select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a));
+    // The n-th best key, selected in O(len) on integers; the n best are the keys below it and
+    // the first of its ties in key order.
+    let (better, &mut threshold, _) = keys.select_nth_unstable(n - 1);
+    let mut ties = n - better.iter().filter(|&&k| k < threshold).count();
+    // SAFETY: every bit pattern is a valid u64; `align_to_mut` leaves a prefix of at most one
+    // float, so the middle holds at least `len + 1` u64s (`select_scratch_len`).
+    let (_, packed, _) = unsafe { spare.align_to_mut::<u64>() };
+    // Each chosen key and its index in one u64: sorted as integers they list the best first and
+    // equal scores by index, with no comparison that reads the scores. The store is
+    // unconditional (at `count <= n < packed.len()`), only the count depends on the test.
     let mut count = 0;
-    for pass in [Ordering::Greater, Ordering::Equal] {
-        for (j, x) in scores.iter().enumerate() {
-            if count < n && x.total_cmp(&threshold) == pass {
-                dst[count] = j as i32;
-                count += 1;
-            }
-        }
+    for (j, &x) in scores.iter().enumerate() {
+        let k = descending_key(x);
+        let tie = k == threshold && ties > 0;
+        packed[count] = u64::from(k) << 32 | j as u64;
+        count += usize::from(k < threshold || tie);
+        ties -= usize::from(tie);
     }
-    dst[..n].sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+    debug_assert_eq!(count, n);
+    let packed = &mut packed[..n];
+    packed.sort_unstable();
+    for (d, &p) in dst.iter_mut().zip(packed.iter()) {
+        // The low half is the index, below 2^31.
+        *d = p as u32 as i32;
+    }
 }
 
 /// The operands of a validated call.
@@ -376,7 +406,7 @@ impl<O: Send> RowVisitor<'_, '_, O> {
         let workers = Workers::Calling(&mut buf);
         for_each_unit(workers, d.rows(), len, |r, buf| {
             let (scores, rest) = buf.split_at_mut(d.kv_len);
-            let (spare, tmp) = rest.split_at_mut(d.kv_len);
+            let (spare, tmp) = rest.split_at_mut(select_scratch_len(d.kv_len));
             score_row(kernel, ops, k, r, scores, tmp);
             // SAFETY: row r's `width` outputs belong to unit r alone, run once.
             let dst = unsafe { out.slice(r * width, width) };
@@ -386,6 +416,12 @@ impl<O: Send> RowVisitor<'_, '_, O> {
 }
 
 /// The scores of query row `r` (`b · q_len + t`) against every key into `scores`.
+///
+/// A tile of `BK` keys is scored against every head at once as a gemm, `Sᵀ = K·(c·Q)ᵀ`
+/// (`BK × H_I`, the keys as A read in place when they are f32, widened first otherwise): with
+/// `H_I` a multiple of 16 that is the prefill microkernel's shape. Each key's score is then
+/// `Σ_h w_h · f(Sᵀ[j, h])`, the nonlinearity applied in place and the sum one
+/// [`Kernel::dot_rows`] of the weights against the tile's rows.
 fn score_row<K: Kernel, KE: Element>(
     kernel: K,
     ops: &RowOps<'_>,
@@ -398,7 +434,10 @@ fn score_row<K: Kernel, KE: Element>(
     let (b, t) = (r / d.q_len, r % d.q_len);
     let (hi, di) = (d.heads, d.dim);
     let (qs, rest) = tmp.split_at_mut(hi * di);
-    let (s, wh) = rest.split_at_mut(hi * BK);
+    let (qt, rest) = rest.split_at_mut(di * hi);
+    let (s, rest) = rest.split_at_mut(BK * hi);
+    let (kw, rest) = rest.split_at_mut(BK * di);
+    let wh = &mut rest[..hi];
     let scale = ops.indexer.effective_scale(hi, di);
     // The scale is folded into the queries: it multiplies q·k before either nonlinearity
     // (the lightning kind's ReLU(c·x) and the gated kind's σ(c·x + b)).
@@ -411,8 +450,9 @@ fn score_row<K: Kernel, KE: Element>(
         }
         kernel.scale(dst, scale);
     }
+    kernel.transpose_widen(hi, di, qs, di, qt, hi);
     let w_off = ops.w.layout.offset(b, t, 0);
-    for (h, x) in wh[..hi].iter_mut().enumerate() {
+    for (h, x) in wh.iter_mut().enumerate() {
         let w = ops.w.data.get_f32(w_off + h);
         *x = match ops.indexer.kind {
             IndexerKind::Lightning => w,
@@ -424,25 +464,30 @@ fn score_row<K: Kernel, KE: Element>(
     let ldk = ops.k.layout.strides[1];
     for j0 in (0..visible).step_by(BK) {
         let n = BK.min(visible - j0);
-        let k_tile = &k[ops.k.layout.offset(b, j0, 0)..];
-        kernel.dot_rows(hi, n, di, qs, di, k_tile, ldk, s, n);
-        let out = &mut scores[j0..j0 + n];
-        out.fill(0.0);
-        for h in 0..hi {
-            let (w, x) = (wh[h], &s[h * n..(h + 1) * n]);
-            match ops.indexer.kind {
-                IndexerKind::Lightning => {
-                    for (o, &x) in out.iter_mut().zip(x) {
-                        *o += w * relu(x);
-                    }
+        let off = ops.k.layout.offset(b, j0, 0);
+        let (k_tile, lda): (&[f32], usize) = match ops.k.data {
+            Elems::F32(x) => (&x[off..], ldk),
+            _ => {
+                for (jj, dst) in kw.chunks_exact_mut(di).take(n).enumerate() {
+                    let o = off + jj * ldk;
+                    kernel.widen(&k[o..o + di], dst);
                 }
-                IndexerKind::Gated { bias } => {
-                    for (o, &x) in out.iter_mut().zip(x) {
-                        *o += w * sigmoid(x + bias[h]);
+                (&kw[..n * di], di)
+            }
+        };
+        let st = &mut s[..n * hi];
+        kernel.gemm(n, hi, di, k_tile, lda, qt, hi, st, hi, false);
+        match ops.indexer.kind {
+            IndexerKind::Lightning => st.iter_mut().for_each(|x| *x = relu(*x)),
+            IndexerKind::Gated { bias } => {
+                for row in st.chunks_exact_mut(hi) {
+                    for (x, &c) in row.iter_mut().zip(bias) {
+                        *x = sigmoid(*x + c);
                     }
                 }
             }
         }
+        kernel.dot_rows(1, n, hi, wh, hi, st, hi, &mut scores[j0..j0 + n], n);
     }
 }
 
@@ -462,9 +507,21 @@ pub(crate) fn probe_row_scratch(d: &IndexerDims) -> Result<(), Error> {
         .map_err(|_| Error::AllocationFailed { operand: Operand::Scratch, bytes: n.saturating_mul(4) })
 }
 
-/// f32 scratch of one thread of [`for_each_row`] (checked not to overflow by [`check_indexer`]).
+/// f32 scratch of one thread of [`for_each_row`] (checked not to overflow by [`check_indexer`]):
+/// the scores and [`select_top`]'s scratch, then [`score_row`]'s queries, their transpose, a
+/// tile's scores, a widened key tile and the weights.
 fn row_scratch_len(d: &IndexerDims) -> usize {
-    2 * d.kv_len + d.heads * (d.dim + BK + 1)
+    checked_row_scratch_len(d).unwrap_or(usize::MAX)
+}
+
+/// [`row_scratch_len`], or `None` when it overflows.
+fn checked_row_scratch_len(d: &IndexerDims) -> Option<usize> {
+    let per_head = d.dim.checked_mul(2)?.checked_add(BK + 1)?;
+    d.kv_len
+        .checked_mul(3)?
+        .checked_add(4)?
+        .checked_add(d.heads.checked_mul(per_head)?)?
+        .checked_add(d.dim.checked_mul(BK)?)
 }
 
 /// `max(x, 0)` that keeps NaN (`f32::max` would drop it).
@@ -503,10 +560,40 @@ mod tests {
 
     #[test]
     fn select_top_keeps_ties_in_key_order() {
-        let mut scores = [1.0f32, 3.0, f32::NAN, 3.0, 1.0];
-        let mut spare = [0.0f32; 5];
+        let scores = [1.0f32, 3.0, f32::NAN, 3.0, 1.0];
+        let mut spare = [0.0f32; select_scratch_len(5)];
         let mut dst = [0i32; 5];
-        select_top(&mut scores, 4, &mut spare, &mut dst);
+        select_top(&scores, 4, &mut spare, &mut dst);
         assert_eq!(dst, [1, 3, 0, 4, PAD]);
+    }
+
+    #[test]
+    fn select_top_matches_a_full_sort() {
+        // Scores drawn from a few values (many ties), with ±0, ±inf and NaN among them; the
+        // reference ranks every key by (rank descending, index ascending) and takes the first n.
+        let pool = [2.5f32, -1.0, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 7.0, -3.5, 1e-30];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for len in [1usize, 2, 7, 64, 300] {
+            for round in 0..20 {
+                let scores: alloc::vec::Vec<f32> = (0..len)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        pool[(state % pool.len() as u64) as usize]
+                    })
+                    .collect();
+                let n = 1 + round * len / 20;
+                let mut order: alloc::vec::Vec<i32> = (0..len as i32).collect();
+                order.sort_by(|&a, &b| rank(scores[b as usize]).total_cmp(&rank(scores[a as usize])).then(a.cmp(&b)));
+                // Every other round the scratch starts 4 bytes off, so its u64 view has a prefix.
+                let mut spare = alloc::vec![0.0f32; select_scratch_len(len) + 1];
+                let spare = &mut spare[round % 2..][..select_scratch_len(len)];
+                let mut dst = alloc::vec![0i32; n + 2];
+                select_top(&scores, n, spare, &mut dst);
+                assert_eq!(dst[..n], order[..n], "len {len}, n {n}, scores {scores:?}");
+                assert_eq!(dst[n..], [PAD, PAD]);
+            }
+        }
     }
 }
