@@ -114,15 +114,31 @@ impl<'s> UnionSet<'s> {
         if found {
             self.masks[self.table[s] as usize - 1] |= bits;
         } else {
-            // At most `entries` distinct keys are inserted (the caller's bound), so the table
-            // (twice as long) always has an empty slot.
-            let p = self.len;
-            self.keys[p] = key;
-            self.masks[p] = bits;
-            self.slots[p] = s as u32;
-            self.table[s] = p as u32 + 1;
-            self.len += 1;
+            self.push(s, key, bits);
         }
+    }
+
+    /// Adds `key` with no row bits and returns true, or returns false when it is already there.
+    #[inline]
+    pub fn add(&mut self, key: u32) -> bool {
+        let (s, found) = self.slot(key);
+        if !found {
+            self.push(s, key, 0);
+        }
+        !found
+    }
+
+    /// Puts a new key in empty table slot `s`.
+    #[inline]
+    fn push(&mut self, s: usize, key: u32, bits: u32) {
+        // At most `entries` distinct keys are inserted (the caller's bound), so the table
+        // (twice as long) always has an empty slot.
+        let p = self.len;
+        self.keys[p] = key;
+        self.masks[p] = bits;
+        self.slots[p] = s as u32;
+        self.table[s] = p as u32 + 1;
+        self.len += 1;
     }
 
     /// Empties the set.
