@@ -566,7 +566,25 @@ fn epilogue_t(
             }
         }
     }
-    if hidden.any() {
+    if let Hidden::Unlisted(masks) = hidden {
+        // After the score options, as below. Key by key: its scores are a row of `st`, one
+        // column per (head, query) pair, and the queries whose bit is clear do not list it. A
+        // branch-free pass over each row (most keys are listed by most of a block's queries)
+        // instead of the runs of each query down the columns.
+        let (heads, tq) = (u.nh * g, span.tq);
+        let full = u32::MAX >> (32 - tq);
+        for (jj, &m) in masks[..n].iter().enumerate() {
+            if m == full {
+                continue;
+            }
+            let row = &mut st[jj * ld..jj * ld + heads * tq];
+            for lane in row.chunks_exact_mut(tq) {
+                for (i, x) in lane.iter_mut().enumerate() {
+                    *x = if m >> i & 1 != 0 { *x } else { f32::NEG_INFINITY };
+                }
+            }
+        }
+    } else if hidden.any() {
         // After the score options (a softcap would turn -inf into -c): everything outside each
         // query's visible runs, found once per query for all the heads that share its keys.
         let heads = u.nh * g;
