@@ -840,8 +840,24 @@ fn pv_block<K: Kernel>(
 }
 
 /// True when the `n × dv` tile holds no NaN or infinity.
+///
+/// `x − x` is 0 for a finite `x` and NaN otherwise; summed into 8 independent lanes it is a pass
+/// the compiler vectorises, with no branch per element (a tile is almost always finite, so an
+/// early exit would not pay: the scalar test with one was 4% of a sparse call's time).
 fn tile_is_finite(v: &[f32], n: usize, dv: usize, ld: usize) -> bool {
-    (0..n).all(|j| v[j * ld..j * ld + dv].iter().all(|x| x.is_finite()))
+    let mut lanes = [0.0f32; 8];
+    for j in 0..n {
+        let mut chunks = v[j * ld..j * ld + dv].chunks_exact(8);
+        for c in &mut chunks {
+            for (l, &x) in lanes.iter_mut().zip(c) {
+                *l += x - x;
+            }
+        }
+        for (l, &x) in lanes.iter_mut().zip(chunks.remainder()) {
+            *l += x - x;
+        }
+    }
+    lanes.iter().all(|&l| l == 0.0)
 }
 
 /// Which keys of a tile some of its rows may not see, so that their scores become `-inf` and
