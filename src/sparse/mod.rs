@@ -31,10 +31,10 @@
 //! list (at most 32 rows, and the GQA group times the rows within the kernel's tile): lists that
 //! share most keys, as an indexer's over neighbouring queries do, form long blocks, and unrelated
 //! lists stay single rows at the cost they had before. Measured with `examples/sparse_bench`
-//! (2 threads, a loaded 2-core machine, ratios of medians within one run): at L 4096, top-k 512,
-//! with lists of which neighbouring rows share 92%, sparse attention took 1/2.5 to 1/5.5 of dense
-//! causal attention's time (1/1.5 to 1/2.2 before the blocks) and indexer + sparse 1/1.75 to
-//! 1/3.1; at L 16384, top-k 2048, 1/2.5 (indexer + sparse 1/1.8). With the bench's random
+//! (2 threads, ratios of medians within one run, benches/README.md): at L 4096, top-k 512, with
+//! lists of which neighbouring rows share 92%, sparse attention took 1/2.6 to 1/2.7 of dense
+//! causal attention's time (1/1.5 to 1/2.2 before the blocks) and indexer + sparse 1/1.85; at L
+//! 16384, top-k 2048, 1/2.75 to 1/2.9 (indexer + sparse 1/1.99 to 1/2.07). With the bench's random
 //! indexer inputs (lists nearly independent) blocks stay single rows and sparse attention is
 //! 1.1–1.45× faster than dense, as before: then each listed K/V row is gathered once per row and
 //! KV head from a different 4 KiB page, and the gathers bound it.
