@@ -82,7 +82,11 @@ pub fn sparse_attention(
     if tiling.units(&plan) == 0 {
         return Ok(());
     }
-    let blocks = Blocks::new(&plan, indices, cap)?;
+    #[cfg(feature = "rayon")]
+    let parallel = matches!(opts.parallelism, crate::Parallelism::Rayon);
+    #[cfg(not(feature = "rayon"))]
+    let parallel = false;
+    let blocks = Blocks::new(&plan, indices, cap, parallel)?;
     let sink = Sink::new(out.data, out.layout, lse);
     Workers::with(opts.parallelism, tiling.scratch, |workers| {
         let call = Call { plan: &plan, tiling: &tiling, blocks: &blocks, q, k, v, indices, sink: &sink, workers };

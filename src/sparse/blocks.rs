@@ -7,8 +7,9 @@
 //! their visible listed keys stays within [`UNION_NUM`]`/`[`UNION_DEN`] of the block's longest
 //! list, so lists that barely overlap (random ones) stay single rows and never cost more than
 //! `1.5×` the per-row work, while lists with causal structure (an indexer's over neighbouring
-//! queries) share most keys and form long blocks. The partition is a pure function of the lists
-//! and the mask, so it does not depend on the thread count.
+//! queries) share most keys and form long blocks. Each list is partitioned in segments of
+//! [`SEGMENT_ROWS`] rows, in parallel, no block crossing a segment's end: the partition is a pure
+//! function of the lists and the mask, so it does not depend on the thread count.
 //!
 //! Each block's union (its keys and their row bits) is built once, while the rows are
 //! partitioned, and read by every unit of the block: with shared lists a block has one unit per
@@ -167,47 +168,100 @@ pub(crate) struct Blocks {
     /// `(batch, KV head, block)` of each unit: per batch, KV-head-major, so one head's keys stay
     /// in cache across its consecutive blocks.
     units: Vec<(usize, usize, usize)>,
-    /// The union of each block of several rows: its rows' visible listed keys in the order they
-    /// are first listed (row by row), and per key the bits of the rows that list it.
+    /// The unions of the blocks of several rows, one [`Unions`] per segment of a list.
+    unions: Vec<Unions>,
+}
+
+/// Rows of one list that are partitioned on their own, in parallel with the other segments: no
+/// block crosses a segment's end. A fixed length, so the blocks do not depend on the thread
+/// count; long enough that the blocks cut short at the ends (one per segment at most) cost
+/// nothing measurable, short enough that L 4096 makes four segments.
+const SEGMENT_ROWS: usize = 1024;
+
+/// The unions of a segment's blocks: each block's visible listed keys in the order its rows
+/// first list them, and per key the bits of the rows that list it.
+#[derive(Default)]
+struct Unions {
     keys: Vec<u32>,
     masks: Vec<u32>,
 }
 
-/// One block: rows `q0..q0 + rows` of one list, its union `keys[union.0..union.1]` (empty for a
-/// single row, which reads its list directly).
+/// One block: rows `q0..q0 + rows` of one list, its union `unions[part]`'s entries
+/// `union.0..union.1` (empty for a single row, which reads its list directly).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     q0: usize,
     rows: usize,
+    part: usize,
     union: (usize, usize),
 }
 
+/// One segment's blocks, before they join the call's.
+#[derive(Default)]
+struct Segment {
+    spans: Vec<Span>,
+    unions: Unions,
+}
+
 impl Blocks {
-    /// Partitions every list's rows into blocks of at most `cap` rows.
+    /// Partitions every list's rows into blocks of at most `cap` rows, the segments of the lists
+    /// on rayon's pool when `parallel`.
     ///
     /// # Errors
     /// [`Error::AllocationFailed`] when the unit table, the unions or the partition's scratch
     /// cannot be had.
-    pub fn new(plan: &Plan<'_>, indices: &SparseIndices<'_>, cap: usize) -> Result<Blocks, Error> {
+    pub fn new(plan: &Plan<'_>, indices: &SparseIndices<'_>, cap: usize, parallel: bool) -> Result<Blocks, Error> {
         let d = &plan.dims;
         let lists = if indices.is_shared() { 1 } else { d.kv_heads };
+        let per_list = d.q_len.div_ceil(SEGMENT_ROWS);
+        let jobs = d.batch * lists * per_list;
+        let entries = if cap > 1 { cap * indices.k() } else { 0 };
+        // Job `n`: segment `n % per_list` of list `n / per_list` (batch-major, then list head).
+        let job = |n: usize, buf: &mut Vec<u32>| -> Result<Segment, Error> {
+            let (g, seg) = (n / per_list, n % per_list);
+            let (b, lh) = (g / lists, g % lists);
+            let rows = seg * SEGMENT_ROWS..((seg + 1) * SEGMENT_ROWS).min(d.q_len);
+            if buf.is_empty() {
+                let len = UnionSet::scratch_len(entries).unwrap_or(usize::MAX);
+                alloc_n(buf, len)?;
+                buf.resize(len, 0u32);
+            }
+            let mut set = UnionSet::carve(buf, entries);
+            set.begin(entries);
+            let mut out = Segment::default();
+            out.partition(rows, |i| plan.mask.row(i), |i| indices.row(b, i, lh), cap, &mut set)?;
+            Ok(out)
+        };
+        let segments: Vec<Result<Segment, Error>> = if parallel {
+            #[cfg(feature = "rayon")]
+            {
+                use rayon::prelude::*;
+                (0..jobs).into_par_iter().map_init(Vec::new, |buf, n| job(n, buf)).collect()
+            }
+            #[cfg(not(feature = "rayon"))]
+            {
+                let mut buf = Vec::new();
+                (0..jobs).map(|n| job(n, &mut buf)).collect()
+            }
+        } else {
+            let mut buf = Vec::new();
+            (0..jobs).map(|n| job(n, &mut buf)).collect()
+        };
+        let mut blocks = Blocks { spans: Vec::new(), units: Vec::new(), unions: Vec::new() };
+        alloc_n(&mut blocks.unions, jobs)?;
         let mut starts = Vec::new();
         alloc_n(&mut starts, d.batch * lists + 1)?;
-        let entries = if cap > 1 { cap * indices.k() } else { 0 };
-        let mut buf = Vec::new();
-        let n = UnionSet::scratch_len(entries).unwrap_or(usize::MAX);
-        alloc_n(&mut buf, n)?;
-        buf.resize(n, 0u32);
-        let mut set = UnionSet::carve(&mut buf, entries);
-        set.begin(entries);
-        let mut blocks = Blocks { spans: Vec::new(), units: Vec::new(), keys: Vec::new(), masks: Vec::new() };
-        for b in 0..d.batch {
-            for lh in 0..lists {
+        for (n, segment) in segments.into_iter().enumerate() {
+            let segment = segment?;
+            if n % per_list == 0 {
                 starts.push(blocks.spans.len());
-                let (rows, list) = (|i| plan.mask.row(i), |i| indices.row(b, i, lh));
-                blocks.partition(d.q_len, rows, list, cap, &mut set)?;
             }
+            alloc_n(&mut blocks.spans, segment.spans.len())?;
+            blocks.spans.extend(segment.spans.iter().map(|&s| Span { part: n, ..s }));
+            blocks.unions.push(segment.unions);
         }
+        // With no rows there are no segments: every list starts (and ends) at 0.
+        starts.resize(d.batch * lists, 0);
         starts.push(blocks.spans.len());
         // Shared lists serve every KV head; a list per KV head serves its own.
         let spans = blocks.spans.len();
@@ -236,29 +290,34 @@ impl Blocks {
 
     /// Unit `u`'s union: its keys and their row bits (empty for a single row).
     pub fn union(&self, u: usize) -> (&[u32], &[u32]) {
-        let (lo, hi) = self.spans[self.units[u].2].union;
-        (&self.keys[lo..hi], &self.masks[lo..hi])
+        let span = &self.spans[self.units[u].2];
+        let (lo, hi) = span.union;
+        let part = &self.unions[span.part];
+        (&part.keys[lo..hi], &part.masks[lo..hi])
     }
+}
 
-    /// Greedy blocks over rows `0..q_len` of one list (`list(i)` is row `i`'s, `rows(i)` the
-    /// keys its mask shows), appended with their unions.
+impl Segment {
+    /// Greedy blocks over `rows` of one list (`list(i)` is row `i`'s, `keys(i)` the keys its
+    /// mask shows), appended with their unions.
     fn partition<'l>(
         &mut self,
-        q_len: usize,
-        rows: impl Fn(usize) -> RowKeys,
+        rows: core::ops::Range<usize>,
+        keys: impl Fn(usize) -> RowKeys,
         list: impl Fn(usize) -> &'l [i32],
         cap: usize,
         set: &mut UnionSet<'_>,
     ) -> Result<(), Error> {
         if cap <= 1 {
-            alloc_n(&mut self.spans, q_len)?;
-            self.spans.extend((0..q_len).map(|q0| Span { q0, rows: 1, union: (0, 0) }));
+            alloc_n(&mut self.spans, rows.len())?;
+            self.spans.extend(rows.map(|q0| Span { q0, rows: 1, part: 0, union: (0, 0) }));
             return Ok(());
         }
         set.clear();
-        let (mut q0, mut longest) = (0usize, 0usize);
-        for i in 0..q_len {
-            let rk = rows(i);
+        let end = rows.end;
+        let (mut q0, mut longest) = (rows.start, 0usize);
+        for i in rows {
+            let rk = keys(i);
             let row = list(i);
             let (mut len, mut new) = (0usize, 0usize);
             for &e in row.iter().filter(|&&e| visible(&rk, e)) {
@@ -279,24 +338,26 @@ impl Blocks {
                 set.insert(e as u32, bit);
             }
         }
-        if q_len > q0 {
-            self.close(q0, q_len - q0, set)?;
+        if end > q0 {
+            self.close(q0, end - q0, set)?;
         }
         Ok(())
     }
 
     /// Appends the block of `rows` rows from `q0` whose union `set` holds, and empties `set`.
     fn close(&mut self, q0: usize, rows: usize, set: &mut UnionSet<'_>) -> Result<(), Error> {
-        let lo = self.keys.len();
+        let u = &mut self.unions;
+        let lo = u.keys.len();
         if rows > 1 {
             let (keys, masks) = set.entries();
-            alloc_n(&mut self.keys, keys.len())?;
-            alloc_n(&mut self.masks, masks.len())?;
-            self.keys.extend_from_slice(keys);
-            self.masks.extend_from_slice(masks);
+            alloc_n(&mut u.keys, keys.len())?;
+            alloc_n(&mut u.masks, masks.len())?;
+            u.keys.extend_from_slice(keys);
+            u.masks.extend_from_slice(masks);
         }
         set.clear();
-        push(&mut self.spans, Span { q0, rows, union: (lo, self.keys.len()) })
+        // `part` is set when the segment joins the call's blocks.
+        push(&mut self.spans, Span { q0, rows, part: 0, union: (lo, u.keys.len()) })
     }
 }
 
@@ -326,11 +387,11 @@ mod tests {
         let mut buf = vec![0u32; UnionSet::scratch_len(cap * k).unwrap()];
         let mut set = UnionSet::carve(&mut buf, cap * k);
         set.begin(cap * k);
-        let mut blocks = Blocks { spans: Vec::new(), units: Vec::new(), keys: Vec::new(), masks: Vec::new() };
+        let mut segment = Segment::default();
         let q_len = lists.len() / k;
-        blocks.partition(q_len, |_| rk, |i| &lists[i * k..(i + 1) * k], cap, &mut set).unwrap();
-        blocks.units = (0..blocks.spans.len()).map(|s| (0, 0, s)).collect();
-        blocks
+        segment.partition(0..q_len, |_| rk, |i| &lists[i * k..(i + 1) * k], cap, &mut set).unwrap();
+        let units = (0..segment.spans.len()).map(|s| (0, 0, s)).collect();
+        Blocks { spans: segment.spans, units, unions: vec![segment.unions] }
     }
 
     /// `(first row, rows)` of each block of `lists`, every key visible.
@@ -367,7 +428,24 @@ mod tests {
         assert_eq!(blocks.union(1), (&[3u32, 4, 5, 6][..], &[1u32, 1, 1, 1][..]));
         // A single row reads its own list: no union is stored for it.
         assert_eq!(blocks.union(2), (&[][..], &[][..]));
-        assert_eq!(blocks.keys.len(), 10);
+        assert_eq!(blocks.unions[0].keys.len(), 10);
+    }
+
+    #[test]
+    fn a_segment_starts_its_blocks_at_its_first_row() {
+        // Rows 0..40 list the same keys; the segment 10..40 makes blocks of 8 from row 10 on.
+        let lists: Vec<i32> = (0..40).flat_map(|_| [3, 1, 4, 7]).collect();
+        let all = RowKeys { sinks_end: 0, lo: 0, hi: usize::MAX };
+        let mut buf = vec![0u32; UnionSet::scratch_len(32).unwrap()];
+        let mut set = UnionSet::carve(&mut buf, 32);
+        set.begin(32);
+        let mut segment = Segment::default();
+        segment.partition(10..40, |_| all, |i| &lists[i * 4..(i + 1) * 4], 8, &mut set).unwrap();
+        let spans: Vec<(usize, usize)> = segment.spans.iter().map(|s| (s.q0, s.rows)).collect();
+        assert_eq!(spans, [(10, 8), (18, 8), (26, 8), (34, 6)]);
+        // Row bits count from the block's first row.
+        assert_eq!(segment.unions.masks[..4], [0xff; 4]);
+        assert_eq!(segment.unions.masks[12..], [0x3f; 4]);
     }
 
     #[test]
@@ -377,7 +455,7 @@ mod tests {
         let lists: Vec<i32> = rows.concat();
         let rk = RowKeys { sinks_end: 0, lo: 0, hi: 4 };
         let blocks = partitioned(&lists, 4, 2, rk);
-        assert_eq!(blocks.spans, [Span { q0: 0, rows: 2, union: (0, 4) }]);
+        assert_eq!(blocks.spans, [Span { q0: 0, rows: 2, part: 0, union: (0, 4) }]);
         assert_eq!(blocks.union(0), (&[0u32, 1, 2, 3][..], &[3u32, 3, 1, 1][..]));
     }
 
