@@ -232,20 +232,21 @@ impl Blocks {
             out.partition(rows, |i| plan.mask.row(i), |i| indices.row(b, i, lh), cap, &mut set)?;
             Ok(out)
         };
-        let segments: Vec<Result<Segment, Error>> = if parallel {
-            #[cfg(feature = "rayon")]
-            {
-                use rayon::prelude::*;
-                (0..jobs).into_par_iter().map_init(Vec::new, |buf, n| job(n, buf)).collect()
-            }
-            #[cfg(not(feature = "rayon"))]
-            {
-                let mut buf = Vec::new();
-                (0..jobs).map(|n| job(n, &mut buf)).collect()
-            }
-        } else {
+        let in_order = || -> Vec<Result<Segment, Error>> {
             let mut buf = Vec::new();
             (0..jobs).map(|n| job(n, &mut buf)).collect()
+        };
+        #[cfg(feature = "rayon")]
+        let segments: Vec<Result<Segment, Error>> = if parallel {
+            use rayon::prelude::*;
+            (0..jobs).into_par_iter().map_init(Vec::new, |buf, n| job(n, buf)).collect()
+        } else {
+            in_order()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let segments = {
+            let _ = parallel;
+            in_order()
         };
         let mut blocks = Blocks { spans: Vec::new(), units: Vec::new(), unions: Vec::new() };
         alloc_n(&mut blocks.unions, jobs)?;
