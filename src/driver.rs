@@ -125,8 +125,9 @@ impl Tiling {
 
     /// Sparse attention's cut: units of up to `block_rows` query rows and one KV head (rows: the
     /// head's GQA group times the block's rows), each over the keys the rows list, gathered
-    /// `geo.bc` (few rows: `geo.gather_bc`) at a time. Never split. `q_tiles` counts rows, so [`Tiling::units`] is
-    /// non-zero exactly when the call has rows; the units themselves are the blocks'.
+    /// `geo.bc` (few rows: `geo.gather_bc`) at a time. Never split. `q_tiles` counts rows, so
+    /// [`Tiling::units`] is non-zero exactly when the call has rows; the units themselves are the
+    /// blocks'.
     #[cfg(feature = "alloc")]
     pub fn gathered(plan: &Plan<'_>, geo: Geometry, block_rows: usize) -> Result<Tiling, Error> {
         let d = &plan.dims;
@@ -572,7 +573,7 @@ fn epilogue_t(
         // branch-free pass over each row (most keys are listed by most of a block's queries)
         // instead of the runs of each query down the columns.
         let (heads, tq) = (u.nh * g, span.tq);
-        let full = u32::MAX >> (32 - tq);
+        let full = all_rows(tq);
         for (jj, &m) in masks[..n].iter().enumerate() {
             if m == full {
                 continue;
@@ -875,6 +876,12 @@ pub(crate) enum Hidden<'m> {
     /// set (the row lists the key).
     #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     Unlisted(&'m [u32]),
+}
+
+/// The row bits of a gathered tile's key that all `rows` (1 to 32) rows of the block list.
+pub(crate) fn all_rows(rows: usize) -> u32 {
+    debug_assert!((1..=32).contains(&rows));
+    u32::MAX >> (32 - rows)
 }
 
 impl Hidden<'_> {

@@ -153,7 +153,7 @@ impl<KE: Storage, VE: Storage> TileCtx<'_, '_, KE, VE> {
             kernel.widen(&inp.v[off..off + dv], dst);
         }
         // The rows that do not list a key (a bit per row) are hidden from it.
-        let full = if tq == 32 { u32::MAX } else { (1u32 << tq) - 1 };
+        let full = super::all_rows(tq);
         let hidden = match masks {
             Some(m) if m.iter().any(|&m| m != full) => Hidden::Unlisted(m),
             _ => Hidden::None,
