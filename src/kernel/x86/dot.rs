@@ -191,8 +191,8 @@ unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
 /// `M·KB` accumulators, each query vector loaded once feeds `KB` FMAs, and each widened key
 /// vector `M`. At 4 rows per head (GQA 4, the common decode shape), 3 keys give 12
 /// accumulators, which keep both FMA pipes busy past their 4-cycle latency where 8 left them
-/// waiting: decode from L2 (32/8 heads, 512 keys, 1 thread) 1.06–1.07× faster with f16 and
-/// int8 K/V, cold D2 int8 1.03–1.05×. Blocking heads instead (one
+/// waiting: decode from L2 (`kv_int8 --warm --len 512 --threads 1`) 1.06–1.07× faster with
+/// f16 and int8 K/V, cold D2 int8 1.03–1.05×. Blocking heads instead (one
 /// key, `8 / M` heads) loads every query vector for a single FMA; at 4 rows per head that is
 /// 10 loads per 8 FMAs against 6 with 2 keys, which measured 1.45× slower from L1. Each head's row
 /// [`KEY_AHEAD_BYTES`] further along the keys is requested as its block is scored, so the
@@ -366,7 +366,8 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
             } else {
                 // The `KB` widened key vectors stay in registers, one query vector at a time:
                 // `M` query vectors beside `M·KB` accumulators would not fit (8 rows per head
-                // spilled, 1.16–1.18× slower from L2 with f16 and int8 K/V).
+                // spilled: 1.16–1.18× slower from L2 with f16 and int8 K/V, 64/8 heads, in a
+                // one-off harness).
                 let mut kv = [zero; KB];
                 for (t, kv_t) in kv.iter_mut().enumerate() {
                     *kv_t = load8(b.add(t * ldb + p));
