@@ -614,6 +614,21 @@ mod tests {
         assert_eq!(dst, [1, 3, 0, 4, PAD]);
     }
 
+    /// One xorshift64 step.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Every key, ranked by (rank descending, index ascending): what `select_top` lists first.
+    fn best_first(scores: &[f32]) -> alloc::vec::Vec<i32> {
+        let mut order: alloc::vec::Vec<i32> = (0..scores.len() as i32).collect();
+        order.sort_by(|&a, &b| rank(scores[b as usize]).total_cmp(&rank(scores[a as usize])).then(a.cmp(&b)));
+        order
+    }
+
     #[test]
     fn select_top_matches_a_full_sort_with_distinct_scores() {
         // Distinct scores take the path without a count of ties; a second key equal to the
@@ -623,21 +638,18 @@ mod tests {
             for round in 0..8 {
                 let mut scores: alloc::vec::Vec<f32> = (0..len)
                     .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                        let x = xorshift(&mut state);
+                        (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                     })
                     .collect();
                 let n = 1 + round * (len - 1) / 7;
-                let mut order: alloc::vec::Vec<i32> = (0..len as i32).collect();
-                order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+                let mut order = best_first(&scores);
                 if round >= 4 && n < len {
                     // Give an unchosen key (the best or the worst of them) the n-th best score:
                     // of the two equal keys, the one with the lower index is chosen.
                     let dup = order[n + (round % 2) * (len - 1 - n)] as usize;
                     scores[dup] = scores[order[n - 1] as usize];
-                    order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
+                    order = best_first(&scores);
                 }
                 let mut spare = alloc::vec![0.0f32; select_scratch_len(len)];
                 let mut dst = alloc::vec![0i32; n];
@@ -657,15 +669,12 @@ mod tests {
             for round in 0..20 {
                 let scores: alloc::vec::Vec<f32> = (0..len)
                     .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        pool[(state % pool.len() as u64) as usize]
+                        let x = xorshift(&mut state);
+                        pool[(x % pool.len() as u64) as usize]
                     })
                     .collect();
                 let n = 1 + round * len / 20;
-                let mut order: alloc::vec::Vec<i32> = (0..len as i32).collect();
-                order.sort_by(|&a, &b| rank(scores[b as usize]).total_cmp(&rank(scores[a as usize])).then(a.cmp(&b)));
+                let order = best_first(&scores);
                 // Every other round the scratch starts 4 bytes off, so its u64 view has a prefix.
                 let mut spare = alloc::vec![0.0f32; select_scratch_len(len) + 1];
                 let spare = &mut spare[round % 2..][..select_scratch_len(len)];

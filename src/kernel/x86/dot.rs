@@ -413,7 +413,8 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
             // SAFETY: key `t0`'s 8 sums go to the 8 adjacent floats at `out + t0·ldo`.
             unsafe { _mm256_storeu_ps(out.add(t0 * ldo), sums) };
         } else if M == 4 {
-            // SAFETY: key `t`'s 4 sums (lanes `4t..4t + 4`) go to the 4 floats at `out + t·ldo`.
+            // SAFETY: keys `t0` and `t0 + 1` (if in the block) take lanes 0..4 and 4..8, 4 floats
+            // each at `out + t·ldo`.
             unsafe {
                 _mm_storeu_ps(out.add(t0 * ldo), _mm256_castps256_ps128(sums));
                 if t0 + 1 < KB {
