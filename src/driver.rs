@@ -454,6 +454,7 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
         let n = j1 - j0;
         let boundary = !span.keys[..span.tq].iter().all(|rk| rk.covers(j0, j1));
         let hidden = if boundary { Hidden::Outside(j0) } else { Hidden::None };
+        let (c0, c1) = if boundary { live_columns(span, g, j0, j1) } else { (0, hr) };
         let st = &mut sc.s[..t.bc * hr];
         // The keys `fresh` of the tile are read from K and V and staged; the panel holds the rest.
         let reserved = panel.as_mut().and_then(|(p, key)| p.reserve(*key, r0, (j0, j1), dk, dv));
@@ -474,7 +475,7 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
                 &sc.ks[..n * dk]
             }
         };
-        kernel.gemm(n, hr, dk, ks, dk, sc.qt, hr, st, hr, false);
+        kernel.gemm(n, c1 - c0, dk, ks, dk, &sc.qt[c0..], hr, &mut st[c0..], hr, false);
         let next = (j1, (j1 + t.bc).min(r1));
         if next.0 < next.1 {
             match &panel {
@@ -487,8 +488,8 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
             epilogue_t(plan, u, &span.queries(), st, hr, Keys::Run(j0), n, hidden, adjust, sc.tmp);
         }
         // Online softmax: P = exp(S - m_new), alpha = exp(m_old - m_new), l updated.
-        let (m, l) = (&mut sc.state.m[..hr], &mut sc.state.l[..hr]);
-        kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
+        let (m, l, alpha) = (&mut sc.state.m[c0..c1], &mut sc.state.l[c0..c1], &mut sc.alpha[c0..c1]);
+        kernel.softmax_cols(&mut st[c0..], hr, n, c1 - c0, m, l, alpha, sc.tmp);
         // O = alpha·O + P·V.
         let vs: &[f32] = match (&mut panel, reserved) {
             (Some((p, _)), Some(r)) => {
@@ -502,9 +503,28 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
             }
         };
         let acc = &mut sc.state.acc[..hr * dv];
-        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
+        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr, live: (c0, c1) };
         pv_block(kernel, &span.queries(), g, dv, st, vs, acc, hidden, &pv, sc.tmp);
     }
+}
+
+/// The columns `c0..c1` of a prefill unit's transposed scores (rows `hg·tq + i`, `g` heads)
+/// outside which no row sees a key of the tile `j0..j1`: from the first query that sees one,
+/// in the first head, to the last that does, in the last head, widened to whole vectors of 8.
+/// A causal tile on the diagonal is hidden from its tile's first queries, and a sliding
+/// window's oldest tile from the last ones: those rows' states stay as they are (a tile they
+/// cannot see leaves `m`, `l` and the output unchanged), so the gemms and the softmax skip
+/// them. With one query head per KV head (P3, causal L 2048) that skips 1.8% of the scores;
+/// measured 0.5% faster (medians of 8 paired runs on 1 thread).
+fn live_columns(span: &UnitSpan, g: usize, j0: usize, j1: usize) -> (usize, usize) {
+    let tq = span.tq;
+    let sees = |i: &usize| visible_segments(&span.keys[*i], j0, j1).next().is_some();
+    let (Some(first), Some(last)) = ((0..tq).find(sees), (0..tq).rev().find(sees)) else {
+        // No row sees the tile (no mask the driver builds tiles for does this): keep them all.
+        return (0, g * tq);
+    };
+    let c1 = (g - 1) * tq + last + 1;
+    (first & !7, c1.next_multiple_of(8).min(g * tq))
 }
 
 /// Widens the rows of `keys` (of KV head `kvh` in batch row `b`) into the consecutive `dim`-float
@@ -742,7 +762,7 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
                     &sc.vs[..n * dv]
                 }
             };
-            let pv = PvBlock { w: n, rescale: Some(alpha), ld: rows };
+            let pv = PvBlock { w: n, rescale: Some(alpha), ld: rows, live: (0, hr) };
             pv_block(kernel, span, g, dv, p_h, vs, acc, hidden, &pv, sc.tmp);
         } else {
             // V in place: one row block reads each element once.
@@ -798,6 +818,9 @@ struct PvBlock<'a> {
     rescale: Option<&'a [f32]>,
     /// Leading dimension of the transposed scores.
     ld: usize,
+    /// The rows `r0..r1` that may see a key of the block ([`live_columns`]); the others are
+    /// left as they are.
+    live: (usize, usize),
 }
 
 /// `acc (= alpha·acc) += P · V_block` for one KV head's rows, with `vs` the block's `w` V rows
@@ -815,13 +838,13 @@ fn pv_block<K: Kernel>(
     pv: &PvBlock<'_>,
     tmp: &mut [f32],
 ) {
-    let hr = g * span.tq;
     let w = pv.w;
+    let (r0, r1) = pv.live;
     if hidden.any() && !tile_is_finite(vs, w, dv, dv) {
         // 0·NaN would leak a hidden key's non-finite value into rows that cannot see it:
         // multiply each row by its visible keys only.
         if let Some(alpha) = pv.rescale {
-            for (r, &a) in alpha[..hr].iter().enumerate() {
+            for (r, &a) in alpha.iter().enumerate().take(r1).skip(r0) {
                 kernel.scale(&mut acc[r * dv..(r + 1) * dv], a);
             }
         }
@@ -836,7 +859,8 @@ fn pv_block<K: Kernel>(
             });
         }
     } else {
-        kernel.gemm_at(hr, dv, w, s, pv.ld, vs, dv, acc, dv, pv.rescale, tmp);
+        let rescale = pv.rescale.map(|alpha| &alpha[r0..r1]);
+        kernel.gemm_at(r1 - r0, dv, w, &s[r0..], pv.ld, vs, dv, &mut acc[r0 * dv..r1 * dv], dv, rescale, tmp);
     }
 }
 

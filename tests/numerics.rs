@@ -13,9 +13,20 @@ fn poison(buf: &mut Buf, layout: &Layout, b: usize, s: usize, h: usize, e: usize
 
 #[test]
 fn non_finite_inputs_reach_only_the_rows_that_see_them() {
+    // GQA, and MHA, whose 96-query tiles reach past a 72-key tile: key 80 of KV head 1 then lies
+    // in a diagonal tile that the first 72 queries cannot see, which the kernel skips for them.
+    for (hq, pk) in [(4usize, 70usize), (2, 80)] {
+        poisoned_inputs_reach_only_the_rows_that_see_them(hq, pk);
+    }
+}
+
+/// One poisoned value at key `pk` of KV head 1 (or in a query of the last head), with `hq`
+/// query heads over 2 KV heads: only the rows that see it may turn non-finite.
+fn poisoned_inputs_reach_only_the_rows_that_see_them(hq: usize, pk: usize) {
+    let last = hq - 1; // a query head of KV group 1
     for (w, label) in [(None, "causal"), (Some(20usize), "window 20")] {
         for dt in [DType::F32, DType::F16] {
-            let c = Case::new(1, 150, 150, 4, 2, 16).dtypes([dt, dt, dt, DType::F32]);
+            let c = Case::new(1, 150, 150, hq, 2, 16).dtypes([dt, dt, dt, DType::F32]);
             let mut opts = AttentionOptions::new().causal();
             if let Some(w) = w {
                 opts = opts.window(w);
@@ -26,16 +37,16 @@ fn non_finite_inputs_reach_only_the_rows_that_see_them() {
                 let mut inp = make_inputs(&c);
                 let (kl, vl, ql) = (inp.kl, inp.vl, inp.ql);
                 match which {
-                    // key/value 70 of KV head 1: rows before 70 (and, with the window, rows past 89)
-                    // never see it
-                    "k" => poison(&mut inp.k, &kl, 0, 70, 1, 3, value),
-                    "v" => poison(&mut inp.v, &vl, 0, 70, 1, 3, value),
-                    _ => poison(&mut inp.q, &ql, 0, 100, 2, 0, value),
+                    // key/value pk of KV head 1: rows before pk (and, with the window, rows past
+                    // pk + 19) never see it
+                    "k" => poison(&mut inp.k, &kl, 0, pk, 1, 3, value),
+                    "v" => poison(&mut inp.v, &vl, 0, pk, 1, 3, value),
+                    _ => poison(&mut inp.q, &ql, 0, 100, last, 0, value),
                 }
                 for entry in [Entry::Scratch, Entry::Rayon] {
                     let (out, lse) = run_kernel(&inp, &c, &opts, entry);
                     // check() compares NaN with NaN and finite with finite, element by element
-                    check(&inp, &c, &opts, &out, &lse, &format!("{label} {dt:?} {which}={value}"));
+                    check(&inp, &c, &opts, &out, &lse, &format!("{hq} heads, {label} {dt:?} {which}={value}"));
                 }
                 // and the reference itself confines it: an unaffected row is finite
                 let r = reference::attention(
@@ -45,11 +56,12 @@ fn non_finite_inputs_reach_only_the_rows_that_see_them() {
                     &opts,
                 )
                 .unwrap();
-                assert!(r.out_at(0, 10, 2, 0).is_finite() && r.out_at(0, 149, 0, 0).is_finite());
+                assert!(r.out_at(0, 10, last, 0).is_finite() && r.out_at(0, 149, 0, 0).is_finite());
                 if which != "q" {
                     assert!(
-                        !r.out_at(0, 75, 2, 3).is_finite() || value.is_infinite(),
-                        "row 75 of a head of KV group 1 sees key 70"
+                        !r.out_at(0, pk + 5, last, 3).is_finite() || value.is_infinite(),
+                        "row {} of a head of KV group 1 sees key {pk}",
+                        pk + 5
                     );
                 }
             }

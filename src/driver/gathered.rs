@@ -184,7 +184,7 @@ impl<KE: Storage, VE: Storage> TileCtx<'_, '_, KE, VE> {
         let state: &mut RowState<'_> = &mut sc.state;
         let (m, l) = (&mut state.m[..hr], &mut state.l[..hr]);
         kernel.softmax_cols(st, hr, n, hr, m, l, sc.alpha, sc.tmp);
-        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr };
+        let pv = PvBlock { w: n, rescale: Some(&sc.alpha[..hr]), ld: hr, live: (0, hr) };
         pv_block(kernel, span, g, dv, st, &sc.vs[..n * dv], &mut state.acc[..hr * dv], hidden, &pv, sc.tmp);
     }
 }
