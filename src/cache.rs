@@ -38,6 +38,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+mod aligned;
 mod int8;
 pub use int8::Int8KvCache;
 
@@ -66,6 +67,7 @@ use crate::int8::Int8Tensor;
 use crate::options::AttentionOptions;
 use crate::rope::{Positions, RopeTable};
 use crate::tensor::{Layout, Tensor, TensorMut};
+use aligned::LineAligned;
 use half::{bf16, f16};
 
 /// Which tokens a cache keeps.
@@ -174,12 +176,12 @@ impl KvCacheConfig {
 
 #[derive(Clone, Debug)]
 enum Store {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
+    F32(LineAligned<f32>),
+    F16(LineAligned<f16>),
+    BF16(LineAligned<bf16>),
     /// [`Int8KvCache`]'s: `dim` values per row and one scale per row (`int8` module).
     I8 {
-        values: Vec<i8>,
+        values: LineAligned<i8>,
         scales: Vec<f32>,
         dim: usize,
     },
@@ -213,10 +215,10 @@ fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
 impl Store {
     fn new(format: Format, n: usize, dim: usize) -> Result<Store, Error> {
         Ok(match format {
-            Format::Float(DType::F32) => Store::F32(zeros(n)?),
-            Format::Float(DType::F16) => Store::F16(zeros(n)?),
-            Format::Float(DType::BF16) => Store::BF16(zeros(n)?),
-            Format::Int8 => Store::I8 { values: zeros(n)?, scales: zeros(n / dim)?, dim },
+            Format::Float(DType::F32) => Store::F32(LineAligned::zeroed(n)?),
+            Format::Float(DType::F16) => Store::F16(LineAligned::zeroed(n)?),
+            Format::Float(DType::BF16) => Store::BF16(LineAligned::zeroed(n)?),
+            Format::Int8 => Store::I8 { values: LineAligned::zeroed(n)?, scales: zeros(n / dim)?, dim },
         })
     }
     /// The float elements. Only [`Int8KvCache`] holds an int8 store, and it reads it through
