@@ -38,7 +38,6 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-mod aligned;
 mod int8;
 pub use int8::Int8KvCache;
 
@@ -61,13 +60,13 @@ pub(crate) mod sealed {
     }
 }
 
+use crate::aligned::{zeros, LineAligned};
 use crate::element::{DType, Element, Elems};
 use crate::error::{Error, Operand};
 use crate::int8::Int8Tensor;
 use crate::options::AttentionOptions;
 use crate::rope::{Positions, RopeTable};
 use crate::tensor::{Layout, Tensor, TensorMut};
-use aligned::LineAligned;
 use half::{bf16, f16};
 
 /// Which tokens a cache keeps.
@@ -187,38 +186,17 @@ enum Store {
     },
 }
 
-/// Element types whose all-zero bit pattern is the value zero (IEEE 0.0 for f32, f16, bf16; 0 for i8).
-trait ZeroBits: Copy {}
-impl ZeroBits for f32 {}
-impl ZeroBits for f16 {}
-impl ZeroBits for bf16 {}
-impl ZeroBits for i8 {}
-
-/// `n` zeros from the allocator's zeroed memory (untouched pages stay lazy, as with `vec!`), or an
-/// `Err` when the allocator refuses: never an abort.
-fn zeros<E: ZeroBits>(n: usize) -> Result<Vec<E>, Error> {
-    let layout = core::alloc::Layout::array::<E>(n).map_err(|_| Error::ShapeOverflow { operand: Operand::Cache })?;
-    if layout.size() == 0 {
-        return Ok(Vec::new());
-    }
-    // SAFETY: the layout has a non-zero size (checked above).
-    let ptr = unsafe { alloc::alloc::alloc_zeroed(layout) }.cast::<E>();
-    if ptr.is_null() {
-        return Err(Error::AllocationFailed { operand: Operand::Cache, bytes: layout.size() });
-    }
-    // SAFETY: `ptr` comes from the global allocator with the layout of `[E; n]`, which is the
-    // layout a `Vec<E>` of capacity `n` owns; its `n` elements are initialised, since all-zero
-    // bytes are a valid `E` (ZeroBits: f32, f16 and bf16 zero).
-    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
-}
-
 impl Store {
     fn new(format: Format, n: usize, dim: usize) -> Result<Store, Error> {
         Ok(match format {
-            Format::Float(DType::F32) => Store::F32(LineAligned::zeroed(n)?),
-            Format::Float(DType::F16) => Store::F16(LineAligned::zeroed(n)?),
-            Format::Float(DType::BF16) => Store::BF16(LineAligned::zeroed(n)?),
-            Format::Int8 => Store::I8 { values: LineAligned::zeroed(n)?, scales: zeros(n / dim)?, dim },
+            Format::Float(DType::F32) => Store::F32(LineAligned::zeroed(n, Operand::Cache)?),
+            Format::Float(DType::F16) => Store::F16(LineAligned::zeroed(n, Operand::Cache)?),
+            Format::Float(DType::BF16) => Store::BF16(LineAligned::zeroed(n, Operand::Cache)?),
+            Format::Int8 => Store::I8 {
+                values: LineAligned::zeroed(n, Operand::Cache)?,
+                scales: zeros(n / dim, Operand::Cache)?,
+                dim,
+            },
         })
     }
     /// The float elements. Only [`Int8KvCache`] holds an int8 store, and it reads it through

@@ -154,6 +154,8 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "alloc")]
+mod aligned;
 mod attention;
 #[cfg(feature = "alloc")]
 pub mod cache;

@@ -24,7 +24,9 @@
 //! the panel.
 
 #[cfg(feature = "std")]
-use alloc::vec::Vec;
+use crate::aligned::LineAligned;
+#[cfg(feature = "std")]
+use crate::error::Operand;
 #[cfg(feature = "std")]
 use core::cell::Cell;
 #[cfg(feature = "std")]
@@ -68,50 +70,9 @@ pub(crate) struct Panel {
     key: Option<PanelKey>,
     start: usize,
     rows: usize,
-    k: Lines,
-    v: Lines,
-}
-
-/// f32s that start on a cache line, as the unit scratch's tiles do: P·V loads 8 floats of a V
-/// row at a time, and from a plain `Vec` (16 bytes past a line, as the allocator returned it
-/// for a panel's size) every other load spanned two lines. In place inside P1 the P·V gemm ran
-/// at 87% of the FMA peak against 96% for the scores' (rdtsc around each call).
-#[cfg(feature = "std")]
-#[derive(Debug, Default)]
-struct Lines(Vec<Line>);
-
-/// One cache line of f32s; its alignment is what a `Vec<Line>` starts on.
-#[cfg(feature = "std")]
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C, align(64))]
-struct Line([f32; crate::exec::LINE]);
-
-#[cfg(feature = "std")]
-impl Lines {
-    /// Floats held.
-    fn len(&self) -> usize {
-        self.0.len() * crate::exec::LINE
-    }
-
-    /// Grows to at least `n` floats (new ones 0), keeping the floats held.
-    fn grow_to(&mut self, n: usize) {
-        if self.len() < n {
-            self.0.resize(n.div_ceil(crate::exec::LINE), Line::default());
-        }
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        // SAFETY: `Line` is `repr(C)` over `[f32; LINE]` and its size, 64 bytes, is exactly
-        // that array's (no padding), so the `len()` floats of the lines are consecutive,
-        // initialised and aligned for f32, and borrowed from `self` as the lines are.
-        unsafe { core::slice::from_raw_parts(self.0.as_ptr().cast::<f32>(), self.len()) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        let len = self.len();
-        // SAFETY: as in `as_slice`, with the lines borrowed mutably, so the floats are too.
-        unsafe { core::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<f32>(), len) }
-    }
+    /// On a cache line ([`LineAligned`]): P·V loads 8 floats of a V row at a time.
+    k: LineAligned<f32>,
+    v: LineAligned<f32>,
 }
 
 /// The keys of a tile to stage into the panel, `first..end` (empty when it holds them all).
@@ -180,8 +141,9 @@ impl Panel {
             return None;
         }
         let need = j1 - self.start;
-        self.k.grow_to(need * dk);
-        self.v.grow_to(need * dv);
+        // A panel that cannot grow stages the tile elsewhere, as one at its size does.
+        self.k.grow_to(need * dk, Operand::Scratch).ok()?;
+        self.v.grow_to(need * dv, Operand::Scratch).ok()?;
         Some(Reserved { first: (self.start + self.rows).clamp(j0, j1), end: j1 })
     }
 
@@ -198,17 +160,17 @@ impl Panel {
     /// The K and V rows of the reserved keys `r`, to stage.
     pub fn rows_mut(&mut self, r: Reserved, dk: usize, dv: usize) -> (&mut [f32], &mut [f32]) {
         let (a, b) = (r.first - self.start, r.end - self.start);
-        (&mut self.k.as_mut_slice()[a * dk..b * dk], &mut self.v.as_mut_slice()[a * dv..b * dv])
+        (&mut self.k[a * dk..b * dk], &mut self.v[a * dv..b * dv])
     }
 
     /// The K rows of keys `j0..j1` (held or reserved), `dk` floats each.
     pub fn k_rows(&self, (j0, j1): (usize, usize), dk: usize) -> &[f32] {
-        &self.k.as_slice()[(j0 - self.start) * dk..(j1 - self.start) * dk]
+        &self.k[(j0 - self.start) * dk..(j1 - self.start) * dk]
     }
 
     /// The V rows of keys `j0..j1` (held or reserved), `dv` floats each.
     pub fn v_rows(&self, (j0, j1): (usize, usize), dv: usize) -> &[f32] {
-        &self.v.as_slice()[(j0 - self.start) * dv..(j1 - self.start) * dv]
+        &self.v[(j0 - self.start) * dv..(j1 - self.start) * dv]
     }
 }
 
