@@ -825,23 +825,15 @@ fn bench() {
         println!("{name} dot_rows f32 m=4 n=512 k=128: {:.1} GB/s of K", dot_rate::<K, f32>(kern, 4, 512, 128));
         println!("{name} exp_sum + fill: {:.2} ns/element", exp_ns(kern));
         for shape in [(96, 64, 128), (96, 128, 64), (96, 64, 64), (96, 128, 128)] {
-            println!("{name} gemm_rescale m,n,k = {shape:?}: {:.1} GFLOP/s", rescale_rate(kern, shape));
+            println!("{name} gemm_rescale m,n,k = {shape:?}: {:.1} GFLOP/s", rescale_rate::<_, false>(kern, shape));
         }
         // A prefill tile's two gemms as the driver calls them (P1: D 128, P3: D 64), with their
         // operands hot: the ceiling for the attention's gemm time.
         for (m, n, k) in [(72, 96, 128), (72, 96, 64)] {
             println!("{name} tile scores gemm m,n,k = {m},{n},{k}: {:.1} GFLOP/s", gemm_rate(kern, (m, n, k), n));
         }
-        for (m, n, k) in [(96, 128, 72), (96, 64, 72)] {
-            let mut rng = Rng(8);
-            let a = matrix::<f32>(&mut rng, k, m, m);
-            let b = matrix::<f32>(&mut rng, k, n, n);
-            let alpha: Vec<f32> = (0..m).map(|i| 1.0 - i as f32 * 1e-3).collect();
-            let mut c = vec![0.0; m * n];
-            let mut st = vec![0.0; 2 * (m * k + k * n)];
-            let s =
-                time(|| kern.gemm_at(m, n, k, std::hint::black_box(&a), m, &b, n, &mut c, n, Some(&alpha), &mut st));
-            println!("{name} tile P·V gemm_at m,n,k = {m},{n},{k}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / s / 1e9);
+        for shape in [(96, 128, 72), (96, 64, 72)] {
+            println!("{name} tile P·V gemm_at m,n,k = {shape:?}: {:.1} GFLOP/s", rescale_rate::<_, true>(kern, shape));
         }
         println!("{name} softmax_rows 96 x 64: {:.2} ns/element", softmax_ns(kern, 96, 64));
         println!("{name} softmax_cols 72 x 96: {:.2} ns/element", softmax_cols_ns(kern, 72, 96));
@@ -856,13 +848,23 @@ fn bench() {
             );
         }
     }
-    fn rescale_rate<K: Kernel>(kern: K, (m, n, k): (usize, usize, usize)) -> f64 {
+    /// `diag(alpha)·C + A·B`, with A as it lies (`gemm_rescale`) or, with `AT`, transposed as
+    /// P·V reads the scores (`gemm_at`).
+    fn rescale_rate<K: Kernel, const AT: bool>(kern: K, (m, n, k): (usize, usize, usize)) -> f64 {
         let mut rng = Rng(8);
-        let a = matrix::<f32>(&mut rng, m, k, k);
+        let a = if AT { matrix::<f32>(&mut rng, k, m, m) } else { matrix::<f32>(&mut rng, m, k, k) };
         let b = matrix::<f32>(&mut rng, k, n, n);
         let alpha: Vec<f32> = (0..m).map(|i| 1.0 - i as f32 * 1e-3).collect();
         let mut c = vec![0.0; m * n];
-        let s = time(|| kern.gemm_rescale(m, n, k, std::hint::black_box(&a), k, &b, n, &mut c, n, &alpha));
+        let mut stage = vec![0.0; 2 * (m * k + k * n)];
+        let s = time(|| {
+            let a = std::hint::black_box(&a);
+            if AT {
+                kern.gemm_at(m, n, k, a, m, &b, n, &mut c, n, Some(&alpha), &mut stage);
+            } else {
+                kern.gemm_rescale(m, n, k, a, k, &b, n, &mut c, n, &alpha);
+            }
+        });
         2.0 * (m * n * k) as f64 / s / 1e9
     }
     fn softmax_ns<K: Kernel>(kern: K, rows: usize, n: usize) -> f64 {
