@@ -689,9 +689,18 @@ fn avx2_exp_is_exp_f32() {
     for chunk in xs.chunks(8) {
         let mut lanes = [f32::NAN; 8];
         lanes[..chunk.len()].copy_from_slice(chunk);
-        let got = super::x86::exp8_for_test(token, lanes);
-        for (&x, &y) in lanes.iter().zip(&got) {
-            assert!(same_bits(y, exp_f32(x)), "avx2 exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
+        let [general, nonpos, unflushed] = super::x86::exp8_for_test(token, lanes);
+        for (i, &x) in lanes.iter().enumerate() {
+            let want = exp_f32(x);
+            assert!(same_bits(general[i], want), "avx2 exp({x:e}) = {:e}, exp_f32 = {want:e}", general[i]);
+            // The softmax's forms: arguments `<= 0`; without the flush, only those `>= LO`.
+            if x.is_nan() || x <= 0.0 {
+                assert!(same_bits(nonpos[i], want), "avx2 exp_nonpos({x:e}) = {:e}, exp_f32 = {want:e}", nonpos[i]);
+            }
+            if x.is_nan() || (LO..=0.0).contains(&x) {
+                let got = unflushed[i];
+                assert!(same_bits(got, want), "avx2 exp_nonpos unflushed({x:e}) = {got:e}, exp_f32 = {want:e}");
+            }
         }
     }
 }

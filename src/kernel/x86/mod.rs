@@ -377,16 +377,21 @@ unsafe fn softmax_cols_avx2_fma(
     unsafe { reduce::softmax_cols(s, ld, n, rows, m, l, alpha) }
 }
 
-/// Lane-wise `exp`, for tests that compare it with [`crate::kernel::exp::exp_f32`].
+/// Lane-wise `exp`, for tests that compare it with [`crate::kernel::exp::exp_f32`]: the
+/// general form ([`reduce::exp8`]), then the softmax's forms for arguments `<= 0`, with and
+/// without the flush below [`crate::kernel::exp::LO`].
 #[cfg(test)]
-pub(crate) fn exp8_for_test(_token: Avx2Fma, x: [f32; 8]) -> [f32; 8] {
+pub(crate) fn exp8_for_test(_token: Avx2Fma, x: [f32; 8]) -> [[f32; 8]; 3] {
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn go(x: [f32; 8]) -> [f32; 8] {
-        let mut out = [0.0f32; 8];
-        // SAFETY: the caller guarantees the features; both arrays hold 8 floats.
+    unsafe fn go(x: [f32; 8]) -> [[f32; 8]; 3] {
+        let mut out = [[0.0f32; 8]; 3];
+        // SAFETY: the caller guarantees the features; every array holds 8 floats.
         unsafe {
             use core::arch::x86_64::*;
-            _mm256_storeu_ps(out.as_mut_ptr(), reduce::exp8(_mm256_loadu_ps(x.as_ptr())));
+            let v = _mm256_loadu_ps(x.as_ptr());
+            _mm256_storeu_ps(out[0].as_mut_ptr(), reduce::exp8(v));
+            _mm256_storeu_ps(out[1].as_mut_ptr(), reduce::exp8n_nonpos::<1, true>([v])[0]);
+            _mm256_storeu_ps(out[2].as_mut_ptr(), reduce::exp8n_nonpos::<1, false>([v])[0]);
         }
         out
     }
