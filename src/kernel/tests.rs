@@ -714,9 +714,18 @@ fn neon_exp_is_exp_f32() {
     for chunk in xs.chunks(4) {
         let mut lanes = [f32::NAN; 4];
         lanes[..chunk.len()].copy_from_slice(chunk);
-        let got = super::aarch64::exp4_for_test(token, lanes);
-        for (&x, &y) in lanes.iter().zip(&got) {
-            assert!(same_bits(y, exp_f32(x)), "neon exp({x:e}) = {y:e}, exp_f32 = {:e}", exp_f32(x));
+        let [general, nonpos, unflushed] = super::aarch64::exp4_for_test(token, lanes);
+        for (i, &x) in lanes.iter().enumerate() {
+            let want = exp_f32(x);
+            assert!(same_bits(general[i], want), "neon exp({x:e}) = {:e}, exp_f32 = {want:e}", general[i]);
+            // The softmax's forms: arguments `<= 0`; without the flush, only those `>= LO`.
+            if x.is_nan() || x <= 0.0 {
+                assert!(same_bits(nonpos[i], want), "neon exp_softmax({x:e}) = {:e}, exp_f32 = {want:e}", nonpos[i]);
+            }
+            if x.is_nan() || (LO..=0.0).contains(&x) {
+                let got = unflushed[i];
+                assert!(same_bits(got, want), "neon exp_softmax unflushed({x:e}) = {got:e}, exp_f32 = {want:e}");
+            }
         }
     }
 }

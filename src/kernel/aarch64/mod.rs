@@ -182,12 +182,19 @@ impl Kernel for Neon {
     }
 }
 
-/// Lane-wise `exp`, for tests that compare it with [`crate::kernel::exp::exp_f32`].
+/// Lane-wise `exp`, for tests that compare it with [`crate::kernel::exp::exp_f32`]: the general
+/// form ([`reduce::exp4`]), then the softmax's forms for arguments `<= 0`, with and without the
+/// flush below [`crate::kernel::exp::LO`].
 #[cfg(any(test, all(gated_attention_selftest, feature = "std")))]
-pub(crate) fn exp4_for_test(_token: Neon, x: [f32; 4]) -> [f32; 4] {
+pub(crate) fn exp4_for_test(_token: Neon, x: [f32; 4]) -> [[f32; 4]; 3] {
     use core::arch::aarch64::{vld1q_f32, vst1q_f32};
-    let mut out = [0.0f32; 4];
-    // SAFETY: both arrays hold 4 floats.
-    unsafe { vst1q_f32(out.as_mut_ptr(), reduce::exp4(vld1q_f32(x.as_ptr()))) };
+    let mut out = [[0.0f32; 4]; 3];
+    // SAFETY: every array holds 4 floats.
+    unsafe {
+        let v = vld1q_f32(x.as_ptr());
+        vst1q_f32(out[0].as_mut_ptr(), reduce::exp4(v));
+        vst1q_f32(out[1].as_mut_ptr(), reduce::exp4_softmax::<true>(v));
+        vst1q_f32(out[2].as_mut_ptr(), reduce::exp4_softmax::<false>(v));
+    }
     out
 }
