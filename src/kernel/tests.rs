@@ -677,6 +677,31 @@ fn portable_exp_accuracy() {
     assert!(worst.0 <= EXP_MAX_ULP, "portable exp8: {} ulp at {}", worst.0, worst.1);
 }
 
+/// A vector kernel's `exp` forms (`forms(lanes)`: the general one, then the softmax's for
+/// arguments `<= 0` with and without the flush below `LO`) against `exp_f32`, bit for bit, over
+/// the sweep and the edges.
+#[cfg(any(target_arch = "x86_64", all(target_arch = "aarch64", target_feature = "neon")))]
+fn exp_forms_are_exp_f32<const L: usize>(isa: &str, forms: impl Fn([f32; L]) -> [[f32; L]; 3]) {
+    let xs: Vec<f32> = exp_sweep(4099).chain(exp_edges().into_iter().map(|e| e.0)).collect();
+    for chunk in xs.chunks(L) {
+        let mut lanes = [f32::NAN; L];
+        lanes[..chunk.len()].copy_from_slice(chunk);
+        let [general, nonpos, unflushed] = forms(lanes);
+        for (i, &x) in lanes.iter().enumerate() {
+            let want = exp_f32(x);
+            assert!(same_bits(general[i], want), "{isa} exp({x:e}) = {:e}, exp_f32 = {want:e}", general[i]);
+            // The softmax's forms: arguments `<= 0`; without the flush, only those `>= LO`.
+            if x.is_nan() || x <= 0.0 {
+                assert!(same_bits(nonpos[i], want), "{isa} softmax exp({x:e}) = {:e}, exp_f32 = {want:e}", nonpos[i]);
+            }
+            if x.is_nan() || (LO..=0.0).contains(&x) {
+                let got = unflushed[i];
+                assert!(same_bits(got, want), "{isa} unflushed softmax exp({x:e}) = {got:e}, exp_f32 = {want:e}");
+            }
+        }
+    }
+}
+
 /// The AVX2 lanes agree with `exp_f32` bit for bit: same operations, all fused.
 #[cfg(target_arch = "x86_64")]
 #[test]
@@ -685,24 +710,7 @@ fn avx2_exp_is_exp_f32() {
         println!("skipped: this CPU lacks AVX2/FMA/F16C");
         return;
     };
-    let xs: Vec<f32> = exp_sweep(4099).chain(exp_edges().into_iter().map(|e| e.0)).collect();
-    for chunk in xs.chunks(8) {
-        let mut lanes = [f32::NAN; 8];
-        lanes[..chunk.len()].copy_from_slice(chunk);
-        let [general, nonpos, unflushed] = super::x86::exp8_for_test(token, lanes);
-        for (i, &x) in lanes.iter().enumerate() {
-            let want = exp_f32(x);
-            assert!(same_bits(general[i], want), "avx2 exp({x:e}) = {:e}, exp_f32 = {want:e}", general[i]);
-            // The softmax's forms: arguments `<= 0`; without the flush, only those `>= LO`.
-            if x.is_nan() || x <= 0.0 {
-                assert!(same_bits(nonpos[i], want), "avx2 exp_nonpos({x:e}) = {:e}, exp_f32 = {want:e}", nonpos[i]);
-            }
-            if x.is_nan() || (LO..=0.0).contains(&x) {
-                let got = unflushed[i];
-                assert!(same_bits(got, want), "avx2 exp_nonpos unflushed({x:e}) = {got:e}, exp_f32 = {want:e}");
-            }
-        }
-    }
+    exp_forms_are_exp_f32("avx2", |lanes| super::x86::exp8_for_test(token, lanes));
 }
 
 /// The NEON lanes agree with `exp_f32` bit for bit: same operations, all fused.
@@ -710,24 +718,7 @@ fn avx2_exp_is_exp_f32() {
 #[cfg_attr(test, test)]
 fn neon_exp_is_exp_f32() {
     let token = super::aarch64::Neon::try_new().expect("NEON is part of the target");
-    let xs: Vec<f32> = exp_sweep(4099).chain(exp_edges().into_iter().map(|e| e.0)).collect();
-    for chunk in xs.chunks(4) {
-        let mut lanes = [f32::NAN; 4];
-        lanes[..chunk.len()].copy_from_slice(chunk);
-        let [general, nonpos, unflushed] = super::aarch64::exp4_for_test(token, lanes);
-        for (i, &x) in lanes.iter().enumerate() {
-            let want = exp_f32(x);
-            assert!(same_bits(general[i], want), "neon exp({x:e}) = {:e}, exp_f32 = {want:e}", general[i]);
-            // The softmax's forms: arguments `<= 0`; without the flush, only those `>= LO`.
-            if x.is_nan() || x <= 0.0 {
-                assert!(same_bits(nonpos[i], want), "neon exp_softmax({x:e}) = {:e}, exp_f32 = {want:e}", nonpos[i]);
-            }
-            if x.is_nan() || (LO..=0.0).contains(&x) {
-                let got = unflushed[i];
-                assert!(same_bits(got, want), "neon exp_softmax unflushed({x:e}) = {got:e}, exp_f32 = {want:e}");
-            }
-        }
-    }
+    exp_forms_are_exp_f32("neon", |lanes| super::aarch64::exp4_for_test(token, lanes));
 }
 
 fn exp_sum_matches<K: Kernel>(kern: K) {
