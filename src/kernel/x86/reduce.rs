@@ -34,8 +34,8 @@ pub(super) unsafe fn exp8(x: __m256) -> __m256 {
     }
 }
 
-/// [`exp8`] without the overflow fix-up: equal to it wherever `x <= HI` or `x` is NaN (every
-/// softmax argument `s − max` is `<= 0` or NaN).
+/// [`exp8`] for the softmax's arguments `s − max`: equal to it wherever `x <= 0` or `x` is NaN.
+/// Not beyond: [`exp8n_nonpos`] forms `2ⁿ` as a float, which overflows for `x` above ~88.38.
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
