@@ -1,6 +1,6 @@
 //! The checked entry points.
 
-use crate::driver::{finish_into, run_unit, Inputs, KvScales, Scratch, Tiling, Unit};
+use crate::driver::{finish_into, prefetch_after_tiles, run_unit, Inputs, KvScales, Scratch, Tiling, Unit};
 use crate::element::Storage;
 use crate::error::{Error, Operand};
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
@@ -221,7 +221,9 @@ impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Dense<'_, K, KE, VE> {
     fn run(&self, u: usize, c: usize, state: &mut [f32], scratch: &mut [f32]) {
         let (plan, t) = (self.plan, self.tiling);
         let mut sc = Scratch::carve(plan, t, scratch, state);
-        run_unit(self.kernel, plan, t, &self.inp, &Unit::from_index(u, plan, t), c, &mut sc);
+        // SAFETY: as in `finish`: the unit's rows are its own.
+        let after_tiles = || unsafe { prefetch_after_tiles(self.kernel, plan, t, &self.inp.q, u, self.sink) };
+        run_unit(self.kernel, plan, t, &self.inp, &Unit::from_index(u, plan, t), c, &mut sc, after_tiles);
     }
 
     fn finish(&self, u: usize, state: &mut [f32]) {

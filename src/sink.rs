@@ -9,7 +9,8 @@
 
 use core::marker::PhantomData;
 
-use crate::element::{Element, ElemsMut};
+use crate::element::{Element, ElemsMut, Storage};
+use crate::kernel::Kernel;
 use crate::plan::Plan;
 use crate::tensor::Layout;
 
@@ -54,6 +55,17 @@ impl<'o, T> SharedOut<'o, T> {
     }
 }
 
+impl<T: Storage> SharedOut<'_, T> {
+    /// A hint that elements `[off, off + n)` are written soon; changes nothing.
+    ///
+    /// # Safety
+    /// As [`SharedOut::slice`].
+    pub unsafe fn prefetch<K: Kernel>(&self, kernel: K, off: usize, n: usize) {
+        // SAFETY: the caller's contract is `slice`'s; the slice lives for the call alone.
+        kernel.prefetch(unsafe { &*self.slice(off, n) }, 1, n, n);
+    }
+}
+
 /// The attention output in one of its element types.
 enum OutRows<'o> {
     F32(SharedOut<'o, f32>),
@@ -77,6 +89,23 @@ impl<'o> Sink<'o> {
             ElemsMut::BF16(o) => OutRows::BF16(SharedOut::new(o)),
         };
         Sink { out, layout, lse: lse.map(SharedOut::new) }
+    }
+
+    /// Requests output row `(b, i, h)` (its first `len` elements) from memory ahead of its
+    /// [`write`](Self::write).
+    ///
+    /// # Safety
+    /// As [`write`](Self::write).
+    pub unsafe fn prefetch_row<K: Kernel>(&self, kernel: K, b: usize, i: usize, h: usize, len: usize) {
+        let off = self.layout.offset(b, i, h);
+        // SAFETY: the row belongs to the caller's unit (the caller's contract).
+        unsafe {
+            match &self.out {
+                OutRows::F32(o) => o.prefetch(kernel, off, len),
+                OutRows::F16(o) => o.prefetch(kernel, off, len),
+                OutRows::BF16(o) => o.prefetch(kernel, off, len),
+            }
+        }
     }
 
     /// Writes row `(b, i, h)` and its LSE.
