@@ -524,7 +524,20 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
                 &sc.ks[..n * dk]
             }
         };
-        kernel.gemm(n, c1 - c0, dk, ks, dk, &sc.qt[c0..], hr, &mut st[c0..], hr, false);
+        if boundary {
+            // Piece by piece, each only for the columns that see one of its keys: the epilogue
+            // below sets every score the gemm skips to -inf, as it does every hidden one.
+            let piece = boundary_piece::<K>();
+            for a in (0..n).step_by(piece) {
+                let e = (a + piece).min(n);
+                if let Some((d0, d1)) = seen_columns(span, g, j0 + a, j0 + e) {
+                    let st = &mut st[a * hr + d0..];
+                    kernel.gemm(e - a, d1 - d0, dk, &ks[a * dk..], dk, &sc.qt[d0..], hr, st, hr, false);
+                }
+            }
+        } else {
+            kernel.gemm(n, hr, dk, ks, dk, sc.qt, hr, st, hr, false);
+        }
         let next = (j1, (j1 + t.bc).min(r1));
         if next.0 < next.1 {
             match &panel {
@@ -560,23 +573,39 @@ fn prefill_tiles<K: Kernel, KE: Storage, VE: Storage>(
     }
 }
 
+/// Keys (of the scores' gemm) or rows (of P·V) per piece of a tile on the mask's boundary: two
+/// blocks of the kernel's gemm rows. Each piece is computed over what its keys or rows can see,
+/// not over the whole tile's live columns and keys: on the diagonal of a causal mask that is
+/// a staircase under the triangle the mask leaves. P3 (causal L 2048, one query head per KV
+/// head) computes 0.6% more scores than its rows see, instead of 2.7% with whole tiles, and
+/// measured 1.3–2.1% faster (1 thread, 6 runs of each, alternating).
+const BOUNDARY_PIECE_BLOCKS: usize = 2;
+
+/// [`BOUNDARY_PIECE_BLOCKS`] in keys or rows, for kernel `K`.
+fn boundary_piece<K: Kernel>() -> usize {
+    BOUNDARY_PIECE_BLOCKS * K::GEOMETRY.gemm_mr
+}
+
 /// The columns `c0..c1` of a prefill unit's transposed scores (rows `hg·tq + i`, `g` heads)
-/// outside which no row sees a key of the tile `j0..j1`: from the first query that sees one,
-/// in the first head, to the last that does, in the last head, widened to whole vectors of 8.
-/// A causal tile on the diagonal is hidden from its tile's first queries, and a sliding
-/// window's oldest tile from the last ones: those rows' states stay as they are (a tile they
-/// cannot see leaves `m`, `l` and the output unchanged), so the gemms and the softmax skip
-/// them. With one query head per KV head (P3, causal L 2048) that skips 1.8% of the scores;
-/// measured 0.5% faster (medians of 8 paired runs on 1 thread).
+/// outside which no row sees a key of the tile `j0..j1` ([`seen_columns`]), or all of them
+/// when no row sees one (no mask the driver builds tiles for does this). A causal tile on the
+/// diagonal is hidden from its tile's first queries, and a sliding window's oldest tile from
+/// the last ones: those rows' states stay as they are (a tile they cannot see leaves `m`, `l`
+/// and the output unchanged), so the gemms and the softmax skip them. With one query head per
+/// KV head (P3, causal L 2048) that skipped 1.8% of the scores; measured 0.5% faster (medians
+/// of 8 paired runs on 1 thread).
 fn live_columns(span: &UnitSpan, g: usize, j0: usize, j1: usize) -> (usize, usize) {
+    seen_columns(span, g, j0, j1).unwrap_or((0, g * span.tq))
+}
+
+/// From the first query that sees a key of `j0..j1`, in the first head, to the last that does,
+/// in the last head, widened to whole vectors of 8; `None` when no query sees one.
+fn seen_columns(span: &UnitSpan, g: usize, j0: usize, j1: usize) -> Option<(usize, usize)> {
     let tq = span.tq;
     let sees = |i: &usize| visible_segments(&span.keys[*i], j0, j1).next().is_some();
-    let (Some(first), Some(last)) = ((0..tq).find(sees), (0..tq).rev().find(sees)) else {
-        // No row sees the tile (no mask the driver builds tiles for does this): keep them all.
-        return (0, g * tq);
-    };
+    let (first, last) = ((0..tq).find(sees)?, (0..tq).rev().find(sees)?);
     let c1 = (g - 1) * tq + last + 1;
-    (first & !7, c1.next_multiple_of(8).min(g * tq))
+    Some((first & !7, c1.next_multiple_of(8).min(g * tq)))
 }
 
 /// Widens the rows of `keys` (of KV head `kvh` in batch row `b`) into the consecutive `dim`-float
@@ -909,6 +938,20 @@ fn pv_block<K: Kernel>(
                     kernel.gemm_at(1, dv, b - a, p, pv.ld, &vs[a * dv..], dv, acc_r, dv, None, tmp);
                 }
             });
+        }
+    } else if let Hidden::Outside(j0) = hidden {
+        // Piece by piece, each up to the last key one of its rows sees: the probabilities after
+        // it are all 0, and adding `0·v` changes no sum.
+        let piece = boundary_piece::<K>();
+        let mut r = r0;
+        while r < r1 {
+            let e = (r + piece).min(r1);
+            let last =
+                |row: usize| visible_segments(&span.keys[row % span.tq], j0, j0 + w).last().map_or(0, |(_, b)| b - j0);
+            let k = (r..e).map(last).fold(0, usize::max);
+            let rescale = pv.rescale.map(|alpha| &alpha[r..e]);
+            kernel.gemm_at(e - r, dv, k, &s[r..], pv.ld, vs, dv, &mut acc[r * dv..e * dv], dv, rescale, tmp);
+            r = e;
         }
     } else {
         let rescale = pv.rescale.map(|alpha| &alpha[r0..r1]);
