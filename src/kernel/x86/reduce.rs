@@ -437,13 +437,18 @@ pub(super) unsafe fn softmax_cols(
 /// `s[j·ld] ← exp(s[j·ld] − base)` for the `n` keys `j` of one group of 8 columns (the lanes of
 /// `mask` with `MASKED`, else all 8), 0 in the lanes of `empty`; returns the column sums.
 ///
-/// Four keys per step, their exps stage by stage ([`exp8n_nonpos`]), and the lane mask resolved
+/// Six keys per step, their exps stage by stage ([`exp8n_nonpos`]), and the lane mask resolved
 /// at compile time (a run-time `w == 8` test branched twice per key). Measured on a 72 × 96 tile
-/// of P1 on Zen 3: 0.83× the time of four exps written one after the other with the run-time
-/// mask test. The four exps of a step are added pairwise into one running sum: four running
-/// sums, one per key of the step, left too few registers for the exp chains and the compiler
-/// kept three of them on the stack (store, reload and add per step; 0.38 → 0.35 ns per score on
-/// a 72 × 96 tile on Zen 4, P3 about 1.5% faster, paired runs).
+/// of P1 on Zen 3: four keys per step took 0.83× the time of four exps written one after the
+/// other with the run-time mask test. On Zen 4 (72 × 96 tile, best of runs, ns per score): 2
+/// keys 0.33, 3 0.31, 4 0.30, 5 0.30, 6 0.28, 8 0.29, 12 0.34. Six keep more exp chains in
+/// flight than four, although the compiler now keeps a few of their values on the stack; a tile
+/// of 72 keys is 12 steps. Four against six in alternating runs: 0.302 against 0.287 at best,
+/// and six faster in each of 4 pairs; P3 moved within its noise. The exps of a step are added
+/// pairwise into one running sum:
+/// a running sum per key of the step left too few registers for the exp chains and the
+/// compiler kept them on the stack (0.38 → 0.35 ns per score with four keys, P3 about 1.5%
+/// faster, paired runs).
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `s` holds `n` rows (stride `ld`) of 8 floats, or of the lanes of
@@ -461,7 +466,7 @@ unsafe fn exp_cols<const MASKED: bool, const FLUSH: bool>(
     // SAFETY: the caller guarantees AVX2, FMA and the rows; masked lanes are neither read nor
     // written.
     unsafe {
-        const KS: usize = 4;
+        const KS: usize = 6;
         let mut sum = _mm256_setzero_ps();
         let mut j = 0;
         while j + KS <= n {
@@ -482,7 +487,8 @@ unsafe fn exp_cols<const MASKED: bool, const FLUSH: bool>(
                     _mm256_storeu_ps(p, *e);
                 }
             }
-            sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3])));
+            let (e01, e23, e45) = (_mm256_add_ps(e[0], e[1]), _mm256_add_ps(e[2], e[3]), _mm256_add_ps(e[4], e[5]));
+            sum = _mm256_add_ps(sum, _mm256_add_ps(_mm256_add_ps(e01, e23), e45));
             j += KS;
         }
         while j < n {
