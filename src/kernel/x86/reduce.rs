@@ -445,10 +445,9 @@ pub(super) unsafe fn softmax_cols(
 /// flight than four, although the compiler now keeps a few of their values on the stack; a tile
 /// of 72 keys is 12 steps. Four against six in alternating runs: 0.302 against 0.287 at best,
 /// and six faster in each of 4 pairs; P3 moved within its noise. The exps of a step are added
-/// pairwise into one running sum:
-/// a running sum per key of the step left too few registers for the exp chains and the
-/// compiler kept them on the stack (0.38 → 0.35 ns per score with four keys, P3 about 1.5%
-/// faster, paired runs).
+/// pairwise into one running sum: a running sum per key of the step left too few registers for
+/// the exp chains and the compiler kept them on the stack (0.38 → 0.35 ns per score with four
+/// keys, P3 about 1.5% faster, paired runs).
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `s` holds `n` rows (stride `ld`) of 8 floats, or of the lanes of
