@@ -942,16 +942,15 @@ fn pv_block<K: Kernel>(
     } else if let Hidden::Outside(j0) = hidden {
         // Piece by piece, each up to the last key one of its rows sees: the probabilities after
         // it are all 0, and adding `0·v` changes no sum.
+        // The tile position after row `row`'s last visible key (0 when it sees none).
+        let seen_end =
+            |row: usize| visible_segments(&span.keys[row % span.tq], j0, j0 + w).last().map_or(0, |(_, b)| b - j0);
         let piece = boundary_piece::<K>();
-        let mut r = r0;
-        while r < r1 {
+        for r in (r0..r1).step_by(piece) {
             let e = (r + piece).min(r1);
-            let last =
-                |row: usize| visible_segments(&span.keys[row % span.tq], j0, j0 + w).last().map_or(0, |(_, b)| b - j0);
-            let k = (r..e).map(last).fold(0, usize::max);
+            let k = (r..e).map(seen_end).fold(0, usize::max);
             let rescale = pv.rescale.map(|alpha| &alpha[r..e]);
             kernel.gemm_at(e - r, dv, k, &s[r..], pv.ld, vs, dv, &mut acc[r * dv..e * dv], dv, rescale, tmp);
-            r = e;
         }
     } else {
         let rescale = pv.rescale.map(|alpha| &alpha[r0..r1]);
