@@ -1,4 +1,4 @@
-//! Which limit binds the decode step: the decode call against two loops over the same K and V
+//! Which limit binds the decode step: the decode call against three loops over the same K and V
 //! bytes, each from a cold last-level cache, in one run.
 //!
 //! ```text
@@ -9,13 +9,18 @@
 //! - **read**: sums its K half, then its V half: the memory's streaming rate;
 //! - **same arithmetic**: per 64 keys, widens each K row and feeds every 8 values to 4 FMAs (the 4
 //!   query rows of a KV head), requesting the row 8 KiB ahead and the key's V row, then does
-//!   the same over the 64 V rows. These are the decode step's FMAs and widenings per byte in
-//!   their most streaming-friendly order, without its softmax, horizontal sums or P·V blocking;
+//!   the same over the 64 V rows. These are the decode step's FMAs and widenings per byte, and
+//!   its order of requests, without its softmax, horizontal sums or P·V blocking;
+//! - **own phase**: the same arithmetic, but each tile's V rows are requested 8 KiB ahead as the
+//!   V pass reads them, instead of alongside the K rows: each pass streams its own bytes, where
+//!   the decode kernel's order has the K pass stream both and the V pass read from L2;
 //! - **decode**: `attention` with the 32 query rows against the same K and V.
 //!
 //! Each is reported in GB/s of K and V read (median of `reps` calls, the caches evicted before
-//! each on every pool thread) and the decode call as a fraction of the other two. See
-//! `benches/README.md`, "Issue 11's rows, 2026-11-30, stop 16".
+//! each on every pool thread), the decode call as a fraction of the first two, and what the
+//! V pass's own requests gain over the kernel's order of requests. See
+//! `benches/README.md`, "Issue 11's rows, 2026-11-30, stop 16" and "Issue 11 item 2 (decode),
+//! stop 22".
 
 #[path = "bench/limits.rs"]
 mod limits;
@@ -64,8 +69,10 @@ fn main() {
     let q: Vec<f32> = (0..HQ * D).map(|i| ((i % 37) as f32 - 18.0) * 0.01).collect();
     let mut out = vec![0.0f32; HQ * D];
     println!("decode_bound: {threads} threads, {len} keys, {HQ}/{HKV} heads, D {D}, cold, median of {reps}");
-    println!("| K/V | read GB/s | same arithmetic GB/s | decode GB/s | decode / read | decode / same arithmetic |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| K/V | read GB/s | same arithmetic GB/s | own phase GB/s | decode GB/s | decode / read | decode / same arithmetic | own phase / same arithmetic |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for kv in ["f32", "f16", "bf16"] {
         let (kx, vx) = (|i: usize| ((i % 29) as f32 - 14.0) * 0.01, |i: usize| ((i % 31) as f32) * 0.01);
         let pick = |want: &str| if kv == want { n } else { 0 };
@@ -79,22 +86,22 @@ fn main() {
             (0..pick("bf16")).map(|i| bf16::from_f32(vx(i))).collect(),
         );
         let bytes = (2 * n * if kv == "f32" { 4 } else { 2 }) as f64;
-        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         pool.install(|| {
             for _ in 0..reps + 1 {
                 for (which, t) in times.iter_mut().enumerate() {
                     buf.evict_caches_on_pool(EVICT_MIB);
                     let start = Instant::now();
                     match which {
-                        0 | 1 => {
-                            let arith = which == 1;
+                        0..=2 => {
+                            let pass = [loops::Pass::Read, loops::Pass::Arith, loops::Pass::OwnPhase][which];
                             rayon::broadcast(|ctx| {
                                 let keys = len / ctx.num_threads();
                                 let rows = (ctx.index() * keys * HKV * D)..((ctx.index() + 1) * keys * HKV * D);
                                 let s = match kv {
-                                    "f32" => loops::run(&k32[rows.clone()], &v32[rows], arith),
-                                    "f16" => loops::run(&k16[rows.clone()], &v16[rows], arith),
-                                    _ => loops::run(&kb[rows.clone()], &vb[rows], arith),
+                                    "f32" => loops::run(&k32[rows.clone()], &v32[rows], pass),
+                                    "f16" => loops::run(&k16[rows.clone()], &v16[rows], pass),
+                                    _ => loops::run(&kb[rows.clone()], &vb[rows], pass),
                                 };
                                 black_box(s);
                             });
@@ -128,18 +135,32 @@ fn main() {
             })
             .collect();
         println!(
-            "| {kv} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            "| {kv} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
             gbps[0],
             gbps[1],
             gbps[2],
-            gbps[2] / gbps[0],
+            gbps[3],
+            gbps[3] / gbps[0],
+            gbps[3] / gbps[1],
             gbps[2] / gbps[1]
         );
     }
 }
 
-/// The two comparison loops, for AVX2, FMA and F16C.
+/// The comparison loops, for AVX2, FMA and F16C.
 mod loops {
+    /// What a loop does with the K and V bytes.
+    #[derive(Clone, Copy, PartialEq)]
+    pub enum Pass {
+        /// Sums K, then V.
+        Read,
+        /// Per tile, the K rows with 4 FMAs per value (each K row requested 8 KiB ahead and its
+        /// V row alongside), then the V rows likewise: the decode kernel's order of requests.
+        Arith,
+        /// As `Arith`, but the V pass requests its own rows 8 KiB ahead and the K pass only K's.
+        OwnPhase,
+    }
+
     /// True when the CPU runs [`run`].
     pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -198,17 +219,17 @@ mod loops {
     }
 
     /// Reads `k` then `v` (the same number of key rows of `HKV · D` values, whole tiles): a plain
-    /// sum, or with `arith` the decode step's FMAs per value in tiles of [`super::TILE`] keys.
-    pub fn run<E: Value>(k: &[E], v: &[E], arith: bool) -> f32 {
+    /// sum, or the decode step's FMAs per value in tiles of [`super::TILE`] keys (see [`Pass`]).
+    pub fn run<E: Value>(k: &[E], v: &[E], pass: Pass) -> f32 {
         assert!(available() && k.len() == v.len() && k.len() % (super::TILE * super::HKV * super::D) == 0);
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: the features were detected just above; `k` and `v` hold whole tiles.
-            unsafe { run_avx2(k, v, arith) }
+            unsafe { run_avx2(k, v, pass) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = arith;
+            let _ = pass;
             unreachable!("available() is false off x86_64")
         }
     }
@@ -217,9 +238,9 @@ mod loops {
     /// AVX2, FMA and F16C are available; `k` and `v` hold whole tiles of key rows.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn run_avx2<E: Value>(k: &[E], v: &[E], arith: bool) -> f32 {
+    unsafe fn run_avx2<E: Value>(k: &[E], v: &[E], pass: Pass) -> f32 {
         // SAFETY: the caller's contract; inlined here, the loop gets the features.
-        unsafe { run_inline(k, v, arith) }
+        unsafe { run_inline(k, v, pass) }
     }
 
     /// [`run_avx2`]'s body (intrinsics stay `unsafe` calls here on every Rust version).
@@ -228,7 +249,7 @@ mod loops {
     /// As [`run_avx2`].
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn run_inline<E: Value>(k: &[E], v: &[E], arith: bool) -> f32 {
+    unsafe fn run_inline<E: Value>(k: &[E], v: &[E], pass: Pass) -> f32 {
         use core::arch::x86_64::*;
         let row = super::HKV * super::D;
         let ahead = 8192usize.div_ceil(row * size_of::<E>());
@@ -242,34 +263,46 @@ mod loops {
         };
         let mut acc = [zero; 8];
         let keys = k.len() / row;
-        if !arith {
+        // Requests the `row` values at `p` into L2.
+        let request = |p: *const E| {
+            for off in (0..row * size_of::<E>()).step_by(64) {
+                // SAFETY: a prefetch has no architectural effect and never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>().wrapping_add(off)) };
+            }
+        };
+        if pass == Pass::Read {
             for x in [k, v] {
                 for i in (0..keys * row).step_by(16) {
                     // SAFETY: 16 values from `i` lie inside `x` (rows of `row`, a multiple of 16).
-                    unsafe { step(x.as_ptr().wrapping_add(i), arith, &q, &mut acc) };
+                    unsafe { step(x.as_ptr().wrapping_add(i), false, &q, &mut acc) };
                 }
             }
         } else {
+            let own_phase = pass == Pass::OwnPhase;
             for t0 in (0..keys).step_by(super::TILE) {
                 for j in t0..t0 + super::TILE {
                     let (kr, vr) = (k.as_ptr().wrapping_add(j * row), v.as_ptr().wrapping_add(j * row));
-                    let ka = k.as_ptr().wrapping_add((j + ahead) * row).cast::<i8>();
-                    // This key's row 8 KiB ahead and its V row into L2, as the decode kernel asks.
-                    for off in (0..row * size_of::<E>()).step_by(64) {
-                        // SAFETY: a prefetch has no architectural effect and never faults.
-                        unsafe {
-                            _mm_prefetch::<_MM_HINT_T1>(ka.wrapping_add(off));
-                            _mm_prefetch::<_MM_HINT_T1>(vr.cast::<i8>().wrapping_add(off));
-                        }
+                    // This key's row 8 KiB ahead and, as the decode kernel asks, its V row.
+                    request(k.as_ptr().wrapping_add((j + ahead) * row));
+                    if !own_phase {
+                        request(vr);
+                    } else if j + ahead >= t0 + super::TILE {
+                        // The V pass's first rows, requested as the K pass ends.
+                        request(v.as_ptr().wrapping_add((j + ahead - super::TILE) * row));
                     }
                     for i in (0..row).step_by(16) {
                         // SAFETY: 16 values from `i` lie inside key row `j`.
                         unsafe { step(kr.wrapping_add(i), true, &q, &mut acc) };
                     }
                 }
-                for i in (t0 * row..(t0 + super::TILE) * row).step_by(16) {
-                    // SAFETY: 16 values from `i` lie inside the tile's V rows.
-                    unsafe { step(v.as_ptr().wrapping_add(i), true, &q, &mut acc) };
+                for j in t0..t0 + super::TILE {
+                    if own_phase {
+                        request(v.as_ptr().wrapping_add((j + ahead) * row));
+                    }
+                    for i in (j * row..(j + 1) * row).step_by(16) {
+                        // SAFETY: 16 values from `i` lie inside V row `j`.
+                        unsafe { step(v.as_ptr().wrapping_add(i), true, &q, &mut acc) };
+                    }
                 }
             }
         }
