@@ -805,10 +805,10 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
     // Transposed scores `n × rows`: a block of 8 scores of one key is one store, and the softmax
     // runs down the columns.
     let st = &mut sc.s[..n * rows];
-    // The same keys' V rows are requested alongside the K rows: interleaved with the K stream
-    // they arrive by P·V (requested apart from it, during the previous tile's P·V, measured
-    // 25% slower from DRAM).
-    let pf = (kv.v, kv.v_ld, kv.v_hs, dv);
+    // V read in place from a call that streams its K/V from memory is requested during P·V
+    // ([`pv_chunks`]); any other tile's V rows are requested alongside the K rows.
+    let stream_v = !hidden.any() && kv.staged_v.is_none() && streams_kv::<KT, VT>(plan);
+    let pf = (kv.v, kv.v_ld, kv.v_hs, if stream_v { 0 } else { dv });
     let qs = &sc.qs[..rows * dk];
     kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, sc.tmp);
     if let Some(s) = &kv.scales {
@@ -823,31 +823,108 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
         // After the row sums: V's scales weight the probabilities, as V is read in place below.
         scale_heads(st, rows, hr, n, u.nh, (s.v, s.v_ld, s.v_hs));
     }
+    if !hidden.any() {
+        let (acc, alpha) = (&mut sc.state.acc[..rows * dv], &sc.alpha[..rows]);
+        pv_chunks(kernel, kv, (u.nh, hr, dv), n, stream_v, st, acc, alpha, sc.tmp);
+        return;
+    }
     for hl in 0..u.nh {
         let (r0, r1) = (hl * hr, (hl + 1) * hr);
         let p_h = &st[r0..];
         let acc = &mut sc.state.acc[r0 * dv..r1 * dv];
         let alpha = &sc.alpha[r0..r1];
         let v_h = &kv.v[hl * kv.v_hs..];
-        if hidden.any() {
-            // Staged, for the NaN containment of `pv_block`.
-            let vs = match kv.staged_v {
-                Some(staged) => staged,
-                None => {
-                    for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
-                        kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
-                        if let Some(s) = &kv.scales {
-                            kernel.scale(dst, s.v[t * s.v_ld + hl * s.v_hs]);
-                        }
+        // Staged, for the NaN containment of `pv_block`.
+        let vs = match kv.staged_v {
+            Some(staged) => staged,
+            None => {
+                for (t, dst) in sc.vs[..n * dv].chunks_exact_mut(dv).enumerate() {
+                    kernel.widen(&v_h[t * kv.v_ld..t * kv.v_ld + dv], dst);
+                    if let Some(s) = &kv.scales {
+                        kernel.scale(dst, s.v[t * s.v_ld + hl * s.v_hs]);
                     }
-                    &sc.vs[..n * dv]
                 }
-            };
-            let pv = PvBlock { w: n, rescale: Some(alpha), ld: rows, live: (0, hr) };
-            pv_block(kernel, span, g, dv, p_h, vs, acc, hidden, &pv, sc.tmp);
-        } else {
-            // V in place: one row block reads each element once.
-            kernel.gemm_at(hr, dv, n, p_h, rows, v_h, kv.v_ld, acc, dv, Some(alpha), sc.tmp);
+                &sc.vs[..n * dv]
+            }
+        };
+        let pv = PvBlock { w: n, rescale: Some(alpha), ld: rows, live: (0, hr) };
+        pv_block(kernel, span, g, dv, p_h, vs, acc, hidden, &pv, sc.tmp);
+    }
+}
+
+/// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]).
+const PV_CHUNK_KEYS: usize = 8;
+
+/// A call whose K and V hold more bytes than this streams them from memory: its decode tiles
+/// request V during P·V ([`pv_chunks`]). Below it they may sit in the caches, where the chunks'
+/// extra trips to L1 cost more than streaming gains: f16 cache, 32/8 heads, D 128, 1 thread,
+/// warm, chunks against one pass (medians of 501 calls): 512 keys (2 MiB) 1.08–1.21× slower,
+/// 1024 keys (4 MiB) anywhere from 1.33× faster to 1.17× slower, 2048 keys (8 MiB, beyond what
+/// stayed cached) 1.28–1.44× faster. A layer's cache below this size that a model's other work
+/// evicted misses the gain.
+const STREAM_KV_MIN_BYTES: usize = 4 << 20;
+
+/// True when the call's K and V exceed [`STREAM_KV_MIN_BYTES`].
+fn streams_kv<KT: Storage, VT: Storage>(plan: &Plan<'_>) -> bool {
+    let d = &plan.dims;
+    let row = d.head_dim * size_of::<KT>() + d.v_head_dim * size_of::<VT>();
+    d.batch.saturating_mul(d.kv_len).saturating_mul(d.kv_heads).saturating_mul(row) > STREAM_KV_MIN_BYTES
+}
+
+/// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
+/// where it lies. With `stream`, [`PV_CHUNK_KEYS`] keys at a time, every head of the unit per
+/// chunk, the next chunk's V rows requested as this one is multiplied, a share of them before
+/// each head's product; without, one pass over the tile per head, its V requested already.
+///
+/// Why chunks: the scores' pass streams the K rows; requested alongside them, the V rows too
+/// made the scores wait on twice the bytes while P·V read from L2 with nothing in flight, so a
+/// cold decode took about the sum of its memory and arithmetic times. A per-head P·V over the
+/// whole tile cannot stream V itself: it walks one head's 256 bytes of every key row, and
+/// requests in that order measured 0.76–0.85× (f16). Chunks across the heads read V in key
+/// order; their price is the accumulators' trip to L1 and back per chunk. Requested a whole
+/// chunk at once, the rows measured 0.95–1.02× against the old order (f16), a share per head
+/// 1.23–1.25× (f16), 1.15–1.24× (bf16), 1.09–1.12× (f32); chunks of 4 and 16 keys were slower
+/// than 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22).
+///
+/// `kv` holds the tile's `n` key rows, `shape` is (heads, rows per head, dv), `st` the
+/// transposed probabilities (`n × heads·hr`), `acc` the heads' `heads·hr` output rows of `dv`.
+#[allow(clippy::too_many_arguments)]
+fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
+    kernel: K,
+    kv: &TileRows<'_, KT, VT>,
+    shape: (usize, usize, usize),
+    n: usize,
+    stream: bool,
+    st: &[f32],
+    acc: &mut [f32],
+    alpha: &[f32],
+    tmp: &mut [f32],
+) {
+    let (heads, hr, dv) = shape;
+    let ld = heads * hr;
+    let chunk = if stream { PV_CHUNK_KEYS } else { n };
+    // Requests the V rows of keys `j0..j1`, every head's.
+    let request = |j0: usize, j1: usize| {
+        if stream && j0 < j1 {
+            for hl in 0..heads {
+                kernel.prefetch(&kv.v[j0 * kv.v_ld + hl * kv.v_hs..], j1 - j0, dv, kv.v_ld);
+            }
+        }
+    };
+    request(0, chunk.min(n));
+    // At least one pass: with no keys it still applies the rescale.
+    for j0 in (0..n.max(1)).step_by(chunk.max(1)) {
+        let j1 = (j0 + chunk).min(n);
+        let next = (j1, (j1 + chunk).min(n));
+        let share = (next.1 - next.0).div_ceil(heads.max(1));
+        for hl in 0..heads {
+            let a = (next.0 + hl * share).min(next.1);
+            request(a, (a + share).min(next.1));
+            let (r0, r1) = (hl * hr, (hl + 1) * hr);
+            // The rescale rides on the first chunk; later chunks add.
+            let rescale = (j0 == 0).then(|| &alpha[r0..r1]);
+            let (p, v) = (&st[j0 * ld + r0..], &kv.v[j0 * kv.v_ld + hl * kv.v_hs..]);
+            kernel.gemm_at(hr, dv, j1 - j0, p, ld, v, kv.v_ld, &mut acc[r0 * dv..r1 * dv], dv, rescale, tmp);
         }
     }
 }
