@@ -13,7 +13,9 @@
 //!   its order of requests, without its softmax, horizontal sums or P·V blocking;
 //! - **own phase**: the same arithmetic, but each tile's V rows are requested 8 KiB ahead as the
 //!   V pass reads them, instead of alongside the K rows: each pass streams its own bytes, where
-//!   the decode kernel's order has the K pass stream both and the V pass read from L2;
+//!   the other order has the K pass stream both and the V pass read from L2 (the decode kernel's
+//!   order until 2026-12-01, and still for calls with at most 4 MiB of K/V; larger ones now
+//!   stream V during P·V);
 //! - **decode**: `attention` with the 32 query rows against the same K and V.
 //!
 //! Each is reported in GB/s of K and V read (median of `reps` calls, the caches evicted before
@@ -155,7 +157,8 @@ mod loops {
         /// Sums K, then V.
         Read,
         /// Per tile, the K rows with 4 FMAs per value (each K row requested 8 KiB ahead and its
-        /// V row alongside), then the V rows likewise: the decode kernel's order of requests.
+        /// V row alongside), then the V rows likewise: the decode kernel's order of requests
+        /// for calls with at most 4 MiB of K/V (for all calls until 2026-12-01).
         Arith,
         /// As `Arith`, but the V pass requests its own rows 8 KiB ahead and the K pass only K's.
         OwnPhase,
