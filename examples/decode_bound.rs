@@ -10,7 +10,8 @@
 //! - **same arithmetic**: per 64 keys, widens each K row and feeds every 8 values to 4 FMAs (the 4
 //!   query rows of a KV head), requesting the row 8 KiB ahead and the key's V row, then does
 //!   the same over the 64 V rows. These are the decode step's FMAs and widenings per byte, and
-//!   its order of requests, without its softmax, horizontal sums or P·V blocking;
+//!   the order of requests it used for every call until 2026-12-01, without its softmax,
+//!   horizontal sums or P·V blocking;
 //! - **own phase**: the same arithmetic, but each tile's V rows are requested 8 KiB ahead as the
 //!   V pass reads them, instead of alongside the K rows: each pass streams its own bytes, where
 //!   the other order has the K pass stream both and the V pass read from L2 (the decode kernel's
@@ -20,7 +21,7 @@
 //!
 //! Each is reported in GB/s of K and V read (median of `reps` calls, the caches evicted before
 //! each on every pool thread), the decode call as a fraction of the first two, and what the
-//! V pass's own requests gain over the kernel's order of requests. See
+//! V pass's own requests gain over that older order. See
 //! `benches/README.md`, "Issue 11's rows, 2026-11-30, stop 16" and "Issue 11 item 2 (decode),
 //! stop 22".
 

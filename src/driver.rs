@@ -855,13 +855,15 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
 /// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]).
 const PV_CHUNK_KEYS: usize = 8;
 
-/// A call whose K and V hold more bytes than this streams them from memory: its decode tiles
+/// A call whose K and V hold more than this many bytes (counted as `batch · kv_len · kv_heads`
+/// rows of K and V elements, a heuristic) streams them from memory: its decode tiles
 /// request V during P·V ([`pv_chunks`]). Below it they may sit in the caches, where the chunks'
 /// extra trips to L1 cost more than streaming gains: f16 cache, 32/8 heads, D 128, 1 thread,
 /// warm, chunks against one pass (medians of 501 calls): 512 keys (2 MiB) 1.08–1.21× slower,
 /// 1024 keys (4 MiB) anywhere from 1.33× faster to 1.17× slower, 2048 keys (8 MiB, beyond what
-/// stayed cached) 1.28–1.44× faster. A layer's cache below this size that a model's other work
-/// evicted misses the gain.
+/// stayed cached) 1.28–1.44× faster (the head-major cache; the BSHD D2 shape gained 1.09–1.25×,
+/// see [`pv_chunks`]). A layer's cache below this size that a model's other work evicted misses
+/// the gain.
 const STREAM_KV_MIN_BYTES: usize = 4 << 20;
 
 /// True when the call's K and V exceed [`STREAM_KV_MIN_BYTES`].
@@ -879,15 +881,17 @@ fn streams_kv<KT: Storage, VT: Storage>(plan: &Plan<'_>) -> bool {
 /// Why chunks: the scores' pass streams the K rows; requested alongside them, the V rows too
 /// made the scores wait on twice the bytes while P·V read from L2 with nothing in flight, so a
 /// cold decode took about the sum of its memory and arithmetic times. A per-head P·V over the
-/// whole tile cannot stream V itself: it walks one head's 256 bytes of every key row, and
-/// requests in that order measured 0.76–0.85× (f16). Chunks across the heads read V in key
-/// order; their price is the accumulators' trip to L1 and back per chunk. Requested a whole
+/// whole tile cannot stream V itself: in a key-major layout (BSHD) it walks one head's 256 bytes
+/// of every key row, and requests in that order measured 0.76–0.85× (f16). Chunks across the
+/// heads read V in key order (in a head-major cache, as runs of 8 rows per head); their price is
+/// the accumulators' trip to L1 and back per chunk. Requested a whole
 /// chunk at once, the rows measured 0.95–1.02× against the old order (f16), a share per head
 /// 1.23–1.25× (f16), 1.15–1.24× (bf16), 1.09–1.12× (f32); chunks of 4 and 16 keys were slower
 /// than 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22).
 ///
 /// `kv` holds the tile's `n` key rows, `shape` is (heads, rows per head, dv), `st` the
-/// transposed probabilities (`n × heads·hr`), `acc` the heads' `heads·hr` output rows of `dv`.
+/// transposed probabilities (`n × heads·hr`), `acc` the heads' `heads·hr` output rows of `dv`,
+/// `alpha` their rescale factors, `tmp` the scratch of [`Kernel::gemm_at`].
 #[allow(clippy::too_many_arguments)]
 fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
     kernel: K,
@@ -912,7 +916,7 @@ fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
         }
     };
     request(0, chunk.min(n));
-    // At least one pass: with no keys it still applies the rescale.
+    // At least one pass, as the single gemm before chunks was (tiles hold keys: `n > 0`).
     for j0 in (0..n.max(1)).step_by(chunk.max(1)) {
         let j1 = (j0 + chunk).min(n);
         let next = (j1, (j1 + chunk).min(n));

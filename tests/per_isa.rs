@@ -23,7 +23,7 @@ fn every_isa_matches_the_reference() {
                 Case::new(2, 1, 2100, 8, 2, 128).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]),
                 AttentionOptions::new().causal(),
             ),
-            // K and V beyond 4 MiB (9 MiB): decode streams V through its P·V in chunks of 8 keys,
+            // K and V beyond 4 MiB (8.6 MiB): decode streams V through its P·V in chunks of 8 keys,
             // the last tile's ending in a part chunk (driver's `STREAM_KV_MIN_BYTES`).
             (Case::new(1, 1, 1100, 32, 8, 128), AttentionOptions::new().causal()),
             (
