@@ -42,10 +42,11 @@ impl Geometry {
         Geometry { gemm_mr: 6, bc: 72, rows_target: 96, dot_rows_max: 8, decode_bc: 64, gather_bc: 64 };
 
     /// Keys per decode KV tile when K and V hold `kv_bytes`-byte values: `decode_bc`, halved
-    /// for 4-byte values, so that a tile's K and V rows (read from memory, V's requested with
-    /// K's) take the same bytes, which stay in L2 until P·V reads them. Measured on the D2
-    /// shape from an f32 cache, paired runs: 32 keys 6.5% faster than 64 cold and warm, on 1
-    /// and 2 threads (16: 5%); f16 and int8 measured no faster below 64.
+    /// for 4-byte values, so that a tile's K and V rows take the same bytes. Measured on the D2
+    /// shape from an f32 cache, paired runs, when V's rows were requested with K's and stayed in
+    /// L2 until P·V (before 2026-12-01; calls over 4 MiB of K/V now stream V during P·V, not
+    /// re-measured): 32 keys 6.5% faster than 64 cold and warm, on 1 and 2 threads (16: 5%);
+    /// f16 and int8 measured no faster below 64.
     pub const fn decode_keys(&self, kv_bytes: usize) -> usize {
         if kv_bytes >= 4 {
             let half = self.decode_bc / 2;

@@ -28,7 +28,9 @@ const PACK_STRIDE_BYTES: usize = 4096;
 /// so packing would not pay for its copy, but a pass down a whole strip still brings its rows
 /// into one L1 set faster than they are used: the accumulators go to C and back every
 /// `ALIASED_KC` rows instead. Decode's P·V over a BSHD f32 cache of 8 heads of 128 (V rows
-/// 4 KiB apart) measured 1.06–1.07× faster this way (D2, 32768 keys, cold, 2 threads).
+/// 4 KiB apart) measured 1.06–1.07× faster this way (D2, 32768 keys, cold, 2 threads), when it
+/// ran one pass per tile; calls that large now pass it chunks of 8 keys (`driver::pv_chunks`),
+/// and it serves the smaller ones.
 const ALIASED_KC: usize = 8;
 
 /// What a gemm does with the C it finds.
