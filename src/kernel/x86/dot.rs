@@ -14,13 +14,19 @@ use crate::element::Storage;
 /// Keys per chunk; a multiple of every `NK` below.
 const KEY_CHUNK: usize = 8;
 
-/// How far ahead along the key stream [`dot_heads`] requests the rows it will score (two f32
-/// or four f16 keys of a BSHD cache with 8 heads of 128). The cores' stream prefetchers stop at
-/// 4 KiB pages and start over behind the loads, so without the requests the decode call waits
-/// on its keys: they made D1/D2-shaped calls (2048–32768 keys, cold, 2 threads) 1.19–1.27×
-/// faster with f32 BSHD keys, 1.05–1.09× with f16 BSHD, 1.07× with a head-major f16 cache and
-/// 1.01–1.03× with int8, and cost 4–6% when the keys are already in cache. 4 to 32 KiB
-/// measured the same.
+/// How far ahead along the keys [`dot_heads`] requests the rows it will score, in bytes of
+/// what it reads per key (the key's row of every head it scores): two f32 or four f16 keys of
+/// a BSHD cache with 8 heads of 128, as many keys in a head-major cache, where each head's rows
+/// are a stream of their own. The cores' stream prefetchers stop at 4 KiB pages and start over
+/// behind the loads, so without the requests the decode call waits on its keys: they made
+/// D1/D2-shaped calls (2048–32768 keys, cold, 2 threads) 1.19–1.27× faster with f32 BSHD keys,
+/// 1.05–1.09× with f16 BSHD, 1.07× with a head-major f16 cache and 1.01–1.03× with int8, and
+/// cost 4–6% when the keys are already in cache. 4 to 16 KiB measure the same with BSHD keys,
+/// 2 KiB 0.89×. Counted per head's row instead (8 KiB down each head's stream, 64 KiB in all for
+/// 8 heads), the head-major cache's requests ran too far ahead: counted over the heads, cold
+/// D2-shaped calls on it ran 1.14× faster with f16, 1.13× with bf16, 1.06–1.11× with f32 and
+/// 1.04–1.07× with int8, D1 (8192 keys, f16) 1.13× (paired call by call; `benches/README.md`,
+/// stop 23).
 const KEY_AHEAD_BYTES: usize = 8192;
 
 /// See [`crate::kernel::Kernel::dot_rows`].
@@ -277,9 +283,10 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
 ) {
     let (pf_p, pf_ld, pf_lh, pf_len) = pf;
     let pf_bytes = pf_len * size_of::<F>();
-    // Saturating: with a single key, `ldb` is any stride the caller's layout names.
-    let ahead = KEY_AHEAD_BYTES.div_ceil(ldb.saturating_mul(size_of::<E>()).max(1));
+    // Keys ahead, from the bytes one key's rows of the heads take (heads that share their rows,
+    // `ldh == 0`, read one).
     let k_bytes = k * size_of::<E>();
+    let ahead = KEY_AHEAD_BYTES.div_ceil(if ldh == 0 { k_bytes } else { heads.saturating_mul(k_bytes) }.max(1));
     let mut j = 0;
     // LOOP: blocks of `KB` keys (single keys at the end), every head of each.
     while j < n {
