@@ -1,6 +1,8 @@
 //! The checked entry points.
 
-use crate::driver::{finish_into, prefetch_after_tiles, run_unit, Inputs, KvScales, Scratch, Tiling, Unit};
+use crate::driver::{
+    finish_into, heads_apart, prefetch_after_tiles, run_unit, Inputs, KvScales, Scratch, Tiling, Unit,
+};
 use crate::element::Storage;
 use crate::error::{Error, Operand};
 use crate::exec::{run_split, SplitWork, StateShape, Workers};
@@ -25,8 +27,9 @@ use crate::Dims;
 /// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    // The scratch does not depend on the storage type (only the decode tiles' lengths do).
-    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa), 4)?.scratch)
+    // The scratch does not depend on the storage type (only the decode tiles' lengths do), and
+    // units over heads whose rows lie apart never need more than the others.
+    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa), 4, false)?.scratch)
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.
@@ -159,7 +162,8 @@ fn checked<'o, KV: KvPair>(
     let plan = Plan::new(Dims::from_layouts(&q.layout, &k.layout(), &v.layout())?, opts)?;
     plan.check_buffers(q, k, v, out, lse)?;
     let kv_bytes = k.elem_bytes().max(v.elem_bytes());
-    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa), kv_bytes)?;
+    let apart = heads_apart(&k.layout()) || heads_apart(&v.layout());
+    let tiling = Tiling::new(&plan, Isa::tiles_for(opts.isa), kv_bytes, apart)?;
     Ok((plan, tiling))
 }
 

@@ -42,6 +42,17 @@ const SPLIT_TASKS: usize = 16;
 /// chunks stays short when the mask shows it only a few keys of a huge sequence.
 const MAX_CHUNKS: usize = 256;
 
+/// A decode unit whose KV heads' rows lie apart in memory (a head-major cache, where each head's
+/// keys and values are streams of their own) covers the fewest heads whose key rows add up to at
+/// least this many bytes: 1 head of f32 at D 128, 2 of f16 or bf16, 4 of int8. With all 8 heads
+/// of the D1/D2 shape in one unit, each thread read 16 streams at once. Paired call by call on
+/// head-major K/V (D2 shape, 32768 keys, cold, 2 threads), against 8 heads per unit: f16 (2
+/// heads) 1.27–1.39× faster, bf16 (2) 1.07×, f32 (1) 1.17–1.20×, int8 (4) 1.09–1.16×, D1 f16
+/// (8192 keys) 1.15×, one thread f16 1.09×; f16 with 2 heads against 1 1.04–1.05×, against 4
+/// 1.11–1.12×; f32 with 1 head against 2 1.03–1.06×; int8 with 4 against 2 the same. From cache
+/// (512 keys on 1 thread, 2048 on 2) the same time. `benches/README.md`, stop 23.
+const APART_UNIT_KEY_BYTES: usize = 512;
+
 /// How a call is cut into units; a pure function of the sizes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tiling {
@@ -73,17 +84,22 @@ pub(crate) struct Tiling {
 }
 
 impl Tiling {
-    /// Cuts a validated plan into units, with K and V stored in `kv_bytes`-byte values;
-    /// [`Error::ShapeOverflow`] for the scratch when one worker's scratch cannot be counted in
-    /// `usize` (or allocated as f32s).
-    pub fn new(plan: &Plan<'_>, geo: Geometry, kv_bytes: usize) -> Result<Tiling, Error> {
+    /// Cuts a validated plan into units, with K and V stored in `kv_bytes`-byte values, whose
+    /// KV heads' rows lie apart when `heads_apart` ([`heads_apart`]); [`Error::ShapeOverflow`]
+    /// for the scratch when one worker's scratch cannot be counted in `usize` (or allocated as
+    /// f32s). A call with `heads_apart` never needs more scratch than one without.
+    pub fn new(plan: &Plan<'_>, geo: Geometry, kv_bytes: usize, heads_apart: bool) -> Result<Tiling, Error> {
         let d = &plan.dims;
         let g = d.group();
         let tq = (geo.rows_target / g).max(1).min(d.q_len.max(1));
         let q_tiles = d.q_len.div_ceil(tq);
         let head_rows = tq * g;
         let decode = head_rows <= geo.dot_rows_max;
-        let hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
+        let mut hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
+        if decode && heads_apart {
+            // `head_dim · kv_bytes` is one stored key row, which fits the K buffer.
+            hb = hb.min(APART_UNIT_KEY_BYTES.div_ceil((d.head_dim * kv_bytes).max(1)));
+        }
         let blocks = d.kv_heads.div_ceil(hb);
         let bc = if decode { geo.decode_keys(kv_bytes) } else { geo.bc };
         let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
@@ -152,6 +168,13 @@ impl Tiling {
     pub fn state(&self, plan: &Plan<'_>) -> StateShape {
         StateShape { rows: self.rows, dv: plan.dims.v_head_dim }
     }
+}
+
+/// True when `layout` is head-major: a head's rows of successive keys lie closer together than
+/// one key's rows of successive heads, so each head's keys are a stream of their own. In a
+/// key-major layout (BSHD, padded or not) a key's rows of every head lie together.
+pub(crate) fn heads_apart(layout: &Layout) -> bool {
+    layout.shape[2] > 1 && layout.strides[2] > layout.strides[1]
 }
 
 /// Scratch of one worker, carved out of one f32 slice.
@@ -1237,5 +1260,21 @@ pub(crate) fn finish_rows(
             gate.apply_row(u.b, q0 + i, h, acc);
         }
         write(u.b, q0 + i, h, acc, lse);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_lie_apart_in_head_major_layouts_only() {
+        assert!(!heads_apart(&Layout::bshd(1, 9, 4, 8)));
+        assert!(heads_apart(&Layout::bhsd(1, 4, 9, 8)));
+        // A padded key-major layout: a key's rows of the heads still lie together.
+        assert!(!heads_apart(&Layout { shape: [1, 9, 4, 8], strides: [400, 44, 11] }));
+        // One head, or heads that share their rows, make one stream.
+        assert!(!heads_apart(&Layout::bhsd(1, 1, 9, 8)));
+        assert!(!heads_apart(&Layout { shape: [1, 9, 4, 8], strides: [72, 8, 0] }));
     }
 }

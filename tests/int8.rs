@@ -36,6 +36,8 @@ fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
         // Int8 K and V beyond 4 MiB: V streamed in chunks (driver's `STREAM_KV_MIN_BYTES`), the
         // last tile's (28 keys) ending in a part chunk.
         (Case::new(1, 1, 2204, 32, 8, 128), AttentionOptions::new().causal()),
+        // The same head-major (an int8 cache's layout): decode units of 4 heads.
+        (Case::new(1, 1, 2204, 32, 8, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
         // 4 queries × GQA 2 = 8 rows: decode tiles with hidden keys (window edges).
         (Case::new(1, 4, 300, 4, 2, 32), AttentionOptions::new().causal().window(37)),
         (Case::new(2, 4, 1500, 8, 1, 64).v_dim(48), AttentionOptions::new().causal().window(600).sink_tokens(3)),
