@@ -44,14 +44,21 @@ const MAX_CHUNKS: usize = 256;
 
 /// A decode unit whose KV heads' rows lie apart in memory (a head-major cache, where each head's
 /// keys and values are streams of their own) covers the fewest heads whose key rows add up to at
-/// least this many bytes: 1 head of f32 at D 128, 2 of f16 or bf16, 4 of int8. With all 8 heads
-/// of the D1/D2 shape in one unit, each thread read 16 streams at once. Paired call by call on
-/// head-major K/V (D2 shape, 32768 keys, cold, 2 threads), against 8 heads per unit: f16 (2
-/// heads) 1.27–1.39× faster, bf16 (2) 1.07×, f32 (1) 1.17–1.20×, int8 (4) 1.09–1.16×, D1 f16
-/// (8192 keys) 1.15×, one thread f16 1.09×; f16 with 2 heads against 1 1.04–1.05×, against 4
-/// 1.11–1.12×; f32 with 1 head against 2 1.03–1.06×; int8 with 4 against 2 the same. From cache
-/// (512 keys on 1 thread, 2048 on 2) the same time. `benches/README.md`, stop 23.
+/// least this many bytes, but never fewer than [`APART_UNIT_MIN_HEADS`]: 2 heads of f32, f16
+/// or bf16 at D 128, 4 of int8. With all 8 heads of the D1/D2 shape in one unit, each thread
+/// read 16 streams at once. On the Zen 3 host of stop 23, paired call by call on head-major K/V
+/// (D2 shape, 32768 keys, cold, 2 threads), against 8 heads per unit: f16 (2 heads) 1.27–1.39×
+/// faster, bf16 (2) 1.07×, f32 (2) 1.06–1.17×, int8 (4) 1.09–1.16×, D1 f16 (8192 keys) 1.15×,
+/// one thread f16 1.09×; f16 with 2 heads against 4 1.11–1.12×; int8 with 4 against 2 the same;
+/// from cache (512 keys on 1 thread, 2048 on 2) the same time. `benches/README.md`, stop 23.
 const APART_UNIT_KEY_BYTES: usize = 512;
+
+/// The fewest KV heads of a decode unit on head-major K/V ([`APART_UNIT_KEY_BYTES`]). One head
+/// per unit measured 1.03–1.06× faster than two with f32 on the Zen 3 host of stop 23, but on
+/// the faster-memory host of 2026-11-30 (`benches/README.md`, "Issue 11's rows, 2026-11-30,
+/// later") units of one head took 1.27–1.28× the time of eight on the f16 and int8 caches, and
+/// of two heads 0.95× (f16) and 1.06× (int8).
+const APART_UNIT_MIN_HEADS: usize = 2;
 
 /// How a call is cut into units; a pure function of the sizes.
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +105,8 @@ impl Tiling {
         let mut hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
         if decode && heads_apart {
             // `head_dim · kv_bytes` is one stored key row, which fits the K buffer.
-            hb = hb.min(APART_UNIT_KEY_BYTES.div_ceil((d.head_dim * kv_bytes).max(1)));
+            let heads = APART_UNIT_KEY_BYTES.div_ceil((d.head_dim * kv_bytes).max(1));
+            hb = hb.min(heads.max(APART_UNIT_MIN_HEADS));
         }
         let blocks = d.kv_heads.div_ceil(hb);
         let bc = if decode { geo.decode_keys(kv_bytes) } else { geo.bc };

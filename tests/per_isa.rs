@@ -26,7 +26,7 @@ fn every_isa_matches_the_reference() {
             // K and V beyond 4 MiB (8.6 MiB): decode streams V through its P·V in chunks of 8 keys,
             // the last tile's ending in a part chunk (driver's `STREAM_KV_MIN_BYTES`).
             (Case::new(1, 1, 1100, 32, 8, 128), AttentionOptions::new().causal()),
-            // Head-major K/V (a KV cache's layout): decode units of one f32 head (driver's
+            // Head-major K/V (a KV cache's layout): decode units of two f32 heads (driver's
             // `APART_UNIT_KEY_BYTES`), V streamed; and of two f16 heads over 5, the last block
             // holding one, V not streamed.
             (Case::new(1, 1, 1100, 32, 8, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
