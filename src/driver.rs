@@ -60,7 +60,8 @@ const APART_UNIT_KEY_BYTES: usize = 512;
 /// of two heads 0.95× (f16) and 1.06× (int8).
 const APART_UNIT_MIN_HEADS: usize = 2;
 
-/// How a call is cut into units; a pure function of the sizes.
+/// How a call is cut into units; a pure function of the sizes, the K/V storage's bytes per value
+/// and whether the K/V layouts are head-major ([`heads_apart`]), never of the thread count.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tiling {
     /// Queries per tile.
@@ -104,8 +105,8 @@ impl Tiling {
         let decode = head_rows <= geo.dot_rows_max;
         let mut hb = if decode { (geo.rows_target / head_rows).clamp(1, d.kv_heads.max(1)) } else { 1 };
         if decode && heads_apart {
-            // `head_dim · kv_bytes` is one stored key row, which fits the K buffer.
-            let heads = APART_UNIT_KEY_BYTES.div_ceil((d.head_dim * kv_bytes).max(1));
+            // Saturating: a call without keys accepts any head_dim.
+            let heads = APART_UNIT_KEY_BYTES.div_ceil(d.head_dim.saturating_mul(kv_bytes).max(1));
             hb = hb.min(heads.max(APART_UNIT_MIN_HEADS));
         }
         let blocks = d.kv_heads.div_ceil(hb);
@@ -1284,5 +1285,30 @@ mod tests {
         // One head, or heads that share their rows, make one stream.
         assert!(!heads_apart(&Layout::bhsd(1, 1, 9, 8)));
         assert!(!heads_apart(&Layout { shape: [1, 9, 4, 8], strides: [72, 8, 0] }));
+    }
+
+    /// Decode units on head-major K/V cover the fewest heads whose key rows make
+    /// `APART_UNIT_KEY_BYTES`, at least `APART_UNIT_MIN_HEADS`; key-major ones every head of the
+    /// group block. D1/D2's heads (32 over 8, D 128, one query).
+    #[test]
+    fn head_major_decode_units_cover_few_heads() {
+        let dims =
+            crate::Dims { batch: 1, q_len: 1, kv_len: 8192, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
+        let opts = crate::AttentionOptions::new();
+        let plan = Plan::new(dims, &opts).unwrap();
+        let hb = |bytes: usize, apart: bool| {
+            let t = Tiling::new(&plan, Geometry::TUNED, bytes, apart).unwrap();
+            assert_eq!(t.blocks, dims.kv_heads.div_ceil(t.hb));
+            t.hb
+        };
+        // (bytes per value, heads per unit): f32 and f16 rows of 512 and 256 bytes take two heads
+        // (one f32 row alone would make 512 bytes, raised to the minimum), int8 four.
+        for (bytes, heads) in [(4, 2), (2, 2), (1, 4)] {
+            assert_eq!(hb(bytes, true), heads, "{bytes}-byte values, head-major");
+            assert_eq!(hb(bytes, false), 8, "{bytes}-byte values, key-major");
+        }
+        // The scratch of the key-major cut bounds the head-major one (`scratch_len` uses it).
+        let (a, b) = (Tiling::new(&plan, Geometry::TUNED, 2, true), Tiling::new(&plan, Geometry::TUNED, 2, false));
+        assert!(a.unwrap().scratch <= b.unwrap().scratch);
     }
 }

@@ -251,6 +251,41 @@ fn scratch_len_never_wraps() {
     assert_eq!(scratch_len(&d, &AttentionOptions::new()), Ok(0));
 }
 
+/// A call without work on head-major K/V (whose decode units are sized from the bytes of a key
+/// row) accepts any head dimension: nothing overflows, in the checked profile too.
+#[test]
+fn head_major_call_without_work_accepts_any_head_dim() {
+    let d = isize::MAX as usize;
+    // Batch 0; K and V head-major (a head's keys closer together than a key's heads).
+    let kv = Layout { shape: [0, 4, 2, d], strides: [0, 1, 8] };
+    let qo = Layout { shape: [0, 1, 2, d], strides: [0, 0, 0] };
+    let (q, k, v): ([f32; 0], [f32; 0], [f32; 0]) = ([], [], []);
+    for dtype_bytes in [4usize, 2] {
+        let mut o: [f32; 0] = [];
+        let r = if dtype_bytes == 4 {
+            attention(
+                &Tensor::new(&q[..], qo),
+                &Tensor::new(&k[..], kv),
+                &Tensor::new(&v[..], kv),
+                TensorMut::new(&mut o[..], qo),
+                None,
+                &AttentionOptions::new(),
+            )
+        } else {
+            let (k, v): ([gated_attention::f16; 0], [gated_attention::f16; 0]) = ([], []);
+            attention(
+                &Tensor::new(&q[..], qo),
+                &Tensor::new(&k[..], kv),
+                &Tensor::new(&v[..], kv),
+                TensorMut::new(&mut o[..], qo),
+                None,
+                &AttentionOptions::new(),
+            )
+        };
+        assert_eq!(r, Ok(()), "{dtype_bytes}-byte K/V");
+    }
+}
+
 #[test]
 fn layout_constructors_saturate() {
     // 2^62 · 4 wraps to 0 in usize; a saturated stride makes the later check report it.

@@ -27,8 +27,8 @@ fn every_isa_matches_the_reference() {
             // the last tile's ending in a part chunk (driver's `STREAM_KV_MIN_BYTES`).
             (Case::new(1, 1, 1100, 32, 8, 128), AttentionOptions::new().causal()),
             // Head-major K/V (a KV cache's layout): decode units of two f32 heads (driver's
-            // `APART_UNIT_KEY_BYTES`), V streamed; and of two f16 heads over 5, the last block
-            // holding one, V not streamed.
+            // `APART_UNIT_KEY_BYTES`, raised to `APART_UNIT_MIN_HEADS`), V streamed; and of two
+            // f16 heads over 5, the last block holding one, V not streamed.
             (Case::new(1, 1, 1100, 32, 8, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
             (
                 Case::new(1, 2, 900, 20, 5, 128)

@@ -15,9 +15,10 @@ use crate::element::Storage;
 const KEY_CHUNK: usize = 8;
 
 /// How far ahead along the keys [`dot_heads`] requests the rows it will score, in bytes of
-/// what it reads per key (the key's row of every head it scores): two f32 or four f16 keys of
-/// a BSHD cache with 8 heads of 128, as many keys in a head-major cache, where each head's rows
-/// are a stream of their own. The cores' stream prefetchers stop at 4 KiB pages and start over
+/// what it reads per key (the key's rows of every head it scores): two f32 or four f16 keys of
+/// a BSHD cache with 8 heads of 128; in a head-major cache, where each head's rows are a stream
+/// of their own and a decode unit scores 2 heads (4 of int8; `driver`'s
+/// `APART_UNIT_KEY_BYTES`), 8 f32 or 16 f16 or int8 keys down each head's rows. The cores' stream prefetchers stop at 4 KiB pages and start over
 /// behind the loads, so without the requests the decode call waits on its keys: they made
 /// D1/D2-shaped calls (2048–32768 keys, cold, 2 threads) 1.19–1.27× faster with f32 BSHD keys,
 /// 1.05–1.09× with f16 BSHD, 1.07× with a head-major f16 cache and 1.01–1.03× with int8, and
@@ -201,8 +202,9 @@ unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
 /// f16 and int8 K/V, cold D2 int8 1.03–1.05×. Blocking heads instead (one
 /// key, `8 / M` heads) loads every query vector for a single FMA; at 4 rows per head that is
 /// 10 loads per 8 FMAs against 6 with 2 keys, which measured 1.45× slower from L1. Each head's row
-/// [`KEY_AHEAD_BYTES`] further along the keys is requested as its block is scored, so the
-/// reads, a few keys' rows at a time, do not wait on the hardware prefetchers.
+/// of the key [`KEY_AHEAD_BYTES`] further along (counted over the heads) is requested as its
+/// block is scored, so the reads, a few keys' rows at a time, do not wait on the hardware
+/// prefetchers.
 ///
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `a` holds `heads·m` rows of `k` floats (`lda`), `b` the
@@ -262,8 +264,9 @@ struct HeadRows {
     out: *mut f32,
 }
 
-/// `M` rows of every head against keys `0..n`, `KB` keys per block, with each block's rows
-/// [`KEY_AHEAD_BYTES`] ahead and its prefetch rows requested as it is read.
+/// `M` rows of every head against keys `0..n`, `KB` keys per block, with the rows of the keys
+/// [`KEY_AHEAD_BYTES`] ahead (counted over the heads) and the block's prefetch rows requested as
+/// it is read.
 ///
 /// # Safety
 /// As [`dot_heads`], for the `M` rows of each head that `g` points at; `k > 0`.
