@@ -259,30 +259,19 @@ fn head_major_call_without_work_accepts_any_head_dim() {
     // Batch 0; K and V head-major (a head's keys closer together than a key's heads).
     let kv = Layout { shape: [0, 4, 2, d], strides: [0, 1, 8] };
     let qo = Layout { shape: [0, 1, 2, d], strides: [0, 0, 0] };
-    let (q, k, v): ([f32; 0], [f32; 0], [f32; 0]) = ([], [], []);
-    for dtype_bytes in [4usize, 2] {
+    let (q, k32, k16): ([f32; 0], [f32; 0], [gated_attention::f16; 0]) = ([], [], []);
+    // The decode units' heads are sized from the bytes of a value: 4 and 2.
+    for (bytes, kv) in [(4, Tensor::new(&k32[..], kv)), (2, Tensor::new(&k16[..], kv))] {
         let mut o: [f32; 0] = [];
-        let r = if dtype_bytes == 4 {
-            attention(
-                &Tensor::new(&q[..], qo),
-                &Tensor::new(&k[..], kv),
-                &Tensor::new(&v[..], kv),
-                TensorMut::new(&mut o[..], qo),
-                None,
-                &AttentionOptions::new(),
-            )
-        } else {
-            let (k, v): ([gated_attention::f16; 0], [gated_attention::f16; 0]) = ([], []);
-            attention(
-                &Tensor::new(&q[..], qo),
-                &Tensor::new(&k[..], kv),
-                &Tensor::new(&v[..], kv),
-                TensorMut::new(&mut o[..], qo),
-                None,
-                &AttentionOptions::new(),
-            )
-        };
-        assert_eq!(r, Ok(()), "{dtype_bytes}-byte K/V");
+        let r = attention(
+            &Tensor::new(&q[..], qo),
+            &kv,
+            &kv,
+            TensorMut::new(&mut o[..], qo),
+            None,
+            &AttentionOptions::new(),
+        );
+        assert_eq!(r, Ok(()), "{bytes}-byte K/V");
     }
 }
 
