@@ -416,6 +416,29 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     // Lanes `c..c + 8` of the `M·KB` sums (key `t`, row `r` at `t·M + r`), 8 at a time.
     let mut c = 0;
     while c < M * KB {
+        if M * KB - c <= 4 {
+            // The last (or only) four or fewer sums: half the reduction of eight, and the same
+            // additions in the same order. At 4 rows per head (12 sums per block) padding them to
+            // eight reduced four vectors of zeros: decode from L2 (256 keys, 1 thread, f16 and
+            // int8 K/V) measured 1.6–2.3% faster without (paired call by call, stop 24).
+            // SAFETY: AVX is available (caller); `flat` holds 16 vectors and `c + 4 <= 16`.
+            let sums = unsafe { hsum4(&*flat[c..c + 4].as_ptr().cast::<[__m256; 4]>()) };
+            let t0 = c / M;
+            if M == 4 {
+                // SAFETY: key `t0`'s 4 sums go to the 4 adjacent floats at `out + t0·ldo`.
+                unsafe { _mm_storeu_ps(out.add(t0 * ldo), sums) };
+            } else {
+                let mut lanes = [0.0f32; 4];
+                // SAFETY: SSE is available (caller); `lanes` holds 4 floats.
+                unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), sums) };
+                for (i, &x) in lanes.iter().enumerate().take(M * KB - c) {
+                    let (t, r) = ((c + i) / M, (c + i) % M);
+                    // SAFETY: the score of row `r` against key `t` is at `out + t·ldo + r`.
+                    unsafe { *out.add(t * ldo + r) = x };
+                }
+            }
+            break;
+        }
         // SAFETY: AVX is available (caller); `flat` holds 16 vectors and `c + 8 <= 16`.
         let sums = unsafe { hsum8(&*flat[c..c + 8].as_ptr().cast::<[__m256; 8]>()) };
         let t0 = c / M;
@@ -442,6 +465,19 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
             }
         }
         c += 8;
+    }
+}
+
+/// Lane `i` of the result is the sum of the 8 lanes of `v[i]`, added in [`hsum8`]'s order.
+///
+/// # Safety
+/// The CPU supports AVX.
+#[inline(always)]
+unsafe fn hsum4(v: &[__m256; 4]) -> __m128 {
+    // SAFETY: the caller guarantees AVX; no memory is touched.
+    unsafe {
+        let h0123 = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        _mm_add_ps(_mm256_castps256_ps128(h0123), _mm256_extractf128_ps::<1>(h0123))
     }
 }
 
