@@ -226,8 +226,9 @@ impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Dense<'_, K, KE, VE> {
         let (plan, t) = (self.plan, self.tiling);
         let mut sc = Scratch::carve(plan, t, scratch, state);
         // SAFETY: as in `finish`: the unit's rows are its own.
-        let after_tiles = || unsafe { prefetch_after_tiles(self.kernel, plan, t, &self.inp.q, u, self.sink) };
-        run_unit(self.kernel, plan, t, &self.inp, &Unit::from_index(u, plan, t), c, &mut sc, after_tiles);
+        let unit = Unit::from_index(u, plan, t);
+        let after_tiles = || unsafe { prefetch_after_tiles(self.kernel, plan, t, &self.inp.q, (u, &unit), self.sink) };
+        run_unit(self.kernel, plan, t, &self.inp, &unit, c, &mut sc, after_tiles);
     }
 
     fn finish(&self, u: usize, state: &mut [f32]) {

@@ -400,12 +400,12 @@ pub(crate) fn load_queries<K: Kernel>(
     }
 }
 
-/// Requests from memory, towards L2, what follows unit `u`'s KV tiles: its output rows, which its
-/// finish writes, and the queries of unit `u + 1`, which the thread most likely loads next (a
-/// pool task is a run of consecutive units). In a BSHD layout a head's rows lie 4 KiB or more
-/// apart, one row per page, and the hardware prefetchers do not follow them: P3 spent ~6% of its
-/// time in the queries' loads and the output's stores before the prefill units requested them
-/// during their last tile.
+/// Requests from memory, towards L2, what follows the KV tiles of unit `u` (number `idx`): its
+/// output rows, which its finish writes, and the queries of unit `idx + 1`, which the thread most
+/// likely loads next (a pool task is a run of consecutive units). In a BSHD layout a head's rows
+/// lie 4 KiB or more apart, one row per page, and the hardware prefetchers do not follow them: P3
+/// spent ~6% of its time in the queries' loads and the output's stores before the prefill units
+/// requested them during their last tile.
 ///
 /// # Safety
 /// No other thread writes unit `u`'s rows during the call (as [`finish_into`]).
@@ -414,12 +414,12 @@ pub(crate) unsafe fn prefetch_after_tiles<K: Kernel>(
     plan: &Plan<'_>,
     t: &Tiling,
     q: &Tensor<'_>,
-    u: usize,
+    (idx, u): (usize, &Unit),
     sink: &Sink<'_>,
 ) {
     let (g, dk, dv) = (plan.dims.group(), plan.dims.head_dim, plan.dims.v_head_dim);
-    if u + 1 < t.units(plan) {
-        let next = Unit::from_index(u + 1, plan, t);
+    if idx + 1 < t.units(plan) {
+        let next = Unit::from_index(idx + 1, plan, t);
         let q0 = next.q_tile * t.tq;
         for (_, h, i) in head_rows(&next, g, next.tq(plan, t)) {
             let off = q.layout.offset(next.b, q0 + i, h);
@@ -430,9 +430,8 @@ pub(crate) unsafe fn prefetch_after_tiles<K: Kernel>(
             }
         }
     }
-    let u = Unit::from_index(u, plan, t);
     let q0 = u.q_tile * t.tq;
-    for (_, h, i) in head_rows(&u, g, u.tq(plan, t)) {
+    for (_, h, i) in head_rows(u, g, u.tq(plan, t)) {
         // SAFETY: row (b, q0 + i, h) is one of unit `u`'s, which no other thread writes.
         unsafe { sink.prefetch_row(kernel, u.b, q0 + i, h, dv) };
     }
