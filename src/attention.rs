@@ -225,8 +225,8 @@ impl<K: Kernel, KE: Storage, VE: Storage> SplitWork for Dense<'_, K, KE, VE> {
     fn run(&self, u: usize, c: usize, state: &mut [f32], scratch: &mut [f32]) {
         let (plan, t) = (self.plan, self.tiling);
         let mut sc = Scratch::carve(plan, t, scratch, state);
-        // SAFETY: as in `finish`: the unit's rows are its own.
         let unit = Unit::from_index(u, plan, t);
+        // SAFETY: as in `finish`: the unit's rows are its own.
         let after_tiles = || unsafe { prefetch_after_tiles(self.kernel, plan, t, &self.inp.q, (u, &unit), self.sink) };
         run_unit(self.kernel, plan, t, &self.inp, &unit, c, &mut sc, after_tiles);
     }
