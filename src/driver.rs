@@ -886,8 +886,9 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
 /// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]).
 const PV_CHUNK_KEYS: usize = 8;
 
-/// A call whose K and V hold more than this many bytes (counted as `batch · kv_len · kv_heads`
-/// rows of K and V elements, a heuristic) streams them from memory: its decode tiles
+/// A call whose K and V hold more than this many bytes (counted as `batch · kv_heads` times the
+/// keys some query sees ([`keys_read`]) rows of K and V elements, a heuristic) streams them from
+/// memory: its decode tiles
 /// request V during P·V ([`pv_chunks`]). Below it they may sit in the caches, where the chunks'
 /// extra trips to L1 cost more than streaming gains: f16 cache, 32/8 heads, D 128, 1 thread,
 /// warm, chunks against one pass (medians of 501 calls): 512 keys (2 MiB) 1.08–1.21× slower,
@@ -897,11 +898,26 @@ const PV_CHUNK_KEYS: usize = 8;
 /// the gain.
 const STREAM_KV_MIN_BYTES: usize = 4 << 20;
 
-/// True when the call's K and V exceed [`STREAM_KV_MIN_BYTES`].
+/// True when the K and V rows the call reads exceed [`STREAM_KV_MIN_BYTES`].
 fn streams_kv<KT: Storage, VT: Storage>(plan: &Plan<'_>) -> bool {
     let d = &plan.dims;
     let row = d.head_dim * size_of::<KT>() + d.v_head_dim * size_of::<VT>();
-    d.batch.saturating_mul(d.kv_len).saturating_mul(d.kv_heads).saturating_mul(row) > STREAM_KV_MIN_BYTES
+    d.batch.saturating_mul(keys_read(plan)).saturating_mul(d.kv_heads).saturating_mul(row) > STREAM_KV_MIN_BYTES
+}
+
+/// How many keys of each (batch row, KV head) some query of the call sees, at most: the sink
+/// prefix of its last query and the keys from its first query's lowest to its last query's
+/// highest (both bounds rise with the query's position). A sliding window reads its window, not
+/// the whole cache: counted as the whole cache, a window of 512 or 1024 keys over a 32768-key f16
+/// or int8 cache streamed its V in chunks, which from the caches ran 1.10–1.18× slower than one
+/// pass (1 and 2 threads, warm, paired call by call; cold, 0.99–1.16×; stop 24).
+fn keys_read(plan: &Plan<'_>) -> usize {
+    let (d, mask) = (&plan.dims, &plan.mask);
+    if d.q_len == 0 {
+        return 0;
+    }
+    let (first, last) = (mask.row(0), mask.row(d.q_len - 1));
+    (last.sinks_end + last.hi.saturating_sub(first.lo)).min(d.kv_len)
 }
 
 /// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
@@ -1309,5 +1325,28 @@ mod tests {
         // The scratch of the key-major cut bounds the head-major one (`scratch_len` uses it).
         let (a, b) = (Tiling::new(&plan, Geometry::TUNED, 2, true), Tiling::new(&plan, Geometry::TUNED, 2, false));
         assert!(a.unwrap().scratch <= b.unwrap().scratch);
+    }
+
+    #[test]
+    fn calls_read_the_keys_their_mask_shows() {
+        let dims =
+            crate::Dims { batch: 1, q_len: 4, kv_len: 8192, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
+        let keys = |opts: crate::AttentionOptions| keys_read(&Plan::new(dims, &opts).unwrap());
+        let new = crate::AttentionOptions::new;
+        assert_eq!(keys(new()), 8192);
+        assert_eq!(keys(new().causal()), 8192);
+        // The last query (position 8191) sees 8191 - 511..=8191, the first 8188 - 511..=8188.
+        assert_eq!(keys(new().window(512)), 515);
+        assert_eq!(keys(new().window(512).causal()), 515);
+        assert_eq!(keys(new().window(512).sink_tokens(4)), 519);
+        assert_eq!(keys(new().window(usize::MAX)), 8192);
+        assert_eq!(keys(new().window(512).sink_tokens(usize::MAX)), 8192);
+        // A window of 512 f16 keys (2 MiB) is read in one pass; the whole cache (32 MiB) streams.
+        let streams =
+            |opts: crate::AttentionOptions| streams_kv::<half::f16, half::f16>(&Plan::new(dims, &opts).unwrap());
+        assert!(!streams(new().window(512)));
+        assert!(streams(new()));
+        let no_queries = crate::Dims { q_len: 0, ..dims };
+        assert_eq!(keys_read(&Plan::new(no_queries, &new().window(512)).unwrap()), 0);
     }
 }
