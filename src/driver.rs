@@ -110,7 +110,7 @@ impl Tiling {
             hb = hb.min(heads.max(APART_UNIT_MIN_HEADS));
         }
         let blocks = d.kv_heads.div_ceil(hb);
-        let bc = if decode { geo.decode_keys(kv_bytes) } else { geo.bc };
+        let bc = if decode { geo.decode_keys(kv_bytes, streams_bytes(plan, kv_bytes, kv_bytes)) } else { geo.bc };
         let (mut chunks, mut chunk_len) = (1, d.kv_len.max(1));
         if q_tiles == 1 && d.kv_len > SPLIT_MIN {
             // With q_len ≥ 1, batch · blocks ≤ batch · q_heads ≤ Q's element count ≤ isize::MAX.
@@ -900,8 +900,13 @@ const STREAM_KV_MIN_BYTES: usize = 4 << 20;
 
 /// True when the K and V rows the call reads exceed [`STREAM_KV_MIN_BYTES`].
 fn streams_kv<KT: Storage, VT: Storage>(plan: &Plan<'_>) -> bool {
+    streams_bytes(plan, size_of::<KT>(), size_of::<VT>())
+}
+
+/// [`streams_kv`] for K and V values of `k_bytes` and `v_bytes` bytes.
+fn streams_bytes(plan: &Plan<'_>, k_bytes: usize, v_bytes: usize) -> bool {
     let d = &plan.dims;
-    let row = d.head_dim * size_of::<KT>() + d.v_head_dim * size_of::<VT>();
+    let row = d.head_dim.saturating_mul(k_bytes).saturating_add(d.v_head_dim.saturating_mul(v_bytes));
     d.batch.saturating_mul(keys_read(plan)).saturating_mul(d.kv_heads).saturating_mul(row) > STREAM_KV_MIN_BYTES
 }
 
@@ -1325,6 +1330,24 @@ mod tests {
         // The scratch of the key-major cut bounds the head-major one (`scratch_len` uses it).
         let (a, b) = (Tiling::new(&plan, Geometry::TUNED, 2, true), Tiling::new(&plan, Geometry::TUNED, 2, false));
         assert!(a.unwrap().scratch <= b.unwrap().scratch);
+    }
+
+    #[test]
+    fn f32_decode_tiles_are_longer_when_the_call_streams() {
+        let tile = |kv_len: usize, opts: crate::AttentionOptions, bytes: usize| {
+            let dims =
+                crate::Dims { batch: 1, q_len: 1, kv_len, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
+            Tiling::new(&Plan::new(dims, &opts).unwrap(), Geometry::TUNED, bytes, false).unwrap().bc
+        };
+        let new = crate::AttentionOptions::new;
+        // 512 f32 keys of 8 heads of 128 are 4 MiB of K and V, which stay in the caches; 513 stream.
+        assert_eq!(tile(512, new(), 4), 32);
+        assert_eq!(tile(513, new(), 4), 64);
+        assert_eq!(tile(32768, new().window(256), 4), 32);
+        for kv_len in [512, 32768] {
+            assert_eq!(tile(kv_len, new(), 2), 64);
+            assert_eq!(tile(kv_len, new(), 1), 64);
+        }
     }
 
     #[test]

@@ -35,20 +35,24 @@ impl Geometry {
     /// (12 gemm blocks of 6 rows; measured a few per cent faster than 60, 64 or 96 on P1), 96
     /// rows (a multiple of 6 and of the usual GQA group sizes; 144 and 192 measured no faster),
     /// 64-key decode tiles for 2-byte K/V (16, 32 and 48 measured up to 10% slower on D2, 72
-    /// the same; 4-byte values take half, see [`Geometry::decode_keys`]).
+    /// the same; 4-byte values take half in calls that do not stream, see [`Geometry::decode_keys`]).
     /// The scalar and portable kernels use the same tiles scaled to their own microkernels,
     /// whose speed depends little on them.
     pub const TUNED: Geometry =
         Geometry { gemm_mr: 6, bc: 72, rows_target: 96, dot_rows_max: 8, decode_bc: 64, gather_bc: 64 };
 
     /// Keys per decode KV tile when K and V hold `kv_bytes`-byte values: `decode_bc`, halved
-    /// for 4-byte values, so that a tile's K and V rows take the same bytes. Measured on the D2
-    /// shape from an f32 cache, paired runs, when V's rows were requested with K's and stayed in
-    /// L2 until P·V (before 2026-12-01; calls over 4 MiB of K/V now stream V during P·V, not
-    /// re-measured): 32 keys 6.5% faster than 64 cold and warm, on 1 and 2 threads (16: 5%);
-    /// f16 and int8 measured no faster below 64.
-    pub const fn decode_keys(&self, kv_bytes: usize) -> usize {
-        if kv_bytes >= 4 {
+    /// for 4-byte values unless the call `streams` its K/V from memory (the driver's
+    /// `STREAM_KV_MIN_BYTES`), so that a tile's K and V rows take the same bytes. The halving was
+    /// measured on the D2 shape from an f32 cache when V's rows were requested with K's and stayed
+    /// in L2 until P·V, as calls that do not stream still do: 32 keys 6.5% faster than 64 cold and
+    /// warm, on 1 and 2 threads (16: 5%); 512 keys from an f32 cache (4 MiB), cold, 2 threads,
+    /// 1.02–1.14× on 2026-12-01. A call that streams requests V chunk by chunk during P·V, and
+    /// there 64 keys measured 1.01–1.09× faster than 32 from a head-major f32 cache and 1.00–1.04×
+    /// with BSHD f32 K/V (D2 shape, 8192 and 32768 keys, cold and warm, paired call by call, stop
+    /// 24). f16 and int8 measured no faster below 64.
+    pub const fn decode_keys(&self, kv_bytes: usize, streams: bool) -> usize {
+        if kv_bytes >= 4 && !streams {
             let half = self.decode_bc / 2;
             if half > 0 {
                 half
