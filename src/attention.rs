@@ -27,9 +27,11 @@ use crate::Dims;
 /// more than `isize::MAX` bytes, [`Error::InvalidOption`] and the option shape errors.
 pub fn scratch_len(dims: &Dims, opts: &AttentionOptions<'_>) -> Result<usize, Error> {
     let plan = Plan::new(*dims, opts)?;
-    // The scratch does not depend on the storage type (only the decode tiles' lengths do), and
+    // The scratch depends on the storage type only through the decode tiles' lengths (which also
+    // depend on whether the type's bytes make the call stream), so it is the most any type needs;
     // units over heads whose rows lie apart never need more than the others.
-    Ok(Tiling::new(&plan, Isa::tiles_for(opts.isa), 4, false)?.scratch)
+    let geo = Isa::tiles_for(opts.isa);
+    [1, 2, 4].into_iter().try_fold(0, |most, bytes| Ok(Tiling::new(&plan, geo, bytes, false)?.scratch.max(most)))
 }
 
 /// Attention on the calling thread with caller-provided scratch; allocates nothing.

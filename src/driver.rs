@@ -126,6 +126,12 @@ impl Tiling {
         Tiling { tq, q_tiles, hb, blocks, chunks, chunk_len, rows, bc, geo, unit_scratch: 0, scratch: 0 }.sized(plan)
     }
 
+    /// Keys per tile the scratch holds: `geo.bc`, or the decode tiles' length where a streaming
+    /// call's exceeds it ([`Geometry::decode_keys`]).
+    fn scratch_keys(&self) -> usize {
+        self.geo.bc.max(self.bc)
+    }
+
     /// Fills in the scratch sizes of a call that has units.
     fn sized(mut self, plan: &Plan<'_>) -> Result<Tiling, Error> {
         if self.units(plan) > 0 {
@@ -227,7 +233,7 @@ impl<'s> RowState<'s> {
 /// when the count overflows or the bytes would exceed `isize::MAX`. The head dimensions are
 /// bounded only by `isize::MAX` here (a call without queries may name any), so every step is checked.
 fn unit_scratch_len(plan: &Plan<'_>, t: &Tiling) -> Option<usize> {
-    let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.geo.bc);
+    let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.scratch_keys());
     let terms = [
         2usize.checked_mul(rows)?.checked_mul(dk)?,
         bc.checked_mul(dk)?,
@@ -252,7 +258,7 @@ fn split<'s>(buf: &mut &'s mut [f32], n: usize) -> &'s mut [f32] {
 impl<'s> Scratch<'s> {
     /// Carves a unit's scratch from `buf`, with `state` (of [`Tiling::state`]'s layout) as its state.
     pub fn carve(plan: &Plan<'_>, t: &Tiling, mut buf: &'s mut [f32], state: &'s mut [f32]) -> Scratch<'s> {
-        let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.geo.bc);
+        let (dk, dv, rows, bc) = (plan.dims.head_dim, plan.dims.v_head_dim, t.rows, t.scratch_keys());
         let qs = split(&mut buf, rows * dk);
         let qt = split(&mut buf, dk * rows);
         let ks = split(&mut buf, bc * dk);
@@ -1333,21 +1339,31 @@ mod tests {
     }
 
     #[test]
-    fn f32_decode_tiles_are_longer_when_the_call_streams() {
-        let tile = |kv_len: usize, opts: crate::AttentionOptions, bytes: usize| {
+    fn decode_tiles_are_longer_when_the_call_streams() {
+        let tiling = |kv_len: usize, opts: crate::AttentionOptions, bytes: usize| {
             let dims =
                 crate::Dims { batch: 1, q_len: 1, kv_len, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
-            Tiling::new(&Plan::new(dims, &opts).unwrap(), Geometry::TUNED, bytes, false).unwrap().bc
+            Tiling::new(&Plan::new(dims, &opts).unwrap(), Geometry::TUNED, bytes, false).unwrap()
         };
         let new = crate::AttentionOptions::new;
         // 512 f32 keys of 8 heads of 128 are 4 MiB of K and V, which stay in the caches; 513 stream.
-        assert_eq!(tile(512, new(), 4), 32);
-        assert_eq!(tile(513, new(), 4), 64);
-        assert_eq!(tile(32768, new().window(256), 4), 32);
-        for kv_len in [512, 32768] {
-            assert_eq!(tile(kv_len, new(), 2), 64);
-            assert_eq!(tile(kv_len, new(), 1), 64);
+        assert_eq!(tiling(512, new(), 4).bc, 32);
+        assert_eq!(tiling(513, new(), 4).bc, 128);
+        assert_eq!(tiling(32768, new().window(256), 4).bc, 32);
+        // f16 streams from 1025 keys, int8 from 2049.
+        for (bytes, kv_len) in [(2, 1024), (1, 2048)] {
+            assert_eq!(tiling(kv_len, new(), bytes).bc, 64);
+            assert_eq!(tiling(kv_len + 1, new(), bytes).bc, 256);
         }
+        // The scratch holds the longer tiles, and `scratch_len` the longest any type makes.
+        for kv_len in [512, 513, 1025, 2049, 32768] {
+            let needs = [1, 2, 4].map(|bytes| tiling(kv_len, new(), bytes).scratch);
+            let dims =
+                crate::Dims { batch: 1, q_len: 1, kv_len, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
+            let bound = crate::scratch_len(&dims, &new()).unwrap();
+            assert_eq!(bound, needs.into_iter().max().unwrap(), "{kv_len} keys");
+        }
+        assert!(tiling(32768, new(), 2).scratch > tiling(512, new(), 2).scratch);
     }
 
     #[test]

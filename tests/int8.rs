@@ -34,8 +34,11 @@ fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
         (Case::new(2, 70, 70, 8, 2, 64), AttentionOptions::new().causal()),
         (Case::new(1, 1, 3000, 8, 2, 128), AttentionOptions::new().causal()),
         // Int8 K and V beyond 4 MiB: V streamed in chunks (driver's `STREAM_KV_MIN_BYTES`), the
-        // last tile's (28 keys) ending in a part chunk.
+        // last tile ending in a part chunk (2204 keys are not a multiple of 8).
         (Case::new(1, 1, 2204, 32, 8, 128), AttentionOptions::new().causal()),
+        // A window of more than 4 MiB of keys streams, in tiles of 256 keys
+        // (`Geometry::decode_keys`) whose edges the window and the sink prefix cut.
+        (Case::new(1, 3, 4200, 32, 8, 128), AttentionOptions::new().causal().window(2500).sink_tokens(2)),
         // The same head-major (an int8 cache's layout): decode units of 4 heads.
         (Case::new(1, 1, 2204, 32, 8, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
         // 4 queries × GQA 2 = 8 rows: decode tiles with hidden keys (window edges).

@@ -26,6 +26,12 @@ fn every_isa_matches_the_reference() {
             // K and V beyond 4 MiB (8.6 MiB): decode streams V through its P·V in chunks of 8 keys,
             // the last tile's ending in a part chunk (driver's `STREAM_KV_MIN_BYTES`).
             (Case::new(1, 1, 1100, 32, 8, 128), AttentionOptions::new().causal()),
+            // A window of 1200 f16 keys (4.7 MiB) streams in tiles of 256 keys
+            // (`Geometry::decode_keys`), which the window and the sink prefix cut.
+            (
+                Case::new(1, 2, 3000, 32, 8, 128).dtypes([DType::F32, DType::F16, DType::F16, DType::F32]),
+                AttentionOptions::new().causal().window(1200).sink_tokens(3),
+            ),
             // Head-major K/V (a KV cache's layout): decode units of two f32 heads (driver's
             // `APART_UNIT_KEY_BYTES`, raised to `APART_UNIT_MIN_HEADS`), V streamed; and of two
             // f16 heads over 5, the last block holding one, V not streamed.

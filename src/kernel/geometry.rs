@@ -42,25 +42,26 @@ impl Geometry {
         Geometry { gemm_mr: 6, bc: 72, rows_target: 96, dot_rows_max: 8, decode_bc: 64, gather_bc: 64 };
 
     /// Keys per decode KV tile when K and V hold `kv_bytes`-byte values: `decode_bc`, halved
-    /// for 4-byte values unless the call `streams` its K/V from memory (the driver's
-    /// `STREAM_KV_MIN_BYTES`), so that a tile's K and V rows take the same bytes. The halving was
-    /// measured on the D2 shape from an f32 cache when V's rows were requested with K's and stayed
-    /// in L2 until P·V, as calls that do not stream still do: 32 keys 6.5% faster than 64 cold and
-    /// warm, on 1 and 2 threads (16: 5%); 512 keys from an f32 cache (4 MiB), cold, 2 threads,
-    /// 1.02–1.14× on 2026-12-01. A call that streams requests V chunk by chunk during P·V, and
-    /// there 64 keys measured 1.01–1.09× faster than 32 from a head-major f32 cache and 1.00–1.04×
-    /// with BSHD f32 K/V (D2 shape, 8192 and 32768 keys, cold and warm, paired call by call, stop
-    /// 24). f16 and int8 measured no faster below 64.
+    /// for 4-byte values so that a tile's K and V rows take the same bytes, and four times that
+    /// when the call `streams` its K/V from memory (the driver's `STREAM_KV_MIN_BYTES`; such tiles
+    /// may exceed `bc`, and the driver sizes its scratch for them).
+    ///
+    /// The halving was measured on the D2 shape from an f32 cache when V's rows were requested
+    /// with K's and stayed in L2 until P·V, as calls that do not stream still do: 32 keys 6.5%
+    /// faster than 64 cold and warm, on 1 and 2 threads (16: 5%); 512 keys from an f32 cache
+    /// (4 MiB), cold, 2 threads, 1.02–1.14× on 2026-12-01. f16 and int8 measured no faster below
+    /// 64. A call that streams requests V chunk by chunk during P·V, and there longer tiles pay
+    /// fewer online-softmax rescales and first-chunk bursts: D2 shape, cold, 2 threads, paired call
+    /// by call (stop 24), 256 keys against 64 measured 1.04–1.09× faster with an int8 cache,
+    /// 1.02–1.06× with a head-major f16 cache and 1.00–1.02× with BSHD f16 K/V (512 keys no better;
+    /// 2048 and 8192 keys 1.01–1.04×); with f32 K/V, 64 keys against 32 1.03–1.09× (head-major)
+    /// and 1.00–1.04× (BSHD), 128 against 64 1.01–1.07× and 0.99–1.01×.
     pub const fn decode_keys(&self, kv_bytes: usize, streams: bool) -> usize {
-        if kv_bytes >= 4 && !streams {
-            let half = self.decode_bc / 2;
-            if half > 0 {
-                half
-            } else {
-                1
-            }
+        let keys = if kv_bytes >= 4 && self.decode_bc > 1 { self.decode_bc / 2 } else { self.decode_bc };
+        if streams {
+            keys * 4
         } else {
-            self.decode_bc
+            keys
         }
     }
 
