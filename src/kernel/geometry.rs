@@ -54,7 +54,7 @@ impl Geometry {
     /// fewer online-softmax rescales and first-chunk bursts: D2 shape, cold, 2 threads, paired call
     /// by call (stop 24), 256 keys against 64 measured 1.04–1.09× faster with an int8 cache,
     /// 1.02–1.06× with a head-major f16 cache and 1.00–1.02× with BSHD f16 K/V (512 keys no better;
-    /// 2048 and 8192 keys 1.01–1.04×); with f32 K/V, 64 keys against 32 1.03–1.09× (head-major)
+    /// 2048 and 8192 keys 1.01–1.04×); with f32 K/V, 64 keys against 32 1.01–1.09× (head-major)
     /// and 1.00–1.04× (BSHD), 128 against 64 1.01–1.07× and 0.99–1.01×.
     pub const fn decode_keys(&self, kv_bytes: usize, streams: bool) -> usize {
         let keys = if kv_bytes >= 4 && self.decode_bc > 1 { self.decode_bc / 2 } else { self.decode_bc };
