@@ -17,7 +17,10 @@ use crate::Dims;
 /// f32 elements of scratch that [`attention_with_scratch`] needs for these sizes and options
 /// (0 for a call without queries), on the ISA the options select ([`AttentionOptions::isa`], else
 /// `GATED_ATTENTION_ISA`, else the CPU's best): each kernel states its own tiles (today all
-/// kernels use the same, so the value does not depend on the ISA).
+/// kernels use the same, so the value does not depend on the ISA). It is enough for K and V of
+/// any storage type, f32, f16, bf16 or int8 ([`crate::int8::attention_int8_with_scratch`]): the
+/// length of a decode call's KV tiles depends on the type's width and on whether the call
+/// streams its K/V from memory, and the value is the most any type needs.
 ///
 /// # Errors
 /// The size and option errors of [`attention_with_scratch`] that do not need buffers:
