@@ -18,6 +18,7 @@ use crate::element::{Elems, Storage};
 use crate::error::{Error, Operand};
 use crate::exec::StateShape;
 use crate::kernel::geometry::MAX_ROWS_TARGET;
+use crate::kernel::scales::scale_heads;
 use crate::kernel::{Geometry, Kernel};
 use crate::mask::RowKeys;
 use crate::plan::Plan;
@@ -847,10 +848,8 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
     let stream_v = !hidden.any() && kv.staged_v.is_none() && streams_kv::<KT, VT>(plan);
     let pf = (kv.v, kv.v_ld, kv.v_hs, if stream_v { 0 } else { dv });
     let qs = &sc.qs[..rows * dk];
-    kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, sc.tmp);
-    if let Some(s) = &kv.scales {
-        scale_heads(st, rows, hr, n, u.nh, (s.k, s.k_ld, s.k_hs));
-    }
+    let key_scales = kv.scales.as_ref().map(|s| (s.k, s.k_ld, s.k_hs));
+    kernel.dot_heads(u.nh, hr, n, dk, qs, dk, kv.k, kv.k_ld, kv.k_hs, st, rows, pf, key_scales, sc.tmp);
     if adjust || hidden.any() {
         epilogue_t(plan, u, span, st, rows, keys, n, hidden, adjust, sc.tmp);
     }
@@ -987,46 +986,6 @@ fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
             let rescale = (j0 == 0).then(|| &alpha[r0..r1]);
             let (p, v) = (&st[j0 * ld + r0..], &kv.v[j0 * kv.v_ld + hl * kv.v_hs..]);
             kernel.gemm_at(hr, dv, j1 - j0, p, ld, v, kv.v_ld, &mut acc[r0 * dv..r1 * dv], dv, rescale, tmp);
-        }
-    }
-}
-
-/// Multiplies the transposed scores `st` (`n × ld`, the `hr` columns of head `hl` from `hl·hr`
-/// on) of key `jj` and head `hl` by `scales.0[jj·scales.1 + hl·scales.2]`: one factor per
-/// (key, KV head) of an int8 tile.
-fn scale_heads(st: &mut [f32], ld: usize, hr: usize, n: usize, heads: usize, scales: (&[f32], usize, usize)) {
-    // PERF: a constant run length unrolls the runs into vector multiplies (decode has
-    // hr = group size: 1, 2, 4 or 8 in every common model); measured 4× faster than the loop
-    // with a run-time length on D2.
-    match hr {
-        1 => scale_runs::<1>(st, ld, n, heads, scales),
-        2 => scale_runs::<2>(st, ld, n, heads, scales),
-        4 => scale_runs::<4>(st, ld, n, heads, scales),
-        8 => scale_runs::<8>(st, ld, n, heads, scales),
-        _ => {
-            let (f, f_ld, f_hs) = scales;
-            for (jj, row) in st.chunks_mut(ld).take(n).enumerate() {
-                for (hl, cols) in row[..heads * hr].chunks_exact_mut(hr).enumerate() {
-                    let s = f[jj * f_ld + hl * f_hs];
-                    cols.iter_mut().for_each(|x| *x *= s);
-                }
-            }
-        }
-    }
-}
-
-/// [`scale_heads`] with runs of `HR` columns.
-#[inline(always)]
-fn scale_runs<const HR: usize>(st: &mut [f32], ld: usize, n: usize, heads: usize, scales: (&[f32], usize, usize)) {
-    let (f, f_ld, f_hs) = scales;
-    for jj in 0..n {
-        let row = &mut st[jj * ld..jj * ld + heads * HR];
-        let fr = &f[jj * f_ld..];
-        for (hl, cols) in row.chunks_exact_mut(HR).enumerate() {
-            let s = fr[hl * f_hs];
-            for x in cols {
-                *x *= s;
-            }
         }
     }
 }

@@ -46,6 +46,7 @@ pub(crate) mod exp;
 pub(crate) mod geometry;
 pub(crate) mod portable;
 pub(crate) mod scalar;
+pub(crate) mod scales;
 // Also built, without libtest, for the emulated aarch64 run (`tests/emulated.rs`, which calls
 // [`selftest`]): libtest spawns a thread per test, and threads hang under qemu-user there.
 #[cfg(any(test, all(gated_attention_selftest, feature = "std")))]
@@ -56,6 +57,7 @@ pub(crate) mod x86;
 use crate::element::{Elems, Storage};
 use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
 pub(crate) use geometry::Geometry;
+use scales::{scale_heads, HeadScales};
 
 /// The instruction sets the kernels are written for. Non-exhaustive: a new ISA is a new variant
 /// ([`Isa::ALL`] lists them).
@@ -241,7 +243,10 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// `out[j·ldo + h·m + i] = Σₚ a[(h·m + i)·lda + p] · b[j·ldb + h·ldh + p]` for `h < heads`,
     /// `i < m`, `j < n`, `p < k` (head `h`'s query rows follow head `h − 1`'s). Kernels may read
     /// the key rows in address order and request the rows `pf.0[j·pf.1 + h·pf.2 ..][..pf.3]` (the
-    /// same keys' values) alongside. `tmp` is scratch of at least `m·n` floats.
+    /// same keys' values) alongside. With `key_scales = Some((f, f_ld, f_hs))` each sum of key
+    /// `j` and head `h` is then multiplied by `f[j·f_ld + h·f_hs]` (an int8 tile's K scales),
+    /// which kernels may do before the sums leave their registers. `tmp` is scratch of at least
+    /// `m·n` floats.
     fn dot_heads<E: Storage, F: Storage>(
         self,
         heads: usize,
@@ -256,12 +261,16 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         out: &mut [f32],
         ldo: usize,
         pf: (&[F], usize, usize, usize),
+        key_scales: Option<HeadScales<'_>>,
         tmp: &mut [f32],
     ) {
         let _ = pf;
         assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
+        if let Some((f, f_ld, f_hs)) = key_scales {
+            assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
+        }
         if m == 0 || n == 0 {
             return;
         }
@@ -275,6 +284,9 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
                     out[j * ldo + h * m + i] = tmp[i * n + j];
                 }
             }
+        }
+        if let Some(f) = key_scales {
+            scale_heads(out, ldo, m, n, heads, f);
         }
     }
 

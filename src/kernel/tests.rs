@@ -348,13 +348,15 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
     }
 }
 
-/// `dot_heads` against `dot_rows` per head of the scalar kernel.
+/// `dot_heads` against an f64 dot product per (head, row, key), with per-(key, head) factors
+/// laid out key-major (`f_ld = heads + 1`) or head-major (`f_hs = n + 2`) when `scaled`.
 fn check_dot_heads<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,
     heads: usize,
     (m, n, k): (usize, usize, usize),
     (ldb, ldh): (usize, usize),
+    scaled: Option<bool>,
 ) {
     let lda = k + 3;
     let ldo = heads * m + 2;
@@ -365,13 +367,21 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
     let o0 = vec![f32::NAN; fit_len(n, heads * m, ldo)];
     let mut o = o0.clone();
     let mut tmp = vec![0.0f32; m * n];
-    kern.dot_heads(heads, m, n, k, &a, lda, &b, ldb, ldh, &mut o, ldo, (&pf[..], ldb, ldh, k), &mut tmp);
+    let (f_ld, f_hs) = match scaled {
+        Some(true) => (heads + 1, 1),
+        _ => (1, n + 2),
+    };
+    let f: Vec<f32> = (0..n * f_ld + heads * f_hs).map(|_| 0.25 + rng.uniform().abs() * 4.0).collect();
+    let key_scales = scaled.map(|_| (&f[..], f_ld, f_hs));
+    let pf = (&pf[..], ldb, ldh, k);
+    kern.dot_heads(heads, m, n, k, &a, lda, &b, ldb, ldh, &mut o, ldo, pf, key_scales, &mut tmp);
     for h in 0..heads {
         for i in 0..m {
             for j in 0..n {
+                let factor = if scaled.is_some() { f[j * f_ld + h * f_hs] as f64 } else { 1.0 };
                 let (mut want, mut mag) = (0.0f64, 0.0f64);
                 for p in 0..k {
-                    let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].as_f32() as f64;
+                    let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].as_f32() as f64 * factor;
                     want += x;
                     mag += x.abs();
                 }
@@ -398,10 +408,15 @@ fn dot_heads_matches_scalar<K: Kernel>(kern: K) {
         for &m in &[1, 2, 3, 4, 5, 7, 8, 9] {
             for &(n, k) in &[(0, 8), (1, 1), (5, 7), (17, 64), (32, 128), (3, 129)] {
                 // Head-interleaved (BSHD) and head-major (BHSD) key rows.
-                check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1));
-                check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1));
-                check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k));
-                check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), (heads * (k + 3), k + 3));
+                check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1), None);
+                check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1), None);
+                check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k), None);
+                check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), (heads * (k + 3), k + 3), None);
+                // With int8's K scales, laid out as the BSHD and head-major scale tensors are.
+                for layout in [true, false] {
+                    let ld = (heads * (k + 3), k + 3);
+                    check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), ld, Some(layout));
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ mod reduce;
 
 use super::{
     bounds::{assert_fits, assert_fits_read, assert_heads_fit, dot_rows_prologue},
+    scales::{scale_heads, HeadScales},
     Geometry, Isa, Kernel,
 };
 use crate::element::Storage;
@@ -101,13 +102,20 @@ impl Kernel for Neon {
         out: &mut [f32],
         ldo: usize,
         _pf: (&[F], usize, usize, usize),
+        key_scales: Option<HeadScales<'_>>,
         _tmp: &mut [f32],
     ) {
         assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
+        if let Some((f, f_ld, f_hs)) = key_scales {
+            assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
+        }
         // SAFETY: every matrix fits its slice (checked above).
         unsafe { dot::dot_heads(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo) }
+        if let Some(f) = key_scales {
+            scale_heads(out, ldo, m, n, heads, f);
+        }
     }
 
     fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {

@@ -209,8 +209,10 @@ unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
 /// # Safety
 /// The CPU supports AVX2, FMA and F16C; `a` holds `heads·m` rows of `k` floats (`lda`), `b` the
 /// key rows `b[j·ldb + h·ldh ..][..k]` for `j < n`, `h < heads`, `out` `n` rows of `heads·m`
-/// floats (`ldo`), and `pf` the rows `pf[j·pf_ld + h·pf_lh ..][..pf_len]` (or `pf_len == 0`).
+/// floats (`ldo`), `pf` the rows `pf[j·pf_ld + h·pf_lh ..][..pf_len]` (or `pf_len == 0`), and
+/// `ks`, if any, the factors `ks.f[j·ks.ld + h·ks.hs]`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
     heads: usize,
     m: usize,
@@ -224,6 +226,7 @@ pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
     out: *mut f32,
     ldo: usize,
     pf: (*const F, usize, usize, usize),
+    ks: Option<KeyScales>,
 ) {
     if heads == 0 || m == 0 || n == 0 {
         return;
@@ -242,18 +245,28 @@ pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
         // SAFETY: rows `r0..r0 + M` of every head exist; the rest is the caller's contract.
         unsafe {
             match m - r0 {
-                1 => heads_rows::<E, F, 1, 8>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                2 => heads_rows::<E, F, 2, 4>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                3 => heads_rows::<E, F, 3, 2>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                4 => heads_rows::<E, F, 4, 3>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                5 => heads_rows::<E, F, 5, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                6 => heads_rows::<E, F, 6, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                7 => heads_rows::<E, F, 7, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
-                _ => heads_rows::<E, F, 8, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf),
+                1 => heads_rows::<E, F, 1, 8>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                2 => heads_rows::<E, F, 2, 4>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                3 => heads_rows::<E, F, 3, 2>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                4 => heads_rows::<E, F, 4, 3>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                5 => heads_rows::<E, F, 5, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                6 => heads_rows::<E, F, 6, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                7 => heads_rows::<E, F, 7, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
+                _ => heads_rows::<E, F, 8, 1>(heads, n, k, &g, lda, b, ldb, ldh, ldo, pf, ks),
             }
         }
         r0 += 8;
     }
+}
+
+/// An int8 tile's K scales: key `j`'s sums of head `h` are multiplied by `f[j·ld + h·hs]`
+/// before they are stored, so that no pass over the scores follows (the separate pass was part of
+/// the 5–6.5% the two scale passes took of a decode call from L2, `benches/README.md`, stop 24).
+#[derive(Clone, Copy)]
+pub(super) struct KeyScales {
+    pub f: *const f32,
+    pub ld: usize,
+    pub hs: usize,
 }
 
 /// A group of rows of every head: rows `r0..` of head `h` start at `a + h·m·lda` (queries)
@@ -283,6 +296,7 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
     ldh: usize,
     ldo: usize,
     pf: (*const F, usize, usize, usize),
+    ks: Option<KeyScales>,
 ) {
     let (pf_p, pf_ld, pf_lh, pf_len) = pf;
     let pf_bytes = pf_len * size_of::<F>();
@@ -305,13 +319,14 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
                 let ahead_row = (t + ahead).wrapping_mul(ldb).wrapping_add(h * ldh);
                 prefetch_row(b.wrapping_add(ahead_row).cast::<i8>(), k_bytes);
             }
+            let f = ks.map(|s| (s.f.wrapping_add(j * s.ld + h * s.hs), s.ld));
             // SAFETY: keys `j..j + kb` of head `h` exist (rows `ldb` apart, their scores `ldo`
-            // apart), and so do the head's `M` query rows; see `key_block`.
+            // apart, their factors `s.ld`), and so do the head's `M` query rows; see `key_block`.
             unsafe {
                 if kb == KB {
-                    key_block::<E, M, KB>(k, a, lda, bj, ldb, o, ldo);
+                    key_block::<E, M, KB>(k, a, lda, bj, ldb, o, ldo, f);
                 } else {
-                    key_block::<E, M, 1>(k, a, lda, bj, ldb, o, ldo);
+                    key_block::<E, M, 1>(k, a, lda, bj, ldb, o, ldo, f);
                 }
             }
             for t in j..j + kb {
@@ -337,11 +352,13 @@ fn prefetch_row(p: *const i8, bytes: usize) {
 }
 
 /// `out[t·ldo + r] = a[r·lda ..] · b[t·ldb ..]` (length `k`) for `t < KB`, `r < M`: `M` query
-/// rows of one head against `KB` of its keys.
+/// rows of one head against `KB` of its keys, each key's sums times `f.0[t·f.1]` with `f`.
 ///
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements.
+/// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements, and so do
+/// the `KB` factors of `f`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     k: usize,
     a: *const f32,
@@ -350,7 +367,12 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     ldb: usize,
     out: *mut f32,
     ldo: usize,
+    f: Option<(*const f32, usize)>,
 ) {
+    // Key `t`'s factor (1 without `f`: a product by 1 is exact, and the branch is the same for
+    // the whole call).
+    // SAFETY: key `t < KB` has its factor (caller).
+    let factor = |t: usize| f.map_or(1.0, |(f, ld)| unsafe { *f.add(t * ld) });
     // 12 accumulators and `min(M, KB)` vectors beside them fill the 16 ymm registers.
     const { assert!(M * KB <= 12) };
     // SAFETY: AVX is available (caller); no memory is touched.
@@ -426,7 +448,10 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
             let t0 = c / M;
             if M == 4 {
                 // SAFETY: key `t0`'s 4 sums go to the 4 adjacent floats at `out + t0·ldo`.
-                unsafe { _mm_storeu_ps(out.add(t0 * ldo), sums) };
+                unsafe {
+                    let sums = if f.is_some() { _mm_mul_ps(sums, _mm_set1_ps(factor(t0))) } else { sums };
+                    _mm_storeu_ps(out.add(t0 * ldo), sums);
+                }
             } else {
                 let mut lanes = [0.0f32; 4];
                 // SAFETY: SSE is available (caller); `lanes` holds 4 floats.
@@ -434,7 +459,7 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
                 for (i, &x) in lanes.iter().enumerate().take(M * KB - c) {
                     let (t, r) = ((c + i) / M, (c + i) % M);
                     // SAFETY: the score of row `r` against key `t` is at `out + t·ldo + r`.
-                    unsafe { *out.add(t * ldo + r) = x };
+                    unsafe { *out.add(t * ldo + r) = x * factor(t) };
                 }
             }
             break;
@@ -444,14 +469,20 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
         let t0 = c / M;
         if M == 8 {
             // SAFETY: key `t0`'s 8 sums go to the 8 adjacent floats at `out + t0·ldo`.
-            unsafe { _mm256_storeu_ps(out.add(t0 * ldo), sums) };
+            unsafe {
+                let sums = if f.is_some() { _mm256_mul_ps(sums, _mm256_set1_ps(factor(t0))) } else { sums };
+                _mm256_storeu_ps(out.add(t0 * ldo), sums);
+            }
         } else if M == 4 {
             // SAFETY: keys `t0` and `t0 + 1` (if in the block) take lanes 0..4 and 4..8, 4 floats
             // each at `out + t·ldo`.
             unsafe {
-                _mm_storeu_ps(out.add(t0 * ldo), _mm256_castps256_ps128(sums));
+                let (lo, hi) = (_mm256_castps256_ps128(sums), _mm256_extractf128_ps::<1>(sums));
+                let lo = if f.is_some() { _mm_mul_ps(lo, _mm_set1_ps(factor(t0))) } else { lo };
+                _mm_storeu_ps(out.add(t0 * ldo), lo);
                 if t0 + 1 < KB {
-                    _mm_storeu_ps(out.add((t0 + 1) * ldo), _mm256_extractf128_ps::<1>(sums));
+                    let hi = if f.is_some() { _mm_mul_ps(hi, _mm_set1_ps(factor(t0 + 1))) } else { hi };
+                    _mm_storeu_ps(out.add((t0 + 1) * ldo), hi);
                 }
             }
         } else {
@@ -461,7 +492,7 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
             for (i, &x) in lanes.iter().enumerate().take(M * KB - c) {
                 let (t, r) = ((c + i) / M, (c + i) % M);
                 // SAFETY: the score of row `r` against key `t` is at `out + t·ldo + r`.
-                unsafe { *out.add(t * ldo + r) = x };
+                unsafe { *out.add(t * ldo + r) = x * factor(t) };
             }
         }
         c += 8;

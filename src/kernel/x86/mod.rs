@@ -12,6 +12,7 @@ mod reduce;
 
 use super::{
     bounds::{assert_fits, assert_fits_read},
+    scales::HeadScales,
     Geometry, Isa, Kernel,
 };
 use crate::element::Storage;
@@ -111,6 +112,7 @@ impl Kernel for Avx2Fma {
         out: &mut [f32],
         ldo: usize,
         pf: (&[F], usize, usize, usize),
+        key_scales: Option<HeadScales<'_>>,
         _tmp: &mut [f32],
     ) {
         assert_fits_read(a.len(), heads * m, k, lda);
@@ -119,8 +121,13 @@ impl Kernel for Avx2Fma {
         let (pf_s, pf_ld, pf_lh, pf_len) = pf;
         super::bounds::assert_heads_fit(pf_s.len(), n, heads, pf_len, pf_ld, pf_lh);
         let pf = (pf_s.as_ptr(), pf_ld, pf_lh, pf_len);
+        let ks = key_scales.map(|(f, f_ld, f_hs)| {
+            super::bounds::assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
+            dot::KeyScales { f: f.as_ptr(), ld: f_ld, hs: f_hs }
+        });
+        let (a, b, out) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
         // SAFETY: the token proves the features; every matrix fits its slice (checked above).
-        unsafe { dot_heads_avx2_fma(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo, pf) }
+        unsafe { dot_heads_avx2_fma(heads, m, n, k, a, lda, b, ldb, ldh, out, ldo, pf, ks) }
     }
 
     fn transpose_widen<E: Storage>(self, n: usize, k: usize, b: &[E], ldb: usize, dst: &mut [f32], ldd: usize) {
@@ -300,9 +307,10 @@ unsafe fn dot_heads_avx2_fma<E: Storage, F: Storage>(
     out: *mut f32,
     ldo: usize,
     pf: (*const F, usize, usize, usize),
+    ks: Option<dot::KeyScales>,
 ) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { dot::dot_heads(heads, m, n, k, a, lda, b, ldb, ldh, out, ldo, pf) }
+    unsafe { dot::dot_heads(heads, m, n, k, a, lda, b, ldb, ldh, out, ldo, pf, ks) }
 }
 
 /// # Safety
