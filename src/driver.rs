@@ -891,6 +891,16 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
 /// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]).
 const PV_CHUNK_KEYS: usize = 8;
 
+/// Chunks ahead of the one being multiplied whose V rows a streaming P·V requests when the
+/// tile's heads lie apart (head-major K/V, as in `KvCache`): each head's rows are a stream of
+/// their own, 2 KiB per chunk for f16 at D 128, and one chunk ahead left too little in flight.
+/// Two against one, paired call by call (32/8 heads, D 128, 8192 and 32768 keys, cold, 2
+/// threads, six runs of 61–101 pairs): f16 cache 1.05–1.08×, bf16 1.02–1.06×, f32 0.99–1.04×,
+/// int8 0.99–1.02×; BSHD f16 K/V, one stream of 16 KiB per chunk, measured 0.98–0.99× with two
+/// and keeps one (its unchanged runs moved 0.99–1.01× in the same pairs); three and four
+/// chunks were no better than two (`benches/README.md`, stop 25).
+const PV_CHUNKS_AHEAD_APART: usize = 2;
+
 /// A call whose K and V hold more than this many bytes (counted as `batch · kv_heads` times the
 /// keys some query sees ([`keys_read`]) rows of K and V elements, a heuristic) streams them from
 /// memory: its decode tiles
@@ -932,8 +942,9 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 
 /// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
 /// where it lies. With `stream`, [`PV_CHUNK_KEYS`] keys at a time, every head of the unit per
-/// chunk, the next chunk's V rows requested as this one is multiplied, a share of them before
-/// each head's product; without, one pass over the tile per head, its V requested already.
+/// chunk, the V rows of a chunk ahead (the next, or two on where the heads lie apart:
+/// [`PV_CHUNKS_AHEAD_APART`]) requested as this one is multiplied, a share of them before each
+/// head's product; without, one pass over the tile per head, its V requested already.
 ///
 /// Why chunks: the scores' pass streams the K rows; requested alongside them, the V rows too
 /// made the scores wait on twice the bytes while P·V read from L2 with nothing in flight, so a
@@ -972,11 +983,14 @@ fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
             }
         }
     };
-    request(0, chunk.min(n));
+    // A head-major tile's heads are streams of their own (see [`PV_CHUNKS_AHEAD_APART`]).
+    let ahead = if kv.v_hs > kv.v_ld { PV_CHUNKS_AHEAD_APART } else { 1 };
+    request(0, (ahead * chunk).min(n));
     // At least one pass, as the single gemm before chunks was (tiles hold keys: `n > 0`).
     for j0 in (0..n.max(1)).step_by(chunk.max(1)) {
         let j1 = (j0 + chunk).min(n);
-        let next = (j1, (j1 + chunk).min(n));
+        // The chunk `ahead` chunks on, requested a share before each head's product.
+        let next = ((j0 + ahead * chunk).min(n), (j1 + ahead * chunk).min(n));
         let share = (next.1 - next.0).div_ceil(heads.max(1));
         for hl in 0..heads {
             let a = (next.0 + hl * share).min(next.1);
