@@ -888,8 +888,23 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
     }
 }
 
-/// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]).
+/// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]), for 2- and 4-byte
+/// values; int8 chunks hold twice as many ([`pv_chunk_keys`]).
 const PV_CHUNK_KEYS: usize = 8;
+
+/// Keys per streaming P·V chunk of `VT` values: [`PV_CHUNK_KEYS`], or twice that for int8,
+/// whose chunk then holds as many bytes per head as an f16 one and pays the accumulators' trip
+/// to L1 once per 16 keys. 16 against 8, paired call by call (32/8 heads, D 128, cold, 2
+/// threads): `Int8KvCache` 1.01–1.05× at 32768 keys (seven runs) and 1.00–1.04× at 8192, BSHD
+/// int8 1.03–1.04×; 32 keys 0.99–1.03×. f16, bf16 and f32 chunks of 16 measured 0.87–0.95×, of
+/// 12 0.93–1.01× (stop 25).
+const fn pv_chunk_keys<VT: Storage>() -> usize {
+    if size_of::<VT>() == 1 {
+        2 * PV_CHUNK_KEYS
+    } else {
+        PV_CHUNK_KEYS
+    }
+}
 
 /// Chunks ahead of the one being multiplied whose V rows a streaming P·V requests when the
 /// tile's heads lie apart (head-major K/V, as in `KvCache`): each head's rows are a stream of
@@ -941,7 +956,7 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 }
 
 /// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
-/// where it lies. With `stream`, [`PV_CHUNK_KEYS`] keys at a time, every head of the unit per
+/// where it lies. With `stream`, [`pv_chunk_keys`] keys at a time, every head of the unit per
 /// chunk, the V rows of a chunk ahead (the next, or two on where the heads lie apart:
 /// [`PV_CHUNKS_AHEAD_APART`]) requested as this one is multiplied, a share of them before each
 /// head's product; without, one pass over the tile per head, its V requested already.
@@ -974,7 +989,7 @@ fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
 ) {
     let (heads, hr, dv) = shape;
     let ld = heads * hr;
-    let chunk = if stream { PV_CHUNK_KEYS } else { n };
+    let chunk = if stream { pv_chunk_keys::<VT>() } else { n };
     // Requests the V rows of keys `j0..j1`, every head's.
     let request = |j0: usize, j1: usize| {
         if stream && j0 < j1 {

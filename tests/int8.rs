@@ -34,7 +34,8 @@ fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
         (Case::new(2, 70, 70, 8, 2, 64), AttentionOptions::new().causal()),
         (Case::new(1, 1, 3000, 8, 2, 128), AttentionOptions::new().causal()),
         // Int8 K and V beyond 4 MiB: V streamed in chunks (driver's `STREAM_KV_MIN_BYTES`), the
-        // last tile ending in a part chunk (2204 keys are not a multiple of 8).
+        // last tile ending in a part chunk (2204 keys are not a multiple of the 16 keys an int8
+        // chunk holds, driver's `pv_chunk_keys`).
         (Case::new(1, 1, 2204, 32, 8, 128), AttentionOptions::new().causal()),
         // A window of more than 4 MiB of keys streams, in tiles of 256 keys
         // (`Geometry::decode_keys`) whose edges the window and the sink prefix cut.
