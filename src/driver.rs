@@ -911,7 +911,8 @@ const fn pv_chunk_keys<VT: Storage>() -> usize {
 /// their own, 2 KiB per chunk for f16 at D 128, and one chunk ahead left too little in flight.
 /// Two against one, paired call by call (32/8 heads, D 128, 8192 and 32768 keys, cold, 2
 /// threads, six runs of 61–101 pairs): f16 cache 1.05–1.08×, bf16 1.02–1.06×, f32 0.99–1.04×,
-/// int8 0.99–1.02×; BSHD f16 K/V, one stream of 16 KiB per chunk, measured 0.98–0.99× with two
+/// int8 0.99–1.02× (its chunks then held 8 keys; its 16-key chunks were measured with two
+/// ahead); BSHD f16 K/V, one stream of 16 KiB per chunk, measured 0.98–0.99× with two
 /// and keeps one (its unchanged runs moved 0.99–1.01× in the same pairs); three and four
 /// chunks were no better than two (`benches/README.md`, stop 25).
 const PV_CHUNKS_AHEAD_APART: usize = 2;
@@ -957,7 +958,7 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 
 /// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
 /// where it lies. With `stream`, [`pv_chunk_keys`] keys at a time, every head of the unit per
-/// chunk, the V rows of a chunk ahead (the next, or two on where the heads lie apart:
+/// chunk, the V rows of the next chunk (of the one after it where the heads lie apart:
 /// [`PV_CHUNKS_AHEAD_APART`]) requested as this one is multiplied, a share of them before each
 /// head's product; without, one pass over the tile per head, its V requested already.
 ///
@@ -966,11 +967,12 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 /// cold decode took about the sum of its memory and arithmetic times. A per-head P·V over the
 /// whole tile cannot stream V itself: in a key-major layout (BSHD) it walks one head's 256 bytes
 /// of every key row, and requests in that order measured 0.76–0.85× (f16). Chunks across the
-/// heads read V in key order (in a head-major cache, as runs of 8 rows per head); their price is
-/// the accumulators' trip to L1 and back per chunk. Requested a whole
-/// chunk at once, the rows measured 0.95–1.02× against the old order (f16), a share per head
-/// 1.23–1.25× (f16), 1.15–1.24× (bf16), 1.09–1.12× (f32); chunks of 4 and 16 keys were slower
-/// than 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22).
+/// heads read V in key order (in a head-major cache, as runs of a chunk's rows per head); their
+/// price is the accumulators' trip to L1 and back per chunk. Requested a whole chunk at once,
+/// the rows measured 0.95–1.02× against the old order (f16), a share per head 1.23–1.25× (f16),
+/// 1.15–1.24× (bf16), 1.09–1.12× (f32); chunks of 4 and 16 keys of those types were slower than
+/// 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22), where int8 gains from
+/// 16 ([`pv_chunk_keys`]).
 ///
 /// `kv` holds the tile's `n` key rows, `shape` is (heads, rows per head, dv), `st` the
 /// transposed probabilities (`n × heads·hr`), `acc` the heads' `heads·hr` output rows of `dv`,

@@ -350,13 +350,23 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
 
 /// `dot_heads` against an f64 dot product per (head, row, key), with per-(key, head) factors
 /// laid out key-major (`f_ld = heads + 1`) or head-major (`f_hs = n + 2`) when `scaled`.
+/// The K scales `dot_heads` may take, laid out as int8 scale tensors are.
+#[derive(Clone, Copy)]
+enum Factors {
+    None,
+    /// Key `j`, head `h` at `j·(heads + 1) + h` (BSHD scales, padded).
+    KeyMajor,
+    /// At `j + h·(n + 2)` (head-major scales, as an `Int8KvCache` holds them, padded).
+    HeadMajor,
+}
+
 fn check_dot_heads<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,
     heads: usize,
     (m, n, k): (usize, usize, usize),
     (ldb, ldh): (usize, usize),
-    scaled: Option<bool>,
+    factors: Factors,
 ) {
     let lda = k + 3;
     let ldo = heads * m + 2;
@@ -367,18 +377,25 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
     let o0 = vec![f32::NAN; fit_len(n, heads * m, ldo)];
     let mut o = o0.clone();
     let mut tmp = vec![0.0f32; m * n];
-    let (f_ld, f_hs) = match scaled {
-        Some(true) => (heads + 1, 1),
+    let (f_ld, f_hs) = match factors {
+        Factors::KeyMajor => (heads + 1, 1),
         _ => (1, n + 2),
     };
-    let f: Vec<f32> = (0..n * f_ld + heads * f_hs).map(|_| 0.25 + rng.uniform().abs() * 4.0).collect();
-    let key_scales = scaled.map(|_| (&f[..], f_ld, f_hs));
+    // NaN between the factors: a read of the wrong one poisons its scores.
+    let mut f = vec![f32::NAN; n * f_ld + heads * f_hs];
+    for j in 0..n {
+        for h in 0..heads {
+            f[j * f_ld + h * f_hs] = 0.25 + rng.uniform().abs() * 4.0;
+        }
+    }
+    let scaled = !matches!(factors, Factors::None);
+    let key_scales = scaled.then_some((&f[..], f_ld, f_hs));
     let pf = (&pf[..], ldb, ldh, k);
     kern.dot_heads(heads, m, n, k, &a, lda, &b, ldb, ldh, &mut o, ldo, pf, key_scales, &mut tmp);
     for h in 0..heads {
         for i in 0..m {
             for j in 0..n {
-                let factor = if scaled.is_some() { f[j * f_ld + h * f_hs] as f64 } else { 1.0 };
+                let factor = if scaled { f[j * f_ld + h * f_hs] as f64 } else { 1.0 };
                 let (mut want, mut mag) = (0.0f64, 0.0f64);
                 for p in 0..k {
                     let x = a[(h * m + i) * lda + p] as f64 * b[j * ldb + h * ldh + p].as_f32() as f64 * factor;
@@ -405,17 +422,18 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
 fn dot_heads_matches_scalar<K: Kernel>(kern: K) {
     let mut rng = Rng(12);
     for &heads in &[1, 2, 3, 8] {
-        for &m in &[1, 2, 3, 4, 5, 7, 8, 9] {
-            for &(n, k) in &[(0, 8), (1, 1), (5, 7), (17, 64), (32, 128), (3, 129)] {
+        for &m in &[1, 2, 3, 4, 5, 6, 7, 8, 9] {
+            for &(n, k) in &[(0, 8), (4, 0), (1, 1), (5, 7), (17, 64), (32, 128), (3, 129)] {
                 // Head-interleaved (BSHD) and head-major (BHSD) key rows.
-                check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1), None);
-                check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1), None);
-                check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k), None);
-                check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), (heads * (k + 3), k + 3), None);
+                let none = Factors::None;
+                check_dot_heads::<K, f16>(kern, &mut rng, heads, (m, n, k), (heads * (k + 1), k + 1), none);
+                check_dot_heads::<K, f32>(kern, &mut rng, heads, (m, n, k), (k + 2, n * (k + 2) + 1), none);
+                check_dot_heads::<K, bf16>(kern, &mut rng, heads, (m, n, k), (heads * k, k), none);
+                check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), (heads * (k + 3), k + 3), none);
                 // With int8's K scales, laid out as the BSHD and head-major scale tensors are.
-                for layout in [true, false] {
+                for factors in [Factors::KeyMajor, Factors::HeadMajor] {
                     let ld = (heads * (k + 3), k + 3);
-                    check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), ld, Some(layout));
+                    check_dot_heads::<K, i8>(kern, &mut rng, heads, (m, n, k), ld, factors);
                 }
             }
         }
@@ -789,9 +807,17 @@ fn short_slices_panic<K: Kernel>(k: K) {
     assert!(panics(|| k.dot_rows(2, 8, 8, &a[..15], 8, &b, 8, &mut c, 8)));
     assert!(panics(|| k.transpose_widen(8, 8, &b, 8, &mut c[..63], 8)));
     assert!(panics(|| k.widen(&b[..3], &mut c[..4])));
+    // Two heads of 4 keys (rows 16 apart, heads 8): key-major factors take 4·2 floats.
+    let (f, mut t) = (vec![1.0f32; 8], vec![0.0f32; 4]);
+    let no_pf: (&[f16], usize, usize, usize) = (&[], 0, 0, 0);
+    let dot_heads = |f: &[f32], c: &mut [f32], t: &mut [f32]| {
+        k.dot_heads(2, 1, 4, 8, &a[..16], 8, &b, 16, 8, c, 2, no_pf, Some((f, 2, 1)), t)
+    };
+    assert!(panics(|| dot_heads(&f[..7], &mut c, &mut t)), "a factor short");
     // Exactly fitting slices are fine.
     k.gemm(4, 4, 4, &a[..16], 4, &a[..16], 4, &mut c[..16], 4, false);
     k.dot_rows(2, 8, 8, &a[..16], 8, &b, 8, &mut c[..16], 8);
+    dot_heads(&f, &mut c[..8], &mut t);
 }
 
 /// GFLOP/s of gemm (2·m·n·k flops per call), GB/s of K through `dot_rows`, ns per element of

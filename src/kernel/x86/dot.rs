@@ -212,7 +212,6 @@ unsafe fn block<E: Storage, const MR: usize, const NK: usize>(
 /// floats (`ldo`), `pf` the rows `pf[j·pf_ld + h·pf_lh ..][..pf_len]` (or `pf_len == 0`), and
 /// `ks`, if any, the factors `ks.f[j·ks.ld + h·ks.hs]`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
     heads: usize,
     m: usize,
@@ -232,9 +231,15 @@ pub(super) unsafe fn dot_heads<E: Storage, F: Storage>(
         return;
     }
     if k == 0 {
+        // Every sum is 0, times its factor as the other kernels take it (0·NaN is NaN).
         for j in 0..n {
-            // SAFETY: row `j < n` of `out` holds `heads·m` elements.
-            unsafe { core::ptr::write_bytes(out.add(j * ldo), 0, heads * m) };
+            for h in 0..heads {
+                // SAFETY: key `j < n` of head `h < heads` has its factor (caller).
+                let f = ks.map_or(1.0, |s| unsafe { *s.f.add(j * s.ld + h * s.hs) });
+                // SAFETY: row `j < n` of `out` holds `heads·m` elements.
+                let row = unsafe { core::slice::from_raw_parts_mut(out.add(j * ldo + h * m), m) };
+                row.fill(0.0 * f);
+            }
         }
         return;
     }
@@ -321,7 +326,8 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
             }
             let f = ks.map(|s| (s.f.wrapping_add(j * s.ld + h * s.hs), s.ld));
             // SAFETY: keys `j..j + kb` of head `h` exist (rows `ldb` apart, their scores `ldo`
-            // apart, their factors `s.ld`), and so do the head's `M` query rows; see `key_block`.
+            // apart, their factors, if any, `ks.ld`), and so do the head's `M` query rows; see
+            // `key_block`.
             unsafe {
                 if kb == KB {
                     key_block::<E, M, KB>(k, a, lda, bj, ldb, o, ldo, f);
@@ -358,7 +364,6 @@ fn prefetch_row(p: *const i8, bytes: usize) {
 /// The CPU supports AVX2, FMA and F16C; the rows named exist with `k > 0` elements, and so do
 /// the `KB` factors of `f`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
     k: usize,
     a: *const f32,
@@ -371,8 +376,12 @@ unsafe fn key_block<E: Storage, const M: usize, const KB: usize>(
 ) {
     // Key `t`'s factor (1 without `f`: a product by 1 is exact, and the branch is the same for
     // the whole call).
-    // SAFETY: key `t < KB` has its factor (caller).
-    let factor = |t: usize| f.map_or(1.0, |(f, ld)| unsafe { *f.add(t * ld) });
+    let factor = |t: usize| {
+        debug_assert!(t < KB);
+        // SAFETY: key `t < KB` has its factor (caller); every call below passes a key of the
+        // block.
+        f.map_or(1.0, |(f, ld)| unsafe { *f.add(t * ld) })
+    };
     // 12 accumulators and `min(M, KB)` vectors beside them fill the 16 ymm registers.
     const { assert!(M * KB <= 12) };
     // SAFETY: AVX is available (caller); no memory is touched.
