@@ -57,7 +57,7 @@ pub(crate) mod x86;
 use crate::element::{Elems, Storage};
 use bounds::{assert_fits, assert_fits_read, assert_heads_fit};
 pub(crate) use geometry::Geometry;
-use scales::{scale_heads, HeadScales};
+use scales::{assert_scales_fit, scale_heads, HeadScales};
 
 /// The instruction sets the kernels are written for. Non-exhaustive: a new ISA is a new variant
 /// ([`Isa::ALL`] lists them).
@@ -268,9 +268,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
-        if let Some((f, f_ld, f_hs)) = key_scales {
-            assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
-        }
+        assert_scales_fit(key_scales, n, heads);
         if m == 0 || n == 0 {
             return;
         }

@@ -4,6 +4,14 @@
 /// Factors `f[j·ld + h·hs]` for key `j` and head `h`, as `(f, ld, hs)`.
 pub(crate) type HeadScales<'a> = (&'a [f32], usize, usize);
 
+/// Panics unless `scales`, if any, hold the factors of `n` keys of `heads` heads (what every
+/// `Kernel::dot_heads` checks before it reads them).
+pub(crate) fn assert_scales_fit(scales: Option<HeadScales<'_>>, n: usize, heads: usize) {
+    if let Some((f, ld, hs)) = scales {
+        super::bounds::assert_heads_fit(f.len(), n, heads, 1, ld, hs);
+    }
+}
+
 /// Multiplies the transposed scores `st` (`n × ld`, the `hr` columns of head `hl` from `hl·hr`
 /// on) of key `jj` and head `hl` by `scales.0[jj·scales.1 + hl·scales.2]`.
 pub(crate) fn scale_heads(st: &mut [f32], ld: usize, hr: usize, n: usize, heads: usize, scales: HeadScales<'_>) {

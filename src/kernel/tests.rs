@@ -348,8 +348,6 @@ fn gemm_variants_match_scalar<K: Kernel>(kern: K) {
     }
 }
 
-/// `dot_heads` against an f64 dot product per (head, row, key), with per-(key, head) factors
-/// laid out key-major (`f_ld = heads + 1`) or head-major (`f_hs = n + 2`) when `scaled`.
 /// The K scales `dot_heads` may take, laid out as int8 scale tensors are.
 #[derive(Clone, Copy)]
 enum Factors {
@@ -360,6 +358,8 @@ enum Factors {
     HeadMajor,
 }
 
+/// `dot_heads` against an f64 dot product per (head, row, key), times the key's factor where
+/// `factors` gives some (NaN in the slots between them).
 fn check_dot_heads<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,

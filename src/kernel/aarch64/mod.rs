@@ -23,7 +23,7 @@ mod reduce;
 
 use super::{
     bounds::{assert_fits, assert_fits_read, assert_heads_fit, dot_rows_prologue},
-    scales::{scale_heads, HeadScales},
+    scales::{assert_scales_fit, scale_heads, HeadScales},
     Geometry, Isa, Kernel,
 };
 use crate::element::Storage;
@@ -108,9 +108,7 @@ impl Kernel for Neon {
         assert_fits_read(a.len(), heads * m, k, lda);
         assert_fits(out.len(), n, heads * m, ldo);
         assert_heads_fit(b.len(), n, heads, k, ldb, ldh);
-        if let Some((f, f_ld, f_hs)) = key_scales {
-            assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
-        }
+        assert_scales_fit(key_scales, n, heads);
         // SAFETY: every matrix fits its slice (checked above).
         unsafe { dot::dot_heads(heads, m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, ldh, out.as_mut_ptr(), ldo) }
         if let Some(f) = key_scales {

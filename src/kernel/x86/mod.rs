@@ -121,10 +121,8 @@ impl Kernel for Avx2Fma {
         let (pf_s, pf_ld, pf_lh, pf_len) = pf;
         super::bounds::assert_heads_fit(pf_s.len(), n, heads, pf_len, pf_ld, pf_lh);
         let pf = (pf_s.as_ptr(), pf_ld, pf_lh, pf_len);
-        let ks = key_scales.map(|(f, f_ld, f_hs)| {
-            super::bounds::assert_heads_fit(f.len(), n, heads, 1, f_ld, f_hs);
-            dot::KeyScales { f: f.as_ptr(), ld: f_ld, hs: f_hs }
-        });
+        super::scales::assert_scales_fit(key_scales, n, heads);
+        let ks = key_scales.map(|(f, ld, hs)| dot::KeyScales { f: f.as_ptr(), ld, hs });
         let (a, b, out) = (a.as_ptr(), b.as_ptr(), out.as_mut_ptr());
         // SAFETY: the token proves the features; every matrix fits its slice (checked above).
         unsafe { dot_heads_avx2_fma(heads, m, n, k, a, lda, b, ldb, ldh, out, ldo, pf, ks) }
