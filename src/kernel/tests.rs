@@ -617,6 +617,22 @@ fn conversions_exact<K: Kernel>(kern: K) {
     check_conversions::<K, f16>(kern, &mut rng);
     check_conversions::<K, bf16>(kern, &mut rng);
     check_conversions::<K, i8>(kern, &mut rng);
+    // Every bit pattern of the narrow types, in one row (so every lane position sees many).
+    let every_f16: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    let every_bf16: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
+    let every_i8: Vec<i8> = (i8::MIN..=i8::MAX).collect();
+    check_every::<K, f16>(kern, &every_f16);
+    check_every::<K, bf16>(kern, &every_bf16);
+    check_every::<K, i8>(kern, &every_i8);
+}
+
+/// `widen` of each value in `src` against the scalar widening, bit for bit (any NaN for a NaN).
+fn check_every<K: Kernel, E: Storage>(kern: K, src: &[E]) {
+    let mut dst = vec![0.0f32; src.len()];
+    kern.widen(src, &mut dst);
+    for (s, d) in src.iter().zip(&dst) {
+        assert!(same_bits(s.as_f32(), *d), "widen<{:?}>: {d:e} vs {:e}", E::KIND, s.as_f32());
+    }
 }
 
 /// `|got − exp(x)|` in units in the last place of the f32 nearest `exp(x)`; 0 when both are
