@@ -204,10 +204,16 @@ mod loops {
         unsafe fn load8(p: *const Self) -> core::arch::x86_64::__m256 {
             use core::arch::x86_64::*;
             // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) and AVX2. bf16 is the
-            // upper half of an f32: zero-extend, then shift into place, as the crate's kernel does.
+            // upper half of an f32: the 16 bytes in both halves of a register, and one byte
+            // shuffle moves each value into the upper half of its lane (-128 zeroes a byte), as
+            // the crate's kernel does since stop 26.
             unsafe {
-                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+                let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast::<__m128i>()));
+                let to_lanes = _mm256_setr_epi8(
+                    -128, -128, 0, 1, -128, -128, 2, 3, -128, -128, 4, 5, -128, -128, 6, 7, //
+                    -128, -128, 8, 9, -128, -128, 10, 11, -128, -128, 12, 13, -128, -128, 14, 15,
+                );
+                _mm256_castsi256_ps(_mm256_shuffle_epi8(x, to_lanes))
             }
         }
     }
