@@ -1,5 +1,5 @@
-//! Stored-value loads widened to f32 (f16 by F16C, bf16 by a byte shuffle, i8 by `vpmovsxbd`), `widen`
-//! and the staged K-tile transpose.
+//! Stored-value loads widened to f32 (f16 by F16C, bf16 by a byte shuffle, i8 by
+//! `vpmovsxbd`), `widen` and the staged K-tile transpose.
 //!
 //! `Storage` has exactly four impls (f32, f16, bf16, i8) with distinct `KIND`s, so matching on
 //! `E::KIND` identifies `E` and the pointer casts below reinterpret nothing but `E` itself.
@@ -25,9 +25,9 @@ pub(super) unsafe fn load8<E: Storage>(p: *const E) -> __m256 {
             Kind::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())),
             // bf16 is the upper half of an f32: one byte shuffle moves each value into the upper
             // half of its lane and zeroes the lower. The broadcast is a plain load, so this is one
-            // shuffle per 8 values where zero-extending then shifting took two, both on the
-            // ports the FMAs use: bf16 decode 1.06–1.10× faster cold, 1.06–1.09× from cache
-            // (paired call by call, stop 26, `benches/README.md`).
+            // vector operation per 8 values where zero-extending then shifting took two beside
+            // the FMAs: bf16 decode 1.06–1.14× faster cold, 1.06–1.13× from cache (Zen 3, paired
+            // call by call; `benches/README.md`, stop 26).
             Kind::BF16 => {
                 // Byte `2i` and `2i + 1` of the 16 loaded go to bytes 2 and 3 of lane `i`; -128
                 // (high bit set) zeroes a byte. Each 128-bit half shuffles within itself, so both
