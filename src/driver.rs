@@ -45,14 +45,18 @@ const MAX_CHUNKS: usize = 256;
 
 /// A decode unit whose KV heads' rows lie apart in memory (a head-major cache, where each head's
 /// keys and values are streams of their own) covers the fewest heads whose key rows add up to at
-/// least this many bytes, but never fewer than [`APART_UNIT_MIN_HEADS`]: 2 heads of f32, f16
-/// or bf16 at D 128, 4 of int8. With all 8 heads of the D1/D2 shape in one unit, each thread
+/// least this many bytes, but never fewer than [`APART_UNIT_MIN_HEADS`]: 2 heads of every type
+/// at D 128 (int8 at D 64 takes 4). With all 8 heads of the D1/D2 shape in one unit, each thread
 /// read 16 streams at once. On the Zen 3 host of stop 23, paired call by call on head-major K/V
 /// (D2 shape, 32768 keys, cold, 2 threads), against 8 heads per unit: f16 (2 heads) 1.27–1.39×
 /// faster, bf16 (2) 1.07×, f32 (2) 1.06–1.17×, int8 (4) 1.09–1.16×, D1 f16 (8192 keys) 1.15×,
 /// one thread f16 1.09×; f16 with 2 heads against 4 1.11–1.12×; int8 with 4 against 2 the same;
-/// from cache (512 keys on 1 thread, 2048 on 2) the same time. `benches/README.md`, stop 23.
-const APART_UNIT_KEY_BYTES: usize = 512;
+/// from cache (512 keys on 1 thread, 2048 on 2) the same time (`benches/README.md`, stop 23).
+/// Int8 went from 4 heads (512 bytes) to 2 with its P·V chunks of 8 keys ([`PV_CHUNK_KEYS`]) in
+/// stop 27, on a Zen 3 host again: together, an `Int8KvCache` at 8192 and 32768 keys, cold, 2
+/// threads, measured 1.04–1.16× faster (six runs), 1 thread 1.04×, from cache 1.02–1.14×; each
+/// alone 1.07–1.10×.
+const APART_UNIT_KEY_BYTES: usize = 256;
 
 /// The fewest KV heads of a decode unit on head-major K/V ([`APART_UNIT_KEY_BYTES`]). One head
 /// per unit measured 1.03–1.06× faster than two with f32 on the Zen 3 host of stop 23, but on
@@ -888,23 +892,15 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
     }
 }
 
-/// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]), for 2- and 4-byte
-/// values; int8 chunks hold twice as many ([`pv_chunk_keys`]).
+/// Keys per chunk of a decode tile's P·V when it streams V ([`pv_chunks`]), whatever the type.
+/// f16, bf16 and f32 chunks of 16 measured 0.87–0.95× against 8, of 12 0.93–1.01× (stop 25).
+/// Int8 chunks held 16 keys from stop 25 to 27: on that Zen 4 host (1 MiB L2 per core) 16 against
+/// 8 measured 1.01–1.05× (`Int8KvCache`, eight runs at 32768 keys, three at 8192) and BSHD int8
+/// 1.03–1.04×, but on the Zen 3 host of stop 27 (512 KiB L2) 8 against 16 measured 1.04–1.12×
+/// cold (`Int8KvCache`, 1 and 2 threads, five runs) and BSHD int8 1.02–1.07× (four runs; from
+/// cache 0.96–0.98×). The chunk length follows the host; 8 is the one length for every type,
+/// and with the int8 cache's units of 2 heads ([`APART_UNIT_KEY_BYTES`]) it measured 1.04–1.16×.
 const PV_CHUNK_KEYS: usize = 8;
-
-/// Keys per streaming P·V chunk of `VT` values: [`PV_CHUNK_KEYS`], or twice that for int8,
-/// whose chunk then holds as many bytes per head as an f16 one and pays the accumulators' trip
-/// to L1 once per 16 keys. 16 against 8, paired call by call (32/8 heads, D 128, cold, 2
-/// threads): `Int8KvCache` 1.01–1.05× at 32768 keys (seven runs) and 1.00–1.04× at 8192, BSHD
-/// int8 1.03–1.04×; 32 keys 0.99–1.03×. f16, bf16 and f32 chunks of 16 measured 0.87–0.95×, of
-/// 12 0.93–1.01× (stop 25).
-const fn pv_chunk_keys<VT: Storage>() -> usize {
-    if size_of::<VT>() == 1 {
-        2 * PV_CHUNK_KEYS
-    } else {
-        PV_CHUNK_KEYS
-    }
-}
 
 /// Chunks ahead of the one being multiplied whose V rows a streaming P·V requests when the
 /// tile's heads lie apart (head-major K/V, as in `KvCache`): each head's rows are a stream of
@@ -957,7 +953,7 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 }
 
 /// `acc ← diag(alpha)·acc + P·V` for every head of a tile whose rows see all its keys, V read
-/// where it lies. With `stream`, [`pv_chunk_keys`] keys at a time, every head of the unit per
+/// where it lies. With `stream`, [`PV_CHUNK_KEYS`] keys at a time, every head of the unit per
 /// chunk, the V rows of the next chunk (of the one after it where the heads lie apart:
 /// [`PV_CHUNKS_AHEAD_APART`]) requested as this one is multiplied, a share of them before each
 /// head's product; without, one pass over the tile per head, its V requested already.
@@ -971,8 +967,8 @@ fn keys_read(plan: &Plan<'_>) -> usize {
 /// price is the accumulators' trip to L1 and back per chunk. Requested a whole chunk at once,
 /// the rows measured 0.95–1.02× against the old order (f16), a share per head 1.23–1.25× (f16),
 /// 1.15–1.24× (bf16), 1.09–1.12× (f32); chunks of 4 and 16 keys of those types were slower than
-/// 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22), where int8 gains from
-/// 16 ([`pv_chunk_keys`]).
+/// 8 (D2 shape, cold, paired call by call; `benches/README.md`, stop 22), and int8 follows the
+/// host ([`PV_CHUNK_KEYS`]).
 ///
 /// `kv` holds the tile's `n` key rows, `shape` is (heads, rows per head, dv), `st` the
 /// transposed probabilities (`n × heads·hr`), `acc` the heads' `heads·hr` output rows of `dv`,
@@ -991,7 +987,7 @@ fn pv_chunks<K: Kernel, KT: Storage, VT: Storage>(
 ) {
     let (heads, hr, dv) = shape;
     let ld = heads * hr;
-    let chunk = if stream { pv_chunk_keys::<VT>() } else { n };
+    let chunk = if stream { PV_CHUNK_KEYS } else { n };
     // Requests the V rows of keys `j0..j1`, every head's.
     let request = |j0: usize, j1: usize| {
         if stream && j0 < j1 {
@@ -1317,12 +1313,16 @@ mod tests {
             assert_eq!(t.blocks, dims.kv_heads.div_ceil(t.hb));
             t.hb
         };
-        // (bytes per value, heads per unit): f32 and f16 rows of 512 and 256 bytes take two heads
-        // (one f32 row alone would make 512 bytes, raised to the minimum), int8 four.
-        for (bytes, heads) in [(4, 2), (2, 2), (1, 4)] {
+        // (bytes per value, heads per unit): f32, f16 and int8 rows of 512, 256 and 128 bytes take
+        // two heads (one f32 or f16 row alone would reach 256 bytes, raised to the minimum).
+        for (bytes, heads) in [(4, 2), (2, 2), (1, 2)] {
             assert_eq!(hb(bytes, true), heads, "{bytes}-byte values, head-major");
             assert_eq!(hb(bytes, false), 8, "{bytes}-byte values, key-major");
         }
+        // Shorter rows take more heads: int8 at D 64 four.
+        let plan64 = Plan::new(crate::Dims { head_dim: 64, v_head_dim: 64, ..dims }, &opts).unwrap();
+        assert_eq!(Tiling::new(&plan64, Geometry::TUNED, 1, true).unwrap().hb, 4);
+        assert_eq!(Tiling::new(&plan64, Geometry::TUNED, 2, true).unwrap().hb, 2);
         // The scratch of the key-major cut bounds the head-major one (`scratch_len` uses it).
         let (a, b) = (Tiling::new(&plan, Geometry::TUNED, 2, true), Tiling::new(&plan, Geometry::TUNED, 2, false));
         assert!(a.unwrap().scratch <= b.unwrap().scratch);

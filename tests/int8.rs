@@ -34,14 +34,16 @@ fn cases() -> Vec<(Case, AttentionOptions<'static>)> {
         (Case::new(2, 70, 70, 8, 2, 64), AttentionOptions::new().causal()),
         (Case::new(1, 1, 3000, 8, 2, 128), AttentionOptions::new().causal()),
         // Int8 K and V beyond 4 MiB: V streamed in chunks (driver's `STREAM_KV_MIN_BYTES`), the
-        // last tile ending in a part chunk (2204 keys are not a multiple of the 16 keys an int8
-        // chunk holds, driver's `pv_chunk_keys`).
+        // last tile ending in a part chunk (2204 keys are not a multiple of the 8 keys a chunk
+        // holds, driver's `PV_CHUNK_KEYS`).
         (Case::new(1, 1, 2204, 32, 8, 128), AttentionOptions::new().causal()),
         // A window of more than 4 MiB of keys streams, in tiles of 256 keys
         // (`Geometry::decode_keys`) whose edges the window and the sink prefix cut.
         (Case::new(1, 3, 4200, 32, 8, 128), AttentionOptions::new().causal().window(2500).sink_tokens(2)),
-        // The same head-major (an int8 cache's layout): decode units of 4 heads.
+        // The same head-major (an int8 cache's layout): decode units of 2 heads; at D 64, of 4
+        // (driver's `APART_UNIT_KEY_BYTES`), V streamed (5000 keys: 5 MiB).
         (Case::new(1, 1, 2204, 32, 8, 128).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
+        (Case::new(1, 1, 5000, 16, 8, 64).mem(Mem::Bhsd, Mem::Bshd), AttentionOptions::new().causal()),
         // 4 queries × GQA 2 = 8 rows: decode tiles with hidden keys (window edges).
         (Case::new(1, 4, 300, 4, 2, 32), AttentionOptions::new().causal().window(37)),
         (Case::new(2, 4, 1500, 8, 1, 64).v_dim(48), AttentionOptions::new().causal().window(600).sink_tokens(3)),

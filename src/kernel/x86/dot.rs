@@ -17,17 +17,17 @@ const KEY_CHUNK: usize = 8;
 /// How far ahead along the keys [`dot_heads`] requests the rows it will score, in bytes of what it
 /// reads per key (the key's rows of every head it scores): two f32 or four f16 keys of a BSHD cache
 /// with 8 heads of 128; in a head-major cache, where each head's rows are a stream of their own and
-/// a decode unit scores 2 heads (4 of int8; `driver`'s `APART_UNIT_KEY_BYTES`), 8 f32 or 16 f16 or
-/// int8 keys down each head's rows. The cores' stream prefetchers stop at 4 KiB pages and start
-/// over behind the loads, so without the requests the decode call waits on its keys: they made
-/// D1/D2-shaped calls (2048–32768 keys, cold, 2 threads) 1.19–1.27× faster with f32 BSHD keys,
-/// 1.05–1.09× with f16 BSHD, 1.07× with a head-major f16 cache and 1.01–1.03× with int8, and cost
-/// 4–6% when the keys are already in cache. 4 to 16 KiB measure the same with BSHD keys, 2 KiB
-/// 0.89×. Counted per head's row instead (8 KiB down each head's stream, 64 KiB in all for 8
-/// heads), the head-major cache's requests ran too far ahead: counted over the heads, cold
-/// D2-shaped calls on it ran 1.14× faster with f16, 1.13× with bf16, 1.06–1.11× with f32 and
-/// 1.04–1.07× with int8, D1 (8192 keys, f16) 1.13× (paired call by call; `benches/README.md`, stop
-/// 23).
+/// a decode unit scores 2 heads at D 128 (`driver`'s `APART_UNIT_KEY_BYTES`), 8 f32, 16 f16 or 32
+/// int8 keys down each head's rows (16 while int8 units held 4 heads, before stop 27). The cores'
+/// stream prefetchers stop at 4 KiB pages and start over behind the loads, so without the requests
+/// the decode call waits on its keys: they made D1/D2-shaped calls (2048–32768 keys, cold, 2
+/// threads) 1.19–1.27× faster with f32 BSHD keys, 1.05–1.09× with f16 BSHD, 1.07× with a head-major
+/// f16 cache and 1.01–1.03× with int8, and cost 4–6% when the keys are already in cache. 4 to 16
+/// KiB measure the same with BSHD keys, 2 KiB 0.89×. Counted per head's row instead (8 KiB down
+/// each head's stream, 64 KiB in all for 8 heads), the head-major cache's requests ran too far
+/// ahead: counted over the heads, cold D2-shaped calls on it ran 1.14× faster with f16, 1.13× with
+/// bf16, 1.06–1.11× with f32 and 1.04–1.07× with int8, D1 (8192 keys, f16) 1.13× (paired call by
+/// call; `benches/README.md`, stop 23).
 const KEY_AHEAD_BYTES: usize = 8192;
 
 /// See [`crate::kernel::Kernel::dot_rows`].
