@@ -52,10 +52,12 @@ const MAX_CHUNKS: usize = 256;
 /// faster, bf16 (2) 1.07×, f32 (2) 1.06–1.17×, int8 (4) 1.09–1.16×, D1 f16 (8192 keys) 1.15×,
 /// one thread f16 1.09×; f16 with 2 heads against 4 1.11–1.12×; int8 with 4 against 2 the same;
 /// from cache (512 keys on 1 thread, 2048 on 2) the same time (`benches/README.md`, stop 23).
-/// Int8 went from 4 heads (512 bytes) to 2 with its P·V chunks of 8 keys ([`PV_CHUNK_KEYS`]) in
-/// stop 27, on a Zen 3 host again: together, an `Int8KvCache` at 8192 and 32768 keys, cold, 2
-/// threads, measured 1.04–1.16× faster (six runs), 1 thread 1.04×, from cache 1.02–1.14×; each
-/// alone 1.07–1.10×.
+/// The bytes went from 512 to 256 in stop 27, on a Zen 3 host again: int8 at D 128 from 4 heads
+/// to 2 (with its P·V chunks of 8 keys, [`PV_CHUNK_KEYS`]: an `Int8KvCache` at 8192 and 32768
+/// keys, cold, 2 threads, 1.04–1.16× faster in six runs, 1 thread 1.04×, from cache
+/// 1.02–1.14×; each change alone 1.07–1.10×). At D 64 f16 and bf16 went from 4 heads to 2
+/// (1.04–1.06× faster cold, 0.99× from cache) and int8 from 8 to 4 (1.05–1.13× cold); f32
+/// stayed at 2 (its control: 1.01×).
 const APART_UNIT_KEY_BYTES: usize = 256;
 
 /// The fewest KV heads of a decode unit on head-major K/V ([`APART_UNIT_KEY_BYTES`]). One head
