@@ -54,8 +54,8 @@ const MAX_CHUNKS: usize = 256;
 /// from cache (512 keys on 1 thread, 2048 on 2) the same time (`benches/README.md`, stop 23).
 /// The bytes went from 512 to 256 in stop 27, on a Zen 3 host again: int8 at D 128 from 4 heads
 /// to 2 (with its P·V chunks of 8 keys, [`PV_CHUNK_KEYS`]: an `Int8KvCache` at 8192 and 32768
-/// keys, cold, 2 threads, 1.04–1.16× faster in six runs, 1 thread 1.04×, from cache
-/// 1.02–1.14×; each change alone 1.07–1.10×). At D 64 f16 and bf16 went from 4 heads to 2
+/// keys, cold, 2 threads, 1.04–1.27× faster in eight runs, 1 thread 1.04×, from cache
+/// 1.02–1.14×; each change alone 1.04–1.12×). At D 64 f16 and bf16 went from 4 heads to 2
 /// (1.04–1.06× faster cold, 0.99× from cache) and int8 from 8 to 4 (1.05–1.13× cold); f32
 /// stayed at 2 (its control: 1.01×).
 const APART_UNIT_KEY_BYTES: usize = 256;
@@ -901,7 +901,7 @@ fn tile_body<K: Kernel, KT: Storage, VT: Storage>(
 /// 1.03–1.04×, but on the Zen 3 host of stop 27 (512 KiB L2) 8 against 16 measured 1.04–1.12×
 /// cold (`Int8KvCache`, 1 and 2 threads, five runs) and BSHD int8 1.02–1.07× (four runs; from
 /// cache 0.96–0.98×). The chunk length follows the host; 8 is the one length for every type,
-/// and with the int8 cache's units of 2 heads ([`APART_UNIT_KEY_BYTES`]) it measured 1.04–1.16×.
+/// and with the int8 cache's units of 2 heads ([`APART_UNIT_KEY_BYTES`]) it measured 1.04–1.27×.
 const PV_CHUNK_KEYS: usize = 8;
 
 /// Chunks ahead of the one being multiplied whose V rows a streaming P·V requests when the
