@@ -1310,21 +1310,19 @@ mod tests {
             crate::Dims { batch: 1, q_len: 1, kv_len: 8192, q_heads: 32, kv_heads: 8, head_dim: 128, v_head_dim: 128 };
         let opts = crate::AttentionOptions::new();
         let plan = Plan::new(dims, &opts).unwrap();
-        let hb = |bytes: usize, apart: bool| {
-            let t = Tiling::new(&plan, Geometry::TUNED, bytes, apart).unwrap();
+        let plan64 = Plan::new(crate::Dims { head_dim: 64, v_head_dim: 64, ..dims }, &opts).unwrap();
+        let hb = |plan: &Plan<'_>, bytes: usize, apart: bool| {
+            let t = Tiling::new(plan, Geometry::TUNED, bytes, apart).unwrap();
             assert_eq!(t.blocks, dims.kv_heads.div_ceil(t.hb));
             t.hb
         };
-        // (bytes per value, heads per unit): f32, f16 and int8 rows of 512, 256 and 128 bytes take
-        // two heads (one f32 or f16 row alone would reach 256 bytes, raised to the minimum).
-        for (bytes, heads) in [(4, 2), (2, 2), (1, 2)] {
-            assert_eq!(hb(bytes, true), heads, "{bytes}-byte values, head-major");
-            assert_eq!(hb(bytes, false), 8, "{bytes}-byte values, key-major");
+        // (bytes per value, heads per unit at D 128, at D 64): rows of at least 256 bytes take the
+        // two-head minimum; int8 at D 64 (64-byte rows) takes four.
+        for (bytes, heads, heads64) in [(4, 2, 2), (2, 2, 2), (1, 2, 4)] {
+            assert_eq!(hb(&plan, bytes, true), heads, "{bytes}-byte values, head-major");
+            assert_eq!(hb(&plan64, bytes, true), heads64, "{bytes}-byte values, head-major, D 64");
+            assert_eq!(hb(&plan, bytes, false), 8, "{bytes}-byte values, key-major");
         }
-        // Shorter rows take more heads: int8 at D 64 four.
-        let plan64 = Plan::new(crate::Dims { head_dim: 64, v_head_dim: 64, ..dims }, &opts).unwrap();
-        assert_eq!(Tiling::new(&plan64, Geometry::TUNED, 1, true).unwrap().hb, 4);
-        assert_eq!(Tiling::new(&plan64, Geometry::TUNED, 2, true).unwrap().hb, 2);
         // The scratch of the key-major cut bounds the head-major one (`scratch_len` uses it).
         let (a, b) = (Tiling::new(&plan, Geometry::TUNED, 2, true), Tiling::new(&plan, Geometry::TUNED, 2, false));
         assert!(a.unwrap().scratch <= b.unwrap().scratch);
