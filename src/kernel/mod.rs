@@ -368,6 +368,52 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
         }
     }
 
+    /// A decode tile's P·V over its KV heads: for each head `h < shape.heads`,
+    /// `acc_h ← diag(alpha_h)·acc_h + P_hᵀ·V_h` ([`Kernel::gemm_at`] with `alpha`), where `acc_h`
+    /// is rows `h·hr..(h + 1)·hr` of `acc` (`heads·hr × dv`, leading dimension `dv`), `P_h` the
+    /// columns `h·hr..` of the transposed probabilities `p` (`n × heads·hr`, leading dimension
+    /// `heads·hr`) and `V_h` the rows `v[j·v_ld + h·v_hs ..][..dv]`, `j < n`. The keys go
+    /// `shape.chunk` at a time, every head per chunk, and with `shape.ahead > 0` the V rows of
+    /// the chunk that many chunks on are requested ([`Kernel::prefetch`]) as this one is
+    /// multiplied: first the opening chunks', then a share before each head's product. `tmp` is
+    /// [`Kernel::gemm_at`]'s scratch for one chunk.
+    ///
+    /// The default is that loop over [`Kernel::gemm_at`]; a kernel whose per-call work is a
+    /// noticeable share of a chunk's (a chunk of 8 keys is a few hundred FMAs per head) runs it in
+    /// one call.
+    fn pv_heads<E: Storage>(self, shape: PvHeads, p: &[f32], v: &[E], acc: &mut [f32], alpha: &[f32], tmp: &mut [f32]) {
+        let PvHeads { heads, hr, dv, n, v_ld, v_hs, chunk, ahead } = shape;
+        let ld = heads * hr;
+        let chunk = chunk.max(1);
+        // Requests the V rows of keys `j0..j1`, every head's.
+        let request = |j0: usize, j1: usize| {
+            if ahead > 0 && j0 < j1 {
+                for h in 0..heads {
+                    self.prefetch(&v[j0 * v_ld + h * v_hs..], j1 - j0, dv, v_ld);
+                }
+            }
+        };
+        request(0, (ahead * chunk).min(n));
+        // At least one pass, so that `n == 0` still rescales.
+        for j0 in (0..n.max(1)).step_by(chunk) {
+            let j1 = (j0 + chunk).min(n);
+            // The chunk `ahead` chunks on, a share before each head's product.
+            let next = ((j0 + ahead * chunk).min(n), (j1 + ahead * chunk).min(n));
+            let share = (next.1 - next.0).div_ceil(heads.max(1));
+            for h in 0..heads {
+                let a = (next.0 + h * share).min(next.1);
+                request(a, (a + share).min(next.1));
+                let (r0, r1) = (h * hr, (h + 1) * hr);
+                // The rescale rides on the first chunk; later chunks add.
+                let rescale = (j0 == 0).then(|| &alpha[r0..r1]);
+                // An empty chunk (`n == 0`) reads neither.
+                let (p_h, v_h) =
+                    if j1 > j0 { (&p[j0 * ld + r0..], &v[j0 * v_ld + h * v_hs..]) } else { (&p[..0], &v[..0]) };
+                self.gemm_at(hr, dv, j1 - j0, p_h, ld, v_h, v_ld, &mut acc[r0 * dv..r1 * dv], dv, rescale, tmp);
+            }
+        }
+    }
+
     /// [`Kernel::softmax_rows`] with the scores stored transposed: the `rows` rows are the
     /// columns of the `n × rows` matrix `s` (key `j` of row `r` at `s[j·ld + r]`). `tmp` is
     /// scratch of at least `n` floats for kernels that gather a row first.
@@ -441,6 +487,27 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     fn prefetch<E: Storage>(self, b: &[E], rows: usize, len: usize, ld: usize) {
         let _ = (b, rows, len, ld);
     }
+}
+
+/// The shape of a decode tile's P·V ([`Kernel::pv_heads`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PvHeads {
+    /// KV heads of the tile.
+    pub heads: usize,
+    /// Output rows per head (the query rows of its group).
+    pub hr: usize,
+    /// Columns of V and of the output rows.
+    pub dv: usize,
+    /// Keys of the tile.
+    pub n: usize,
+    /// Elements from one key's V rows to the next key's.
+    pub v_ld: usize,
+    /// Elements from one head's V rows to the next head's.
+    pub v_hs: usize,
+    /// Keys per chunk (`n` or more: one pass per head).
+    pub chunk: usize,
+    /// Chunks ahead whose V rows are requested; 0 requests none.
+    pub ahead: usize,
 }
 
 /// Calls `f` with the selected kernel token, monomorphising the loop nest once per ISA.

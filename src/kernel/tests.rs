@@ -133,6 +133,7 @@ kernel_tests!(
     gemm_variants_match_scalar,
     dot_rows_matches_scalar,
     dot_heads_matches_scalar,
+    pv_heads_matches_reference,
     softmax_matches_scalar,
     conversions_exact,
     exp_sum_matches,
@@ -415,6 +416,109 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
     for (idx, &x) in o.iter().enumerate() {
         if is_gap(idx, heads * m, ldo) {
             assert!(x.is_nan(), "dot_heads wrote outside out at {idx}");
+        }
+    }
+}
+
+/// `pv_heads` against `alpha·C + Pᵀ·V` per head summed in f64 (the gemm tolerance), and
+/// bit for bit against the kernel's own `gemm_at` chunk by chunk (the loop it stands for), over
+/// head-major, key-major and 4 KiB-strided V (which the AVX2 kernel leaves to its gemm), head
+/// widths that are and are not multiples of 16, and with and without requests ahead.
+fn pv_heads_matches_reference<K: Kernel>(kern: K) {
+    let mut rng = Rng(23);
+    for heads in [1, 3] {
+        for hr in [1, 3, 4, 8] {
+            for dv in [16, 24, 128] {
+                for n in [0, 1, 13] {
+                    for (chunk, ahead) in [(8, 2), (8, 0), (n.max(1), 0)] {
+                        for layout in 0..3 {
+                            let shape = (heads, hr, dv, n, chunk, ahead, layout);
+                            check_pv_heads::<K, f32>(kern, &mut rng, shape);
+                            check_pv_heads::<K, f16>(kern, &mut rng, shape);
+                            check_pv_heads::<K, bf16>(kern, &mut rng, shape);
+                            check_pv_heads::<K, i8>(kern, &mut rng, shape);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One case of [`pv_heads_matches_reference`]; `layout` 0 is head-major V, 1 key-major, 2
+/// key-major with rows 4 KiB apart. V's gaps hold NaN, so a read outside the rows poisons a sum.
+fn check_pv_heads<K: Kernel, E: TestElem>(
+    kern: K,
+    rng: &mut Rng,
+    (heads, hr, dv, n, chunk, ahead, layout): (usize, usize, usize, usize, usize, usize, usize),
+) {
+    let rows = heads * hr;
+    let (v_ld, v_hs) = match layout {
+        0 => (dv + 3, (n + 1) * (dv + 3)),
+        1 => (heads * dv + 5, dv),
+        _ => ((heads * dv).div_ceil(4096 / size_of::<E>()) * (4096 / size_of::<E>()), dv),
+    };
+    let v_len = if n == 0 { 0 } else { (n - 1) * v_ld + (heads - 1) * v_hs + dv };
+    let mut v = vec![<E as TestElem>::from_f32(f32::NAN); v_len];
+    let mut v_ref = vec![0.0f64; n * heads * dv];
+    for j in 0..n {
+        for h in 0..heads {
+            for c in 0..dv {
+                let x = <E as TestElem>::from_f32(rng.uniform());
+                v[j * v_ld + h * v_hs + c] = x;
+                v_ref[(j * heads + h) * dv + c] = f64::from(x.as_f32());
+            }
+        }
+    }
+    let p: Vec<f32> = (0..n * rows).map(|_| rng.uniform().abs()).collect();
+    let c0: Vec<f32> = (0..rows * dv).map(|_| rng.uniform()).collect();
+    let alpha: Vec<f32> = (0..rows).map(|i| [0.0, 1.0, 0.25, 0.9, 1e-3][i % 5]).collect();
+    let shape = super::PvHeads { heads, hr, dv, n, v_ld, v_hs, chunk, ahead };
+    let mut got = c0.clone();
+    let mut tmp = vec![f32::NAN; (hr + dv) * chunk.max(n).max(1)];
+    kern.pv_heads(shape, &p, &v, &mut got, &alpha, &mut tmp);
+    // The loop `pv_heads` stands for, through the kernel's own `gemm_at`.
+    let mut looped = c0.clone();
+    for j0 in (0..n.max(1)).step_by(chunk) {
+        let j1 = (j0 + chunk).min(n);
+        for h in 0..heads {
+            let (r0, r1) = (h * hr, (h + 1) * hr);
+            let rescale = (j0 == 0).then(|| &alpha[r0..r1]);
+            let vh = if n == 0 { &v[..0] } else { &v[j0 * v_ld + h * v_hs..] };
+            let c = &mut looped[r0 * dv..r1 * dv];
+            kern.gemm_at(
+                hr,
+                dv,
+                j1 - j0,
+                &p[(j0 * rows + r0).min(p.len())..],
+                rows,
+                vh,
+                v_ld,
+                c,
+                dv,
+                rescale,
+                &mut tmp,
+            );
+        }
+    }
+    let case = format!(
+        "{:?}: heads {heads}, {hr} rows, dv {dv}, {n} keys, chunk {chunk}, ahead {ahead}, layout {layout}",
+        E::KIND
+    );
+    for r in 0..rows {
+        let h = r / hr;
+        for c in 0..dv {
+            let (mut sum, mut mag) = (f64::from(alpha[r]) * f64::from(c0[r * dv + c]), 0.0f64);
+            mag += sum.abs();
+            for j in 0..n {
+                let term = f64::from(p[j * rows + r]) * v_ref[(j * heads + h) * dv + c];
+                sum += term;
+                mag += term.abs();
+            }
+            let (g, l) = (got[r * dv + c], looped[r * dv + c]);
+            let tol = GEMM_RTOL * (n.max(1) as f64).sqrt() * mag;
+            assert!((f64::from(g) - sum).abs() <= tol, "{case} at ({r},{c}): {g} vs {sum}");
+            assert_eq!(g.to_bits(), l.to_bits(), "{case} at ({r},{c}): {g} against the gemm_at loop's {l}");
         }
     }
 }

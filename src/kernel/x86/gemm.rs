@@ -23,7 +23,7 @@ const KC: usize = 256;
 /// place they are re-read from L3 by every row block (70 instead of 85 GFLOP/s measured at m=64,
 /// n=128, k=64, ldb=1024 f32). Any other stride measured as fast in place as packed, or faster
 /// (no copy).
-const PACK_STRIDE_BYTES: usize = 4096;
+pub(super) const PACK_STRIDE_BYTES: usize = 4096;
 /// Rows of such a B per pass of a single row block (the L1's ways). One row block reads B once,
 /// so packing would not pay for its copy, but a pass down a whole strip still brings its rows
 /// into one L1 set faster than they are used: the accumulators go to C and back every
@@ -48,7 +48,7 @@ pub(super) enum Acc {
 impl Acc {
     /// The mode for the rows from `i` on.
     #[inline(always)]
-    fn at_row(self, i: usize) -> Acc {
+    pub(super) fn at_row(self, i: usize) -> Acc {
         match self {
             Acc::Rescale(alpha) => Acc::Rescale(alpha.wrapping_add(i)),
             other => other,
@@ -261,7 +261,7 @@ fn a_at<const AT: bool>(a: *const f32, i: usize, p: usize, lda: usize) -> *const
 /// or transposed with `AT`),
 /// `b` at `k` rows of the block's columns (stride `ldb`) and `c` at `R` rows of them (`ldc`).
 #[inline(always)]
-unsafe fn micro<E: Storage, const AT: bool, const R: usize, const NV: usize, const MASKED: bool>(
+pub(super) unsafe fn micro<E: Storage, const AT: bool, const R: usize, const NV: usize, const MASKED: bool>(
     k: usize,
     a: *const f32,
     lda: usize,

@@ -8,12 +8,13 @@
 mod convert;
 mod dot;
 mod gemm;
+mod pv;
 mod reduce;
 
 use super::{
-    bounds::{assert_fits, assert_fits_read},
+    bounds::{assert_fits, assert_fits_read, assert_heads_fit},
     scales::HeadScales,
-    Geometry, Isa, Kernel,
+    Geometry, Isa, Kernel, PvHeads,
 };
 use crate::element::Storage;
 
@@ -185,6 +186,25 @@ impl Kernel for Avx2Fma {
         unsafe { gemm_avx2_fma::<_, true>(m, n, k, a.as_ptr(), lda, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) }
     }
 
+    fn pv_heads<E: Storage>(
+        self,
+        shape: PvHeads,
+        p: &[f32],
+        v: &[E],
+        acc: &mut [f32],
+        alpha: &[f32],
+        _tmp: &mut [f32],
+    ) {
+        let rows = shape.heads * shape.hr;
+        assert_fits_read(p.len(), shape.n, rows, rows);
+        assert_heads_fit(v.len(), shape.n, shape.heads, shape.dv, shape.v_ld, shape.v_hs);
+        assert_fits(acc.len(), rows, shape.dv, shape.dv);
+        assert!(alpha.len() >= rows, "pv_heads: fewer factors than rows");
+        // SAFETY: the token proves the features; P, every head's V rows and the output rows fit
+        // their slices, and `alpha` holds a factor per row.
+        unsafe { pv_heads_avx2_fma(shape, p.as_ptr(), v.as_ptr(), acc.as_mut_ptr(), alpha.as_ptr()) }
+    }
+
     fn softmax_cols(
         self,
         s: &mut [f32],
@@ -251,6 +271,14 @@ impl Kernel for Avx2Fma {
 
 // The shells. Each has the safety contract of the body it calls, plus "the CPU supports AVX2,
 // FMA and F16C", which is what makes the `#[target_feature]` sound to call.
+
+/// # Safety
+/// See [`pv::pv_heads`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pv_heads_avx2_fma<E: Storage>(s: PvHeads, p: *const f32, v: *const E, acc: *mut f32, alpha: *const f32) {
+    // SAFETY: the caller's contract.
+    unsafe { pv::pv_heads(s, p, v, acc, alpha) }
+}
 
 /// # Safety
 /// See [`gemm::gemm`].
