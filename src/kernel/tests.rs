@@ -934,6 +934,15 @@ fn short_slices_panic<K: Kernel>(k: K) {
         k.dot_heads(2, 1, 4, 8, &a[..16], 8, &b, 16, 8, c, 2, no_pf, Some((f, 2, 1)), t)
     };
     assert!(panics(|| dot_heads(&f[..7], &mut c, &mut t)), "a factor short");
+    // Two heads of 2 rows, 4 keys of 8 columns, head-major V (rows 8 apart, heads 32 apart).
+    let pv = super::PvHeads { heads: 2, hr: 2, dv: 8, n: 4, v_ld: 8, v_hs: 32, chunk: 2, ahead: 1 };
+    let (p, alpha) = (vec![0.5f32; 16], vec![1.0f32; 4]);
+    let mut tmp = vec![0.0f32; 64];
+    assert!(panics(|| k.pv_heads(pv, &p[..15], &b, &mut c, &alpha, &mut tmp)), "P short");
+    assert!(panics(|| k.pv_heads(pv, &p, &b[..63], &mut c, &alpha, &mut tmp)), "V short");
+    assert!(panics(|| k.pv_heads(pv, &p, &b, &mut c[..31], &alpha, &mut tmp)), "output short");
+    assert!(panics(|| k.pv_heads(pv, &p, &b, &mut c, &alpha[..3], &mut tmp)), "a factor short");
+    k.pv_heads(pv, &p, &b[..64], &mut c[..32], &alpha, &mut tmp);
     // Exactly fitting slices are fine.
     k.gemm(4, 4, 4, &a[..16], 4, &a[..16], 4, &mut c[..16], 4, false);
     k.dot_rows(2, 8, 8, &a[..16], 8, &b, 8, &mut c[..16], 8);
