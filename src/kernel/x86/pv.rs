@@ -2,10 +2,9 @@
 //!
 //! The loop is the trait's default, chunk by chunk and head by head, but each head's product is
 //! the gemm's microkernel run straight down the 16-column strips of its output rows, in blocks
-//! of up to 4 rows, with the row count fixed for the whole call: no checked and dispatched
-//! `gemm_at` per chunk and head (a chunk of 8 keys is 4096 FMAs per head at GQA 4 and D 128, and
-//! such a call cost about 15 ns of them, `benches/README.md`, stop 27), and no per-product
-//! choice of path. Against that loop, paired call by call (32/8 heads, D 128, stop 28): a
+//! of up to 4 rows: no checked and dispatched `gemm_at` per chunk and head (a chunk of 8 keys is
+//! 4096 FMAs per head at GQA 4 and D 128, and such a call cost about 15 ns of them,
+//! `benches/README.md`, stop 27), and none of the gemm's choices of path per product. Against that loop, paired call by call (32/8 heads, D 128, stop 28): a
 //! `KvCache` step from cache (2048 keys, 1 thread) took 0.92–0.94× the time with f16, 0.87–0.93×
 //! with bf16, 0.97–0.98× with int8 and 1.03× with f32 (memory-bound, 16 MiB); cold (2 threads,
 //! 32768 keys) 0.94–1.01× with f16, 0.93× bf16, 0.94× int8, 1.00× f32, BSHD f16 0.97×.
@@ -48,8 +47,9 @@ pub(super) unsafe fn pv_heads<E: Storage>(s: PvHeads, p: *const f32, v: *const E
 }
 
 /// The chunks and heads of [`pv_heads`], each head's share of a chunk through [`strip_rows`]
-/// with `STRIPS` (`dv` a multiple of 16), else through the gemm, a call of its own (its inlined
-/// paths made this one's code three times as long).
+/// with `STRIPS` (`dv` a multiple of 16), else through the gemm, a call of its own: inlined here,
+/// its paths made this function seven times as long, and the int8 loop spilled its registers
+/// (1.05–1.10× slower from the caches than the `gemm_at` loop, stop 28).
 ///
 /// # Safety
 /// As [`pv_heads`], and with `STRIPS`, `dv` is a multiple of 16.
