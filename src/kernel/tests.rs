@@ -422,7 +422,8 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
 
 /// `pv_heads` against `alpha·C + Pᵀ·V` per head summed in f64 (the gemm tolerance), and
 /// bit for bit against the kernel's own `gemm_at` chunk by chunk (the loop it stands for), over
-/// head-major, key-major and 4 KiB-strided V (which the AVX2 kernel leaves to its gemm), head
+/// head-major, key-major and 4 KiB-strided V (which the AVX2 kernel leaves to its gemm), a key
+/// whose row stride's bytes overflow, head
 /// widths that are and are not multiples of 16, and with and without requests ahead.
 fn pv_heads_matches_reference<K: Kernel>(kern: K) {
     let mut rng = Rng(23);
@@ -431,7 +432,8 @@ fn pv_heads_matches_reference<K: Kernel>(kern: K) {
             for dv in [16, 24, 128] {
                 for n in [0, 1, 13] {
                     for (chunk, ahead) in [(8, 2), (8, 0), (n.max(1), 0)] {
-                        for layout in 0..3 {
+                        // Layout 3, a row stride whose bytes overflow, is a legal layout for one key.
+                        for layout in (0..3).chain((n <= 1).then_some(3)) {
                             let shape = (heads, hr, dv, n, chunk, ahead, layout);
                             check_pv_heads::<K, f32>(kern, &mut rng, shape);
                             check_pv_heads::<K, f16>(kern, &mut rng, shape);
@@ -446,7 +448,8 @@ fn pv_heads_matches_reference<K: Kernel>(kern: K) {
 }
 
 /// One case of [`pv_heads_matches_reference`]; `layout` 0 is head-major V, 1 key-major, 2
-/// key-major with rows 4 KiB apart. V's gaps hold NaN, so a read outside the rows poisons a sum.
+/// key-major with rows 4 KiB apart, 3 rows `usize::MAX` apart (at most one key). V's gaps hold
+/// NaN, so a read outside the rows poisons a sum.
 fn check_pv_heads<K: Kernel, E: TestElem>(
     kern: K,
     rng: &mut Rng,
@@ -456,6 +459,7 @@ fn check_pv_heads<K: Kernel, E: TestElem>(
     let (v_ld, v_hs) = match layout {
         0 => (dv + 3, (n + 1) * (dv + 3)),
         1 => (heads * dv + 5, dv),
+        3 => (usize::MAX, dv),
         _ => ((heads * dv).div_ceil(4096 / size_of::<E>()) * (4096 / size_of::<E>()), dv),
     };
     let v_len = if n == 0 { 0 } else { (n - 1) * v_ld + (heads - 1) * v_hs + dv };

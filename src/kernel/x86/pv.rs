@@ -35,7 +35,10 @@ pub(super) unsafe fn pv_heads<E: Storage>(s: PvHeads, p: *const f32, v: *const E
     // The strips need whole vectors; V rows 4 KiB apart go to the gemm, which reads them in
     // passes of a few keys (its `ALIASED_KC`), and so does a tile without keys (the gemm's
     // rescale of C by itself, `-0` and all).
-    let strips = s.dv % 16 == 0 && (s.v_ld * size_of::<E>()) % PACK_STRIDE_BYTES != 0 && s.n > 0;
+    // Checked: a tile of one key may have any row stride, even one whose bytes overflow (it
+    // addresses nothing), and then nothing is aliased.
+    let aliased = s.v_ld.checked_mul(size_of::<E>()).is_some_and(|bytes| bytes % PACK_STRIDE_BYTES == 0);
+    let strips = s.dv % 16 == 0 && !aliased && s.n > 0;
     // SAFETY: the caller's contract.
     unsafe {
         if strips {
