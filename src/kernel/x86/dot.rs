@@ -9,6 +9,7 @@
 use core::arch::x86_64::*;
 
 use super::convert::{load8, load_partial};
+use super::prefetch::prefetch_lines;
 use crate::element::Storage;
 
 /// Keys per chunk; a multiple of every `NK` below.
@@ -322,7 +323,7 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
             for t in j..j + kb {
                 // Wrapping: the row ahead may lie past the keys, where only the address is formed.
                 let ahead_row = (t + ahead).wrapping_mul(ldb).wrapping_add(h * ldh);
-                prefetch_row(b.wrapping_add(ahead_row).cast::<i8>(), k_bytes);
+                prefetch_lines(b.wrapping_add(ahead_row).cast::<i8>(), k_bytes);
             }
             let f = ks.map(|s| (s.f.wrapping_add(j * s.ld + h * s.hs), s.ld));
             // SAFETY: keys `j..j + kb` of head `h` exist (rows `ldb` apart, their scores `ldo`
@@ -336,24 +337,10 @@ unsafe fn heads_rows<E: Storage, F: Storage, const M: usize, const KB: usize>(
                 }
             }
             for t in j..j + kb {
-                prefetch_row(pf_p.wrapping_add(t * pf_ld + h * pf_lh).cast::<i8>(), pf_bytes);
+                prefetch_lines(pf_p.wrapping_add(t * pf_ld + h * pf_lh).cast::<i8>(), pf_bytes);
             }
         }
         j += kb;
-    }
-}
-
-/// Requests the `bytes` bytes at `p` (a key row ahead, or a row of `pf`) into L2. Not L1: the
-/// rows arrive while the current keys stream through L1, and a tile's V rows outgrow it before
-/// P·V reads them (T1 instead of T0 for the V rows measured 3–9% faster on D2, cold).
-#[inline(always)]
-fn prefetch_row(p: *const i8, bytes: usize) {
-    let mut off = 0;
-    while off < bytes {
-        // SAFETY: a prefetch has no architectural effect and never faults, whatever the address
-        // (`wrapping_add` keeps the pointer arithmetic defined).
-        unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
-        off += 64;
     }
 }
 

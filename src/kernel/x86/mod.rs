@@ -8,6 +8,7 @@
 mod convert;
 mod dot;
 mod gemm;
+mod prefetch;
 mod pv;
 mod reduce;
 
@@ -243,28 +244,11 @@ impl Kernel for Avx2Fma {
         }
     }
 
-    /// Into L2 (`T1`), not L1: a prefill tile's K or V rows (36 KiB at 72 keys of D 128) are
-    /// more than the 32 KiB L1 holds, and requested into it during a gemm they evicted that
-    /// gemm's operands. Measured against `T0` on Zen 4, 1 thread (paired runs): P3 1.2% faster
-    /// with f32 K/V and 2.5% with f16, P1 0.3% and 1–2%, sparse attention at L 4096 4%.
+    /// Into L2 ([`prefetch::prefetch_lines`], which says why not L1).
     fn prefetch<E: Storage>(self, b: &[E], rows: usize, len: usize, ld: usize) {
-        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        if len == 0 {
-            return;
-        }
-        let bytes = len * size_of::<E>();
         for j in 0..rows {
             let Some(row) = b.get(j * ld..j * ld + len) else { break };
-            let p = row.as_ptr().cast::<i8>();
-            let mut off = 0;
-            while off < bytes {
-                // SAFETY: `off < bytes`, so the address lies inside `row`; SSE is part of
-                // x86_64, and a prefetch has no architectural effect.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(off)) };
-                off += 64;
-            }
-            // SAFETY: as above; the row's last byte (its last line when `p` is not aligned).
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(bytes - 1)) };
+            prefetch::prefetch_lines(row.as_ptr().cast::<i8>(), size_of_val(row));
         }
     }
 }

@@ -12,9 +12,10 @@
 //! The sums are the gemm's, element for element (the same FMAs in the same order), so the
 //! result is bit-identical to the loop's.
 
-use core::arch::x86_64::{_mm256_set1_epi32, _mm_prefetch, _MM_HINT_T1};
+use core::arch::x86_64::_mm256_set1_epi32;
 
 use super::gemm::{self, Acc, PACK_STRIDE_BYTES};
+use super::prefetch::prefetch_lines;
 use crate::element::Storage;
 use crate::kernel::PvHeads;
 
@@ -72,17 +73,7 @@ unsafe fn chunks<E: Storage, const STRIPS: bool>(
     let request = |j0: usize, j1: usize| {
         for h in 0..heads {
             for j in j0..j1 {
-                // Every line the row touches, from the one its first byte lies in.
-                let row = v.wrapping_add(j * v_ld + h * v_hs).cast::<i8>();
-                let lead = row as usize % 64;
-                let line = row.wrapping_sub(lead);
-                let mut off = 0;
-                while off < lead + row_bytes {
-                    // SAFETY: a prefetch has no architectural effect and never faults
-                    // (`wrapping_add` keeps the address arithmetic defined).
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(line.wrapping_add(off)) };
-                    off += 64;
-                }
+                prefetch_lines(v.wrapping_add(j * v_ld + h * v_hs).cast::<i8>(), row_bytes);
             }
         }
     };
