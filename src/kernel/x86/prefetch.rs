@@ -14,13 +14,16 @@ use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
 const LINE: usize = 64;
 
 /// Requests into L2 every cache line that the `bytes` bytes at `p` touch, from the line its
-/// first byte lies in (a row that does not start on a line boundary spans one line more than
-/// `bytes / 64`). Nothing for `bytes == 0`.
+/// first byte lies in (a row that starts inside a line may touch one line more than the same
+/// row on a line boundary). Nothing for `bytes == 0`.
 ///
 /// Safe for any address: a prefetch has no architectural effect and never faults, and the
 /// address arithmetic wraps.
 #[inline(always)]
 pub(super) fn prefetch_lines(p: *const i8, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
     let lead = p as usize % LINE;
     let line = p.wrapping_sub(lead);
     let end = lead.saturating_add(bytes);
