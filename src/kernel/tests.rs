@@ -423,8 +423,8 @@ fn check_dot_heads<K: Kernel, E: TestElem>(
 /// `pv_heads` against `alpha·C + Pᵀ·V` per head summed in f64 (the gemm tolerance), and
 /// bit for bit against the kernel's own `gemm_at` chunk by chunk (the loop it stands for), over
 /// head-major, key-major and 4 KiB-strided V (which the AVX2 kernel leaves to its gemm), a key
-/// whose row stride's bytes overflow, head
-/// widths that are and are not multiples of 16, and with and without requests ahead.
+/// whose row stride's bytes overflow, head widths that are and are not multiples of 16, and with
+/// and without requests ahead.
 fn pv_heads_matches_reference<K: Kernel>(kern: K) {
     let mut rng = Rng(23);
     for heads in [1, 3] {

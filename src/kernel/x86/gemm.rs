@@ -23,7 +23,7 @@ const KC: usize = 256;
 /// place they are re-read from L3 by every row block (70 instead of 85 GFLOP/s measured at m=64,
 /// n=128, k=64, ldb=1024 f32). Any other stride measured as fast in place as packed, or faster
 /// (no copy).
-pub(super) const PACK_STRIDE_BYTES: usize = 4096;
+const PACK_STRIDE_BYTES: usize = 4096;
 /// Rows of such a B per pass of a single row block (the L1's ways). One row block reads B once,
 /// so packing would not pay for its copy, but a pass down a whole strip still brings its rows
 /// into one L1 set faster than they are used: the accumulators go to C and back every
@@ -32,6 +32,13 @@ pub(super) const PACK_STRIDE_BYTES: usize = 4096;
 /// ran one pass per tile; calls that large now pass it chunks of 8 keys (`driver::pv_chunks`),
 /// and it serves the smaller ones.
 const ALIASED_KC: usize = 8;
+
+/// Whether `rows` rows of `E`, `ld` elements apart, fall in the same L1 set ([`PACK_STRIDE_BYTES`]).
+/// One row aliases nothing, whatever its stride, even one whose bytes overflow (a single row
+/// addresses no second one, so its stride is unchecked by the slice it lies in).
+pub(super) fn rows_alias<E>(rows: usize, ld: usize) -> bool {
+    rows > 1 && ld.checked_mul(size_of::<E>()).is_some_and(|bytes| bytes % PACK_STRIDE_BYTES == 0)
+}
 
 /// What a gemm does with the C it finds.
 #[derive(Clone, Copy)]
@@ -101,9 +108,7 @@ pub(super) unsafe fn gemm<E: Storage, const AT: bool>(
         }
         return;
     }
-    // `k > 1` first: B's rows then lie inside its slice, so the stride's bytes cannot overflow.
-    let aliased = k > 1 && (ldb * size_of::<E>()) % PACK_STRIDE_BYTES == 0;
-    if !aliased {
+    if !rows_alias::<E>(k, ldb) {
         // SAFETY: the caller's contract.
         unsafe { in_place::<E, AT>(m, n, k, a, lda, b, ldb, c, ldc, acc) };
         return;

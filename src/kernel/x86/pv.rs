@@ -14,7 +14,7 @@
 
 use core::arch::x86_64::_mm256_set1_epi32;
 
-use super::gemm::{self, Acc, PACK_STRIDE_BYTES};
+use super::gemm::{self, Acc};
 use super::prefetch::prefetch_lines;
 use crate::element::Storage;
 use crate::kernel::PvHeads;
@@ -36,10 +36,7 @@ pub(super) unsafe fn pv_heads<E: Storage>(s: PvHeads, p: *const f32, v: *const E
     // The strips need whole vectors; V rows 4 KiB apart go to the gemm, which reads them in
     // passes of a few keys (its `ALIASED_KC`), and so does a tile without keys (the gemm's
     // rescale of C by itself, `-0` and all).
-    // Checked: a tile of one key may have any row stride, even one whose bytes overflow (it
-    // addresses nothing), and then nothing is aliased.
-    let aliased = s.v_ld.checked_mul(size_of::<E>()).is_some_and(|bytes| bytes % PACK_STRIDE_BYTES == 0);
-    let strips = s.dv % 16 == 0 && !aliased && s.n > 0;
+    let strips = s.dv % 16 == 0 && !gemm::rows_alias::<E>(s.n, s.v_ld) && s.n > 0;
     // SAFETY: the caller's contract.
     unsafe {
         if strips {
